@@ -1,0 +1,1 @@
+"""Data only: the built-in TOML catalogs (devices, prices, methods, frameworks, models, quality)."""

@@ -1,0 +1,1 @@
+"""quantplan's plugin system: the hook contract, the manager, and the built-in plugins."""

@@ -1,0 +1,38 @@
+"""llama.cpp: GGUF on CPU, Apple Metal and CUDA; layer split across GPUs and hybrid CPU+GPU offload."""
+
+from __future__ import annotations
+
+from quantplan.plugins.builtin.frameworks import (LAYER_SPLIT_HOP_S, PCIE_COPY_BYTES_PER_S, FrameworkPlugin,
+                                                  plugin_for)
+from quantplan.plugins.builtin.methods import bytes_read_per_step
+from quantplan.solver import terms as q
+from quantplan.solver.candidates import Config, Execution, Step
+from quantplan.solver.specs import GPUSpec, MethodSpec
+from quantplan.solver.terms import Term
+
+
+class LlamaCppPlugin(FrameworkPlugin):
+    def host_execution(self, method: MethodSpec, gpu: GPUSpec) -> Execution:
+        kernel = "ggml-metal" if gpu.kind == "apple" else "ggml-cpu"
+        return Execution("fp16", method.weight_only, kernel)
+
+    def communication_terms(self, config: Config, step: Step) -> list[Term]:
+        found = []
+        if config.gpus > 1:
+            hop = LAYER_SPLIT_HOP_S + step.new_tokens * config.model.hidden_size * 2 / PCIE_COPY_BYTES_PER_S
+            found.append(Term(q.OVERHEAD, (config.gpus - 1) * hop, self.name,
+                              f"layer split: {config.gpus - 1} device hand-offs per step", step.phase))
+        if config.hybrid:
+            cpu_share = self.framework.bandwidth_efficiency.get("cpu", 0.6)
+            found.append(Term(q.HOST_BANDWIDTH_EFFICIENCY, cpu_share, self.name,
+                              f"llama.cpp reaches {cpu_share:.0%} of host RAM bandwidth", step.phase))
+            if step.phase == "prefill":
+                layers, _ = bytes_read_per_step(config, step.new_tokens)
+                host = layers * (1 - config.gpu_layer_fraction)
+                found.append(Term(q.OVERHEAD, host / PCIE_COPY_BYTES_PER_S, self.name,
+                                  "prompt batches copy host-resident layers to the GPU over PCIe", step.phase))
+        return found
+
+
+def plugin() -> LlamaCppPlugin:
+    return plugin_for("llama.cpp", LlamaCppPlugin)

@@ -1,0 +1,34 @@
+"""A user's TOML catalog (`--catalog FILE`): more devices, prices and models, no code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantplan.plugins.builtin.devices import DevicePlugin
+from quantplan.plugins.hookspecs import hookimpl
+from quantplan.solver import terms as q
+from quantplan.solver.candidates import Config, QualityBook
+from quantplan.solver.catalog import user_catalog
+from quantplan.solver.specs import ModelSpec
+from quantplan.solver.terms import Term
+
+
+class UserCatalogPlugin(DevicePlugin):
+    """Devices from the file get the same terms as built-in ones; models bring their baseline."""
+
+    def __init__(self, path: Path | str) -> None:
+        tables = user_catalog(path)
+        super().__init__(f"catalog:{Path(path).name}", tables.get("gpu", []), tables.get("price", []))
+        self.models = tables.get("model", [])
+        self._model_ids = {m.id for m in self.models}
+
+    @hookimpl
+    def quantplan_models(self) -> list[ModelSpec]:
+        return self.models
+
+    @hookimpl
+    def quantplan_quality_terms(self, config: Config, quality: QualityBook) -> list[Term]:
+        if config.model.id not in self._model_ids:
+            return []
+        return [Term(q.PPL_BASELINE, config.model.wikitext2_ppl, self.name,
+                     f"{config.model.id} baseline ppl from {self.name}")]

@@ -1,0 +1,92 @@
+"""Everything the plugins declared, collected, validated and sorted: the solver's view of the world."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .candidates import QualityBook
+from .catalog import Registry
+from .errors import QuantplanError
+from .specs import (FamilyQualitySpec, FrameworkSpec, GPUSpec, KVCacheSpec, KVQualitySpec, MethodQualitySpec,
+                    MethodSpec, ModelSpec, PriceSpec, UseCaseSpec)
+
+
+def collect_specs(plugins, hook_name: str, kind: str, record_type: type) -> list:
+    """Flatten one declaration hook's results; reject wrong types and two providers of one id."""
+    owner: dict[str, str] = {}
+    found = []
+    for plugin_name, records in plugins.collect(hook_name):
+        for record in records:
+            if not isinstance(record, record_type):
+                raise QuantplanError(f"plugin {plugin_name!r} returned a {type(record).__name__} from "
+                                     f"{hook_name}; expected {record_type.__name__}")
+            key = getattr(record, "id", None) or getattr(record, "gpu", None)
+            if key in owner:
+                raise QuantplanError(f"{kind} {key!r} is provided by both {owner[key]!r} and {plugin_name!r}")
+            owner[key] = plugin_name
+            found.append(record)
+    return sorted(found, key=lambda r: getattr(r, "id", None) or r.gpu)
+
+
+@dataclass
+class World:
+    """Specs from all plugins, plus the plugin set that contributes terms."""
+
+    plugins: object
+    gpus: Registry[GPUSpec]
+    methods: Registry[MethodSpec]
+    kv_caches: Registry[KVCacheSpec]
+    frameworks: Registry[FrameworkSpec]
+    models: Registry[ModelSpec]
+    prices: dict[str, PriceSpec]
+    quality: QualityBook
+    providers: dict[str, str] = field(default_factory=dict)
+
+    def with_prices(self, overrides: dict[str, float]) -> dict[str, PriceSpec]:
+        """Default prices with `--price DEV=USD` applied (ids or aliases accepted)."""
+        prices = dict(self.prices)
+        for name, usd in overrides.items():
+            gpu = self.gpus.get(name)
+            if not usd > 0:
+                raise QuantplanError(f"--price {name}={usd}: a price must be positive")
+            prices[gpu.id] = PriceSpec(gpu=gpu.id, usd_per_hour=usd, provider="user", as_of="given",
+                                       source="--price on the command line or [prices] in the scenario")
+        return prices
+
+
+def build_world(plugins) -> World:
+    gpus = collect_specs(plugins, "quantplan_gpus", "device", GPUSpec)
+    quality = QualityBook()
+    for _, records in plugins.collect("quantplan_quality_data"):
+        for record in records:
+            if isinstance(record, MethodQualitySpec):
+                quality.methods[record.method] = record
+            elif isinstance(record, FamilyQualitySpec):
+                quality.families[record.family] = record
+            elif isinstance(record, KVQualitySpec):
+                quality.kv[record.kv_dtype] = record
+            elif isinstance(record, UseCaseSpec):
+                quality.use_cases[record.id] = record
+    world = World(
+        plugins=plugins,
+        gpus=Registry("device", gpus),
+        methods=Registry("method", collect_specs(plugins, "quantplan_methods", "method", MethodSpec)),
+        kv_caches=Registry("KV-cache dtype", collect_specs(plugins, "quantplan_kv_cache_dtypes", "KV-cache dtype",
+                                                           KVCacheSpec)),
+        frameworks=Registry("framework", collect_specs(plugins, "quantplan_frameworks", "framework", FrameworkSpec)),
+        models=Registry("model", collect_specs(plugins, "quantplan_models", "model", ModelSpec)),
+        prices={p.gpu: p for p in collect_specs(plugins, "quantplan_prices", "price for", PriceSpec)},
+        quality=quality,
+    )
+    for gpu_id in world.prices:
+        if gpu_id not in world.gpus.by_id:
+            raise QuantplanError(f"a price is given for unknown device {gpu_id!r}")
+    return world
+
+
+def load_world(catalogs: Iterable[Path | str] = (), extra: Iterable[object] = (), entry_points: bool = True) -> World:
+    from quantplan.plugins.manager import make_plugin_set
+
+    return build_world(make_plugin_set(catalogs=catalogs, extra=extra, entry_points=entry_points))

@@ -1,0 +1,203 @@
+"""Typed records that plugins and catalogs declare: devices, methods, frameworks, models."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+DeviceKind = Literal["gpu", "apple", "cpu"]
+DeviceClass = Literal["datacenter", "consumer", "apple", "cpu"]
+ComputeDtype = Literal["fp16", "bf16", "fp8", "int8", "fp4"]
+KVDtype = Literal["fp16", "bf16", "fp8", "int8", "q8_0", "q4_0"]
+MethodKind = Literal["float", "w8a8", "weight-only", "gguf", "fp4"]
+
+
+class Record(BaseModel):
+    """Frozen, strict base: unknown fields are errors, ids are lower-case."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Identified(Record):
+    id: str
+    name: str
+    aliases: tuple[str, ...] = ()
+    source: str = Field(min_length=3)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_lower_case(cls, value: str) -> str:
+        if not ID_PATTERN.match(value):
+            raise ValueError(f"id {value!r} must be lower-case letters, digits, '.', '_' or '-'")
+        return value
+
+
+class GPUSpec(Identified):
+    """One accelerator (or Apple SoC, or CPU socket). Tensor rates are dense, never 2:4 sparse."""
+
+    kind: DeviceKind
+    device_class: DeviceClass
+    vendor: str
+    architecture: str
+    compute_capability: float | None = None
+    memory_gb: float = Field(gt=0)
+    usable_memory_gb: float | None = Field(default=None, gt=0)
+    bandwidth_tb_s: float = Field(gt=0)
+    tflops_fp16: float = Field(gt=0)
+    tflops_bf16: float = Field(default=0.0, ge=0)
+    tflops_fp8: float = Field(default=0.0, ge=0)
+    tops_int8: float = Field(default=0.0, ge=0)
+    tflops_fp4: float = Field(default=0.0, ge=0)
+    interconnect: Literal["nvlink", "pcie", "infinity-fabric", "none"] = "pcie"
+    interconnect_gb_s: float = Field(default=32.0, ge=0)
+    max_devices_per_node: int = Field(default=8, ge=1)
+    host_memory_gb: float = Field(default=0.0, ge=0)
+    host_bandwidth_tb_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _usable_within_physical(self) -> GPUSpec:
+        if self.usable_memory_gb is not None and self.usable_memory_gb > self.memory_gb:
+            raise ValueError("usable_memory_gb exceeds memory_gb")
+        return self
+
+    @property
+    def usable_gb(self) -> float:
+        return self.usable_memory_gb if self.usable_memory_gb is not None else self.memory_gb
+
+    def peak_tflops(self, dtype: ComputeDtype) -> float:
+        """Dense tensor rate for `dtype`, 0.0 where the device has no native unit for it."""
+        rates = {
+            "fp16": self.tflops_fp16,
+            "bf16": self.tflops_bf16 or self.tflops_fp16,
+            "fp8": self.tflops_fp8,
+            "int8": self.tops_int8,
+            "fp4": self.tflops_fp4,
+        }
+        return rates[dtype]
+
+
+class PriceSpec(Record):
+    gpu: str
+    usd_per_hour: float = Field(gt=0)
+    provider: str
+    as_of: str
+    source: str = Field(min_length=3)
+
+
+class MethodSpec(Identified):
+    """A weight quantization method: storage cost, compute path and kernel requirements."""
+
+    kind: MethodKind
+    linear_bits_per_weight: float = Field(gt=0, le=32)
+    embedding_bits_per_weight: float = Field(gt=0, le=32)
+    lm_head_bits_per_weight: float = Field(gt=0, le=32)
+    bits_derivation: str
+    compute_dtype: ComputeDtype
+    weight_only: bool
+    kernel: str
+    act_order: bool = False
+    min_compute_capability: float | None = None
+    bandwidth_efficiency: float = Field(default=1.0, gt=0, le=1.2)
+    compute_efficiency: float = Field(default=1.0, gt=0, le=1.2)
+    efficiency_source: str = "unity: no kernel penalty assumed"
+
+
+class KVCacheSpec(Identified):
+    bytes_per_element: float = Field(gt=0)
+    min_compute_capability: float | None = None
+
+
+class FrameworkSpec(Identified):
+    """A serving engine: what it runs, how much memory it keeps, and its per-step costs."""
+
+    methods: tuple[str, ...]
+    kv_cache_dtypes: tuple[str, ...]
+    device_kinds: tuple[DeviceKind, ...]
+    parallelism: Literal["tensor", "layer-split", "none"]
+    max_gpus: int = Field(default=8, ge=1)
+    hybrid_offload: bool = False
+    weight_only_fallback: tuple[str, ...] = ()
+    weight_only_fallback_min_cc: float = 8.0
+    memory_reserve_fraction: float = Field(ge=0, lt=1)
+    runtime_overhead_gb: float = Field(ge=0)
+    max_batched_tokens: int = Field(default=8192, ge=1)
+    max_batch: int = Field(default=512, ge=1)
+    step_overhead_ms: float = Field(ge=0)
+    layer_overhead_us: float = Field(default=0.0, ge=0)
+    bandwidth_efficiency: dict[DeviceClass, float]
+    prefill_efficiency: float = Field(gt=0, le=1)
+    decode_compute_efficiency: float = Field(default=0.7, gt=0, le=1)
+    allreduce_latency_us: float = Field(default=10.0, ge=0)
+    efficiency_source: str
+
+
+class ModelSpec(Identified):
+    """Transformer shapes from a Hugging Face config.json; parameter counts are derived from them."""
+
+    family: str
+    layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    attention_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    num_experts: int = Field(default=0, ge=0)
+    experts_per_token: int = Field(default=0, ge=0)
+    moe_intermediate_size: int = Field(default=0, ge=0)
+    shared_expert_intermediate_size: int = Field(default=0, ge=0)
+    dense_layers: int = Field(default=0, ge=0)
+    max_position_embeddings: int = Field(default=4096, gt=0)
+    wikitext2_ppl: float = Field(gt=1)
+    ppl_source: str
+    params_reported_b: float | None = None
+
+    @model_validator(mode="after")
+    def _shapes_consistent(self) -> ModelSpec:
+        if self.attention_heads % self.kv_heads:
+            raise ValueError("attention_heads must be a multiple of kv_heads")
+        if self.num_experts and not (0 < self.experts_per_token <= self.num_experts):
+            raise ValueError("experts_per_token must be between 1 and num_experts")
+        if self.num_experts and not self.moe_intermediate_size:
+            raise ValueError("an MoE model needs moe_intermediate_size")
+        return self
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+
+class MethodQualitySpec(Record):
+    """Relative perplexity increase of a method at 7B for the reference family (llama-2)."""
+
+    method: str
+    relative_ppl_increase_at_7b: float = Field(ge=0)
+    size_exponent: float = Field(default=0.0, ge=0, le=2)
+    fitted_on: str
+    source: str = Field(min_length=3)
+
+
+class FamilyQualitySpec(Record):
+    family: str
+    sensitivity: float = Field(gt=0)
+    source: str = Field(min_length=3)
+
+
+class KVQualitySpec(Record):
+    kv_dtype: str
+    relative_ppl_increase: float = Field(ge=0)
+    source: str = Field(min_length=3)
+
+
+class UseCaseSpec(Record):
+    id: str
+    max_ppl_delta: float = Field(gt=0)
+    max_kl_divergence: float = Field(gt=0)
+    source: str = Field(min_length=3)

@@ -1,0 +1,70 @@
+"""Named terms that plugins contribute and the estimator combines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Memory quantities, bytes per GPU unless the name says otherwise.
+WEIGHTS = "weights_bytes"
+KV_CACHE = "kv_cache_bytes"
+ACTIVATIONS = "activation_bytes"
+RUNTIME = "runtime_bytes"
+RESERVED = "reserved_bytes"
+CAPACITY = "capacity_bytes"
+HOST_WEIGHTS = "host_weights_bytes"
+HOST_CAPACITY = "host_capacity_bytes"
+
+# Step quantities: one decode step or one prefill pass, per GPU.
+DEVICE_BYTES = "device_bytes"
+HOST_BYTES = "host_bytes"
+FLOPS = "flops"
+BANDWIDTH = "bandwidth_bytes_per_s"
+HOST_BANDWIDTH = "host_bandwidth_bytes_per_s"
+BANDWIDTH_EFFICIENCY = "bandwidth_efficiency"
+HOST_BANDWIDTH_EFFICIENCY = "host_bandwidth_efficiency"
+PEAK_FLOPS = "peak_flops_per_s"
+COMPUTE_EFFICIENCY = "compute_efficiency"
+OVERHEAD = "overhead_s"
+
+# Quality and cost.
+PPL_RELATIVE = "ppl_relative_increase"
+PPL_BASELINE = "ppl_baseline"
+COST = "usd_per_hour"
+
+ADDITIVE = {WEIGHTS, KV_CACHE, ACTIVATIONS, RUNTIME, RESERVED, HOST_WEIGHTS, DEVICE_BYTES, HOST_BYTES,
+            FLOPS, OVERHEAD, PPL_RELATIVE, COST}
+MULTIPLICATIVE = {BANDWIDTH_EFFICIENCY, HOST_BANDWIDTH_EFFICIENCY, COMPUTE_EFFICIENCY}
+SINGLE = {CAPACITY, HOST_CAPACITY, BANDWIDTH, HOST_BANDWIDTH, PEAK_FLOPS, PPL_BASELINE}
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One contribution: `value` of `quantity`, from `plugin`, explained by `detail`."""
+
+    quantity: str
+    value: float
+    plugin: str
+    detail: str
+    phase: str = ""
+
+    def as_dict(self) -> dict:
+        return {"quantity": self.quantity, "phase": self.phase, "value": self.value,
+                "plugin": self.plugin, "detail": self.detail}
+
+
+def combine(terms: list[Term], quantity: str, phase: str = "") -> float:
+    """Sum, multiply or take the single value of `quantity`, as its kind says."""
+    values = [t.value for t in terms if t.quantity == quantity and t.phase == phase]
+    if quantity in ADDITIVE:
+        return float(sum(values))
+    if quantity in MULTIPLICATIVE:
+        product = 1.0
+        for value in values:
+            product *= value
+        return product
+    if not values:
+        return 0.0
+    if len(values) > 1:
+        sources = sorted({t.plugin for t in terms if t.quantity == quantity and t.phase == phase})
+        raise ValueError(f"{quantity} given by more than one plugin: {', '.join(sources)}")
+    return values[0]
