@@ -130,6 +130,7 @@ class FrameworkSpec(Identified):
     layer_overhead_us: float = Field(default=0.0, ge=0)
     bandwidth_efficiency: dict[DeviceClass, float]
     prefill_efficiency: float = Field(gt=0, le=1)
+    prefill_efficiency_by_class: dict[DeviceClass, float] = Field(default_factory=dict)
     decode_compute_efficiency: float = Field(default=0.7, gt=0, le=1)
     allreduce_latency_us: float = Field(default=10.0, ge=0)
     efficiency_source: str

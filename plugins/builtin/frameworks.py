@@ -110,7 +110,10 @@ class FrameworkPlugin:
             return []
         framework, gpu = self.framework, config.gpu
         efficiency = framework.bandwidth_efficiency.get(gpu.device_class, min(framework.bandwidth_efficiency.values()))
-        compute = framework.decode_compute_efficiency if step.phase == "decode" else framework.prefill_efficiency
+        if step.phase == "decode":
+            compute = framework.decode_compute_efficiency
+        else:
+            compute = framework.prefill_efficiency_by_class.get(gpu.device_class, framework.prefill_efficiency)
         overhead = framework.step_overhead_ms / 1e3 + framework.layer_overhead_us * config.model.layers / 1e6
         found = [
             Term(q.BANDWIDTH_EFFICIENCY, efficiency, self.name,

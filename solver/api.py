@@ -1,0 +1,292 @@
+"""The Python API: `solve(scenario)` and `estimate(...)`, the two doors the CLI also uses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import program
+from .errors import InfeasibleError, QuantplanError
+from .explain import binding_constraints, infeasibility
+from .plan import Alternative, Plan, SolveStats, replica_group, served_tokens_per_s, summary
+from .registry import World, load_world
+from .scenario import Scenario, TrafficClass, make_scenario
+from .space import Option, Space, build_space
+
+
+def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...]) -> list[Option]:
+    """Drop options another option beats or ties on every count, using the same GPUs.
+
+    b dominates a when both use the same device type and GPUs per replica, b costs no more, serves
+    every class a serves with at least a's capacity, no higher request latency and no more quality
+    loss; on a full tie the
+    alphabetically first key survives. Any plan using a can use b instead at no extra cost.
+    """
+    groups: dict[tuple[str, int], list[int]] = {}
+    for index, option in enumerate(options):
+        groups.setdefault((option.config.gpu.id, option.config.gpus), []).append(index)
+    keep: list[int] = []
+    for members in groups.values():
+        cost = np.array([options[i].cost_per_hour for i in members])
+        capacity = np.array([[options[i].performance[k.name].capacity if k.name in options[i].performance else 0.0
+                              for k in classes] for i in members])
+        latency = np.array([[program.request_latency_ms(options[i], k) if k.name in options[i].performance
+                             else np.inf for k in classes] for i in members])
+        keys = [options[i].key for i in members]
+        loss = np.array([options[i].quality.relative for i in members])
+        for a in range(len(members)):
+            no_worse = ((cost <= cost[a]) & (capacity >= capacity[a]).all(axis=1)
+                        & (latency <= latency[a]).all(axis=1) & (loss <= loss[a]))
+            strictly = ((cost < cost[a]) | (capacity > capacity[a]).any(axis=1)
+                        | (latency < latency[a]).any(axis=1) | (loss < loss[a]))
+            earlier = np.array([key < keys[a] for key in keys])
+            beaten = no_worse & (strictly | earlier)
+            beaten[a] = False
+            if not beaten.any():
+                keep.append(members[a])
+    return [options[i] for i in sorted(keep)]
+
+
+def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | None = None) -> Plan:
+    """Plan the cheapest deployment (or fastest, or balanced) for `scenario`.
+
+    Returns a Plan whose status is 'optimal' or 'time_limit'; raises InfeasibleError (with reasons
+    saying what cannot be met and what could) when no plan exists.
+    """
+    scenario = as_scenario(scenario)
+    world = world or load_world(scenario.catalogs)
+    prices = world.with_prices(scenario.prices)
+    availability = {world.gpus.get(name).id: count for name, count in scenario.gpu_count.items()}
+    space = build_space(world, scenario, prices)
+    options = prune_dominated(space.options, scenario.classes)
+    model_id = space.model.id
+    try:
+        solution = _solve(options, scenario, availability)
+    except program.NoSolution:
+        reasons = infeasibility(world, scenario, space, model_id)
+        raise InfeasibleError("; ".join(reasons), reasons) from None
+    groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes)
+              for a in sorted(solution.assignments, key=lambda a: a.option.key)]
+    tokens = served_tokens_per_s(solution, scenario.classes)
+    alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
+    notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
+    return Plan(
+        status=solution.status, objective=scenario.objective, model=model_id,
+        cost_per_hour=solution.cost_per_hour,
+        cost_per_million_tokens=solution.cost_per_hour / (tokens * 3600) * 1e6 if tokens > 0 else None,
+        tokens_per_s=tokens, replicas=groups,
+        binding=binding_constraints(world, scenario, solution, groups, space),
+        alternatives=alternatives, reasons=[], notes=notes,
+        stats=SolveStats(configurations=space.configurations, candidates=len(space.options),
+                         candidates_after_pruning=len(options), solve_seconds=solution.solve_seconds,
+                         gap=None if solution.status == "optimal" else solution.gap),
+    )
+
+
+def _solve(options: list[Option], scenario: Scenario, availability: dict[str, int]) -> program.Solution:
+    return program.solve(options, scenario.classes, availability, scenario.objective,
+                         scenario.max_configurations, scenario.solver, scenario.time_limit_s)
+
+
+def _alternatives(options, scenario, availability, chosen: program.Solution) -> list[Alternative]:
+    """Cheapest plans under other choices: no quantization, each other device, each other method."""
+    used_methods = {a.option.config.method.id for a in chosen.assignments}
+    used_gpus = {a.option.config.gpu.id for a in chosen.assignments}
+    filters = [("unquantized (fp16/bf16 weights)", lambda o: o.config.method.id in ("fp16", "bf16"))]
+    if used_methods & {"fp16", "bf16"}:
+        filters = []
+    for device in sorted({o.config.gpu.id for o in options} - used_gpus):
+        filters.append((f"on {device} only", lambda o, d=device: o.config.gpu.id == d))
+    for method in sorted({o.config.method.id for o in options} - used_methods):
+        filters.append((f"{method} only", lambda o, m=method: o.config.method.id == m))
+    found = []
+    for label, keep in filters:
+        subset = prune_dominated([o for o in options if keep(o)], scenario.classes)
+        if not subset:
+            continue
+        try:
+            other = _solve(subset, replace_alternatives(scenario), availability)
+        except program.NoSolution:
+            continue
+        difference = other.cost_per_hour - chosen.cost_per_hour
+        groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes) for a in other.assignments]
+        found.append(Alternative(label=label, cost_per_hour=other.cost_per_hour,
+                                 cost_difference_per_hour=difference,
+                                 cost_ratio=other.cost_per_hour / chosen.cost_per_hour if chosen.cost_per_hour else 0,
+                                 replicas=[summary(g) for g in groups]))
+    found.sort(key=lambda a: (a.label != "unquantized (fp16/bf16 weights)", a.cost_per_hour, a.label))
+    return found[:8]
+
+
+def replace_alternatives(scenario: Scenario) -> Scenario:
+    return scenario.model_copy(update={"alternatives": False})
+
+
+# ---------------------------------------------------------------- the seed blog's constraints
+
+
+_BLOG_USE_CASES = {"minimize_cost": "cost", "minimize_latency": "latency", "balanced": "balanced"}
+
+
+class DeploymentConstraints(BaseModel):
+    """The seed blog's nine decision variables, under the names it uses, turned into a Scenario.
+
+    model_params_B picks the catalog model nearest in size unless `model` names one; gpu_type 'CPU'
+    (or available_gpu_memory_GB == 0) means llama.cpp on a CPU or Apple device.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    model_params_B: float = Field(gt=0)
+    available_gpu_memory_GB: float = Field(ge=0)
+    num_gpus: int = Field(ge=0)
+    gpu_type: str
+    target_latency_ms: float = Field(gt=0)
+    target_throughput_tps: float = Field(gt=0)
+    max_batch_size: int = Field(gt=0)
+    quality_floor_ppl: float = Field(ge=0)
+    cost_priority: Literal["minimize_cost", "minimize_latency", "balanced"] = "minimize_cost"
+    model: str | None = None
+    prompt_tokens: int = Field(default=512, gt=0)
+    output_tokens: int = Field(default=256, gt=0)
+
+    def to_scenario(self, world: World | None = None) -> Scenario:
+        world = world or load_world()
+        model = self.model or _nearest_model(world, self.model_params_B)
+        device = world.gpus.get(self.gpu_type)
+        traffic = TrafficClass(name="blog", prompt_tokens=self.prompt_tokens, output_tokens=self.output_tokens,
+                               concurrency=self.max_batch_size, ttft_ms=self.target_latency_ms,
+                               min_tokens_per_s=self.target_throughput_tps, max_ppl_delta=self.quality_floor_ppl)
+        return make_scenario({
+            "model": model, "classes": (traffic,), "gpus": (device.id,),
+            "max_gpus": max(self.num_gpus, 1), "objective": _BLOG_USE_CASES[self.cost_priority],
+        }, "DeploymentConstraints")
+
+
+def _nearest_model(world: World, params_b: float) -> str:
+    from .shapes import parameter_counts
+
+    sizes = sorted((abs(parameter_counts(m).total / 1e9 - params_b), m.id) for m in world.models)
+    return sizes[0][1]
+
+
+def as_scenario(value) -> Scenario:
+    if isinstance(value, Scenario):
+        return value
+    if isinstance(value, DeploymentConstraints):
+        return value.to_scenario()
+    if isinstance(value, dict):
+        return make_scenario(value)
+    raise QuantplanError(f"solve() takes a Scenario, DeploymentConstraints or dict, not {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- one configuration
+
+
+class EstimateResult(BaseModel):
+    """Predictions for one configuration, as `quantplan estimate` prints them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    method: str
+    gpu: str
+    framework: str
+    gpus: int
+    batch_size: int
+    kv_cache_dtype: str
+    prompt_tokens: int
+    output_tokens: int
+    compatible: bool
+    reasons: list[str] = []
+    fits: bool | None = None
+    gpu_layers: int | None = None
+    memory_gb_per_gpu: float | None = None
+    memory_capacity_gb_per_gpu: float | None = None
+    weights_gb: float | None = None
+    kv_cache_gb: float | None = None
+    overhead_gb: float | None = None
+    host_memory_gb: float | None = None
+    ttft_ms: float | None = None
+    ttft_max_ms: float | None = None
+    tpot_ms: float | None = None
+    tokens_per_s: float | None = None
+    tokens_per_s_per_user: float | None = None
+    decode_tokens_per_s: float | None = None
+    prefill_tokens_per_s: float | None = None
+    decode_bound: str | None = None
+    ppl_delta: float | None = None
+    ppl_delta_pct: float | None = None
+    cost_per_hour: float | None = None
+    cost_per_million_tokens: float | None = None
+    execution: str | None = None
+    terms: list[dict] = []
+
+
+def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, batch: int = 1,
+             prompt_tokens: int = 512, output_tokens: int = 256, kv_cache_dtype: str = "fp16",
+             gpu_layers: int | None = None, prices: dict[str, float] | None = None,
+             model_config: str | None = None, world: World | None = None,
+             catalogs: tuple[str, ...] = ()) -> EstimateResult:
+    """Predict memory, TTFT/TPOT (closed loop at `batch` concurrent requests), quality and cost."""
+    from .candidates import Config, Step
+    from .estimator import memory, memory_terms, quality, step_terms, cost_terms
+    from .serving import performance, timing
+    from .shapes import model_from_config
+    from .space import _placed
+
+    if gpus <= 0 or batch <= 0 or prompt_tokens <= 0 or output_tokens <= 0:
+        raise QuantplanError("--gpus, --batch, --prompt-tokens and --output-tokens must be positive")
+    world = world or load_world(catalogs)
+    spec = model_from_config(model_config) if model_config else world.models.get(model)
+    m, g, f, kv = (world.methods.get(method), world.gpus.get(gpu), world.frameworks.get(framework),
+                   world.kv_caches.get(kv_cache_dtype))
+    head = dict(model=spec.id, method=m.id, gpu=g.id, framework=f.id, gpus=gpus, batch_size=batch,
+                kv_cache_dtype=kv.id, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+    execution = world.plugins.call("quantplan_execution", method=m, gpu=g, framework=f)
+    if execution is None or not execution.possible:
+        reason = execution.reason if execution else f"no plugin says how {f.id} runs {m.id}"
+        return EstimateResult(**head, compatible=False, reasons=[reason])
+    config = Config(spec, m, g, f, kv, gpus, execution, batch)
+    reasons = [r for found in world.plugins.call("quantplan_incompatibility", config=config) for r in found]
+    if reasons:
+        return EstimateResult(**head, compatible=False, reasons=reasons)
+    traffic = TrafficClass(prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=batch)
+    if gpu_layers is not None:
+        if not 0 < gpu_layers <= spec.layers or not f.hybrid_offload:
+            raise QuantplanError(f"--gpu-layers must be 1..{spec.layers} and needs a framework with "
+                                 f"hybrid offload (llama.cpp)")
+        config = replace(config, gpu_layer_fraction=min(gpu_layers / spec.layers, 1.0))
+    else:
+        placed = _placed(world, config.with_batch(1), (traffic,))
+        if placed is not None and placed.hybrid:
+            config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
+    found = memory_terms(world, config, traffic.context_tokens)
+    used = memory(world, config, traffic.context_tokens, found)
+    times = timing(world, config, traffic)
+    result = performance(config, traffic, times)
+    assessed = quality(world, config)
+    costs = cost_terms(world, config, world.with_prices(prices or {}))
+    cost = sum(t.value for t in costs) if costs else None
+    speed = (step_terms(world, config, Step("decode", batch, batch, prompt_tokens + output_tokens / 2))
+             + step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)))
+    divisor = used.memory_divisor
+    return EstimateResult(
+        **head, compatible=True, fits=used.fits, gpu_layers=config.gpu_layers if config.hybrid else None,
+        memory_gb_per_gpu=used.used_per_gpu / 1e9, memory_capacity_gb_per_gpu=used.available_per_gpu / 1e9,
+        weights_gb=used.weights_per_gpu * divisor / 1e9, kv_cache_gb=used.kv_per_gpu * divisor / 1e9,
+        overhead_gb=used.overhead_per_gpu / 1e9, host_memory_gb=used.host_bytes / 1e9 if config.hybrid else None,
+        ttft_ms=result.ttft_ms, ttft_max_ms=result.ttft_max_ms, tpot_ms=result.tpot_ms,
+        tokens_per_s=result.output_tokens_per_s, tokens_per_s_per_user=result.tokens_per_s_per_user,
+        decode_tokens_per_s=result.decode_tokens_per_s, prefill_tokens_per_s=result.prefill_tokens_per_s,
+        decode_bound=times.decode.bound,
+        ppl_delta=assessed.ppl_delta, ppl_delta_pct=assessed.ppl_delta_pct,
+        cost_per_hour=cost,
+        cost_per_million_tokens=cost / (result.output_tokens_per_s * 3600) * 1e6
+        if cost and result.output_tokens_per_s else None,
+        execution=execution.note or f"{execution.compute_dtype} compute, {execution.kernel} kernel",
+        terms=[t.as_dict() for t in found + speed + assessed.terms + costs],
+    )

@@ -1,0 +1,101 @@
+"""Why: binding constraints of a plan, and what cannot be met (and what could) when there is no plan."""
+
+from __future__ import annotations
+
+from .plan import ReplicaGroup
+from .program import Solution
+from .scenario import Scenario
+from .space import Space, quality_limit
+
+BINDING_SHARE = 0.9  # a figure within 10% of its limit is reported as binding
+
+
+def binding_constraints(world, scenario: Scenario, solution: Solution, groups: list[ReplicaGroup],
+                        space: Space) -> list[str]:
+    found = []
+    by_name = {k.name: k for k in scenario.classes}
+    for group in groups:
+        label = f"{group.gpu}/{group.method}/b{group.batch_size}"
+        for name, figures in group.classes.items():
+            traffic = by_name[name]
+            if traffic.ttft_ms and figures.ttft_ms >= BINDING_SHARE * traffic.ttft_ms:
+                found.append(f"{name}: TTFT {figures.ttft_ms:.0f} of {traffic.ttft_ms:g} ms ({label})")
+            limit = traffic.tpot_limit_ms
+            if limit and figures.tpot_ms >= BINDING_SHARE * limit:
+                found.append(f"{name}: TPOT {figures.tpot_ms:.1f} of {limit:.1f} ms ({label})")
+            floor = quality_limit(world, traffic)
+            if floor and group.ppl_delta >= BINDING_SHARE * floor:
+                found.append(f"{name}: quality, ppl +{group.ppl_delta:.3f} of +{floor:g} ({label})")
+        if group.memory_gb_per_gpu >= BINDING_SHARE * group.memory_capacity_gb_per_gpu:
+            found.append(f"memory: {group.memory_gb_per_gpu:.1f} of {group.memory_capacity_gb_per_gpu:.1f} GB "
+                         f"per GPU ({label})")
+        nxt = _next_batch_limit(space, group)
+        if nxt:
+            found.append(nxt)
+    for device, limit in sorted(solution.availability.items()):
+        used = sum(a.replicas * a.option.config.gpus for a in solution.assignments if a.option.config.gpu.id == device)
+        if used and used >= limit:
+            found.append(f"availability: all {limit} {device} in use")
+    if scenario.max_configurations and len(groups) >= scenario.max_configurations:
+        found.append(f"at most {scenario.max_configurations} distinct configuration(s)")
+    return found
+
+
+def _next_batch_limit(space: Space, group: ReplicaGroup) -> str:
+    """What stops the same configuration at the next larger batch size."""
+    same = [o for o in space.options if o.config.gpu.id == group.gpu and o.config.method.id == group.method
+            and o.config.framework.id == group.framework and o.config.gpus == group.gpus_per_replica
+            and o.config.kv.id == group.kv_cache_dtype and o.config.batch > group.batch_size]
+    if same:
+        return ""
+    return (f"batch {group.batch_size} is the largest for {group.gpu}/{group.method} that fits memory and "
+            f"meets the SLOs")
+
+
+def infeasibility(world, scenario: Scenario, space: Space, model_id: str) -> list[str]:
+    """Say what cannot be met, with the best each constraint allows."""
+    reasons = []
+    if not space.configurations:
+        top = ", ".join(f"{reason} ({count}x)" for reason, count in space.incompatible.most_common(3))
+        return [f"no compatible configuration for {model_id} with the devices, methods and frameworks allowed"
+                + (f": {top}" if top else "")]
+    served = {name for o in space.options for name in o.performance}
+    for traffic in scenario.classes:
+        if traffic.name in served:
+            continue
+        diagnostics = space.per_class[traffic.name]
+        prefix = f"class {traffic.name!r}: " if len(scenario.classes) > 1 else ""
+        if not diagnostics.fits:
+            smallest = diagnostics.smallest_memory
+            reasons.append(f"{prefix}{model_id} does not fit any allowed device at {traffic.context_tokens} tokens "
+                           f"of context: the smallest need is {smallest.value:.1f} GB per GPU ({smallest.what}); "
+                           f"allow more GPUs per replica (--max-gpus), a lower-bit method or a larger device")
+            continue
+        floor = quality_limit(world, traffic)
+        best_ppl = diagnostics.best_ppl
+        if floor is not None and best_ppl.value > floor:
+            reasons.append(f"{prefix}no fitting configuration meets the quality floor ppl +{floor:g}: "
+                           f"the best is +{best_ppl.value:.3f} ({best_ppl.what})")
+            continue
+        if traffic.tpot_limit_ms is not None and diagnostics.best_tpot.value > traffic.tpot_limit_ms:
+            best = diagnostics.best_tpot
+            reasons.append(f"{prefix}best TPOT reachable for {model_id} is {best.value:.1f} ms "
+                           f"({1000 / best.value:.1f} tokens/s per user) on {best.what}; the SLO is "
+                           f"{traffic.tpot_limit_ms:.1f} ms")
+        if traffic.ttft_ms is not None:
+            best = diagnostics.best_ttft_meeting_tpot if traffic.tpot_limit_ms else diagnostics.best_ttft
+            if best.value > traffic.ttft_ms:
+                reasons.append(f"{prefix}best TTFT reachable for {model_id} is {best.value:.0f} ms on {best.what}; "
+                               f"the SLO is {traffic.ttft_ms:g} ms")
+        if len(reasons) == 0 or not reasons[-1].startswith(prefix + "best"):
+            reasons.append(f"{prefix}no single configuration meets all SLOs and the quality floor together "
+                           f"(best TTFT {diagnostics.best_ttft.value:.0f} ms, best TPOT "
+                           f"{diagnostics.best_tpot.value:.1f} ms, best ppl +{best_ppl.value:.3f})")
+    if not reasons:
+        limits = ", ".join(f"{d}={n}" for d, n in sorted(scenario.gpu_count.items()))
+        reasons.append("every class has configurations that meet its SLOs, but not within the devices available"
+                       + (f" ({limits})" if limits else "")
+                       + (f" and at most {scenario.max_configurations} configurations"
+                          if scenario.max_configurations else "")
+                       + ": allow more devices or other device types")
+    return reasons

@@ -1,0 +1,142 @@
+"""The answer: plan records (pydantic) and how they are made from a solution."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from .program import Solution
+from .scenario import TrafficClass
+from .space import Option
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ClassFigures(Out):
+    share: float
+    ttft_ms: float
+    ttft_max_ms: float
+    tpot_ms: float
+    tokens_per_s_per_user: float
+    output_tokens_per_s: float
+    capacity: float
+    capacity_unit: str
+    memory_gb_per_gpu: float
+    kv_cache_gb: float
+
+
+class ReplicaGroup(Out):
+    """`count` identical replicas; figures are for one replica and the class it mostly serves."""
+
+    method: str
+    gpu: str
+    framework: str
+    gpus_per_replica: int
+    batch_size: int
+    kv_cache_dtype: str
+    count: int
+    gpu_layers: int | None
+    ttft_ms: float
+    ttft_max_ms: float
+    tpot_ms: float
+    tokens_per_s: float
+    tokens_per_s_per_user: float
+    decode_tokens_per_s: float
+    memory_gb_per_gpu: float
+    memory_capacity_gb_per_gpu: float
+    weights_gb: float
+    kv_cache_gb: float
+    ppl_delta: float
+    ppl_delta_pct: float
+    cost_per_hour: float
+    execution: str
+    classes: dict[str, ClassFigures]
+
+
+class Alternative(Out):
+    label: str
+    cost_per_hour: float
+    cost_difference_per_hour: float
+    cost_ratio: float
+    replicas: list[str]
+
+
+class SolveStats(Out):
+    configurations: int
+    candidates: int
+    candidates_after_pruning: int
+    solve_seconds: float
+    gap: float | None
+
+
+class Plan(Out):
+    status: str  # optimal | infeasible | time_limit
+    objective: str
+    model: str
+    cost_per_hour: float | None
+    cost_per_million_tokens: float | None
+    tokens_per_s: float | None
+    replicas: list[ReplicaGroup]
+    binding: list[str]
+    alternatives: list[Alternative]
+    reasons: list[str]
+    notes: list[str]
+    stats: SolveStats | None = None
+
+
+def figures(option: Option, traffic: TrafficClass, share: float) -> ClassFigures:
+    result = option.performance[traffic.name]
+    memory = option.memory[traffic.name]
+    return ClassFigures(
+        share=share, ttft_ms=result.ttft_ms, ttft_max_ms=result.ttft_max_ms, tpot_ms=result.tpot_ms,
+        tokens_per_s_per_user=result.tokens_per_s_per_user, output_tokens_per_s=result.output_tokens_per_s,
+        capacity=result.capacity, capacity_unit="requests/s" if traffic.load_kind == "rate" else "users",
+        memory_gb_per_gpu=memory.used_per_gpu / 1e9,
+        kv_cache_gb=memory.kv_per_gpu * memory.memory_divisor / 1e9,
+    )
+
+
+def replica_group(option: Option, count: int, shares: dict[str, float],
+                  classes: tuple[TrafficClass, ...]) -> ReplicaGroup:
+    config = option.config
+    served = {k.name: figures(option, k, shares.get(k.name, 0.0)) for k in classes if k.name in option.performance
+              and (not shares or k.name in shares)}
+    main = max(served, key=lambda name: (served[name].share, name))
+    headline, memory = served[main], option.memory[main]
+    note = config.execution.note or f"{config.execution.compute_dtype} compute, {config.execution.kernel} kernel"
+    return ReplicaGroup(
+        method=config.method.id, gpu=config.gpu.id, framework=config.framework.id,
+        gpus_per_replica=config.gpus, batch_size=config.batch, kv_cache_dtype=config.kv.id, count=count,
+        gpu_layers=config.gpu_layers if config.hybrid else None,
+        ttft_ms=headline.ttft_ms, ttft_max_ms=headline.ttft_max_ms, tpot_ms=headline.tpot_ms,
+        tokens_per_s=headline.output_tokens_per_s, tokens_per_s_per_user=headline.tokens_per_s_per_user,
+        decode_tokens_per_s=option.performance[main].decode_tokens_per_s,
+        memory_gb_per_gpu=headline.memory_gb_per_gpu,
+        memory_capacity_gb_per_gpu=memory.available_per_gpu / 1e9,
+        weights_gb=memory.weights_per_gpu * memory.memory_divisor / 1e9,
+        kv_cache_gb=headline.kv_cache_gb,
+        ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
+        cost_per_hour=option.cost_per_hour, execution=note, classes=served,
+    )
+
+
+def served_tokens_per_s(solution: Solution, classes: tuple[TrafficClass, ...]) -> float:
+    """Output tokens per second the whole plan delivers at the given load."""
+    total = 0.0
+    by_name = {k.name: k for k in classes}
+    for assignment in solution.assignments:
+        for name, share in assignment.shares.items():
+            traffic = by_name[name]
+            if traffic.load_kind == "rate":
+                total += share * traffic.rate_per_s * traffic.output_tokens
+            else:  # a replica's closed-loop throughput, scaled by how full the load keeps it
+                result = assignment.option.performance[name]
+                total += share * traffic.users / result.capacity * result.output_tokens_per_s
+    return total
+
+
+def summary(group: ReplicaGroup) -> str:
+    offload = f", {group.gpu_layers} layers on GPU" if group.gpu_layers is not None else ""
+    return (f"{group.count} x ({group.gpus_per_replica}x {group.gpu}, {group.method}, {group.framework}, "
+            f"batch {group.batch_size}, {group.kv_cache_dtype} KV{offload})")

@@ -1,0 +1,189 @@
+"""The integer program: build -> solve -> extract. Only this module imports PuLP.
+
+Variables: replicas[c] (integer), share[c,k] in [0, 1] (the part of class k that c serves),
+used[c] (binary, only with a cap on distinct configurations).
+Constraints: every class fully served; a configuration's replicas carry the load of its shares;
+devices of each type within availability; at most N distinct configurations.
+Objectives: cost ($/h); latency (load-weighted request latency, then cost); balanced (the sum of
+both, each divided by its own optimum). Ties are broken by a second solve that keeps the optimum and
+prefers, in order, fewer GPUs, less quality loss, lower TPOT, and the alphabetically first
+configuration key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pulp
+
+from .errors import QuantplanError
+from .scenario import TrafficClass
+from .space import Option
+
+OPTIMALITY_TOLERANCE = 1e-6
+
+
+@dataclass
+class Assignment:
+    option: Option
+    replicas: int
+    shares: dict[str, float]
+
+
+@dataclass
+class Solution:
+    status: str  # optimal | time_limit
+    cost_per_hour: float
+    assignments: list[Assignment]
+    gap: float = 0.0
+    solve_seconds: float = 0.0
+    objective_value: float = 0.0
+    availability: dict[str, int] = field(default_factory=dict)
+
+
+class NoSolution(Exception):
+    """The program has no feasible point (given availability and configuration caps)."""
+
+
+def _name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_./\-\[\]]", "_", text)
+
+
+def load_per_replica(option: Option, traffic: TrafficClass) -> float:
+    """Replicas of `option` that serving the whole of `traffic` takes (a continuous figure)."""
+    load = traffic.rate_per_s if traffic.load_kind == "rate" else float(traffic.users)
+    return load / option.performance[traffic.name].capacity
+
+
+def request_latency_ms(option: Option, traffic: TrafficClass) -> float:
+    result = option.performance[traffic.name]
+    return result.ttft_ms + (traffic.output_tokens - 1) * result.tpot_ms
+
+
+def build(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
+          max_configurations: int | None):
+    problem = pulp.LpProblem("quantplan", pulp.LpMinimize)
+    replicas = {o.key: pulp.LpVariable(_name(f"replicas[{o.key}]"), lowBound=0, cat="Integer") for o in options}
+    shares = {(o.key, k.name): pulp.LpVariable(_name(f"share[{o.key}][{k.name}]"), lowBound=0, upBound=1)
+              for o in options for k in classes if k.name in o.performance}
+    for traffic in classes:
+        served = [shares[o.key, traffic.name] for o in options if (o.key, traffic.name) in shares]
+        problem += pulp.lpSum(served) == 1, _name(f"serve[{traffic.name}]")
+    for option in options:
+        carried = [load_per_replica(option, k) * shares[option.key, k.name]
+                   for k in classes if (option.key, k.name) in shares]
+        problem += pulp.lpSum(carried) <= replicas[option.key], _name(f"capacity[{option.key}]")
+    for device, limit in sorted(availability.items()):
+        using = [option.config.gpus * replicas[option.key] for option in options if option.config.gpu.id == device]
+        if using:
+            problem += pulp.lpSum(using) <= limit, _name(f"available[{device}]")
+    if max_configurations is not None:
+        used = {o.key: pulp.LpVariable(_name(f"used[{o.key}]"), cat="Binary") for o in options}
+        for option in options:
+            bound = sum(math.ceil(load_per_replica(option, k)) for k in classes if k.name in option.performance)
+            problem += replicas[option.key] <= bound * used[option.key], _name(f"link[{option.key}]")
+        problem += pulp.lpSum(used.values()) <= max_configurations, "distinct_configurations"
+    return problem, replicas, shares
+
+
+def _solver(name: str, time_limit: float):
+    if name == "cbc":
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
+        if not solver.available():
+            raise QuantplanError("solver 'cbc' was asked for but is not installed; use --solver highs")
+        return solver
+    return pulp.HiGHS(msg=False, timeLimit=time_limit, mip_rel_gap=OPTIMALITY_TOLERANCE)
+
+
+@contextmanager
+def _quiet_stdout():
+    """HiGHS prints a banner on the C-level stdout even with msg=False; keep --json output clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _run(problem, solver_name: str, time_limit: float) -> tuple[str, float]:
+    solver = _solver(solver_name, time_limit)
+    with _quiet_stdout():
+        problem.solve(solver)
+    status = pulp.LpStatus[problem.status]
+    if status == "Optimal":
+        return "optimal", 0.0
+    if status in ("Infeasible", "Undefined") and problem.sol_status in (pulp.LpSolutionNoSolutionFound,
+                                                                        pulp.LpSolutionInfeasible, 0):
+        raise NoSolution(status)
+    if problem.sol_status == pulp.LpSolutionIntegerFeasible:
+        return "time_limit", float("nan")
+    if status == "Unbounded":
+        raise QuantplanError("the integer program is unbounded (a bug: please report the scenario)")
+    raise NoSolution(status)
+
+
+def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
+          objective: str = "cost", max_configurations: int | None = None, solver: str = "highs",
+          time_limit: float = 60.0) -> Solution:
+    """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible."""
+    if not options:
+        raise NoSolution("no candidates")
+    started = time.perf_counter()
+    problem, replicas, shares = build(options, classes, availability, max_configurations)
+    cost = pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in options)
+    latency = pulp.lpSum(request_latency_ms(o, k) / 1000.0 * shares[o.key, k.name]
+                         for o in options for k in classes if (o.key, k.name) in shares)
+    primary = {"cost": cost, "latency": latency}.get(objective)
+    statuses = []
+    if primary is None:  # balanced: each part divided by its own optimum
+        best_cost = _optimum(problem, cost, solver, time_limit, statuses)
+        best_latency = _optimum(problem, latency, solver, time_limit, statuses)
+        primary = cost / max(best_cost, 1e-9) + latency / max(best_latency, 1e-9)
+    best = _optimum(problem, primary, solver, time_limit, statuses)
+    problem += primary <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_optimum"
+    if objective == "latency":
+        best_cost = _optimum(problem, cost, solver, time_limit, statuses)
+        problem += cost <= best_cost + OPTIMALITY_TOLERANCE * max(1.0, best_cost), "keep_cost"
+    _optimum(problem, _tie_break(options, replicas, classes), solver, time_limit, statuses)
+    assignments = []
+    for option in options:
+        count = round(replicas[option.key].value() or 0)
+        if count <= 0:
+            continue
+        taken = {k.name: shares[option.key, k.name].value() or 0.0
+                 for k in classes if (option.key, k.name) in shares}
+        assignments.append(Assignment(option, count, {k: v for k, v in taken.items() if v > 1e-9}))
+    status = "time_limit" if "time_limit" in statuses else "optimal"
+    total = sum(a.option.cost_per_hour * a.replicas for a in assignments)
+    return Solution(status, total, assignments, gap=float("nan") if status == "time_limit" else 0.0,
+                    solve_seconds=time.perf_counter() - started, objective_value=best,
+                    availability=dict(availability))
+
+
+def _optimum(problem, objective, solver: str, time_limit: float, statuses: list[str]) -> float:
+    problem.setObjective(objective)
+    status, _ = _run(problem, solver, time_limit)
+    statuses.append(status)
+    return float(pulp.value(objective) or 0.0)
+
+
+def _tie_break(options: list[Option], replicas: dict, classes) -> pulp.LpAffineExpression:
+    """Prefer fewer GPUs, then less quality loss, then lower TPOT, then the first key."""
+    def rank(option: Option):
+        tpot = sum(r.tpot_ms for r in option.performance.values()) / len(option.performance)
+        return (option.config.gpus, round(option.quality.relative, 9), round(tpot, 6), option.key)
+
+    ordered = sorted(options, key=rank)
+    return pulp.lpSum((1.0 + index / len(ordered)) * option.config.gpus * replicas[option.key]
+                      for index, option in enumerate(ordered))

@@ -1,0 +1,227 @@
+"""The candidate space: compatible configurations that fit, with their figures for every traffic class."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from . import terms as q
+from .candidates import Config, Execution
+from .estimator import Memory, Quality, cost_terms, memory, memory_terms, quality
+from .errors import QuantplanError
+from .registry import World
+from .scenario import Scenario, TrafficClass
+from .serving import Performance, performance, timing
+from .specs import ModelSpec
+
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+
+
+@dataclass
+class Option:
+    """A candidate the integer program may pick: a configuration at one batch size."""
+
+    config: Config
+    cost_per_hour: float
+    quality: Quality
+    memory: dict[str, Memory]  # by class name
+    performance: dict[str, Performance]  # classes it can serve (SLOs and quality floor met)
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+
+@dataclass
+class Best:
+    value: float = math.inf
+    what: str = ""
+
+    def offer(self, value: float, what: str) -> None:
+        if value < self.value or (value == self.value and what < self.what):
+            self.value, self.what = value, what
+
+
+@dataclass
+class ClassDiagnostics:
+    """Why candidates were dropped for one class: the best each constraint alone allows."""
+
+    fits: int = 0
+    best_ttft: Best = field(default_factory=Best)
+    best_tpot: Best = field(default_factory=Best)
+    best_ttft_meeting_tpot: Best = field(default_factory=Best)
+    best_ppl: Best = field(default_factory=Best)
+    smallest_memory: Best = field(default_factory=Best)
+    quality_rejects: int = 0
+    slo_rejects: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Space:
+    model: ModelSpec
+    options: list[Option]
+    incompatible: Counter
+    per_class: dict[str, ClassDiagnostics]
+    configurations: int = 0
+
+
+def resolve_model(world: World, scenario: Scenario) -> ModelSpec:
+    if scenario.model_config_path:
+        from .shapes import model_from_config
+
+        return model_from_config(scenario.model_config_path)
+    return world.models.get(scenario.model)
+
+
+def quality_limit(world: World, traffic: TrafficClass) -> float | None:
+    if traffic.use_case is not None:
+        use_case = world.quality.use_cases.get(traffic.use_case)
+        if use_case is None:
+            known = ", ".join(sorted(world.quality.use_cases))
+            raise QuantplanError(f"unknown use case {traffic.use_case!r}; known: {known}")
+        return use_case.max_ppl_delta
+    return traffic.max_ppl_delta
+
+
+def configurations(world: World, scenario: Scenario, model: ModelSpec, incompatible: Counter):
+    """Compatible (device, method, framework, GPUs, KV) configurations at batch 1, in a fixed order."""
+    pick = lambda registry, names: [registry.get(n) for n in names] if names else list(registry)  # noqa: E731
+    gpus, methods = pick(world.gpus, scenario.gpus), pick(world.methods, scenario.methods)
+    frameworks, kv_caches = pick(world.frameworks, scenario.frameworks), pick(world.kv_caches, scenario.kv_cache_dtypes)
+    for gpu in gpus:
+        for framework in frameworks:
+            for method in methods:
+                execution = world.plugins.call("quantplan_execution", method=method, gpu=gpu, framework=framework)
+                if execution is None:
+                    incompatible[f"no plugin says how {framework.id} runs {method.id}"] += 1
+                    continue
+                if not execution.possible:
+                    incompatible[execution.reason] += 1
+                    continue
+                for size in TENSOR_PARALLEL_SIZES:
+                    if size > scenario.max_gpus:
+                        continue
+                    for kv in kv_caches:
+                        config = Config(model, method, gpu, framework, kv, size, execution)
+                        reasons = [r for found in world.plugins.call("quantplan_incompatibility", config=config)
+                                   for r in found]
+                        if reasons:
+                            incompatible[reasons[0]] += 1
+                            continue
+                        yield config
+
+
+def hybrid_fraction(world: World, config: Config, context_tokens: int) -> float:
+    """Largest share of layers that fits on the GPU when the rest goes to host RAM (llama.cpp -ngl)."""
+    full = memory(world, replace(config, gpu_layer_fraction=0.999999), context_tokens)
+    none = memory(world, replace(config, gpu_layer_fraction=0.0), context_tokens)
+    per_layer_share = full.used_per_gpu - none.used_per_gpu
+    room = none.available_per_gpu - none.used_per_gpu
+    if per_layer_share <= 0 or room <= 0:
+        return 0.0
+    layers = math.floor(min(room / per_layer_share, 1.0) * config.model.layers)
+    return min(layers, config.model.layers - 1) / config.model.layers
+
+
+def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
+    model = resolve_model(world, scenario)
+    limits = {c.name: quality_limit(world, c) for c in scenario.classes}
+    incompatible: Counter = Counter()
+    per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
+    options: list[Option] = []
+    batches = useful_batches(scenario)
+    count = 0
+    for config in configurations(world, scenario, model, incompatible):
+        count += 1
+        found_cost = cost_terms(world, config, prices)
+        if not any(t.quantity == q.COST for t in found_cost):
+            incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
+            continue
+        cost = sum(t.value for t in found_cost if t.quantity == q.COST)
+        assessed = quality(world, config)
+        if not math.isfinite(assessed.relative):
+            incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
+            continue
+        placed = _placed(world, config, scenario.classes)
+        if placed is None:
+            for traffic in scenario.classes:
+                need = memory(world, config, traffic.context_tokens)
+                per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
+            continue
+        options += _batches(world, placed, batches, scenario.classes, limits, cost, assessed, per_class)
+    return Space(model, options, incompatible, per_class, count)
+
+
+def useful_batches(scenario: Scenario) -> list[int]:
+    """Batch sizes worth trying. With only concurrency classes, a batch above the total number of
+    users never needs fewer replicas, so sizes stop there (the class sizes themselves are added)."""
+    users = [c.users for c in scenario.classes if c.load_kind == "concurrency"]
+    sizes = set(scenario.batch_sizes) | set(users)
+    if len(users) == len(scenario.classes):
+        sizes = {b for b in sizes if b <= sum(users)}
+    return sorted(sizes)
+
+
+def _placed(world: World, config: Config, classes) -> Config | None:
+    """The config at batch 1, offloaded to host RAM if llama.cpp needs that to fit; None if nothing fits."""
+    context = min(c.context_tokens for c in classes)
+    if memory(world, config, context).fits:
+        return config
+    if config.framework.hybrid_offload and config.gpu.kind == "gpu" and config.gpus == 1:
+        fraction = hybrid_fraction(world, config, context)
+        if fraction > 0:
+            hybrid = replace(config, gpu_layer_fraction=fraction)
+            if memory(world, hybrid, context).fits:
+                return hybrid
+    return None
+
+
+def _batches(world, config, batches, classes, limits, cost, assessed, per_class) -> list[Option]:
+    found = []
+    open_classes = {c.name for c in classes}
+    for batch in batches:
+        if not open_classes:
+            break
+        sized = config.with_batch(batch)
+        memories, performances = {}, {}
+        for traffic in classes:
+            if traffic.name not in open_classes:
+                continue
+            fit = memory(world, sized, traffic.context_tokens, memory_terms(world, sized, traffic.context_tokens))
+            diagnostics = per_class[traffic.name]
+            if not fit.fits:
+                open_classes.discard(traffic.name)  # larger batches need more memory still
+                if batch == batches[0]:
+                    diagnostics.smallest_memory.offer(fit.used_per_gpu / 1e9, _describe(sized))
+                continue
+            diagnostics.fits += 1
+            result = performance(sized, traffic, timing(world, sized, traffic))
+            what = _describe(sized)
+            diagnostics.best_ttft.offer(result.ttft_ms, what)
+            diagnostics.best_tpot.offer(result.tpot_ms, what)
+            if traffic.tpot_limit_ms is None or result.tpot_ms <= traffic.tpot_limit_ms:
+                diagnostics.best_ttft_meeting_tpot.offer(result.ttft_ms, what)
+            diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
+            limit = limits[traffic.name]
+            if limit is not None and assessed.ppl_delta > limit:
+                diagnostics.quality_rejects += 1
+                open_classes.discard(traffic.name)
+                continue
+            if not result.meets:
+                for violation in result.violations:
+                    diagnostics.slo_rejects[violation.split(" ")[0]] += 1
+                if traffic.load_kind == "concurrency":
+                    open_classes.discard(traffic.name)  # in lockstep TTFT and TPOT only grow with batch
+                continue
+            memories[traffic.name] = fit
+            performances[traffic.name] = result
+        if performances:
+            found.append(Option(sized, cost, assessed, memories, performances))
+    return found
+
+
+def _describe(config: Config) -> str:
+    offload = f" ({config.gpu_layers}/{config.model.layers} layers on GPU)" if config.hybrid else ""
+    return (f"{config.gpus}x {config.gpu.id} at {config.method.id}, {config.framework.id}, "
+            f"batch {config.batch}, {config.kv.id} KV{offload}")
