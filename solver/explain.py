@@ -29,7 +29,8 @@ def binding_constraints(world, scenario: Scenario, solution: Solution, groups: l
         if group.memory_gb_per_gpu >= BINDING_SHARE * group.memory_capacity_gb_per_gpu:
             found.append(f"memory: {group.memory_gb_per_gpu:.1f} of {group.memory_capacity_gb_per_gpu:.1f} GB "
                          f"per GPU ({label})")
-        nxt = _next_batch_limit(space, group)
+        users = sum(k.users for k in scenario.classes if k.load_kind == "concurrency")
+        nxt = _next_batch_limit(space, group) if group.batch_size < users or users == 0 else ""
         if nxt:
             found.append(nxt)
     for device, limit in sorted(solution.availability.items()):

@@ -1,0 +1,320 @@
+"""The `quantplan` command: parse options, call the solver, render tables or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from quantplan.solver.errors import InfeasibleError, QuantplanError
+
+OBJECTIVES = ("cost", "latency", "balanced")
+
+
+def _pairs(values: tuple[str, ...], option: str, kind: type) -> dict:
+    """Parse repeated DEV=VALUE options."""
+    parsed = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not name.strip():
+            raise QuantplanError(f"{option} {value!r}: expected DEVICE=VALUE")
+        try:
+            parsed[name.strip()] = kind(number)
+        except ValueError:
+            raise QuantplanError(f"{option} {value!r}: {number!r} is not a {kind.__name__}") from None
+    return parsed
+
+
+def _emit(data, as_json: bool, render) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(Console(width=200))
+
+
+catalog_option = click.option("--catalog", "catalogs", multiple=True, type=click.Path(dir_okay=False),
+                              help="TOML file registering more devices, prices and models (repeatable).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+
+
+def workload_options(function):
+    options = [
+        click.option("--model", help="Model id or alias (quantplan list models)."),
+        click.option("--model-config", type=click.Path(dir_okay=False), help="Hugging Face config.json of any model."),
+        click.option("--gpu", "gpus", multiple=True, help="Restrict to these devices (repeatable)."),
+        click.option("--method", "methods", multiple=True, help="Restrict to these methods (repeatable)."),
+        click.option("--framework", "frameworks", multiple=True, help="Restrict to these frameworks (repeatable)."),
+        click.option("--kv-cache-dtype", "kv_cache_dtypes", multiple=True, help="Restrict KV-cache precisions."),
+        click.option("--max-gpus", type=int, help="Most GPUs in one replica (tensor parallel or layer split)."),
+        click.option("--gpu-count", multiple=True, help="Devices available, DEV=N (repeatable)."),
+        click.option("--price", multiple=True, help="Override a price, DEV=USD per device-hour (repeatable)."),
+        click.option("--prompt-tokens", type=int, help="Prompt (input) tokens per request."),
+        click.option("--output-tokens", type=int, help="Output tokens per request."),
+        click.option("--concurrency", type=int, help="Concurrent users (closed loop, lockstep)."),
+        click.option("--rate", type=float, help="Requests per second (Poisson arrivals)."),
+        click.option("--ttft-ms", type=float, help="Time-to-first-token SLO (mean), ms."),
+        click.option("--tpot-ms", type=float, help="Time-per-output-token SLO, ms."),
+        click.option("--min-tokens-per-s", type=float, help="Decode tokens/s per user SLO (= 1000 / TPOT)."),
+        click.option("--max-ppl-delta", type=float, help="Quality floor: largest perplexity increase."),
+        click.option("--use-case", help="Quality floor by use case: chat_general, code_generation, "
+                                        "medical_legal, summarization."),
+        click.option("--objective", type=click.Choice(OBJECTIVES), help="cost (default), latency or balanced."),
+        click.option("--max-configurations", type=int, help="At most this many distinct configurations."),
+        click.option("--time-limit", type=float, help="Solver time limit, seconds."),
+        click.option("--solver", type=click.Choice(("highs", "cbc")), help="MILP solver (default highs)."),
+        catalog_option,
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return click.argument("scenario_file", required=False, type=click.Path(dir_okay=False))(function)
+
+
+WORKLOAD_KEYS = ("prompt_tokens", "output_tokens", "concurrency", "rate", "ttft_ms", "tpot_ms",
+                 "min_tokens_per_s", "max_ppl_delta", "use_case")
+
+
+def scenario_from_options(scenario_file, options: dict):
+    """Scenario file (if any) with command-line options on top."""
+    from quantplan.solver.scenario import load_scenario, make_scenario
+
+    top = {
+        "model": options.get("model"), "model_config_path": options.get("model_config"),
+        "gpus": options.get("gpus") or None, "methods": options.get("methods") or None,
+        "frameworks": options.get("frameworks") or None, "kv_cache_dtypes": options.get("kv_cache_dtypes") or None,
+        "max_gpus": options.get("max_gpus"), "objective": options.get("objective"),
+        "max_configurations": options.get("max_configurations"), "time_limit_s": options.get("time_limit"),
+        "solver": options.get("solver"),
+    }
+    if options.get("gpu_count"):
+        top["gpu_count"] = _pairs(options["gpu_count"], "--gpu-count", int)
+    if options.get("price"):
+        top["prices"] = _pairs(options["price"], "--price", float)
+    if options.get("model") and not options.get("model_config"):
+        top["model_config_path"] = None
+    if options.get("model_config"):
+        top["model"] = None
+    workload = {k.replace("rate", "rate_per_s") if k == "rate" else k: options.get(k) for k in WORKLOAD_KEYS}
+    workload = {k: v for k, v in workload.items() if v is not None}
+    base: dict = {}
+    if scenario_file:
+        base = load_scenario(scenario_file).model_dump()
+        base = {k: v for k, v in base.items()}
+    fields = {**base, **{k: v for k, v in top.items() if v is not None}}
+    if options.get("model"):
+        fields["model_config_path"] = None
+    if options.get("model_config"):
+        fields["model"] = None
+    if workload:
+        classes = list(base.get("classes") or [{}])
+        if len(classes) > 1:
+            raise QuantplanError(f"workload options apply to one traffic class; the scenario has {len(classes)}")
+        traffic = dict(classes[0])
+        if "rate_per_s" in workload:
+            traffic["concurrency"] = None
+        if "concurrency" in workload:
+            traffic["rate_per_s"] = None
+        if "tpot_ms" in workload:
+            traffic["min_tokens_per_s"] = None
+        if "min_tokens_per_s" in workload:
+            traffic["tpot_ms"] = None
+        if "use_case" in workload:
+            traffic["max_ppl_delta"] = None
+        if "max_ppl_delta" in workload:
+            traffic["use_case"] = None
+        traffic.update(workload)
+        fields["classes"] = [traffic]
+    catalogs = list(base.get("catalogs") or []) + [str(Path(c).resolve()) for c in options.get("catalogs") or ()]
+    fields["catalogs"] = catalogs
+    return make_scenario(fields)
+
+
+class QuantplanGroup(click.Group):
+    """Turns domain errors into one line on stderr and an exit code; bugs still raise."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InfeasibleError as error:
+            if ctx.meta.get("as_json"):
+                click.echo(json.dumps({"status": "infeasible", "reasons": error.reasons}, indent=2))
+            click.echo(f"infeasible: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except QuantplanError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+@click.group(cls=QuantplanGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="quantplan")
+def cli():
+    """quantplan: the cheapest way to serve a language model under latency SLOs and a quality floor."""
+
+
+@cli.command()
+@workload_options
+@click.option("--no-alternatives", is_flag=True, help="Skip the runner-up plans (faster).")
+@json_option
+@click.pass_context
+def solve(ctx, scenario_file, no_alternatives, as_json, **options):
+    """Cheapest deployment for a scenario file and/or options."""
+    from quantplan.solver.api import solve as run
+    from quantplan.solver.report import render_plan
+
+    ctx.meta["as_json"] = as_json
+    scenario = scenario_from_options(scenario_file, options)
+    if no_alternatives:
+        scenario = scenario.model_copy(update={"alternatives": False})
+    plan = run(scenario)
+    _emit(plan.model_dump(), as_json, lambda console: render_plan(plan, console))
+
+
+@cli.command()
+@click.option("--model", help="Model id or alias.")
+@click.option("--model-config", type=click.Path(dir_okay=False), help="Hugging Face config.json.")
+@click.option("--method", required=True)
+@click.option("--gpu", required=True)
+@click.option("--framework", required=True)
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per replica.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Concurrent sequences (closed loop).")
+@click.option("--prompt-tokens", type=int, default=512, show_default=True)
+@click.option("--output-tokens", type=int, default=256, show_default=True)
+@click.option("--kv-cache-dtype", default="fp16", show_default=True)
+@click.option("--gpu-layers", type=int, help="llama.cpp: layers on the GPU (the rest in host RAM).")
+@click.option("--price", multiple=True, help="Override a price, DEV=USD.")
+@catalog_option
+@json_option
+def estimate(model, model_config, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens,
+             kv_cache_dtype, gpu_layers, price, catalogs, as_json):
+    """Predictions for one configuration, with every term and the plugin that gave it."""
+    from quantplan.solver.api import estimate as run
+    from quantplan.solver.report import render_estimate
+
+    if (model is None) == (model_config is None):
+        raise QuantplanError("give exactly one of --model or --model-config")
+    result = run(model, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens, kv_cache_dtype,
+                 gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs))
+    _emit(result.model_dump(), as_json, lambda console: render_estimate(result, console))
+    if not result.compatible:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, help="Models (default: the seed blog's six).")
+@click.option("--method", "methods", multiple=True, help="Methods (default: fp16, int8-w8a8, awq-int4).")
+@click.option("--gpu", "gpus", multiple=True, help="Devices (default: a100-80gb, rtx4090).")
+@click.option("--batch", type=int, default=8, show_default=True)
+@click.option("--context-tokens", type=int, default=4096, show_default=True)
+@click.option("--framework", default="vllm", show_default=True)
+@click.option("--kv-cache-dtype", default="fp16", show_default=True)
+@catalog_option
+@json_option
+def memory(models, methods, gpus, batch, context_tokens, framework, kv_cache_dtype, catalogs, as_json):
+    """The memory table: model x method, weights + KV + overhead, and where it fits."""
+    from quantplan.solver import tables
+    from quantplan.solver.registry import load_world
+    from quantplan.solver.report import render_rows
+
+    if batch <= 0 or context_tokens <= 0:
+        raise QuantplanError("--batch and --context-tokens must be positive")
+    world = load_world(catalogs)
+    rows = tables.memory_table(world, models or tables.BLOG_MODELS, methods or tables.BLOG_METHODS,
+                               gpus or tables.BLOG_DEVICES, batch, context_tokens, framework, kv_cache_dtype)
+    devices = list(rows[0].fits) if rows else []
+
+    def render(console):
+        cells = [[r.model, r.method, f"{r.weights_gb:.1f}", f"{r.kv_cache_gb:.1f}", f"{r.overhead_gb:.1f}",
+                  f"{r.total_gb:.1f}"] + [("fits" if r.fits[d] else "NO") + (f" (TP{r.gpus_needed[d]})"
+                                          if not r.fits[d] and r.gpus_needed[d] else "") for d in devices]
+                 for r in rows]
+        render_rows(f"Memory per replica at batch {batch} x {context_tokens} tokens ({framework}, "
+                    f"{kv_cache_dtype} KV); fit on one GPU", ["model", "method", "weights (GB)", "KV cache (GB)",
+                                                              "overhead (GB)", "total (GB)"] + devices, cells, console)
+
+    _emit([r.model_dump() for r in rows], as_json, render)
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(("gpus", "methods", "frameworks", "models")))
+@catalog_option
+@json_option
+def list_(what, catalogs, as_json):
+    """List devices, methods, frameworks or models."""
+    from quantplan.solver.registry import load_world
+    from quantplan.solver.report import render_rows
+    from quantplan.solver.shapes import active_linear_params, parameter_counts
+
+    world = load_world(catalogs)
+    if what == "gpus":
+        columns = ["id", "kind", "memory (GB)", "bandwidth (TB/s)", "fp16 (TFLOPS)", "fp8 (TFLOPS)",
+                   "int8 (TOPS)", "fp4 (TFLOPS)", "cc", "$/h"]
+        rows = [[g.id, g.kind, f"{g.usable_gb:g}", f"{g.bandwidth_tb_s:g}", f"{g.tflops_fp16:g}", f"{g.tflops_fp8:g}",
+                 f"{g.tops_int8:g}", f"{g.tflops_fp4:g}", f"{g.compute_capability or '-'}",
+                 f"{world.prices[g.id].usd_per_hour:g}" if g.id in world.prices else "-"] for g in world.gpus]
+        data = [dict(g.model_dump(), price=world.prices.get(g.id).model_dump() if g.id in world.prices else None)
+                for g in world.gpus]
+    elif what == "methods":
+        columns = ["id", "kind", "bits/weight (linear)", "compute", "kernel", "min cc"]
+        rows = [[m.id, m.kind, f"{m.linear_bits_per_weight:g}", m.compute_dtype, m.kernel,
+                 f"{m.min_compute_capability or '-'}"] for m in world.methods]
+        data = [m.model_dump() for m in world.methods]
+    elif what == "frameworks":
+        columns = ["id", "devices", "parallelism", "methods", "KV caches"]
+        rows = [[f.id, ",".join(f.device_kinds), f.parallelism, ",".join(f.methods), ",".join(f.kv_cache_dtypes)]
+                for f in world.frameworks]
+        data = [f.model_dump() for f in world.frameworks]
+    else:
+        columns = ["id", "family", "params (B)", "active (B)", "layers", "KV heads", "KV KiB/token (fp16)"]
+        rows, data = [], []
+        for m in world.models:
+            counts = parameter_counts(m)
+            kv = 2 * m.layers * m.kv_heads * m.head_dim * 2 / 1024
+            active = active_linear_params(m) + counts.embedding + counts.lm_head + counts.norms
+            rows.append([m.id, m.family, f"{counts.total / 1e9:.2f}", f"{active / 1e9:.2f}", m.layers, m.kv_heads,
+                         f"{kv:g}"])
+            data.append(dict(m.model_dump(), params_b=counts.total / 1e9, active_params_b=active / 1e9))
+    _emit(data, as_json, lambda console: render_rows(what, columns, rows, console))
+
+
+@cli.command()
+@catalog_option
+@json_option
+def plugins(catalogs, as_json):
+    """Plugins loaded (with where they came from) and plugins that failed."""
+    from quantplan.plugins.manager import make_plugin_set
+    from quantplan.solver.report import render_rows
+
+    found = make_plugin_set(catalogs=catalogs)
+    loaded = [{"name": n, "origin": found.origins.get(n, "")} for n in found.names()]
+    failed = [{"name": f.name, "distribution": f.distribution, "version": f.version, "error": f.error}
+              for f in found.failures]
+
+    def render(console):
+        render_rows("Loaded plugins", ["name", "from"], [[p["name"], p["origin"]] for p in loaded], console)
+        if failed:
+            render_rows("Failed plugins", ["name", "distribution", "error"],
+                        [[f["name"], f"{f['distribution']} {f['version']}".strip(), f["error"]] for f in failed],
+                        console)
+
+    _emit({"loaded": loaded, "failed": failed}, as_json, render)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: click's usage errors also become one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="quantplan", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        click.echo(f"error: {error.format_message()}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

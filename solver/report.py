@@ -1,0 +1,104 @@
+"""Human output: aligned tables with units in the headers (rich), for plans, estimates and listings."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .api import EstimateResult
+from .plan import Plan, summary
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index > 0)
+    return table
+
+
+def _f(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render_plan(plan: Plan, console: Console) -> None:
+    console.print(f"[bold]{plan.model}[/bold]: {plan.status}, objective {plan.objective}")
+    table = _table("Replica groups (figures per replica)", [
+        "configuration", "count", "batch", "TTFT (ms)", "TPOT (ms)", "tok/s/user", "tok/s",
+        "mem/GPU (GB)", "ppl Δ", "ppl Δ (%)", "$/h"])
+    for group in plan.replicas:
+        offload = f", ngl {group.gpu_layers}" if group.gpu_layers is not None else ""
+        name = (f"{group.gpus_per_replica}x {group.gpu} {group.method} {group.framework} "
+                f"kv={group.kv_cache_dtype}{offload}")
+        table.add_row(name, str(group.count), str(group.batch_size), _f(group.ttft_ms, 0), _f(group.tpot_ms, 1),
+                      _f(group.tokens_per_s_per_user, 1), _f(group.tokens_per_s, 0),
+                      f"{group.memory_gb_per_gpu:.1f}/{group.memory_capacity_gb_per_gpu:.1f}",
+                      _f(group.ppl_delta, 3), _f(group.ppl_delta_pct, 2), _f(group.cost_per_hour * group.count, 2))
+    console.print(table)
+    console.print(f"Total: ${plan.cost_per_hour:,.2f}/h, {_f(plan.tokens_per_s, 0)} output tokens/s, "
+                  f"${_f(plan.cost_per_million_tokens, 3)} per 1M output tokens")
+    if any(len(g.classes) > 1 for g in plan.replicas):
+        per_class = _table("Per traffic class", ["group / class", "share", "TTFT (ms)", "TPOT (ms)", "capacity"])
+        for group in plan.replicas:
+            for name, figures in group.classes.items():
+                per_class.add_row(f"{group.gpu}/{group.method} / {name}", f"{figures.share:.2f}",
+                                  _f(figures.ttft_ms, 0), _f(figures.tpot_ms, 1),
+                                  f"{figures.capacity:.3g} {figures.capacity_unit}")
+        console.print(per_class)
+    if plan.binding:
+        console.print("[bold]Binding[/bold]: " + "; ".join(plan.binding))
+    for note in plan.notes:
+        console.print(f"Note: {note}")
+    if plan.alternatives:
+        table = _table("Alternatives (cheapest plan under each restriction)", ["restriction", "$/h", "Δ $/h", "x", "plan"])
+        for alt in plan.alternatives:
+            table.add_row(alt.label, _f(alt.cost_per_hour, 2), f"{alt.cost_difference_per_hour:+,.2f}",
+                          f"{alt.cost_ratio:.2f}", "; ".join(alt.replicas))
+        console.print(table)
+    if plan.stats:
+        s = plan.stats
+        console.print(f"[dim]{s.configurations} configurations, {s.candidates} candidates, "
+                      f"{s.candidates_after_pruning} after pruning, solved in {s.solve_seconds:.2f} s[/dim]")
+
+
+def render_estimate(result: EstimateResult, console: Console) -> None:
+    head = (f"{result.model} on {result.gpus}x {result.gpu}, {result.method}, {result.framework}, "
+            f"batch {result.batch_size}, {result.kv_cache_dtype} KV, {result.prompt_tokens}+{result.output_tokens} tokens")
+    console.print(f"[bold]{head}[/bold]")
+    if not result.compatible:
+        console.print("incompatible: " + "; ".join(result.reasons))
+        return
+    rows = [
+        ("fits", "yes" if result.fits else "NO"),
+        ("memory per GPU (GB)", f"{result.memory_gb_per_gpu:.2f} of {result.memory_capacity_gb_per_gpu:.2f}"),
+        ("weights, replica (GB)", _f(result.weights_gb, 2)), ("KV cache, replica (GB)", _f(result.kv_cache_gb, 2)),
+        ("overhead per GPU (GB)", _f(result.overhead_gb, 2)),
+        ("layers on GPU", str(result.gpu_layers) if result.gpu_layers is not None else "all"),
+        ("TTFT mean / last (ms)", f"{_f(result.ttft_ms, 1)} / {_f(result.ttft_max_ms, 1)}"),
+        ("TPOT (ms)", _f(result.tpot_ms, 2)), ("tokens/s per user", _f(result.tokens_per_s_per_user, 1)),
+        ("decode tokens/s per replica", _f(result.decode_tokens_per_s, 0)),
+        ("output tokens/s per replica (closed loop)", _f(result.tokens_per_s, 0)),
+        ("prefill tokens/s", _f(result.prefill_tokens_per_s, 0)), ("decode bound", result.decode_bound or "-"),
+        ("ppl Δ / ppl Δ (%)", f"{_f(result.ppl_delta, 3)} / {_f(result.ppl_delta_pct, 2)}"),
+        ("$/h, $/1M output tokens", f"{_f(result.cost_per_hour, 3)}, {_f(result.cost_per_million_tokens, 3)}"),
+        ("execution", result.execution or "-"),
+    ]
+    table = _table("Prediction", ["figure", "value"])
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    terms = _table("Terms (plugin: what)", ["plugin", "quantity", "phase", "value", "detail"])
+    for term in result.terms:
+        terms.add_row(term["plugin"], term["quantity"], term["phase"] or "-", f"{term['value']:.4g}", term["detail"])
+    console.print(terms)
+
+
+def render_rows(title: str, columns: list[str], rows: list[list[str]], console: Console) -> None:
+    table = _table(title, columns)
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    console.print(table)
+
+
+__all__ = ["render_plan", "render_estimate", "render_rows", "summary"]
