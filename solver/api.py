@@ -66,7 +66,12 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     try:
         solution = _solve(options, scenario, availability)
     except program.NoSolution:
-        reasons = infeasibility(world, scenario, space, model_id)
+        try:
+            unconstrained = program.solve(options, scenario.classes, {}, "cost", None, scenario.solver,
+                                          scenario.time_limit_s)
+        except program.NoSolution:
+            unconstrained = None
+        reasons = infeasibility(world, scenario, space, model_id, unconstrained)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes)
               for a in sorted(solution.assignments, key=lambda a: a.option.key)]

@@ -53,7 +53,7 @@ def _next_batch_limit(space: Space, group: ReplicaGroup) -> str:
             f"meets the SLOs")
 
 
-def infeasibility(world, scenario: Scenario, space: Space, model_id: str) -> list[str]:
+def infeasibility(world, scenario: Scenario, space: Space, model_id: str, unconstrained=None) -> list[str]:
     """Say what cannot be met, with the best each constraint allows."""
     reasons = []
     if not space.configurations:
@@ -94,9 +94,21 @@ def infeasibility(world, scenario: Scenario, space: Space, model_id: str) -> lis
                            f"{diagnostics.best_tpot.value:.1f} ms, best ppl +{best_ppl.value:.3f})")
     if not reasons:
         limits = ", ".join(f"{d}={n}" for d, n in sorted(scenario.gpu_count.items()))
+        needed = ""
+        if unconstrained is not None:
+            use: dict[str, int] = {}
+            for assignment in unconstrained.assignments:
+                device = assignment.option.config.gpu.id
+                use[device] = use.get(device, 0) + assignment.replicas * assignment.option.config.gpus
+            plan = "; ".join(f"{a.replicas} x ({a.option.config.gpus}x {a.option.config.gpu.id}, "
+                             f"{a.option.config.method.id}, {a.option.config.framework.id}, batch "
+                             f"{a.option.config.batch})" for a in unconstrained.assignments)
+            needed = (f"; the cheapest plan that meets them needs "
+                      f"{', '.join(f'{n} {d}' for d, n in sorted(use.items()))} ({plan}, "
+                      f"${unconstrained.cost_per_hour:.2f}/h)")
         reasons.append("every class has configurations that meet its SLOs, but not within the devices available"
                        + (f" ({limits})" if limits else "")
                        + (f" and at most {scenario.max_configurations} configurations"
                           if scenario.max_configurations else "")
-                       + ": allow more devices or other device types")
+                       + needed)
     return reasons

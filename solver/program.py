@@ -66,11 +66,19 @@ def request_latency_ms(option: Option, traffic: TrafficClass) -> float:
     return result.ttft_ms + (traffic.output_tokens - 1) * result.tpot_ms
 
 
+def _variable_factory(problem):
+    """PuLP 3.3+ attaches variables to the problem (the PuLP 4 way); older PuLP builds them alone."""
+    if hasattr(problem, "add_variable"):
+        return lambda name, low, high, cat: problem.add_variable(name, lowBound=low, upBound=high, cat=cat)
+    return lambda name, low, high, cat: pulp.LpVariable(name, lowBound=low, upBound=high, cat=cat)
+
+
 def build(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
           max_configurations: int | None):
     problem = pulp.LpProblem("quantplan", pulp.LpMinimize)
-    replicas = {o.key: pulp.LpVariable(_name(f"replicas[{o.key}]"), lowBound=0, cat="Integer") for o in options}
-    shares = {(o.key, k.name): pulp.LpVariable(_name(f"share[{o.key}][{k.name}]"), lowBound=0, upBound=1)
+    variable = _variable_factory(problem)
+    replicas = {o.key: variable(_name(f"replicas[{o.key}]"), 0, None, "Integer") for o in options}
+    shares = {(o.key, k.name): variable(_name(f"share[{o.key}][{k.name}]"), 0, 1, "Continuous")
               for o in options for k in classes if k.name in o.performance}
     for traffic in classes:
         served = [shares[o.key, traffic.name] for o in options if (o.key, traffic.name) in shares]
@@ -84,7 +92,7 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
         if using:
             problem += pulp.lpSum(using) <= limit, _name(f"available[{device}]")
     if max_configurations is not None:
-        used = {o.key: pulp.LpVariable(_name(f"used[{o.key}]"), cat="Binary") for o in options}
+        used = {o.key: variable(_name(f"used[{o.key}]"), 0, 1, "Binary") for o in options}
         for option in options:
             bound = sum(math.ceil(load_per_replica(option, k)) for k in classes if k.name in option.performance)
             problem += replicas[option.key] <= bound * used[option.key], _name(f"link[{option.key}]")
@@ -139,6 +147,7 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible."""
     if not options:
         raise NoSolution("no candidates")
+    options = sorted(options, key=lambda o: o.key)  # the solver sees one model whatever the input order
     started = time.perf_counter()
     problem, replicas, shares = build(options, classes, availability, max_configurations)
     cost = pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in options)

@@ -1,0 +1,86 @@
+"""The seed blog's three worked examples, solved; where quantplan differs from the blog, the numbers say why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantplan.solver.api import DeploymentConstraints, estimate, solve
+from quantplan.solver.errors import InfeasibleError
+from quantplan.solver.scenario import load_scenario
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return {name: solve(load_scenario(EXAMPLES / f"{name}.toml"))
+            for name in ("blog-1-7b-chat-a100", "blog-2-70b-batch-2xh100", "blog-3-7b-m2max-laptop")}
+
+
+def test_example_1_fp16_meets_40_tokens_per_s_on_one_a100(plans, world):
+    """The blog says FP16 gives ~32 tok/s per user at batch 8 and fails the 40 tok/s SLO. The roofline
+    disagrees: 13.5 GB of FP16 weights at 2.039 TB/s is a 6.6 ms floor per step (<= 151 tok/s), and
+    quantplan predicts ~100 tok/s. So no quantization is needed; at equal cost the tie-break keeps
+    the unquantized weights."""
+    plan = plans["blog-1-7b-chat-a100"]
+    assert plan.status == "optimal"
+    [group] = plan.replicas
+    assert (group.gpu, group.gpus_per_replica, group.count) == ("a100-80gb", 1, 1)
+    assert group.method in ("fp16", "bf16") and group.ppl_delta == 0.0
+    assert 40 < group.tokens_per_s_per_user <= 2.039e12 / 13.48e9
+    assert group.ttft_ms <= 50
+    fp16 = estimate("llama-2-7b", "fp16", "a100-80gb", "vllm", batch=8, prompt_tokens=128, output_tokens=256,
+                    world=world)
+    assert fp16.tokens_per_s_per_user > 40
+
+
+def test_example_1_awq_alone_misses_ttft_on_one_a100():
+    """The blog's pick, AWQ INT4, prefills on 16-bit tensor cores through weight-only kernels: 8 prompts
+    at once miss the 50 ms TTFT on one A100, and the explanation says what it would take."""
+    scenario = load_scenario(EXAMPLES / "blog-1-7b-chat-a100.toml").model_copy(update={"methods": ("awq-int4",)})
+    with pytest.raises(InfeasibleError) as raised:
+        solve(scenario)
+    assert "2 a100-80gb" in str(raised.value)
+
+
+def test_example_2_fp8_on_two_h100(plans, world):
+    """The blog's answer (FP8 W8A8 on 2x H100) holds: INT4 on one H100 is compute-bound at batch 128 and
+    its prefill (weight-only kernels on 16-bit tensor cores) misses the 5 s TTFT."""
+    plan = plans["blog-2-70b-batch-2xh100"]
+    [group] = plan.replicas
+    assert (group.gpu, group.gpus_per_replica, group.method) == ("h100-sxm", 2, "fp8")
+    assert group.ttft_ms <= 5000 and group.tokens_per_s_per_user >= 10 and group.ppl_delta <= 0.1
+    one_gpu = estimate("llama-2-70b", "awq-int4", "h100-sxm", "tensorrt-llm", batch=128, prompt_tokens=512,
+                       output_tokens=256, world=world)
+    assert one_gpu.fits and one_gpu.decode_bound == "compute" and one_gpu.ttft_ms > 5000
+
+
+def test_example_2_one_gpu_is_infeasible_and_says_what_it_would_take():
+    scenario = load_scenario(EXAMPLES / "blog-2-70b-batch-2xh100.toml").model_copy(update={"max_gpus": 1})
+    with pytest.raises(InfeasibleError) as raised:
+        solve(scenario)
+    assert "h100-sxm=2" in str(raised.value) and "needs" in str(raised.value)
+
+
+def test_example_3_m2_max_llama_cpp_4_bit(plans):
+    """Fastest plan meeting +0.2 ppl: a 4-5 bit GGUF in llama.cpp on Metal, well above 15 tok/s
+    (the blog's ~24-28 tok/s is below what 400 GB/s allows for a 4 GB model)."""
+    plan = plans["blog-3-7b-m2max-laptop"]
+    [group] = plan.replicas
+    assert (group.gpu, group.framework) == ("m2-max", "llama.cpp")
+    assert group.method in ("gguf-q4_k_m", "gguf-q5_k_m")
+    assert group.ppl_delta <= 0.2 and group.tokens_per_s_per_user > 28
+    assert group.tokens_per_s_per_user < 400e9 / 3.8e9  # bandwidth / bytes of a 4-bit 7B model
+
+
+def test_deployment_constraints_take_the_blog_field_names():
+    constraints = DeploymentConstraints(
+        model_params_B=7, available_gpu_memory_GB=80, num_gpus=1, gpu_type="A100", target_latency_ms=50,
+        target_throughput_tps=40, max_batch_size=8, quality_floor_ppl=0.3, cost_priority="minimize_cost",
+        prompt_tokens=128, output_tokens=256, model="Llama-2 7B")
+    scenario = constraints.to_scenario()
+    assert scenario.gpus == ("a100-80gb",) and scenario.max_gpus == 1
+    plan = solve(constraints)
+    assert plan.replicas[0].gpu == "a100-80gb" and plan.replicas[0].tokens_per_s_per_user >= 40

@@ -1,0 +1,134 @@
+"""The integer program on tiny instances whose optimum is checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantplan.solver import program
+from quantplan.solver.api import prune_dominated
+from quantplan.solver.candidates import Config, Execution
+from quantplan.solver.estimator import Quality
+from quantplan.solver.scenario import TrafficClass
+from quantplan.solver.serving import Performance
+from quantplan.solver.space import Option
+
+
+def option(world, gpu: str, cost: float, capacities: dict[str, float], gpus: int = 1, method: str = "fp16",
+           batch: int = 8, tpot_ms: float = 20.0, ttft_ms: float = 100.0, relative_loss: float = 0.0) -> Option:
+    """A candidate with made-up figures: only cost, capacity and latency matter to the program."""
+    m = world.methods.get(method)
+    config = Config(world.models.get("llama-2-7b"), m, world.gpus.get(gpu), world.frameworks.get("vllm"),
+                    world.kv_caches.get("fp16"), gpus, Execution(), batch)
+    performance = {name: Performance(ttft_ms=ttft_ms, ttft_max_ms=ttft_ms, tpot_ms=tpot_ms, capacity=capacity,
+                                     output_tokens_per_s=capacity * 10, decode_tokens_per_s=batch / tpot_ms * 1e3,
+                                     prefill_tokens_per_s=1e4)
+                   for name, capacity in capacities.items()}
+    return Option(config, cost, Quality(relative_loss, 6.0), {}, performance)
+
+
+def chat(users: int = 10) -> TrafficClass:
+    return TrafficClass(name="chat", concurrency=users, output_tokens=100)
+
+
+def test_mixing_two_configurations_beats_either_alone(world):
+    """10 users. A: $2/h for 4 users (3 replicas = $6). B: $3/h for 8 users (2 = $6). 1 A + 1 B = $5."""
+    a = option(world, "l4", 2.0, {"chat": 4})
+    b = option(world, "l40s", 3.0, {"chat": 8})
+    solution = program.solve([a, b], (chat(),), {})
+    assert solution.cost_per_hour == pytest.approx(5.0)
+    assert sorted((x.option.config.gpu.id, x.replicas) for x in solution.assignments) == [("l4", 1), ("l40s", 1)]
+
+
+def test_two_classes_mixed_fleet_beats_every_single_device_plan(world):
+    """Chat (10 users) can only be served by H100 ($3/h, 10 users). Summaries (12 users): H100 carries 4 per
+    replica, L4 carries 6 for $0.8/h. Mixed: 1 H100 + 2 L4 = $4.60. H100 only: chat 1.0 + summaries 3.0
+    replicas = 4 x $3 = $12. L4 only: cannot serve chat (infeasible)."""
+    traffic = (chat(10), TrafficClass(name="summaries", concurrency=12, prompt_tokens=4000))
+    h100 = option(world, "h100-sxm", 3.0, {"chat": 10, "summaries": 4})
+    l4 = option(world, "l4", 0.8, {"summaries": 6})
+    mixed = program.solve([h100, l4], traffic, {})
+    assert mixed.cost_per_hour == pytest.approx(4.6)
+    assert program.solve([h100], traffic, {}).cost_per_hour == pytest.approx(12.0)
+    with pytest.raises(program.NoSolution):
+        program.solve([l4], traffic, {})
+
+
+def test_one_configuration_serves_two_classes_by_shares(world):
+    """Chat 10 users (capacity 20) and summaries 6 users (capacity 12): 0.5 + 0.5 replica = one replica."""
+    traffic = (chat(10), TrafficClass(name="summaries", concurrency=6))
+    both = option(world, "a100-80gb", 2.7, {"chat": 20, "summaries": 12})
+    solution = program.solve([both], traffic, {})
+    assert [(a.replicas, sorted(a.shares)) for a in solution.assignments] == [(1, ["chat", "summaries"])]
+
+
+def test_availability_forces_the_more_expensive_device(world):
+    """Cheapest is 3 x A ($6) or A+B ($5), but only one A may be rented: 1 A + 1 B = $5; with no A: 2 B = $6."""
+    a = option(world, "l4", 2.0, {"chat": 4})
+    b = option(world, "l40s", 3.0, {"chat": 8})
+    assert program.solve([a, b], (chat(),), {"l4": 1}).cost_per_hour == pytest.approx(5.0)
+    assert program.solve([a, b], (chat(),), {"l4": 0}).cost_per_hour == pytest.approx(6.0)
+    with pytest.raises(program.NoSolution):
+        program.solve([a, b], (chat(),), {"l4": 0, "l40s": 1})
+
+
+def test_availability_counts_gpus_not_replicas(world):
+    """A 2-GPU replica uses two devices: 4 users need 2 replicas = 4 GPUs; only 3 available -> infeasible."""
+    tp2 = option(world, "h100-sxm", 6.0, {"chat": 2}, gpus=2)
+    with pytest.raises(program.NoSolution):
+        program.solve([tp2], (chat(4),), {"h100-sxm": 3})
+    assert program.solve([tp2], (chat(4),), {"h100-sxm": 4}).cost_per_hour == pytest.approx(12.0)
+
+
+def test_cap_on_distinct_configurations(world):
+    """With at most one configuration the mixed $5 plan is not allowed: 3 A or 2 B, both $6."""
+    a = option(world, "l4", 2.0, {"chat": 4})
+    b = option(world, "l40s", 3.0, {"chat": 8})
+    solution = program.solve([a, b], (chat(),), {}, max_configurations=1)
+    assert solution.cost_per_hour == pytest.approx(6.0)
+    assert len(solution.assignments) == 1
+
+
+def test_ties_prefer_fewer_gpus_then_less_quality_loss(world):
+    """Three $4 plans for 4 users: 1x TP2 replica (2 GPUs), an INT4 single-GPU and an FP16 single-GPU one."""
+    tp2 = option(world, "h100-sxm", 4.0, {"chat": 4}, gpus=2, method="fp8")
+    int4 = option(world, "a100-80gb", 4.0, {"chat": 4}, method="awq-int4", relative_loss=0.02)
+    fp16 = option(world, "l40s", 4.0, {"chat": 4}, method="fp16")
+    for order in ([tp2, int4, fp16], [fp16, int4, tp2], [int4, tp2, fp16]):
+        solution = program.solve(order, (chat(4),), {})
+        assert [a.option.config.gpu.id for a in solution.assignments] == ["l40s"]
+
+
+def test_latency_objective_takes_the_faster_plan(world):
+    """Cost picks the cheap slow option; latency picks the fast one and, among those, the cheapest."""
+    slow = option(world, "l4", 1.0, {"chat": 10}, tpot_ms=40)
+    fast = option(world, "h100-sxm", 3.0, {"chat": 10}, tpot_ms=10)
+    fast_dear = option(world, "h200", 6.0, {"chat": 10}, tpot_ms=10)
+    assert program.solve([slow, fast, fast_dear], (chat(),), {}).cost_per_hour == pytest.approx(1.0)
+    latency = program.solve([slow, fast, fast_dear], (chat(),), {}, objective="latency")
+    assert [a.option.config.gpu.id for a in latency.assignments] == ["h100-sxm"]
+
+
+def test_pruning_keeps_the_optimum_and_drops_dominated(world):
+    cheap = option(world, "l4", 2.0, {"chat": 4})
+    dominated = option(world, "l4", 2.5, {"chat": 3}, batch=4)  # dearer and smaller: never needed
+    other = option(world, "l40s", 3.0, {"chat": 8})
+    kept = prune_dominated([cheap, dominated, other], (chat(),))
+    assert [o.key for o in kept] == [cheap.key, other.key]
+    assert program.solve(kept, (chat(),), {}).cost_per_hour == program.solve(
+        [cheap, dominated, other], (chat(),), {}).cost_per_hour
+
+
+def test_same_input_same_plan(world):
+    options = [option(world, gpu, cost, {"chat": cap}) for gpu, cost, cap in
+               [("l4", 2.0, 4), ("l40s", 3.0, 8), ("a10g", 1.0, 2), ("a100-80gb", 2.0, 4)]]
+    first = program.solve(options, (chat(),), {})
+    second = program.solve(list(reversed(options)), (chat(),), {})
+    assert [(a.option.key, a.replicas) for a in first.assignments] == \
+           [(a.option.key, a.replicas) for a in second.assignments]
+
+
+def test_rate_class_load_divides_by_requests_per_second(world):
+    """4 req/s, a replica carries 1.5 req/s -> 3 replicas (2.67 rounded up)."""
+    traffic = TrafficClass(name="api", rate_per_s=4.0)
+    one = option(world, "l40s", 1.0, {"api": 1.5})
+    assert program.solve([one], (traffic,), {}).assignments[0].replicas == 3
