@@ -186,7 +186,8 @@ def solve(ctx, scenario_file, no_alternatives, as_json, **options):
 @click.option("--price", multiple=True, help="Override a price, DEV=USD.")
 @catalog_option
 @json_option
-def estimate(model, model_config, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens,
+@click.pass_context
+def estimate(ctx, model, model_config, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens,
              kv_cache_dtype, gpu_layers, price, catalogs, as_json):
     """Predictions for one configuration, with every term and the plugin that gave it."""
     from quantplan.solver.api import estimate as run
@@ -198,7 +199,7 @@ def estimate(model, model_config, method, gpu, framework, gpus, batch, prompt_to
                  gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs))
     _emit(result.model_dump(), as_json, lambda console: render_estimate(result, console))
     if not result.compatible:
-        sys.exit(1)
+        ctx.exit(1)
 
 
 @cli.command()
@@ -304,16 +305,18 @@ def plugins(catalogs, as_json):
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: click's usage errors also become one line and exit code 2."""
     try:
-        cli.main(args=argv, prog_name="quantplan", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="quantplan", standalone_mode=False)
     except click.exceptions.Exit as done:
         return done.exit_code
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
     except click.ClickException as error:
         click.echo(f"error: {error.format_message()}", err=True)
         return 2
     except click.Abort:
         click.echo("aborted", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,9 @@
-"""The plugin contract: every hook a quantplan plugin may implement."""
+"""The plugin contract: every hook a quantplan plugin may implement.
+
+A plugin may also define `owns(config) -> bool`: quantplan then calls its per-candidate hooks
+(incompatibility, memory, step, quality and cost terms) only for configurations it owns, which keeps
+large catalogs fast. Plugins without `owns` are called for every configuration.
+"""
 
 from __future__ import annotations
 

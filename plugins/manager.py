@@ -36,7 +36,9 @@ class PluginSet:
     manager: pluggy.PluginManager
     failures: list[PluginFailure] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
+    distributions: dict[str, tuple[str, str]] = field(default_factory=dict)
     strict: bool = False
+    _involved: dict = field(default_factory=dict, repr=False)
 
     def names(self) -> list[str]:
         return sorted(name for name, plugin in self.manager.list_name_plugin() if plugin is not None)
@@ -72,9 +74,32 @@ class PluginSet:
                     return self.call(hook_name, **kwargs)
             raise
 
+    def call_for(self, hook_name: str, config, **kwargs: Any) -> list:
+        """Call a per-candidate hook on the plugins involved in `config` only.
+
+        A plugin that defines `owns(config)` is called only for configurations it owns; plugins
+        without it are always called. The choice is cached per (model, device, method, framework, KV).
+        """
+        key = (hook_name, config.model.id, config.gpu.id, config.method.id, config.framework.id, config.kv.id)
+        impls = self._involved.get(key)
+        if impls is None:
+            impls = [impl for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls())
+                     if not hasattr(impl.plugin, "owns") or impl.plugin.owns(config)]
+            self._involved[key] = impls
+        kwargs["config"] = config
+        results = []
+        for impl in impls:
+            try:
+                results.append(impl.function(**kwargs))
+            except Exception as error:  # a plugin's bug: drop that plugin, report it, start again
+                self._drop(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}")
+                kwargs.pop("config")
+                return self.call_for(hook_name, config, **kwargs)
+        return results
+
     def _drop(self, name: str, error: str) -> None:
-        origin = self.origins.get(name, "")
-        distribution, _, version = origin.partition(" ")
+        self._involved.clear()
+        distribution, version = self.distributions.get(name, (self.origins.get(name, ""), ""))
         self.fail(PluginFailure(name, distribution, version, error))
         plugin = self.manager.get_plugin(name)
         if plugin is not None:
@@ -126,6 +151,7 @@ def load_entry_points(plugins: PluginSet) -> None:
                 raise QuantplanError(f"a plugin named {entry_point.name!r} is already registered")
             plugins.manager.register(plugin, name=entry_point.name)
             plugins.origins[entry_point.name] = f"{distribution} {version}".strip()
+            plugins.distributions[entry_point.name] = (distribution, version)
         except Exception as error:  # third-party import errors of any kind
             plugins.fail(PluginFailure(entry_point.name, distribution, version,
                                        f"{type(error).__name__}: {error}"))

@@ -59,7 +59,7 @@ class StepTime:
 
 
 def memory_terms(world: World, config: Config, context_tokens: int) -> list[Term]:
-    return _flatten(world.plugins.call("quantplan_memory_terms", config=config, context_tokens=context_tokens))
+    return _flatten(world.plugins.call_for("quantplan_memory_terms", config, context_tokens=context_tokens))
 
 
 def memory(world: World, config: Config, context_tokens: int, found: list[Term] | None = None) -> Memory:
@@ -80,7 +80,7 @@ def memory(world: World, config: Config, context_tokens: int, found: list[Term] 
 
 
 def step_terms(world: World, config: Config, step: Step) -> list[Term]:
-    return _flatten(world.plugins.call("quantplan_step_terms", config=config, step=step))
+    return _flatten(world.plugins.call_for("quantplan_step_terms", config, step=step))
 
 
 def step_time(found: list[Term], phase: str, passes: int = 1) -> StepTime:
@@ -120,13 +120,13 @@ class Quality:
 
 
 def quality(world: World, config: Config) -> Quality:
-    found = _flatten(world.plugins.call("quantplan_quality_terms", config=config, quality=world.quality))
+    found = _flatten(world.plugins.call_for("quantplan_quality_terms", config, quality=world.quality))
     baseline = combine(found, q.PPL_BASELINE) or config.model.wikitext2_ppl
     return Quality(combine(found, q.PPL_RELATIVE), baseline, found)
 
 
 def cost_terms(world: World, config: Config, prices: dict) -> list[Term]:
-    return _flatten(world.plugins.call("quantplan_cost_terms", config=config, prices=prices))
+    return _flatten(world.plugins.call_for("quantplan_cost_terms", config, prices=prices))
 
 
 def _flatten(results: list[list[Term]]) -> list[Term]:

@@ -104,7 +104,7 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
                         continue
                     for kv in kv_caches:
                         config = Config(model, method, gpu, framework, kv, size, execution)
-                        reasons = [r for found in world.plugins.call("quantplan_incompatibility", config=config)
+                        reasons = [r for found in world.plugins.call_for("quantplan_incompatibility", config)
                                    for r in found]
                         if reasons:
                             incompatible[reasons[0]] += 1

@@ -16,6 +16,9 @@ class ModelPlugin:
         self.models = builtin_catalog("models")["model"] if models is None else models
         self._ids = {m.id for m in self.models}
 
+    def owns(self, config: Config) -> bool:
+        return config.model.id in self._ids
+
     @hookimpl
     def quantplan_models(self) -> list[ModelSpec]:
         return self.models

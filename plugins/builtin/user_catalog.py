@@ -22,6 +22,9 @@ class UserCatalogPlugin(DevicePlugin):
         self.models = tables.get("model", [])
         self._model_ids = {m.id for m in self.models}
 
+    def owns(self, config: Config) -> bool:
+        return super().owns(config) or config.model.id in self._model_ids
+
     @hookimpl
     def quantplan_models(self) -> list[ModelSpec]:
         return self.models
