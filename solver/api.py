@@ -96,17 +96,33 @@ def _solve(options: list[Option], scenario: Scenario, availability: dict[str, in
                          scenario.max_configurations, scenario.solver, scenario.time_limit_s)
 
 
+ALTERNATIVES_PER_KIND = 3
+
+
+def _single_bound(options: list[Option], classes: tuple[TrafficClass, ...]) -> float:
+    """Cost of the best single-configuration plan, ignoring availability: a cheap way to rank choices."""
+    best = float("inf")
+    for option in options:
+        if all(k.name in option.performance for k in classes):
+            replicas = sum(program.load_per_replica(option, k) for k in classes)
+            best = min(best, option.cost_per_hour * max(1, -(-replicas // 1)))
+    return best
+
+
 def _alternatives(options, scenario, availability, chosen: program.Solution) -> list[Alternative]:
-    """Cheapest plans under other choices: no quantization, each other device, each other method."""
+    """Cheapest plans under other choices: unquantized weights, and the most promising other devices
+    and methods (ranked by their best single-configuration plan, then solved exactly)."""
     used_methods = {a.option.config.method.id for a in chosen.assignments}
     used_gpus = {a.option.config.gpu.id for a in chosen.assignments}
-    filters = [("unquantized (fp16/bf16 weights)", lambda o: o.config.method.id in ("fp16", "bf16"))]
-    if used_methods & {"fp16", "bf16"}:
-        filters = []
-    for device in sorted({o.config.gpu.id for o in options} - used_gpus):
-        filters.append((f"on {device} only", lambda o, d=device: o.config.gpu.id == d))
-    for method in sorted({o.config.method.id for o in options} - used_methods):
-        filters.append((f"{method} only", lambda o, m=method: o.config.method.id == m))
+    filters = []
+    if not used_methods & {"fp16", "bf16"}:
+        filters.append(("unquantized (fp16/bf16 weights)", lambda o: o.config.method.id in ("fp16", "bf16")))
+    for kind, used, attribute in (("on {} only", used_gpus, "gpu"), ("{} only", used_methods, "method")):
+        names = sorted({getattr(o.config, attribute).id for o in options} - used)
+        ranked = sorted(names, key=lambda n: (_single_bound([o for o in options if getattr(o.config, attribute).id == n],
+                                                            scenario.classes), n))
+        for name in ranked[:ALTERNATIVES_PER_KIND]:
+            filters.append((kind.format(name), lambda o, a=attribute, n=name: getattr(o.config, a).id == n))
     found = []
     for label, keep in filters:
         subset = prune_dominated([o for o in options if keep(o)], scenario.classes)
@@ -122,8 +138,8 @@ def _alternatives(options, scenario, availability, chosen: program.Solution) -> 
                                  cost_difference_per_hour=difference,
                                  cost_ratio=other.cost_per_hour / chosen.cost_per_hour if chosen.cost_per_hour else 0,
                                  replicas=[summary(g) for g in groups]))
-    found.sort(key=lambda a: (a.label != "unquantized (fp16/bf16 weights)", a.cost_per_hour, a.label))
-    return found[:8]
+    found.sort(key=lambda a: (not a.label.startswith("unquantized"), a.cost_per_hour, a.label))
+    return found
 
 
 def replace_alternatives(scenario: Scenario) -> Scenario:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+import numpy as np
 
 from . import terms as q
 from .candidates import Config, Step
 from .registry import World
-from .terms import Term, combine
+from .terms import Term, totals
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,17 @@ class Memory:
         return self.capacity_per_gpu - self.reserved_per_gpu
 
     @property
-    def fits(self) -> bool:
-        return self.used_per_gpu <= self.available_per_gpu and self.host_bytes <= self.host_capacity
+    def fits(self):
+        """True where it fits (an array of answers when the batch is an array)."""
+        fits = np.logical_and(self.used_per_gpu <= self.available_per_gpu, self.host_bytes <= self.host_capacity)
+        return bool(fits) if np.ndim(fits) == 0 else fits
+
+    def at(self, index: int) -> Memory:
+        """The scalar record of one batch size out of an array evaluation."""
+        if not np.ndim(self.used_per_gpu):
+            return self
+        return Memory(*(_pick(getattr(self, f.name), index) if f.name not in ("gpus", "memory_divisor")
+                        else getattr(self, f.name) for f in fields(self)))
 
     @property
     def overhead_per_gpu(self) -> float:
@@ -57,6 +67,12 @@ class StepTime:
     def bound(self) -> str:
         return "memory" if self.memory_s >= self.compute_s else "compute"
 
+    def at(self, index: int) -> StepTime:
+        """One batch size out of an array evaluation (a scalar record stays as it is)."""
+        if not np.ndim(self.seconds):
+            return self
+        return StepTime(*(_pick(getattr(self, f.name), index) for f in fields(self)))
+
 
 def memory_terms(world: World, config: Config, context_tokens: int) -> list[Term]:
     return _flatten(world.plugins.call_for("quantplan_memory_terms", config, context_tokens=context_tokens))
@@ -64,18 +80,18 @@ def memory_terms(world: World, config: Config, context_tokens: int) -> list[Term
 
 def memory(world: World, config: Config, context_tokens: int, found: list[Term] | None = None) -> Memory:
     found = memory_terms(world, config, context_tokens) if found is None else found
-    divisor = config.gpus
+    total = totals(found)
     return Memory(
-        weights_per_gpu=combine(found, q.WEIGHTS),
-        kv_per_gpu=combine(found, q.KV_CACHE),
-        activations_per_gpu=combine(found, q.ACTIVATIONS),
-        runtime_per_gpu=combine(found, q.RUNTIME),
-        reserved_per_gpu=combine(found, q.RESERVED),
-        capacity_per_gpu=combine(found, q.CAPACITY),
-        host_bytes=combine(found, q.HOST_WEIGHTS),
-        host_capacity=combine(found, q.HOST_CAPACITY),
+        weights_per_gpu=total[q.WEIGHTS],
+        kv_per_gpu=total[q.KV_CACHE],
+        activations_per_gpu=total[q.ACTIVATIONS],
+        runtime_per_gpu=total[q.RUNTIME],
+        reserved_per_gpu=total[q.RESERVED],
+        capacity_per_gpu=total[q.CAPACITY],
+        host_bytes=total[q.HOST_WEIGHTS],
+        host_capacity=total[q.HOST_CAPACITY],
         gpus=config.gpus,
-        memory_divisor=divisor,
+        memory_divisor=config.gpus,
     )
 
 
@@ -89,19 +105,31 @@ def step_time(found: list[Term], phase: str, passes: int = 1) -> StepTime:
     Weight reads and per-step overheads repeat every pass (a prompt batch split into chunks);
     FLOPs are the total. No plan can run faster than bandwidth / bytes read allows.
     """
-    bandwidth = combine(found, q.BANDWIDTH, phase) * combine(found, q.BANDWIDTH_EFFICIENCY, phase)
-    peak = combine(found, q.PEAK_FLOPS, phase) * combine(found, q.COMPUTE_EFFICIENCY, phase)
-    device_bytes = combine(found, q.DEVICE_BYTES, phase)
-    flops = combine(found, q.FLOPS, phase)
-    memory_s = device_bytes * passes / bandwidth if bandwidth > 0 else math.inf
-    compute_s = flops / peak if peak > 0 else math.inf
-    host_bytes = combine(found, q.HOST_BYTES, phase)
-    host_bandwidth = combine(found, q.HOST_BANDWIDTH, phase) * combine(found, q.HOST_BANDWIDTH_EFFICIENCY, phase)
-    host_s = host_bytes * passes / host_bandwidth if host_bytes > 0 else 0.0
-    if host_bytes > 0 and host_bandwidth <= 0:
-        host_s = math.inf
-    overhead_s = combine(found, q.OVERHEAD, phase) * passes
-    return StepTime(max(memory_s, compute_s) + host_s + overhead_s, memory_s, compute_s, host_s, overhead_s)
+    total = totals(found, phase)
+    bandwidth = total[q.BANDWIDTH] * total[q.BANDWIDTH_EFFICIENCY]
+    peak = total[q.PEAK_FLOPS] * total[q.COMPUTE_EFFICIENCY]
+    memory_s = _ratio(total[q.DEVICE_BYTES] * passes, bandwidth)
+    compute_s = _ratio(total[q.FLOPS], peak)
+    host_bandwidth = total[q.HOST_BANDWIDTH] * total[q.HOST_BANDWIDTH_EFFICIENCY]
+    host_s = _ratio(total[q.HOST_BYTES] * passes, host_bandwidth)
+    overhead_s = total[q.OVERHEAD] * passes
+    return StepTime(np.maximum(memory_s, compute_s) + host_s + overhead_s, memory_s, compute_s, host_s, overhead_s)
+
+
+def _pick(value, index: int) -> float:
+    return float(value[index]) if np.ndim(value) else float(value)
+
+
+def _ratio(amount, rate):
+    """amount / rate; 0 where there is nothing to move, infinite where there is no rate to move it."""
+    if not np.ndim(amount) and not np.ndim(rate):
+        if amount <= 0:
+            return 0.0
+        return amount / rate if rate > 0 else float("inf")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.where(np.asarray(amount) > 0, np.asarray(amount) / np.where(rate > 0, rate, 1.0), 0.0)
+        value = np.where((np.asarray(amount) > 0) & ~(np.asarray(rate) > 0), np.inf, value)
+    return float(value) if np.ndim(value) == 0 else value
 
 
 @dataclass(frozen=True)
@@ -121,8 +149,8 @@ class Quality:
 
 def quality(world: World, config: Config) -> Quality:
     found = _flatten(world.plugins.call_for("quantplan_quality_terms", config, quality=world.quality))
-    baseline = combine(found, q.PPL_BASELINE) or config.model.wikitext2_ppl
-    return Quality(combine(found, q.PPL_RELATIVE), baseline, found)
+    total = totals(found)
+    return Quality(total[q.PPL_RELATIVE], total[q.PPL_BASELINE] or config.model.wikitext2_ppl, found)
 
 
 def cost_terms(world: World, config: Config, prices: dict) -> list[Term]:

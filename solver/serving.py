@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from .candidates import Config, Step
 from .estimator import StepTime, step_terms, step_time
 from .registry import World
@@ -35,8 +37,13 @@ class Timing:
     def tpot_s(self) -> float:
         return self.decode.seconds
 
+    def at(self, index: int) -> Timing:
+        """One batch size out of an array evaluation."""
+        return Timing(self.decode.at(index), self.prefill_one.at(index), self.prefill_batch.at(index))
+
 
 def timing(world: World, config: Config, traffic: TrafficClass) -> Timing:
+    """Step times at `config.batch` (an int, or a numpy array of batch sizes evaluated at once)."""
     batch, prompt, output = config.batch, traffic.prompt_tokens, traffic.output_tokens
     budget = config.framework.max_batched_tokens
     decode = Step("decode", batch, batch, prompt + output / 2)
@@ -45,7 +52,7 @@ def timing(world: World, config: Config, traffic: TrafficClass) -> Timing:
     return Timing(
         decode=step_time(step_terms(world, config, decode), "decode"),
         prefill_one=step_time(step_terms(world, config, one), "prefill", math.ceil(prompt / budget)),
-        prefill_batch=step_time(step_terms(world, config, many), "prefill", math.ceil(batch * prompt / budget)),
+        prefill_batch=step_time(step_terms(world, config, many), "prefill", np.ceil(batch * prompt / budget)),
     )
 
 

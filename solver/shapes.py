@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
 
 from .errors import QuantplanError
@@ -67,11 +68,13 @@ def active_linear_params(model: ModelSpec) -> int:
     return counts.dense_linear + counts.moe_layers * model.experts_per_token * counts.expert_size
 
 
-def experts_touched_fraction(model: ModelSpec, tokens: int) -> float:
-    """Expected share of a layer's routed experts that `tokens` tokens activate (uniform routing)."""
+def experts_touched_fraction(model: ModelSpec, tokens):
+    """Expected share of a layer's routed experts that `tokens` tokens activate (uniform routing).
+
+    `tokens` may be a numpy array (several batch sizes at once)."""
     if not model.is_moe:
         return 1.0
-    miss = (1.0 - model.experts_per_token / model.num_experts) ** max(tokens, 1)
+    miss = (1.0 - model.experts_per_token / model.num_experts) ** np.maximum(tokens, 1)
     return 1.0 - miss
 
 

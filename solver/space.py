@@ -8,7 +8,9 @@ from dataclasses import dataclass, field, replace
 
 from . import terms as q
 from .candidates import Config, Execution
-from .estimator import Memory, Quality, cost_terms, memory, memory_terms, quality
+import numpy as np
+
+from .estimator import Memory, Quality, cost_terms, memory, quality
 from .errors import QuantplanError
 from .registry import World
 from .scenario import Scenario, TrafficClass
@@ -89,6 +91,7 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
     pick = lambda registry, names: [registry.get(n) for n in names] if names else list(registry)  # noqa: E731
     gpus, methods = pick(world.gpus, scenario.gpus), pick(world.methods, scenario.methods)
     frameworks, kv_caches = pick(world.frameworks, scenario.frameworks), pick(world.kv_caches, scenario.kv_cache_dtypes)
+    kv_caches = _distinct_kv(world, kv_caches)
     for gpu in gpus:
         for framework in frameworks:
             for method in methods:
@@ -112,6 +115,19 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
                         yield config
 
 
+def _distinct_kv(world: World, kv_caches: list) -> list:
+    """Drop a KV format identical in size and quality to one that runs on at least as many devices
+    (bf16 next to fp16): every figure would repeat. Order of the result: as given."""
+    kept, seen = set(), set()
+    for kv in sorted(kv_caches, key=lambda k: (k.min_compute_capability or 0.0, k.id)):
+        point = world.quality.kv.get(kv.id)
+        signature = (kv.bytes_per_element, point.relative_ppl_increase if point else kv.id)
+        if signature not in seen:
+            seen.add(signature)
+            kept.add(kv.id)
+    return [kv for kv in kv_caches if kv.id in kept]
+
+
 def hybrid_fraction(world: World, config: Config, context_tokens: int) -> float:
     """Largest share of layers that fits on the GPU when the rest goes to host RAM (llama.cpp -ngl)."""
     full = memory(world, replace(config, gpu_layer_fraction=0.999999), context_tokens)
@@ -132,22 +148,25 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     options: list[Option] = []
     batches = useful_batches(scenario)
     count = 0
+    qualities: dict[tuple, Quality] = {}
     for config in configurations(world, scenario, model, incompatible):
         count += 1
-        found_cost = cost_terms(world, config, prices)
-        if not any(t.quantity == q.COST for t in found_cost):
-            incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
-            continue
-        cost = sum(t.value for t in found_cost if t.quantity == q.COST)
-        assessed = quality(world, config)
-        if not math.isfinite(assessed.relative):
-            incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
-            continue
         placed = _placed(world, config, scenario.classes)
         if placed is None:
             for traffic in scenario.classes:
                 need = memory(world, config, traffic.context_tokens)
                 per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
+            continue
+        found_cost = cost_terms(world, config, prices)
+        if not any(t.quantity == q.COST for t in found_cost):
+            incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
+            continue
+        cost = sum(t.value for t in found_cost if t.quantity == q.COST)
+        # quality does not depend on GPUs per replica or batch: assess once per the rest
+        key = (config.gpu.id, config.method.id, config.framework.id, config.kv.id, config.execution)
+        assessed = qualities.get(key) or qualities.setdefault(key, quality(world, config))
+        if not math.isfinite(assessed.relative):
+            incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
             continue
         options += _batches(world, placed, batches, scenario.classes, limits, cost, assessed, per_class)
     return Space(model, options, incompatible, per_class, count)
@@ -178,46 +197,56 @@ def _placed(world: World, config: Config, classes) -> Config | None:
 
 
 def _batches(world, config, batches, classes, limits, cost, assessed, per_class) -> list[Option]:
-    found = []
-    open_classes = {c.name for c in classes}
-    for batch in batches:
-        if not open_classes:
-            break
-        sized = config.with_batch(batch)
-        memories, performances = {}, {}
-        for traffic in classes:
-            if traffic.name not in open_classes:
-                continue
-            fit = memory(world, sized, traffic.context_tokens, memory_terms(world, sized, traffic.context_tokens))
-            diagnostics = per_class[traffic.name]
-            if not fit.fits:
-                open_classes.discard(traffic.name)  # larger batches need more memory still
-                if batch == batches[0]:
-                    diagnostics.smallest_memory.offer(fit.used_per_gpu / 1e9, _describe(sized))
-                continue
+    """Evaluate every batch size of `config` at once (numpy arrays through the plugin terms).
+
+    Memory only grows with batch, and in lockstep so do TTFT and TPOT: once a concurrency class
+    fails at some batch size, larger ones are not offered for it.
+    """
+    sizes = np.array(batches, dtype=float)
+    vector = config.with_batch(sizes)
+    memories: dict[str, Memory] = {}
+    results: dict[str, list[Performance | None]] = {}
+    for traffic in classes:
+        diagnostics = per_class[traffic.name]
+        used = memory(world, vector, traffic.context_tokens)
+        fits = np.atleast_1d(used.fits)
+        memories[traffic.name] = used
+        results[traffic.name] = [None] * len(batches)
+        if not fits[0]:
+            diagnostics.smallest_memory.offer(float(np.atleast_1d(used.used_per_gpu)[0]) / 1e9,
+                                              _describe(config.with_batch(batches[0])))
+        if not fits.any():
+            continue
+        times = timing(world, vector, traffic)
+        limit = limits[traffic.name]
+        for index, batch in enumerate(batches):
+            if not fits[index]:
+                break  # larger batches need more memory still
             diagnostics.fits += 1
-            result = performance(sized, traffic, timing(world, sized, traffic))
+            sized = config.with_batch(batch)
+            result = performance(sized, traffic, times.at(index))
             what = _describe(sized)
             diagnostics.best_ttft.offer(result.ttft_ms, what)
             diagnostics.best_tpot.offer(result.tpot_ms, what)
             if traffic.tpot_limit_ms is None or result.tpot_ms <= traffic.tpot_limit_ms:
                 diagnostics.best_ttft_meeting_tpot.offer(result.ttft_ms, what)
             diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
-            limit = limits[traffic.name]
             if limit is not None and assessed.ppl_delta > limit:
                 diagnostics.quality_rejects += 1
-                open_classes.discard(traffic.name)
-                continue
+                break
             if not result.meets:
                 for violation in result.violations:
                     diagnostics.slo_rejects[violation.split(" ")[0]] += 1
                 if traffic.load_kind == "concurrency":
-                    open_classes.discard(traffic.name)  # in lockstep TTFT and TPOT only grow with batch
+                    break  # in lockstep TTFT and TPOT only grow with batch
                 continue
-            memories[traffic.name] = fit
-            performances[traffic.name] = result
-        if performances:
-            found.append(Option(sized, cost, assessed, memories, performances))
+            results[traffic.name][index] = result
+    found = []
+    for index, batch in enumerate(batches):
+        served = {name: r[index] for name, r in results.items() if r[index] is not None}
+        if served:
+            found.append(Option(config.with_batch(batch), cost, assessed,
+                                {name: memories[name].at(index) for name in served}, served))
     return found
 
 

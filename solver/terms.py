@@ -37,6 +37,13 @@ MULTIPLICATIVE = {BANDWIDTH_EFFICIENCY, HOST_BANDWIDTH_EFFICIENCY, COMPUTE_EFFIC
 SINGLE = {CAPACITY, HOST_CAPACITY, BANDWIDTH, HOST_BANDWIDTH, PEAK_FLOPS, PPL_BASELINE}
 
 
+def show(value, digits: str = "g") -> str:
+    """A number for a term's detail; an array (several batch sizes at once) reads as 'per batch'."""
+    if hasattr(value, "ndim") and value.ndim:
+        return "per-batch"
+    return format(float(value), digits)
+
+
 @dataclass(frozen=True, slots=True)
 class Term:
     """One contribution: `value` of `quantity`, from `plugin`, explained by `detail`."""
@@ -68,3 +75,24 @@ def combine(terms: list[Term], quantity: str, phase: str = "") -> float:
         sources = sorted({t.plugin for t in terms if t.quantity == quantity and t.phase == phase})
         raise ValueError(f"{quantity} given by more than one plugin: {', '.join(sources)}")
     return values[0]
+
+
+def totals(terms: list[Term], phase: str = "") -> dict[str, float]:
+    """Every quantity of one phase combined in a single pass (sums, products, single values)."""
+    result: dict[str, float] = {name: 0.0 for name in ADDITIVE | SINGLE}
+    result.update({name: 1.0 for name in MULTIPLICATIVE})
+    seen: dict[str, str] = {}
+    for term in terms:
+        if term.phase != phase:
+            continue
+        quantity = term.quantity
+        if quantity in ADDITIVE:
+            result[quantity] = result[quantity] + term.value
+        elif quantity in MULTIPLICATIVE:
+            result[quantity] = result[quantity] * term.value
+        else:
+            if quantity in seen:
+                raise ValueError(f"{quantity} given by more than one plugin: {seen[quantity]}, {term.plugin}")
+            seen[quantity] = term.plugin
+            result[quantity] = term.value
+    return result

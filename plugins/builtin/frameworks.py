@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, Execution, Step
@@ -93,13 +95,13 @@ class FrameworkPlugin:
         ffn = max(model.intermediate_size if model.dense_layers or not model.is_moe else 0,
                   model.moe_intermediate_size * max(model.experts_per_token, 1))
         divisor = config.gpus if framework.parallelism == "tensor" else 1
-        tokens = min(framework.max_batched_tokens, max(context_tokens, 1) * config.batch)
+        tokens = np.minimum(framework.max_batched_tokens, max(context_tokens, 1) * config.batch)
         activations = tokens * (2 * ffn / divisor + 4 * model.hidden_size) * 2
         return [
             Term(q.RUNTIME, framework.runtime_overhead_gb * 1e9, self.name,
                  f"{framework.id} runtime (context, graphs, buffers) {framework.runtime_overhead_gb:g} GB"),
             Term(q.ACTIVATIONS, activations, self.name,
-                 f"activation workspace for {tokens} batched tokens x (2 x {ffn} / {divisor} + 4 x {model.hidden_size}) x 2 B"),
+                 f"activation workspace for {q.show(tokens)} batched tokens x (2 x {ffn} / {divisor} + 4 x {model.hidden_size}) x 2 B"),
             Term(q.RESERVED, framework.memory_reserve_fraction * config.gpu.usable_gb * 1e9, self.name,
                  f"{framework.id} keeps {framework.memory_reserve_fraction:.0%} of device memory back"),
         ]

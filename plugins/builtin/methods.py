@@ -94,7 +94,7 @@ class MethodPlugin:
             Term(q.DEVICE_BYTES, (layers * where.gpu_fraction + head) / where.read_divisor, self.name,
                  f"{config.method.id} weights read per step", step.phase),
             Term(q.FLOPS, flops, self.name,
-                 f"2 x {step.new_tokens} tokens x {active / 1e9:.2f}B active params + logits", step.phase),
+                 f"2 x {q.show(step.new_tokens)} tokens x {active / 1e9:.2f}B active params + logits", step.phase),
         ]
         if config.hybrid:
             found.append(Term(q.HOST_BYTES, layers * (1 - where.gpu_fraction), self.name,
