@@ -171,6 +171,126 @@ def solve(ctx, scenario_file, no_alternatives, as_json, **options):
     _emit(plan.model_dump(), as_json, lambda console: render_plan(plan, console))
 
 
+def _range(text: str, option: str) -> tuple[str, float, float]:
+    """NAME=LO:HI -> (name, lo, hi)."""
+    name, sep, span = text.partition("=")
+    lo, colon, hi = span.partition(":")
+    try:
+        if not sep or not colon:
+            raise ValueError
+        return name.strip(), float(lo), float(hi)
+    except ValueError:
+        raise QuantplanError(f"{option} {text!r}: expected NAME=FROM:TO, e.g. h100-sxm=1:6") from None
+
+
+def _progress(total: int | None, enabled: bool):
+    """A progress bar on stderr for long sweeps; None when not a terminal or when printing JSON."""
+    if not enabled or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=True)
+    task = bar.add_task("solving", total=total)
+    bar.start()
+    return bar, lambda done: bar.update(task, completed=done)
+
+
+@cli.command()
+@workload_options
+@click.option("--price-range", "price_ranges", multiple=True,
+              help="DEV=FROM:TO: sweep one device's $/h (exact breakpoints); twice for a region map.")
+@click.option("--vary", "varies", multiple=True,
+              help="AXIS=FROM:TO on a grid: price-factor, concurrency, rate, ttft, tpot or ppl.")
+@click.option("--points", type=int, default=11, show_default=True, help="Grid points per axis.")
+@click.option("--engine", type=click.Choice(("serial", "processes", "dask", "ray")), default="processes",
+              show_default=True, help="Where grid points run (dask/ray: an existing cluster with --address).")
+@click.option("--address", help="Dask scheduler or Ray cluster address.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the table as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Plot to FILE.png or FILE.svg.")
+@json_option
+@click.pass_context
+def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv_path, plot_path, as_json, **options):
+    """Re-plan while a price, the load, an SLO or the quality floor varies."""
+    from quantplan.solver import grid, plots
+    from quantplan.solver import sweep as exact
+    from quantplan.solver.report import render_rows
+
+    ctx.meta["as_json"] = as_json
+    scenario = scenario_from_options(scenario_file, options)
+    axes = [("price:" + n, lo, hi) for n, lo, hi in (_range(t, "--price-range") for t in price_ranges)]
+    axes += [_range(t, "--vary") for t in varies]
+    if not 1 <= len(axes) <= 2:
+        raise QuantplanError("give one or two axes: --price-range DEV=FROM:TO and/or --vary AXIS=FROM:TO")
+    for name, lo, hi in axes:
+        if not lo < hi:
+            raise QuantplanError(f"sweep {name}: FROM must be below TO")
+    title = f"{scenario.model or scenario.model_config_path}: " + " x ".join(a[0] for a in axes)
+    if len(axes) == 1 and axes[0][0].startswith("price:"):
+        bar, tick = _progress(None, not as_json)
+        try:
+            result = exact.price_sweep(scenario, axes[0][0].split(":", 1)[1], axes[0][1], axes[0][2], progress=tick)
+        finally:
+            if bar:
+                bar.stop()
+        data = result.as_json()
+        rows = [[f"{s.start:.4g}", f"{s.end:.4g}", f"{s.cost_per_hour_at_from:.3f}", f"{s.cost_per_hour_at_to:.3f}",
+                 s.plan] for s in result.segments]
+        columns = ["from ($/h)", "to ($/h)", "plan $/h at from", "plan $/h at to", "plan"]
+        if plot_path:
+            plots.plot_price_sweep(result, plot_path, title)
+    elif len(axes) == 1:
+        name, lo, hi = axes[0]
+        values = grid.linspace(lo, hi, points)
+        bar, tick = _progress(len(values), not as_json)
+        try:
+            found = grid.grid_sweep(scenario, name, values, engine, address, progress=tick)
+        finally:
+            if bar:
+                bar.stop()
+        data = {"axis": name, "from": lo, "to": hi, "solves": len(values), "points": [p.model_dump() for p in found]}
+        rows = [[f"{p.value:.4g}", p.status, f"{p.cost_per_hour:.3f}" if p.cost_per_hour is not None else "-",
+                 p.plan] for p in found]
+        columns = [name, "status", "plan $/h", "plan"]
+        if plot_path:
+            plots.plot_points(found, plot_path, name, title)
+    else:
+        (x_name, x_lo, x_hi), (y_name, y_lo, y_hi) = axes
+        xs, ys = grid.linspace(x_lo, x_hi, points), grid.linspace(y_lo, y_hi, points)
+        cells = [(x, y) for y in ys for x in xs]
+        bar, tick = _progress(len(cells), not as_json)
+        try:
+            results = grid.run_points(scenario, (x_name, y_name), cells, engine, address, progress=tick)
+        finally:
+            if bar:
+                bar.stop()
+        data = {"axes": [x_name, y_name], "x": xs, "y": ys, "solves": len(cells),
+                "points": [{"x": r["values"][0], "y": r["values"][1], "status": r["status"], "plan": r["plan"],
+                            "cost_per_hour": r["cost_per_hour"]} for r in results]}
+        rows = [[f"{p['x']:.4g}", f"{p['y']:.4g}", p["status"],
+                 f"{p['cost_per_hour']:.3f}" if p["cost_per_hour"] is not None else "-", p["plan"]]
+                for p in data["points"]]
+        columns = [x_name, y_name, "status", "plan $/h", "plan"]
+        if plot_path:
+            plans = [[r["plan"] if r["status"] != "infeasible" else "infeasible" for r in results[i:i + len(xs)]]
+                     for i in range(0, len(results), len(xs))]
+            plots.plot_region_map(xs, ys, plans, plot_path, x_name, y_name, title)
+    if csv_path:
+        import csv
+
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows(rows)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        console = Console(width=200)
+        if "breakpoints" in data:
+            for b in data["breakpoints"]:
+                console.print(f"breakpoint at ${b['value']:.4f}/h: {b['plan_before']}  ->  {b['plan_after']}")
+        render_rows(f"{title} ({data['solves']} solves)", columns, rows, console)
+
+
 @cli.command()
 @click.option("--model", help="Model id or alias.")
 @click.option("--model-config", type=click.Path(dir_okay=False), help="Hugging Face config.json.")

@@ -1,0 +1,152 @@
+"""Grid sweeps (load, SLOs, quality floor, all prices, two axes) run serially, on local processes, or on
+an existing Dask or Ray cluster; every engine gives the same points as the serial run."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Iterable
+
+from .api import as_scenario, solve
+from .errors import InfeasibleError, QuantplanError
+from .registry import World, load_world
+from .scenario import Scenario, make_scenario
+from .sweep import Point
+
+AXES = {
+    "price-factor": "every device price multiplied by the value",
+    "concurrency": "concurrent users of every class",
+    "rate": "requests per second of every class",
+    "ttft": "TTFT SLO (ms) of every class",
+    "tpot": "TPOT SLO (ms) of every class",
+    "ppl": "largest perplexity increase of every class",
+}
+ENGINES = ("serial", "processes", "dask", "ray")
+
+_WORLDS: dict[tuple, World] = {}
+
+
+def vary(scenario: Scenario, axis: str, value: float, world: World) -> Scenario:
+    """The scenario with `axis` set to `value` (price axes take 'price:<device>')."""
+    data = scenario.model_dump()
+    if axis == "price-factor":
+        base = world.with_prices(scenario.prices)
+        data["prices"] = {gpu: price.usd_per_hour * value for gpu, price in base.items()}
+    elif axis.startswith("price:"):
+        data["prices"] = {**scenario.prices, axis.split(":", 1)[1]: value}
+    else:
+        field = {"concurrency": "concurrency", "rate": "rate_per_s", "ttft": "ttft_ms", "tpot": "tpot_ms",
+                 "ppl": "max_ppl_delta"}.get(axis)
+        if field is None:
+            raise QuantplanError(f"unknown sweep axis {axis!r}; known: {', '.join(AXES)} and price:<device>")
+        classes = []
+        for traffic in data["classes"]:
+            traffic = dict(traffic)
+            if field == "concurrency":
+                traffic.update(concurrency=max(1, round(value)), rate_per_s=None)
+            elif field == "rate_per_s":
+                traffic.update(rate_per_s=value, concurrency=None)
+            elif field == "tpot_ms":
+                traffic.update(tpot_ms=value, min_tokens_per_s=None)
+            elif field == "max_ppl_delta":
+                traffic.update(max_ppl_delta=value, use_case=None)
+            else:
+                traffic[field] = value
+            classes.append(traffic)
+        data["classes"] = classes
+    data["alternatives"] = False
+    return make_scenario(data, f"sweep {axis}={value:g}")
+
+
+def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float, ...]) -> dict:
+    """One grid point (module-level so that process pools and clusters can run it)."""
+    scenario = make_scenario(scenario_data)
+    key = tuple(scenario.catalogs)
+    world = _WORLDS.get(key) or _WORLDS.setdefault(key, load_world(scenario.catalogs))
+    for axis, value in zip(axes, values):
+        scenario = vary(scenario, axis, value, world)
+    try:
+        plan = solve(scenario, world)
+    except InfeasibleError as error:
+        return {"values": list(values), "status": "infeasible", "plan": "; ".join(error.reasons)[:300],
+                "cost_per_hour": None}
+    label = " + ".join(f"{g.count}x[{g.gpus_per_replica}x {g.gpu} {g.method} {g.framework} b{g.batch_size} "
+                       f"kv-{g.kv_cache_dtype}]" for g in sorted(plan.replicas, key=lambda g: (g.gpu, g.method,
+                                                                                               g.framework,
+                                                                                               g.gpus_per_replica,
+                                                                                               g.batch_size)))
+    return {"values": list(values), "status": plan.status, "plan": label, "cost_per_hour": plan.cost_per_hour}
+
+
+def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float, ...]], engine: str = "processes",
+               address: str | None = None, workers: int | None = None,
+               progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Solve every grid point with `engine`; results come back in grid order whatever the engine."""
+    if engine not in ENGINES:
+        raise QuantplanError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    data = scenario.model_dump()
+    jobs = [(data, axes, point) for point in grid]
+    if engine == "serial" or len(jobs) == 1:
+        return _collect((solve_point(*job) for job in jobs), progress)
+    if engine == "processes":
+        workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return _collect(pool.map(solve_point, *zip(*jobs)), progress)
+    if engine == "dask":
+        return _dask(jobs, address, workers, progress)
+    return _ray(jobs, address, progress)
+
+
+def _collect(results: Iterable[dict], progress) -> list[dict]:
+    found = []
+    for result in results:
+        found.append(result)
+        if progress:
+            progress(len(found))
+    return found
+
+
+def _dask(jobs, address, workers, progress) -> list[dict]:
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise QuantplanError("engine 'dask' needs the extra: pip install 'quantplan[distributed]'") from None
+    cluster = None
+    if address:
+        client = Client(address)
+    else:
+        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = client.map(solve_point, *zip(*jobs), pure=False)
+        return _collect((future.result() for future in futures), progress)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _ray(jobs, address, progress) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise QuantplanError("engine 'ray' needs Ray installed: pip install ray") from None
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+    remote = ray.remote(solve_point)
+    refs = [remote.remote(*job) for job in jobs]
+    return _collect((ray.get(ref) for ref in refs), progress)
+
+
+def grid_sweep(scenario, axis: str, values: list[float], engine: str = "processes", address: str | None = None,
+               progress=None) -> list[Point]:
+    scenario = as_scenario(scenario)
+    results = run_points(scenario, (axis,), [(v,) for v in values], engine, address, progress=progress)
+    return [Point(value=r["values"][0], status=r["status"], plan=r["plan"], cost_per_hour=r["cost_per_hour"])
+            for r in results]
+
+
+def linspace(start: float, end: float, count: int) -> list[float]:
+    if count < 2:
+        raise QuantplanError("a sweep needs at least 2 points")
+    return [start + (end - start) * i / (count - 1) for i in range(count)]
