@@ -127,9 +127,12 @@ def quantplan_step_terms(config: Config, step: Step) -> list[Term]:
 
     Called a few times per candidate (decode, prefill of one prompt, prefill of a batch).
     :param config: the candidate configuration.
-    :param step: phase, sequences, new tokens and the context they attend to.
-    :return: terms with step quantities (bytes, FLOPs, bandwidth, peak, efficiencies, seconds),
-        phase set to step.phase; empty when not involved.
+    :param step: phase, sequences, new tokens, the context they attend to, and the passes the work
+        is split into (prefill chunks); sequences and new_tokens may be numpy arrays (several batch
+        sizes evaluated at once), so terms must broadcast.
+    :return: terms with step quantities (bytes, FLOPs, bandwidth, peak, efficiencies, seconds) for the
+        whole step, all passes counted (weights are read once per pass), phase set to step.phase;
+        empty when not involved.
     """
 
 

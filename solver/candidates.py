@@ -80,6 +80,7 @@ class Step:
     sequences: int
     new_tokens: int
     context: float  # decode: mean tokens already cached per sequence; prefill: prompt length
+    passes: int = 1  # engine passes the work is split into (prefill chunks): weights are read once per pass
 
 
 @dataclass

@@ -99,20 +99,18 @@ def step_terms(world: World, config: Config, step: Step) -> list[Term]:
     return _flatten(world.plugins.call_for("quantplan_step_terms", config, step=step))
 
 
-def step_time(found: list[Term], phase: str, passes: int = 1) -> StepTime:
-    """Time of `passes` engine passes whose combined work the terms describe.
-
-    Weight reads and per-step overheads repeat every pass (a prompt batch split into chunks);
-    FLOPs are the total. No plan can run faster than bandwidth / bytes read allows.
+def step_time(found: list[Term], phase: str) -> StepTime:
+    """Time of the step the terms describe (all its passes: plugins count weight reads and
+    per-pass overheads once per pass). No plan can run faster than bandwidth / bytes read allows.
     """
     total = totals(found, phase)
     bandwidth = total[q.BANDWIDTH] * total[q.BANDWIDTH_EFFICIENCY]
     peak = total[q.PEAK_FLOPS] * total[q.COMPUTE_EFFICIENCY]
-    memory_s = _ratio(total[q.DEVICE_BYTES] * passes, bandwidth)
+    memory_s = _ratio(total[q.DEVICE_BYTES], bandwidth)
     compute_s = _ratio(total[q.FLOPS], peak)
     host_bandwidth = total[q.HOST_BANDWIDTH] * total[q.HOST_BANDWIDTH_EFFICIENCY]
-    host_s = _ratio(total[q.HOST_BYTES] * passes, host_bandwidth)
-    overhead_s = total[q.OVERHEAD] * passes
+    host_s = _ratio(total[q.HOST_BYTES], host_bandwidth)
+    overhead_s = total[q.OVERHEAD]
     return StepTime(np.maximum(memory_s, compute_s) + host_s + overhead_s, memory_s, compute_s, host_s, overhead_s)
 
 

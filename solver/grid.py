@@ -3,6 +3,7 @@ an existing Dask or Ray cluster; every engine gives the same points as the seria
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable
@@ -90,7 +91,8 @@ def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float
         return _collect((solve_point(*job) for job in jobs), progress)
     if engine == "processes":
         workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a forked child inherits the solver's thread pool mid-state and can hang
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             return _collect(pool.map(solve_point, *zip(*jobs)), progress)
     if engine == "dask":
         return _dask(jobs, address, workers, progress)

@@ -47,12 +47,12 @@ def timing(world: World, config: Config, traffic: TrafficClass) -> Timing:
     batch, prompt, output = config.batch, traffic.prompt_tokens, traffic.output_tokens
     budget = config.framework.max_batched_tokens
     decode = Step("decode", batch, batch, prompt + output / 2)
-    one = Step("prefill", 1, prompt, prompt)
-    many = Step("prefill", batch, batch * prompt, prompt)
+    one = Step("prefill", 1, prompt, prompt, math.ceil(prompt / budget))
+    many = Step("prefill", batch, batch * prompt, prompt, np.ceil(batch * prompt / budget))
     return Timing(
         decode=step_time(step_terms(world, config, decode), "decode"),
-        prefill_one=step_time(step_terms(world, config, one), "prefill", math.ceil(prompt / budget)),
-        prefill_batch=step_time(step_terms(world, config, many), "prefill", np.ceil(batch * prompt / budget)),
+        prefill_one=step_time(step_terms(world, config, one), "prefill"),
+        prefill_batch=step_time(step_terms(world, config, many), "prefill"),
     )
 
 

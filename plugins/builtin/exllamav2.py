@@ -12,7 +12,8 @@ class ExLlamaV2Plugin(FrameworkPlugin):
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         if config.gpus <= 1:
             return []
-        hop = LAYER_SPLIT_HOP_S + step.new_tokens * config.model.hidden_size * 2 / PCIE_COPY_BYTES_PER_S
+        hop = (LAYER_SPLIT_HOP_S + step.new_tokens / step.passes * config.model.hidden_size * 2
+                   / PCIE_COPY_BYTES_PER_S) * step.passes
         return [Term(q.OVERHEAD, (config.gpus - 1) * hop, self.name,
                      f"autosplit: {config.gpus - 1} device hand-offs per step", step.phase)]
 

@@ -116,7 +116,8 @@ class FrameworkPlugin:
             compute = framework.decode_compute_efficiency
         else:
             compute = framework.prefill_efficiency_by_class.get(gpu.device_class, framework.prefill_efficiency)
-        overhead = framework.step_overhead_ms / 1e3 + framework.layer_overhead_us * config.model.layers / 1e6
+        overhead = (framework.step_overhead_ms / 1e3 + framework.layer_overhead_us * config.model.layers / 1e6) \
+            * step.passes
         found = [
             Term(q.BANDWIDTH_EFFICIENCY, efficiency, self.name,
                  f"{framework.id} reaches {efficiency:.0%} of {gpu.device_class} bandwidth", step.phase),
@@ -136,13 +137,13 @@ class FrameworkPlugin:
         if t <= 1 or self.framework.parallelism != "tensor":
             return []
         gpu, model = config.gpu, config.model
-        payload = step.new_tokens * model.hidden_size * 2
+        payload = step.new_tokens / step.passes * model.hidden_size * 2  # hidden states of one pass
         link = max(gpu.interconnect_gb_s, 1.0) * 1e9
         latency = self.framework.allreduce_latency_us / 1e6
         if gpu.interconnect != "nvlink":
             latency *= PCIE_ALLREDUCE_LATENCY_FACTOR
         per_call = 2 * (t - 1) / t * payload / link + latency
-        return [Term(q.OVERHEAD, 2 * model.layers * per_call, self.name,
+        return [Term(q.OVERHEAD, 2 * model.layers * per_call * step.passes, self.name,
                      f"2 all-reduces x {model.layers} layers over {gpu.interconnect} "
                      f"({gpu.interconnect_gb_s:g} GB/s, {latency * 1e6:.0f} us each)", step.phase)]
 

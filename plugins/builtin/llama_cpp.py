@@ -19,7 +19,8 @@ class LlamaCppPlugin(FrameworkPlugin):
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         found = []
         if config.gpus > 1:
-            hop = LAYER_SPLIT_HOP_S + step.new_tokens * config.model.hidden_size * 2 / PCIE_COPY_BYTES_PER_S
+            hop = (LAYER_SPLIT_HOP_S + step.new_tokens / step.passes * config.model.hidden_size * 2
+                   / PCIE_COPY_BYTES_PER_S) * step.passes
             found.append(Term(q.OVERHEAD, (config.gpus - 1) * hop, self.name,
                               f"layer split: {config.gpus - 1} device hand-offs per step", step.phase))
         if config.hybrid:
@@ -29,7 +30,7 @@ class LlamaCppPlugin(FrameworkPlugin):
             if step.phase == "prefill":
                 layers, _ = bytes_read_per_step(config, step.new_tokens)
                 host = layers * (1 - config.gpu_layer_fraction)
-                found.append(Term(q.OVERHEAD, host / PCIE_COPY_BYTES_PER_S, self.name,
+                found.append(Term(q.OVERHEAD, host * step.passes / PCIE_COPY_BYTES_PER_S, self.name,
                                   "prompt batches copy host-resident layers to the GPU over PCIe", step.phase))
         return found
 

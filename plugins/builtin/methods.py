@@ -91,13 +91,14 @@ class MethodPlugin:
         logits = 2.0 * step.sequences * config.model.vocab_size * config.model.hidden_size
         flops = (2.0 * step.new_tokens * active + logits) / where.read_divisor
         found = [
-            Term(q.DEVICE_BYTES, (layers * where.gpu_fraction + head) / where.read_divisor, self.name,
-                 f"{config.method.id} weights read per step", step.phase),
+            Term(q.DEVICE_BYTES, (layers * where.gpu_fraction + head) / where.read_divisor * step.passes,
+                 self.name, f"{config.method.id} weights read per step (x {q.show(step.passes)} passes)",
+                 step.phase),
             Term(q.FLOPS, flops, self.name,
                  f"2 x {q.show(step.new_tokens)} tokens x {active / 1e9:.2f}B active params + logits", step.phase),
         ]
         if config.hybrid:
-            found.append(Term(q.HOST_BYTES, layers * (1 - where.gpu_fraction), self.name,
+            found.append(Term(q.HOST_BYTES, layers * (1 - where.gpu_fraction) * step.passes, self.name,
                               "weights of host-resident layers read from RAM", step.phase))
         found += self._kernel_terms(config, step)
         return found
