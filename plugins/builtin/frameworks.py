@@ -70,7 +70,7 @@ class FrameworkPlugin:
     def quantplan_incompatibility(self, config: Config) -> list[str]:
         if not self.owns(config):
             return []
-        framework, model, gpus = self.framework, config.model, config.gpus
+        framework, model, gpus = config.framework, config.model, config.gpus
         reasons = []
         if config.kv.id not in framework.kv_cache_dtypes:
             reasons.append(f"{framework.id} has no {config.kv.id} KV cache")
@@ -91,7 +91,7 @@ class FrameworkPlugin:
     def quantplan_memory_terms(self, config: Config, context_tokens: int) -> list[Term]:
         if not self.owns(config):
             return []
-        framework, model = self.framework, config.model
+        framework, model = config.framework, config.model
         ffn = max(model.intermediate_size if model.dense_layers or not model.is_moe else 0,
                   model.moe_intermediate_size * max(model.experts_per_token, 1))
         divisor = config.gpus if framework.parallelism == "tensor" else 1
@@ -110,7 +110,7 @@ class FrameworkPlugin:
     def quantplan_step_terms(self, config: Config, step: Step) -> list[Term]:
         if not self.owns(config):
             return []
-        framework, gpu = self.framework, config.gpu
+        framework, gpu = config.framework, config.gpu
         efficiency = framework.bandwidth_efficiency.get(gpu.device_class, min(framework.bandwidth_efficiency.values()))
         if step.phase == "decode":
             compute = framework.decode_compute_efficiency
@@ -134,12 +134,12 @@ class FrameworkPlugin:
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         """Tensor parallel: two ring all-reduces of the new tokens' hidden states per layer."""
         t = config.gpus
-        if t <= 1 or self.framework.parallelism != "tensor":
+        if t <= 1 or config.framework.parallelism != "tensor":
             return []
         gpu, model = config.gpu, config.model
         payload = step.new_tokens / step.passes * model.hidden_size * 2  # hidden states of one pass
         link = max(gpu.interconnect_gb_s, 1.0) * 1e9
-        latency = self.framework.allreduce_latency_us / 1e6
+        latency = config.framework.allreduce_latency_us / 1e6
         if gpu.interconnect != "nvlink":
             latency *= PCIE_ALLREDUCE_LATENCY_FACTOR
         per_call = 2 * (t - 1) / t * payload / link + latency

@@ -24,7 +24,7 @@ class LlamaCppPlugin(FrameworkPlugin):
             found.append(Term(q.OVERHEAD, (config.gpus - 1) * hop, self.name,
                               f"layer split: {config.gpus - 1} device hand-offs per step", step.phase))
         if config.hybrid:
-            cpu_share = self.framework.bandwidth_efficiency.get("cpu", 0.6)
+            cpu_share = config.framework.bandwidth_efficiency.get("cpu", 0.6)
             found.append(Term(q.HOST_BANDWIDTH_EFFICIENCY, cpu_share, self.name,
                               f"llama.cpp reaches {cpu_share:.0%} of host RAM bandwidth", step.phase))
             if step.phase == "prefill":
