@@ -65,6 +65,8 @@ def workload_options(function):
         click.option("--max-configurations", type=int, help="At most this many distinct configurations."),
         click.option("--time-limit", type=float, help="Solver time limit, seconds."),
         click.option("--solver", type=click.Choice(("highs", "cbc")), help="MILP solver (default highs)."),
+        click.option("--margin", type=click.Choice(("none", "median", "p90")),
+                     help="Plan against figures made pessimistic by the validation error (default none)."),
         catalog_option,
     ]
     for option in reversed(options):
@@ -86,7 +88,7 @@ def scenario_from_options(scenario_file, options: dict):
         "frameworks": options.get("frameworks") or None, "kv_cache_dtypes": options.get("kv_cache_dtypes") or None,
         "max_gpus": options.get("max_gpus"), "objective": options.get("objective"),
         "max_configurations": options.get("max_configurations"), "time_limit_s": options.get("time_limit"),
-        "solver": options.get("solver"),
+        "solver": options.get("solver"), "margin": options.get("margin"),
     }
     if options.get("gpu_count"):
         top["gpu_count"] = _pairs(options["gpu_count"], "--gpu-count", int)
@@ -289,6 +291,68 @@ def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv
             for b in data["breakpoints"]:
                 console.print(f"breakpoint at ${b['value']:.4f}/h: {b['plan_before']}  ->  {b['plan_after']}")
         render_rows(f"{title} ({data['solves']} solves)", columns, rows, console)
+
+
+@cli.command()
+@click.option("--filter", "filters", multiple=True, help="COLUMN=VALUE: only matching rows (repeatable).")
+@click.option("--rows/--no-rows", "show_rows", default=True, help="Print every row, or the summary only.")
+@click.option("--write-error-bars", type=click.Path(dir_okay=False),
+              help="Write the error-bar table that estimate and solve report (catalogs/error_bars.toml).")
+@json_option
+def validate(filters, show_rows, write_error_bars, as_json):
+    """Predicted vs measured on the shipped validation set, with error summaries."""
+    from quantplan.solver import errorbars
+    from quantplan.solver import validate as checks_module
+    from quantplan.solver.report import render_rows
+
+    where = _pairs(filters, "--filter", str)
+    world = checks_module.validation_world()
+    checks = checks_module.run(world, where=where)
+    result = checks_module.summary(checks)
+    if write_error_bars:
+        devices = {g.id: g.device_class for g in world.gpus}
+        Path(write_error_bars).write_text(errorbars.to_toml(errorbars.compute(checks, devices)))
+    if as_json:
+        click.echo(json.dumps({"summary": result, "rows": [c.model_dump() for c in checks]}, indent=2))
+        return
+    console = Console(width=200)
+    if show_rows:
+        render_rows("Predicted vs measured", ["id", "metric", "framework", "gpu", "model", "method", "batch",
+                                               "measured", "predicted", "error"],
+                    [[c.id, c.metric, c.framework, c.gpu, c.model, c.method, c.batch, f"{c.measured:.4g}",
+                      f"{c.predicted:.4g}" if c.predicted is not None else c.reason,
+                      ("-" if c.error is None else f"{c.error:+.1%}" if c.group != "quality"
+                       else f"{c.error:+.2f} of allowance")] for c in checks], console)
+    for name in ("by_group", "by_framework", "by_device_class"):
+        table = result[name]
+        render_rows(name.replace("_", " "), ["key", "rows", "median |error|", "p90 |error|", "max |error|", "target"],
+                    [[key, v["rows"], f"{v['median_ape']:.1%}", f"{v['p90_ape']:.1%}", f"{v['max_ape']:.1%}",
+                      ("met" if v["meets"] else "MISSED") if "meets" in v else ""] for key, v in table.items()],
+                    console)
+    if result["quality"]:
+        q = result["quality"]
+        console.print(f"quality: {q['within']} of {q['rows']} rows within max(0.05 ppl, 25%); misses: "
+                      f"{', '.join(q['misses']) or 'none'}")
+    if result["unpredicted"]:
+        console.print(f"not predicted: {len(result['unpredicted'])} rows (" +
+                      "; ".join(f"{u['id']}: {u['reason']}" for u in result["unpredicted"][:6]) + " ...)")
+
+
+@cli.command()
+@click.option("--rounds", type=int, default=2, show_default=True)
+@json_option
+def fit(rounds, as_json):
+    """Refit framework and kernel efficiencies to the validation rows (prints the values to put in the catalogs)."""
+    from quantplan.solver import fit as fitting
+    from quantplan.solver.report import render_rows
+
+    _, report = fitting.fit(rounds=rounds)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    render_rows("Fitted parameters", ["parameter", "catalog", "fitted", "rows", "loss"],
+                [[r["parameter"], f"{r['before']:g}", f"{r.get('after', r['before']):g}", len(r.get("rows", [])),
+                  f"{r.get('loss', 0):.4f}"] for r in report], Console(width=200))
 
 
 @cli.command()

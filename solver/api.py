@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import program
+from . import errorbars, program
 from .errors import InfeasibleError, QuantplanError
 from .explain import binding_constraints, infeasibility
 from .plan import Alternative, Plan, SolveStats, replica_group, served_tokens_per_s, summary
@@ -78,6 +78,8 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     tokens = served_tokens_per_s(solution, scenario.classes)
     alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
+    if scenario.margin != "none":
+        notes.append(f"planned against {scenario.margin} validation error: TTFT and TPOT figures include that margin")
     return Plan(
         status=solution.status, objective=scenario.objective, model=model_id,
         cost_per_hour=solution.cost_per_hour,
@@ -244,6 +246,8 @@ class EstimateResult(BaseModel):
     cost_per_hour: float | None = None
     cost_per_million_tokens: float | None = None
     execution: str | None = None
+    error_bars: dict = {}
+    coverage_warnings: list[str] = []
     terms: list[dict] = []
 
 
@@ -295,6 +299,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     speed = (step_terms(world, config, Step("decode", batch, batch, prompt_tokens + output_tokens / 2))
              + step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)))
     divisor = used.memory_divisor
+    bars, warnings = errorbars.describe(f.id, g.device_class, batch, gpus)
     return EstimateResult(
         **head, compatible=True, fits=used.fits, gpu_layers=config.gpu_layers if config.hybrid else None,
         memory_gb_per_gpu=used.used_per_gpu / 1e9, memory_capacity_gb_per_gpu=used.available_per_gpu / 1e9,
@@ -309,5 +314,6 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         cost_per_million_tokens=cost / (result.output_tokens_per_s * 3600) * 1e6
         if cost and result.output_tokens_per_s else None,
         execution=execution.note or f"{execution.compute_dtype} compute, {execution.kernel} kernel",
+        error_bars=bars, coverage_warnings=warnings,
         terms=[t.as_dict() for t in found + speed + assessed.terms + costs],
     )

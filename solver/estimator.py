@@ -67,6 +67,10 @@ class StepTime:
     def bound(self) -> str:
         return "memory" if self.memory_s >= self.compute_s else "compute"
 
+    def scaled(self, factor: float) -> StepTime:
+        """Every part `factor` times longer (planning against a pessimistic figure)."""
+        return StepTime(*(getattr(self, f.name) * factor for f in fields(self)))
+
     def at(self, index: int) -> StepTime:
         """One batch size out of an array evaluation (a scalar record stays as it is)."""
         if not np.ndim(self.seconds):

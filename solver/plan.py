@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from . import errorbars
 from .program import Solution
 from .scenario import TrafficClass
 from .space import Option
@@ -52,6 +53,8 @@ class ReplicaGroup(Out):
     cost_per_hour: float
     execution: str
     classes: dict[str, ClassFigures]
+    error_bars: dict
+    coverage_warnings: list[str]
 
 
 class Alternative(Out):
@@ -105,6 +108,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
     main = max(served, key=lambda name: (served[name].share, name))
     headline, memory = served[main], option.memory[main]
     note = config.execution.note or f"{config.execution.compute_dtype} compute, {config.execution.kernel} kernel"
+    bars, warnings = errorbars.describe(config.framework.id, config.gpu.device_class, config.batch, config.gpus)
     return ReplicaGroup(
         method=config.method.id, gpu=config.gpu.id, framework=config.framework.id,
         gpus_per_replica=config.gpus, batch_size=config.batch, kv_cache_dtype=config.kv.id, count=count,
@@ -117,7 +121,8 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         weights_gb=memory.weights_per_gpu * memory.memory_divisor / 1e9,
         kv_cache_gb=headline.kv_cache_gb,
         ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
-        cost_per_hour=option.cost_per_hour, execution=note, classes=served,
+        cost_per_hour=option.cost_per_hour, execution=note, classes=served, error_bars=bars,
+        coverage_warnings=warnings,
     )
 
 

@@ -83,6 +83,7 @@ class Scenario(Input):
     time_limit_s: float = Field(default=60.0, gt=0)
     solver: Literal["highs", "cbc"] = "highs"
     alternatives: bool = True
+    margin: Literal["none", "median", "p90"] = "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

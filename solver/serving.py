@@ -37,6 +37,11 @@ class Timing:
     def tpot_s(self) -> float:
         return self.decode.seconds
 
+    def pessimistic(self, decode: float, prefill: float) -> Timing:
+        """Decode steps `decode` times and prefills `prefill` times slower."""
+        return Timing(self.decode.scaled(decode), self.prefill_one.scaled(prefill),
+                      self.prefill_batch.scaled(prefill))
+
     def at(self, index: int) -> Timing:
         """One batch size out of an array evaluation."""
         return Timing(self.decode.at(index), self.prefill_one.at(index), self.prefill_batch.at(index))

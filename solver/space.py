@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from . import errorbars
 from . import terms as q
 from .candidates import Config, Execution
 import numpy as np
@@ -168,7 +169,8 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
         if not math.isfinite(assessed.relative):
             incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
             continue
-        options += _batches(world, placed, batches, scenario.classes, limits, cost, assessed, per_class)
+        options += _batches(world, placed, batches, scenario.classes, limits, cost, assessed, per_class,
+                            scenario.margin)
     return Space(model, options, incompatible, per_class, count)
 
 
@@ -196,7 +198,7 @@ def _placed(world: World, config: Config, classes) -> Config | None:
     return None
 
 
-def _batches(world, config, batches, classes, limits, cost, assessed, per_class) -> list[Option]:
+def _batches(world, config, batches, classes, limits, cost, assessed, per_class, margin="none") -> list[Option]:
     """Evaluate every batch size of `config` at once (numpy arrays through the plugin terms).
 
     Memory only grows with batch, and in lockstep so do TTFT and TPOT: once a concurrency class
@@ -218,6 +220,10 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class)
         if not fits.any():
             continue
         times = timing(world, vector, traffic)
+        if margin != "none":  # plan against the typical (or 90th-percentile) error of this framework
+            bars = errorbars.shipped()
+            times = times.pessimistic(bars.factor("decode", config.framework.id, margin),
+                                      bars.factor("ttft", config.framework.id, margin))
         limit = limits[traffic.name]
         for index, batch in enumerate(batches):
             if not fits[index]:

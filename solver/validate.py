@@ -71,6 +71,7 @@ class Check(BaseModel):
     method: str
     model: str
     batch: int
+    gpus: int
     measured: float
     predicted: float | None
     error: float | None  # signed relative error; for quality the absolute ppl error over its allowance
@@ -162,7 +163,8 @@ def predict(world: World, row: Row) -> float:
 def check(world: World, row: Row) -> Check:
     group = GROUPS.get(row.metric, "other")
     base = dict(id=row.id, metric=row.metric, group=group, framework=row.framework, gpu=row.gpu,
-                method=row.method, model=row.model, batch=row.batch, measured=row.value, source=row.source)
+                method=row.method, model=row.model, batch=row.batch, gpus=row.gpus, measured=row.value,
+                source=row.source)
     try:
         device_class = world.gpus.get(row.gpu).device_class
         predicted = float(predict(world, row))

@@ -1,0 +1,112 @@
+"""`quantplan validate`: the estimators against the shipped measurements meet the fidelity targets,
+the shipped error bars are what validation finds, and the fit reproduces the catalog values."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from importlib import resources
+
+import pytest
+from click.testing import CliRunner
+
+from quantplan.cli import cli
+from quantplan.solver import errorbars, fit, validate
+from quantplan.solver.api import estimate, solve
+from quantplan.solver.scenario import load_scenario
+
+# Quality rows that miss max(0.05 ppl, 25%), each with its reason (kept visible, not dropped):
+KNOWN_QUALITY_MISSES = {
+    "v15",  # Llama-3-8B Q4_0: the single size exponent of Q4_0 overshoots Llama-3 (+0.64 vs +0.47)
+    "v102",  # AWQ-paper GPTQ Llama-2-7B +4.0%; Marlin's README measures +2.9% for the same model
+    "v159",  # FP8 Llama-2-7B +1.28% (AMD Quark, FP8 weights+activations): the fp8 point is an estimate
+}
+
+
+@pytest.fixture(scope="module")
+def checks():
+    return validate.run()
+
+
+@pytest.fixture(scope="module")
+def summary(checks):
+    return validate.summary(checks)
+
+
+def test_memory_median_error_within_3_percent(summary):
+    memory = summary["by_group"]["memory"]
+    assert memory["rows"] >= 10 and memory["median_ape"] <= 0.03
+
+
+def test_decode_median_12_and_p90_30_percent(summary):
+    decode = summary["by_group"]["decode"]
+    assert decode["rows"] >= 80
+    assert decode["median_ape"] <= 0.12 and decode["p90_ape"] <= 0.30
+
+
+def test_ttft_median_20_and_p90_50_percent(summary):
+    ttft = summary["by_group"]["ttft"]
+    assert ttft["rows"] >= 5
+    assert ttft["median_ape"] <= 0.20 and ttft["p90_ape"] <= 0.50
+
+
+def test_quality_within_005_or_25_percent_except_known_misses(summary):
+    quality = summary["quality"]
+    assert quality["rows"] >= 25
+    assert set(quality["misses"]) == KNOWN_QUALITY_MISSES
+
+
+def test_every_row_names_its_source():
+    for row in validate.load_rows():
+        assert len(row.source) > 10, row.id
+
+
+def test_shipped_error_bars_match_a_fresh_validation(checks):
+    world = validate.validation_world()
+    fresh = errorbars.compute(checks, {g.id: g.device_class for g in world.gpus})
+    with resources.files("quantplan.catalogs").joinpath("error_bars.toml").open("rb") as handle:
+        shipped = errorbars.ErrorBars(**tomllib.load(handle))
+    assert [(b.group, b.framework, b.rows) for b in shipped.bar] == [(b.group, b.framework, b.rows) for b in fresh.bar]
+    for old, new in zip(shipped.bar, fresh.bar):
+        assert old.median_ape == pytest.approx(new.median_ape, abs=1e-5)
+        assert old.p90_ape == pytest.approx(new.p90_ape, abs=1e-5)
+
+
+def test_fit_reproduces_the_catalog_value_of_a_parameter():
+    """The nvfp4 compute share in methods.toml came from this search: re-running it keeps the value."""
+    parameter = fit.Parameter("method", "nvfp4", "compute_efficiency", 0.2, 1.2)
+    world, report = fit.fit(parameters=(parameter,), rounds=1)
+    assert report[0]["after"] == pytest.approx(report[0]["before"])
+    assert len(report[0]["rows"]) >= 10
+
+
+def test_estimate_and_solve_report_error_bars_and_coverage():
+    result = estimate("llama-3.1-8b", "fp8", "h100-sxm", "tensorrt-llm", batch=8)
+    assert result.error_bars["tpot_ms"]["p90_pct"] > result.error_bars["tpot_ms"]["median_pct"] > 0
+    assert result.coverage_warnings == []
+    laptop = estimate("llama-2-7b", "gguf-q4_k_m", "m2-max", "llama.cpp")
+    assert any("apple" in w for w in laptop.coverage_warnings)
+    plan = solve(load_scenario("examples/blog-3-7b-m2max-laptop.toml"))
+    assert plan.replicas[0].coverage_warnings and plan.replicas[0].error_bars
+
+
+def test_p90_margin_never_plans_cheaper_and_reports_slower_figures():
+    scenario = load_scenario("examples/blog-2-70b-batch-2xh100.toml")
+    plain = solve(scenario)
+    careful = solve(scenario.model_copy(update={"margin": "p90"}))
+    assert careful.cost_per_hour >= plain.cost_per_hour
+    bars = errorbars.shipped()
+    group = careful.replicas[0]
+    same = estimate("llama-2-70b", group.method, group.gpu, group.framework, gpus=group.gpus_per_replica,
+                    batch=group.batch_size, prompt_tokens=512, output_tokens=256,
+                    kv_cache_dtype=group.kv_cache_dtype)
+    factor = bars.factor("decode", group.framework, "p90")
+    assert group.tpot_ms == pytest.approx(same.tpot_ms * factor, rel=1e-6)
+
+
+def test_cli_validate_json_with_filter():
+    result = CliRunner().invoke(cli, ["validate", "--json", "--filter", "framework=exllamav2"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {row["framework"] for row in data["rows"]} == {"exllamav2"}
+    assert all(abs(row["error"]) < 0.3 for row in data["rows"])
