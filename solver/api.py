@@ -20,14 +20,14 @@ from .space import Option, Space, build_space
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...]) -> list[Option]:
     """Drop options another option beats or ties on every count, using the same GPUs.
 
-    b dominates a when both use the same device type and GPUs per replica, b costs no more, serves
-    every class a serves with at least a's capacity, no higher request latency and no more quality
-    loss; on a full tie the
+    b dominates a when both use the same device type, b needs no more GPUs per replica, costs no
+    more, serves every class a serves with at least a's capacity, no higher request latency and no
+    more quality loss; on a full tie the
     alphabetically first key survives. Any plan using a can use b instead at no extra cost.
     """
-    groups: dict[tuple[str, int], list[int]] = {}
+    groups: dict[str, list[int]] = {}
     for index, option in enumerate(options):
-        groups.setdefault((option.config.gpu.id, option.config.gpus), []).append(index)
+        groups.setdefault(option.config.gpu.id, []).append(index)
     keep: list[int] = []
     for members in groups.values():
         cost = np.array([options[i].cost_per_hour for i in members])
@@ -37,10 +37,11 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...]) ->
                              else np.inf for k in classes] for i in members])
         keys = [options[i].key for i in members]
         loss = np.array([options[i].quality.relative for i in members])
+        gpus = np.array([options[i].config.gpus for i in members])
         for a in range(len(members)):
-            no_worse = ((cost <= cost[a]) & (capacity >= capacity[a]).all(axis=1)
+            no_worse = ((cost <= cost[a]) & (capacity >= capacity[a]).all(axis=1) & (gpus <= gpus[a])
                         & (latency <= latency[a]).all(axis=1) & (loss <= loss[a]))
-            strictly = ((cost < cost[a]) | (capacity > capacity[a]).any(axis=1)
+            strictly = ((cost < cost[a]) | (capacity > capacity[a]).any(axis=1) | (gpus < gpus[a])
                         | (latency < latency[a]).any(axis=1) | (loss < loss[a]))
             earlier = np.array([key < keys[a] for key in keys])
             beaten = no_worse & (strictly | earlier)

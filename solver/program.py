@@ -5,9 +5,10 @@ used[c] (binary, only with a cap on distinct configurations).
 Constraints: every class fully served; a configuration's replicas carry the load of its shares;
 devices of each type within availability; at most N distinct configurations.
 Objectives: cost ($/h); latency (load-weighted request latency, then cost); balanced (the sum of
-both, each divided by its own optimum). Ties are broken by a second solve that keeps the optimum and
-prefers, in order, fewer GPUs, less quality loss, lower TPOT, and the alphabetically first
-configuration key.
+both, each divided by its own optimum). Ties: the options are handed to the solver in key order (so
+the same input gives the same plan), and each chosen configuration is then swapped for the
+best-ranked one of equal cost, no more GPUs and enough capacity (`rank`: fewer GPUs, less quality
+loss, lower TPOT, first key).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _solver(name: str, time_limit: float):
         if not solver.available():
             raise QuantplanError("solver 'cbc' was asked for but is not installed; use --solver highs")
         return solver
-    return pulp.HiGHS(msg=False, timeLimit=time_limit, mip_rel_gap=OPTIMALITY_TOLERANCE)
+    return pulp.HiGHS(msg=False, timeLimit=time_limit, mip_rel_gap=1e-9)
 
 
 @contextmanager
@@ -153,18 +154,19 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     cost = pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in options)
     latency = pulp.lpSum(request_latency_ms(o, k) / 1000.0 * shares[o.key, k.name]
                          for o in options for k in classes if (o.key, k.name) in shares)
-    primary = {"cost": cost, "latency": latency}.get(objective)
     statuses = []
-    if primary is None:  # balanced: each part divided by its own optimum
-        best_cost = _optimum(problem, cost, solver, time_limit, statuses)
-        best_latency = _optimum(problem, latency, solver, time_limit, statuses)
-        primary = cost / max(best_cost, 1e-9) + latency / max(best_latency, 1e-9)
-    best = _optimum(problem, primary, solver, time_limit, statuses)
-    problem += primary <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_optimum"
-    if objective == "latency":
-        best_cost = _optimum(problem, cost, solver, time_limit, statuses)
-        problem += cost <= best_cost + OPTIMALITY_TOLERANCE * max(1.0, best_cost), "keep_cost"
-    _optimum(problem, _tie_break(options, replicas, classes), solver, time_limit, statuses)
+    if objective == "cost":
+        best = _optimum(problem, cost, solver, time_limit, statuses)
+    else:
+        if objective == "latency":
+            primary = latency
+        else:  # balanced: each part divided by its own optimum
+            best_cost = _optimum(problem, cost, solver, time_limit, statuses)
+            best_latency = _optimum(problem, latency, solver, time_limit, statuses)
+            primary = cost / max(best_cost, 1e-9) + latency / max(best_latency, 1e-9)
+        best = _optimum(problem, primary, solver, time_limit, statuses)
+        problem += primary <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_optimum"
+        _optimum(problem, cost, solver, time_limit, statuses)
     assignments = []
     for option in options:
         count = round(replicas[option.key].value() or 0)
@@ -173,6 +175,8 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         taken = {k.name: shares[option.key, k.name].value() or 0.0
                  for k in classes if (option.key, k.name) in shares}
         assignments.append(Assignment(option, count, {k: v for k, v in taken.items() if v > 1e-9}))
+    if objective == "cost":
+        assignments = break_ties(assignments, options, classes, availability)
     status = "time_limit" if "time_limit" in statuses else "optimal"
     total = sum(a.option.cost_per_hour * a.replicas for a in assignments)
     return Solution(status, total, assignments, gap=float("nan") if status == "time_limit" else 0.0,
@@ -187,12 +191,56 @@ def _optimum(problem, objective, solver: str, time_limit: float, statuses: list[
     return float(pulp.value(objective) or 0.0)
 
 
-def _tie_break(options: list[Option], replicas: dict, classes) -> pulp.LpAffineExpression:
-    """Prefer fewer GPUs, then less quality loss, then lower TPOT, then the first key."""
-    def rank(option: Option):
-        tpot = sum(r.tpot_ms for r in option.performance.values()) / len(option.performance)
-        return (option.config.gpus, round(option.quality.relative, 9), round(tpot, 6), option.key)
+def rank(option: Option) -> tuple:
+    """The documented tie-break order: fewer GPUs, less quality loss, lower TPOT, first key."""
+    tpot = sum(r.tpot_ms for r in option.performance.values()) / len(option.performance)
+    return (option.config.gpus, round(option.quality.relative, 9), round(tpot, 6), option.key)
 
-    ordered = sorted(options, key=rank)
-    return pulp.lpSum((1.0 + index / len(ordered)) * option.config.gpus * replicas[option.key]
-                      for index, option in enumerate(ordered))
+
+def break_ties(assignments: list[Assignment], options: list[Option], classes,
+               availability: dict[str, int] | None = None) -> list[Assignment]:
+    """Swap each chosen configuration for the best-ranked one that costs the same per replica, needs
+    no more GPUs, fits the devices still available and carries the same shares in as many replicas.
+
+    The swap keeps cost and feasibility; it runs in a fixed order, so the same input gives the same plan.
+    """
+    by_name = {k.name: k for k in classes}
+    availability = availability or {}
+    use: dict[str, int] = {}
+    for assignment in assignments:
+        device = assignment.option.config.gpu.id
+        use[device] = use.get(device, 0) + assignment.replicas * assignment.option.config.gpus
+    merged: dict[str, Assignment] = {}
+    for assignment in sorted(assignments, key=lambda a: a.option.key):
+        current = assignment.option
+
+        def room(candidate: Option) -> bool:
+            device = candidate.config.gpu.id
+            extra = assignment.replicas * candidate.config.gpus
+            if device == current.config.gpu.id:
+                extra -= assignment.replicas * current.config.gpus
+            return device not in availability or use.get(device, 0) + extra <= availability[device]
+
+        def carries(candidate: Option) -> bool:
+            if any(name not in candidate.performance for name in assignment.shares):
+                return False
+            needed = sum(share * load_per_replica(candidate, by_name[name])
+                         for name, share in assignment.shares.items())
+            return needed <= assignment.replicas + 1e-9
+
+        equal = [o for o in options if o.config.gpus <= current.config.gpus
+                 and abs(o.cost_per_hour - current.cost_per_hour) <= 1e-9 * max(1.0, current.cost_per_hour)
+                 and rank(o) < rank(current) and carries(o) and room(o)]
+        best = min(equal, key=rank, default=current)
+        moved = assignment.replicas
+        use[current.config.gpu.id] -= moved * current.config.gpus
+        use[best.config.gpu.id] = use.get(best.config.gpu.id, 0) + moved * best.config.gpus
+        if best.key in merged:
+            previous = merged[best.key]
+            shares = dict(previous.shares)
+            for name, share in assignment.shares.items():
+                shares[name] = shares.get(name, 0.0) + share
+            merged[best.key] = Assignment(best, previous.replicas + assignment.replicas, shares)
+        else:
+            merged[best.key] = Assignment(best, assignment.replicas, dict(assignment.shares))
+    return [merged[key] for key in sorted(merged)]

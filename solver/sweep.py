@@ -132,8 +132,9 @@ def price_sweep(scenario, device: str, start: float, end: float, world: World | 
     gpu = world.gpus.get(device)
     prices = world.with_prices({**scenario.prices, gpu.id: start})
     space = build_space(world, scenario.model_copy(update={"alternatives": False}), prices)
-    # Options of one device and GPU count all move with the price together, so pruning within
-    # such a group (what prune_dominated does) holds at every price.
+    # prune_dominated compares options of one device only, and keeps b over a only if b needs no
+    # more GPUs: as the price rises from `start`, b's cost grows no faster than a's, so the pruning
+    # done at the lowest price holds at every price of the sweep.
     options = prune_dominated(space.options, scenario.classes)
     availability = {world.gpus.get(n).id: c for n, c in scenario.gpu_count.items()}
     problem = PriceProblem(options, scenario, availability, gpu.id, start)
@@ -207,6 +208,7 @@ def price_grid(scenario, device: str, prices: list[float], world: World | None =
     scenario = as_scenario(scenario)
     world = world or load_world(scenario.catalogs)
     gpu = world.gpus.get(device)
+    prices = sorted(prices)  # pruned at the lowest price, valid above it
     space = build_space(world, scenario, world.with_prices({**scenario.prices, gpu.id: prices[0]}))
     options = prune_dominated(space.options, scenario.classes)
     availability = {world.gpus.get(n).id: c for n, c in scenario.gpu_count.items()}
