@@ -35,19 +35,25 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...]) ->
                               for k in classes] for i in members])
         latency = np.array([[program.request_latency_ms(options[i], k) if k.name in options[i].performance
                              else np.inf for k in classes] for i in members])
-        keys = [options[i].key for i in members]
         loss = np.array([options[i].quality.relative for i in members])
         gpus = np.array([options[i].config.gpus for i in members])
-        for a in range(len(members)):
-            no_worse = ((cost <= cost[a]) & (capacity >= capacity[a]).all(axis=1) & (gpus <= gpus[a])
-                        & (latency <= latency[a]).all(axis=1) & (loss <= loss[a]))
-            strictly = ((cost < cost[a]) | (capacity > capacity[a]).any(axis=1) | (gpus < gpus[a])
-                        | (latency < latency[a]).any(axis=1) | (loss < loss[a]))
-            earlier = np.array([key < keys[a] for key in keys])
-            beaten = no_worse & (strictly | earlier)
-            beaten[a] = False
-            if not beaten.any():
-                keep.append(members[a])
+        order = np.argsort(np.array([options[i].key for i in members]))
+        earlier = np.empty(len(members), dtype=int)
+        earlier[order] = np.arange(len(members))  # position of each member in key order
+        for start in range(0, len(members), 256):  # rows a (the dominated), in blocks to bound memory
+            a = slice(start, start + 256)
+            no_worse = ((cost[None, :] <= cost[a, None]) & (gpus[None, :] <= gpus[a, None])
+                        & (loss[None, :] <= loss[a, None])
+                        & (capacity[None, :, :] >= capacity[a, None, :]).all(axis=2)
+                        & (latency[None, :, :] <= latency[a, None, :]).all(axis=2))
+            strictly = ((cost[None, :] < cost[a, None]) | (gpus[None, :] < gpus[a, None])
+                        | (loss[None, :] < loss[a, None])
+                        | (capacity[None, :, :] > capacity[a, None, :]).any(axis=2)
+                        | (latency[None, :, :] < latency[a, None, :]).any(axis=2))
+            beaten = no_worse & (strictly | (earlier[None, :] < earlier[a, None]))
+            rows = np.arange(len(members))[a]
+            beaten[np.arange(len(rows)), rows] = False
+            keep += [members[i] for i in rows[~beaten.any(axis=1)]]
     return [options[i] for i in sorted(keep)]
 
 
