@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantplan.plugins.builtin.devices import DevicePlugin
+from quantplan.plugins.builtin.models import ModelPlugin
 from quantplan.plugins.hookspecs import hookimpl
-from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, QualityBook
 from quantplan.solver.catalog import user_catalog
 from quantplan.solver.specs import ModelSpec
@@ -21,6 +21,7 @@ class UserCatalogPlugin(DevicePlugin):
         super().__init__(f"catalog:{Path(path).name}", tables.get("gpu", []), tables.get("price", []))
         self.models = tables.get("model", [])
         self._model_ids = {m.id for m in self.models}
+        self._baselines = ModelPlugin(self.name, self.models)
 
     def owns(self, config: Config) -> bool:
         return super().owns(config) or config.model.id in self._model_ids
@@ -31,7 +32,4 @@ class UserCatalogPlugin(DevicePlugin):
 
     @hookimpl
     def quantplan_quality_terms(self, config: Config, quality: QualityBook) -> list[Term]:
-        if config.model.id not in self._model_ids:
-            return []
-        return [Term(q.PPL_BASELINE, config.model.wikitext2_ppl, self.name,
-                     f"{config.model.id} baseline ppl from {self.name}")]
+        return self._baselines.quantplan_quality_terms(config, quality)
