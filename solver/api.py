@@ -17,7 +17,8 @@ from .scenario import Scenario, TrafficClass, make_scenario
 from .space import Option, Space, build_space
 
 
-def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...]) -> list[Option]:
+def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
+                    with_latency: bool = False) -> list[Option]:
     """Drop options another option beats or ties on every count, using the same GPUs.
 
     b dominates a when both use the same device type, b needs no more GPUs per replica, costs no
@@ -34,12 +35,14 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...]) ->
         capacity = np.array([[options[i].performance[k.name].capacity if k.name in options[i].performance else 0.0
                               for k in classes] for i in members])
         latency = np.array([[program.request_latency_ms(options[i], k) if k.name in options[i].performance
-                             else np.inf for k in classes] for i in members])
+                             else np.inf for k in classes] for i in members]) if with_latency \
+            else np.zeros((len(members), len(classes)))
         loss = np.array([options[i].quality.relative for i in members])
         gpus = np.array([options[i].config.gpus for i in members])
-        order = np.argsort(np.array([options[i].key for i in members]))
+        ranks = [program.rank(options[i]) for i in members]
+        order = sorted(range(len(members)), key=lambda i: ranks[i])
         earlier = np.empty(len(members), dtype=int)
-        earlier[order] = np.arange(len(members))  # position of each member in key order
+        earlier[order] = np.arange(len(members))  # position of each member in rank order
         for start in range(0, len(members), 256):  # rows a (the dominated), in blocks to bound memory
             a = slice(start, start + 256)
             no_worse = ((cost[None, :] <= cost[a, None]) & (gpus[None, :] <= gpus[a, None])
@@ -68,7 +71,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     prices = world.with_prices(scenario.prices)
     availability = {world.gpus.get(name).id: count for name, count in scenario.gpu_count.items()}
     space = build_space(world, scenario, prices)
-    options = prune_dominated(space.options, scenario.classes)
+    options = prune_dominated(space.options, scenario.classes, scenario.objective != "cost")
     model_id = space.model.id
     try:
         solution = _solve(options, scenario, availability)
@@ -134,7 +137,7 @@ def _alternatives(options, scenario, availability, chosen: program.Solution) -> 
             filters.append((kind.format(name), lambda o, a=attribute, n=name: getattr(o.config, a).id == n))
     found = []
     for label, keep in filters:
-        subset = prune_dominated([o for o in options if keep(o)], scenario.classes)
+        subset = prune_dominated([o for o in options if keep(o)], scenario.classes, scenario.objective != "cost")
         if not subset:
             continue
         try:
