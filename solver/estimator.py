@@ -73,9 +73,16 @@ class StepTime:
 
     def at(self, index: int) -> StepTime:
         """One batch size out of an array evaluation (a scalar record stays as it is)."""
-        if not np.ndim(self.seconds):
+        if not isinstance(self.seconds, np.ndarray):
             return self
         return StepTime(*(_pick(getattr(self, f.name), index) for f in fields(self)))
+
+    def split(self, count: int) -> list[StepTime]:
+        """All batch sizes of an array evaluation as scalar records (a scalar record repeats)."""
+        if not isinstance(self.seconds, np.ndarray):
+            return [self] * count
+        columns = [np.broadcast_to(getattr(self, f.name), (count,)).tolist() for f in fields(self)]
+        return [StepTime(*values) for values in zip(*columns)]
 
 
 def memory_terms(world: World, config: Config, context_tokens: int) -> list[Term]:
@@ -119,7 +126,7 @@ def step_time(found: list[Term], phase: str) -> StepTime:
 
 
 def _pick(value, index: int) -> float:
-    return float(value[index]) if np.ndim(value) else float(value)
+    return float(value[index]) if isinstance(value, np.ndarray) and value.ndim else float(value)
 
 
 def _ratio(amount, rate):

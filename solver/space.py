@@ -225,12 +225,13 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
             times = times.pessimistic(bars.factor("decode", config.framework.id, margin),
                                       bars.factor("ttft", config.framework.id, margin))
         limit = limits[traffic.name]
+        per_batch = times.split(len(batches))
         for index, batch in enumerate(batches):
             if not fits[index]:
                 break  # larger batches need more memory still
             diagnostics.fits += 1
             sized = config.with_batch(batch)
-            result = performance(sized, traffic, times.at(index))
+            result = performance(sized, traffic, per_batch[index])
             what = _describe(sized)
             diagnostics.best_ttft.offer(result.ttft_ms, what)
             diagnostics.best_tpot.offer(result.tpot_ms, what)
