@@ -125,6 +125,15 @@ def _quiet_stdout():
             os.close(saved)
 
 
+def _gap(problem) -> float:
+    """The relative MIP gap HiGHS reached (NaN where the solver does not say)."""
+    model = getattr(problem, "solverModel", None)
+    try:
+        return float(model.getInfo().mip_gap)
+    except (AttributeError, TypeError, ValueError):
+        return float("nan")
+
+
 def _run(problem, solver_name: str, time_limit: float) -> tuple[str, float]:
     solver = _solver(solver_name, time_limit)
     with _quiet_stdout():
@@ -136,7 +145,7 @@ def _run(problem, solver_name: str, time_limit: float) -> tuple[str, float]:
                                                                         pulp.LpSolutionInfeasible, 0):
         raise NoSolution(status)
     if problem.sol_status == pulp.LpSolutionIntegerFeasible:
-        return "time_limit", float("nan")
+        return "time_limit", _gap(problem)
     if status == "Unbounded":
         raise QuantplanError("the integer program is unbounded (a bug: please report the scenario)")
     raise NoSolution(status)
@@ -177,17 +186,18 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         assignments.append(Assignment(option, count, {k: v for k, v in taken.items() if v > 1e-9}))
     if objective == "cost":
         assignments = break_ties(assignments, options, classes, availability)
-    status = "time_limit" if "time_limit" in statuses else "optimal"
+    gaps = [gap for status, gap in statuses if status == "time_limit"]
+    status = "time_limit" if gaps else "optimal"
     total = sum(a.option.cost_per_hour * a.replicas for a in assignments)
-    return Solution(status, total, assignments, gap=float("nan") if status == "time_limit" else 0.0,
+    return Solution(status, total, assignments, gap=max(gaps) if gaps else 0.0,
                     solve_seconds=time.perf_counter() - started, objective_value=best,
                     availability=dict(availability))
 
 
-def _optimum(problem, objective, solver: str, time_limit: float, statuses: list[str]) -> float:
+def _optimum(problem, objective, solver: str, time_limit: float, statuses: list) -> float:
     problem.setObjective(objective)
-    status, _ = _run(problem, solver, time_limit)
-    statuses.append(status)
+    status, gap = _run(problem, solver, time_limit)
+    statuses.append((status, gap))
     return float(pulp.value(objective) or 0.0)
 
 
