@@ -59,7 +59,7 @@ class Parameter:
             return row.method == self.id
         if row.framework != self.id:
             return False
-        if self.field.startswith("bandwidth_efficiency."):
+        if "." in self.field:
             return world.gpus.get(row.gpu).device_class == self.field.split(".", 1)[1]
         return True
 
@@ -69,6 +69,7 @@ DEFAULT_PARAMETERS = (
     Parameter("framework", "tensorrt-llm", "step_overhead_ms", 0.05, 5.0),
     Parameter("framework", "tensorrt-llm", "prefill_efficiency", 0.2, 0.9),
     Parameter("framework", "tensorrt-llm", "decode_compute_efficiency", 0.2, 0.95),
+    Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.9),
     Parameter("framework", "vllm", "decode_compute_efficiency", 0.2, 0.95),
     Parameter("framework", "sglang", "decode_compute_efficiency", 0.2, 0.95),
     Parameter("method", "fp8", "compute_efficiency", 0.3, 1.2),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from quantplan.plugins.builtin.frameworks import (LAYER_SPLIT_HOP_S, PCIE_COPY_BYTES_PER_S, FrameworkPlugin,
                                                   plugin_for)
 from quantplan.plugins.builtin.methods import bytes_read_per_step
+from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, Execution, Step
-from quantplan.solver.specs import GPUSpec, MethodSpec
+from quantplan.solver.specs import FrameworkSpec, GPUSpec, MethodSpec
 from quantplan.solver.terms import Term
 
 
@@ -15,6 +16,15 @@ class LlamaCppPlugin(FrameworkPlugin):
     def host_execution(self, method: MethodSpec, gpu: GPUSpec) -> Execution:
         kernel = "ggml-metal" if gpu.kind == "apple" else "ggml-cpu"
         return Execution("fp16", method.weight_only, kernel)
+
+    @hookimpl
+    def quantplan_execution(self, method: MethodSpec, gpu: GPUSpec, framework: FrameworkSpec) -> Execution | None:
+        """GGUF quants on CUDA multiply through MMQ kernels on int8 tensor cores where the GPU has them."""
+        execution = super().quantplan_execution(method, gpu, framework)
+        if (execution is not None and execution.possible and gpu.kind == "gpu" and method.kind == "gguf"
+                and gpu.tops_int8 > 0):
+            return Execution("int8", True, "ggml-cuda-mmq", note="GGUF via MMQ on int8 tensor cores")
+        return execution
 
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         found = []
