@@ -35,8 +35,7 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
         capacity = np.array([[options[i].performance[k.name].capacity if k.name in options[i].performance else 0.0
                               for k in classes] for i in members])
         latency = np.array([[program.request_latency_ms(options[i], k) if k.name in options[i].performance
-                             else np.inf for k in classes] for i in members]) if with_latency \
-            else np.zeros((len(members), len(classes)))
+                             else np.inf for k in classes] for i in members]) if with_latency else None
         loss = np.array([options[i].quality.relative for i in members])
         gpus = np.array([options[i].config.gpus for i in members])
         ranks = [program.rank(options[i]) for i in members]
@@ -45,14 +44,14 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
         earlier[order] = np.arange(len(members))  # position of each member in rank order
         for start in range(0, len(members), 256):  # rows a (the dominated), in blocks to bound memory
             a = slice(start, start + 256)
+            extra = capacity[None, :, :] - capacity[a, None, :]  # b's capacity over a's, per class
             no_worse = ((cost[None, :] <= cost[a, None]) & (gpus[None, :] <= gpus[a, None])
-                        & (loss[None, :] <= loss[a, None])
-                        & (capacity[None, :, :] >= capacity[a, None, :]).all(axis=2)
-                        & (latency[None, :, :] <= latency[a, None, :]).all(axis=2))
+                        & (loss[None, :] <= loss[a, None]) & (extra >= 0).all(axis=2))
             strictly = ((cost[None, :] < cost[a, None]) | (gpus[None, :] < gpus[a, None])
-                        | (loss[None, :] < loss[a, None])
-                        | (capacity[None, :, :] > capacity[a, None, :]).any(axis=2)
-                        | (latency[None, :, :] < latency[a, None, :]).any(axis=2))
+                        | (loss[None, :] < loss[a, None]) | (extra > 0).any(axis=2))
+            if with_latency:
+                no_worse &= (latency[None, :, :] <= latency[a, None, :]).all(axis=2)  # inf <= inf: unserved
+                strictly |= (latency[None, :, :] < latency[a, None, :]).any(axis=2)
             beaten = no_worse & (strictly | (earlier[None, :] < earlier[a, None]))
             rows = np.arange(len(members))[a]
             beaten[np.arange(len(rows)), rows] = False
