@@ -14,7 +14,7 @@ from .explain import binding_constraints, infeasibility
 from .plan import Alternative, Plan, SolveStats, replica_group, served_tokens_per_s, summary
 from .registry import World, load_world
 from .scenario import Scenario, TrafficClass, make_scenario
-from .space import Option, Space, build_space
+from .space import Option, build_space
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],

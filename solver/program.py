@@ -207,6 +207,24 @@ def rank(option: Option) -> tuple:
     return (option.config.gpus, round(option.quality.relative, 9), round(tpot, 6), option.key)
 
 
+def _carries(candidate: Option, assignment: Assignment, classes: dict) -> bool:
+    """`candidate` serves the classes of `assignment` with its shares in as many replicas."""
+    if any(name not in candidate.performance for name in assignment.shares):
+        return False
+    needed = sum(share * load_per_replica(candidate, classes[name]) for name, share in assignment.shares.items())
+    return needed <= assignment.replicas + 1e-9
+
+
+def _room(candidate: Option, assignment: Assignment, use: dict[str, int], availability: dict[str, int]) -> bool:
+    """Moving `assignment`'s replicas to `candidate` stays within the devices available."""
+    current = assignment.option
+    device = candidate.config.gpu.id
+    extra = assignment.replicas * candidate.config.gpus
+    if device == current.config.gpu.id:
+        extra -= assignment.replicas * current.config.gpus
+    return device not in availability or use.get(device, 0) + extra <= availability[device]
+
+
 def break_ties(assignments: list[Assignment], options: list[Option], classes,
                availability: dict[str, int] | None = None) -> list[Assignment]:
     """Swap each chosen configuration for the best-ranked one that costs the same per replica, needs
@@ -223,24 +241,10 @@ def break_ties(assignments: list[Assignment], options: list[Option], classes,
     merged: dict[str, Assignment] = {}
     for assignment in sorted(assignments, key=lambda a: a.option.key):
         current = assignment.option
-
-        def room(candidate: Option) -> bool:
-            device = candidate.config.gpu.id
-            extra = assignment.replicas * candidate.config.gpus
-            if device == current.config.gpu.id:
-                extra -= assignment.replicas * current.config.gpus
-            return device not in availability or use.get(device, 0) + extra <= availability[device]
-
-        def carries(candidate: Option) -> bool:
-            if any(name not in candidate.performance for name in assignment.shares):
-                return False
-            needed = sum(share * load_per_replica(candidate, by_name[name])
-                         for name, share in assignment.shares.items())
-            return needed <= assignment.replicas + 1e-9
-
         equal = [o for o in options if o.config.gpus <= current.config.gpus
                  and abs(o.cost_per_hour - current.cost_per_hour) <= 1e-9 * max(1.0, current.cost_per_hour)
-                 and rank(o) < rank(current) and carries(o) and room(o)]
+                 and rank(o) < rank(current) and _carries(o, assignment, by_name)
+                 and _room(o, assignment, use, availability)]
         best = min(equal, key=rank, default=current)
         moved = assignment.replicas
         use[current.config.gpu.id] -= moved * current.config.gpus

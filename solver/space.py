@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from . import errorbars
 from . import terms as q
-from .candidates import Config, Execution
+from .candidates import Config
 import numpy as np
 
 from .estimator import Memory, Quality, cost_terms, memory, quality

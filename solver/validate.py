@@ -15,7 +15,7 @@ from importlib import resources
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .candidates import Config, Step
+from .candidates import Config
 from .errors import QuantplanError
 from .estimator import memory, quality
 from .registry import World, load_world
@@ -217,7 +217,3 @@ def summary(checks: list[Check]) -> dict:
     out["worst"] = [{"id": c.id, "metric": c.metric, "framework": c.framework, "gpu": c.gpu, "error": c.error}
                     for c in sorted(scored, key=lambda c: -abs(c.error))[:8]]
     return out
-
-
-def finite(value: float) -> bool:
-    return value is not None and math.isfinite(value)
