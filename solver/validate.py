@@ -8,7 +8,6 @@ for perplexity, where the target is absolute: within max(0.05 ppl, 25%) on the m
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import replace
 from importlib import resources
 
