@@ -158,17 +158,18 @@ def cli():
 @cli.command()
 @workload_options
 @click.option("--no-alternatives", is_flag=True, help="Skip the runner-up plans (faster).")
+@click.option("--write-lp", type=click.Path(dir_okay=False), help="Also write the integer program to an LP file.")
 @json_option
 @click.pass_context
-def solve(ctx, scenario_file, no_alternatives, as_json, **options):
+def solve(ctx, scenario_file, no_alternatives, write_lp, as_json, **options):
     """Cheapest deployment for a scenario file and/or options."""
     from quantplan.solver.api import solve as run
     from quantplan.solver.report import render_plan
 
     ctx.meta["as_json"] = as_json
     scenario = scenario_from_options(scenario_file, options)
-    if no_alternatives:
-        scenario = scenario.model_copy(update={"alternatives": False})
+    if no_alternatives or write_lp:
+        scenario = scenario.model_copy(update={"alternatives": not no_alternatives, "write_lp": write_lp})
     plan = run(scenario)
     _emit(plan.model_dump(), as_json, lambda console: render_plan(plan, console))
 

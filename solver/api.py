@@ -104,7 +104,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
 
 def _solve(options: list[Option], scenario: Scenario, availability: dict[str, int]) -> program.Solution:
     return program.solve(options, scenario.classes, availability, scenario.objective,
-                         scenario.max_configurations, scenario.solver, scenario.time_limit_s)
+                         scenario.max_configurations, scenario.solver, scenario.time_limit_s, scenario.write_lp)
 
 
 ALTERNATIVES_PER_KIND = 3
@@ -154,7 +154,7 @@ def _alternatives(options, scenario, availability, chosen: program.Solution) -> 
 
 
 def replace_alternatives(scenario: Scenario) -> Scenario:
-    return scenario.model_copy(update={"alternatives": False})
+    return scenario.model_copy(update={"alternatives": False, "write_lp": None})
 
 
 # ---------------------------------------------------------------- the seed blog's constraints

@@ -153,8 +153,11 @@ def _run(problem, solver_name: str, time_limit: float) -> tuple[str, float]:
 
 def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
           objective: str = "cost", max_configurations: int | None = None, solver: str = "highs",
-          time_limit: float = 60.0) -> Solution:
-    """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible."""
+          time_limit: float = 60.0, write_lp: str | None = None) -> Solution:
+    """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible.
+
+    `write_lp`: also write the program (with its domain names) to that LP file.
+    """
     if not options:
         raise NoSolution("no candidates")
     options = sorted(options, key=lambda o: o.key)  # the solver sees one model whatever the input order
@@ -164,6 +167,9 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     latency = pulp.lpSum(request_latency_ms(o, k) / 1000.0 * shares[o.key, k.name]
                          for o in options for k in classes if (o.key, k.name) in shares)
     statuses = []
+    if write_lp:
+        problem.setObjective(cost)
+        problem.writeLP(write_lp)
     if objective == "cost":
         best = _optimum(problem, cost, solver, time_limit, statuses)
     else:

@@ -84,11 +84,13 @@ class Scenario(Input):
     solver: Literal["highs", "cbc"] = "highs"
     alternatives: bool = True
     margin: Literal["none", "median", "p90"] = "none"
+    write_lp: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
         if (self.model is None) == (self.model_config_path is None):
-            raise ValueError("give exactly one of model or model_config")
+            raise ValueError("give a model (--model or model = ...) or a config.json (--model-config), "
+                             "exactly one of them")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError("traffic class names must be unique")

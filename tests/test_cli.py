@@ -448,3 +448,14 @@ def test_solve_with_model_config(tmp_path):
     assert plan["replicas"][0]["gpu"] == "l4"
     assert plan["cost_per_hour"] == pytest.approx(prices()["l4"] * plan["replicas"][0]["gpus_per_replica"],
                                                   rel=1e-12)
+
+
+def test_solve_writes_a_readable_lp_file(tmp_path):
+    """The program carries domain names: replicas[<device>/<method>/...] and serve[<class>]."""
+    lp = tmp_path / "plan.lp"
+    result = CliRunner().invoke(cli, ["solve", "examples/blog-1-7b-chat-a100.toml", "--write-lp", str(lp), "--json"])
+    assert result.exit_code == 0, result.output
+    text = lp.read_text()
+    chosen = json.loads(result.output)["replicas"][0]
+    assert f"replicas_{chosen['gpu'].replace('-', '_')}_{chosen['method']}" in text
+    assert "serve_chat" in text and "Minimize" in text

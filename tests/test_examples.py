@@ -84,3 +84,19 @@ def test_deployment_constraints_take_the_blog_field_names():
     assert scenario.gpus == ("a100-80gb",) and scenario.max_gpus == 1
     plan = solve(constraints)
     assert plan.replicas[0].gpu == "a100-80gb" and plan.replicas[0].tokens_per_s_per_user >= 40
+
+
+def test_cpu_only_and_hybrid_offload_are_candidate_kinds():
+    """A server CPU serves through llama.cpp; 70B on one 24 GB RTX 4090 fits only with some layers in
+    host RAM, and the plan says how many are on the GPU."""
+    from quantplan.solver.scenario import make_scenario
+
+    cpu = solve(make_scenario({"model": "llama-3.1-8b", "gpus": ["xeon-8480"], "alternatives": False,
+                               "classes": [{"concurrency": 1, "min_tokens_per_s": 5, "max_ppl_delta": 0.3}]}))
+    assert (cpu.replicas[0].gpu, cpu.replicas[0].framework) == ("xeon-8480", "llama.cpp")
+    assert cpu.replicas[0].tokens_per_s_per_user >= 5
+    hybrid = solve(make_scenario({"model": "llama-3.1-70b", "gpus": ["rtx4090"], "max_gpus": 1,
+                                  "alternatives": False, "classes": [{"concurrency": 1}]}))
+    group = hybrid.replicas[0]
+    assert group.framework == "llama.cpp" and 0 < group.gpu_layers < 80
+    assert group.memory_gb_per_gpu <= group.memory_capacity_gb_per_gpu
