@@ -368,12 +368,13 @@ def fit(rounds, as_json):
 @click.option("--output-tokens", type=int, default=256, show_default=True)
 @click.option("--kv-cache-dtype", default="fp16", show_default=True)
 @click.option("--gpu-layers", type=int, help="llama.cpp: layers on the GPU (the rest in host RAM).")
+@click.option("--rate", type=float, help="Poisson arrivals at this replica, requests/s (default: closed loop).")
 @click.option("--price", multiple=True, help="Override a price, DEV=USD.")
 @catalog_option
 @json_option
 @click.pass_context
 def estimate(ctx, model, model_config, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens,
-             kv_cache_dtype, gpu_layers, price, catalogs, as_json):
+             kv_cache_dtype, gpu_layers, rate, price, catalogs, as_json):
     """Predictions for one configuration, with every term and the plugin that gave it."""
     from quantplan.solver.api import estimate as run
     from quantplan.solver.report import render_estimate
@@ -381,7 +382,7 @@ def estimate(ctx, model, model_config, method, gpu, framework, gpus, batch, prom
     if (model is None) == (model_config is None):
         raise QuantplanError("give exactly one of --model or --model-config")
     result = run(model, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens, kv_cache_dtype,
-                 gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs))
+                 gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs), rate=rate)
     _emit(result.model_dump(), as_json, lambda console: render_estimate(result, console))
     if not result.compatible:
         ctx.exit(1)

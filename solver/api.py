@@ -264,16 +264,17 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
              prompt_tokens: int = 512, output_tokens: int = 256, kv_cache_dtype: str = "fp16",
              gpu_layers: int | None = None, prices: dict[str, float] | None = None,
              model_config: str | None = None, world: World | None = None,
-             catalogs: tuple[str, ...] = ()) -> EstimateResult:
-    """Predict memory, TTFT/TPOT (closed loop at `batch` concurrent requests), quality and cost."""
+             catalogs: tuple[str, ...] = (), rate: float | None = None) -> EstimateResult:
+    """Predict memory, TTFT/TPOT, quality and cost: closed loop at `batch` concurrent requests, or, with
+    `rate`, Poisson arrivals of that many requests/s at this replica (at most `batch` in flight)."""
     from .candidates import Config, Step
     from .estimator import memory, memory_terms, quality, step_terms, cost_terms
     from .serving import performance, timing
     from .shapes import model_from_config
     from .space import _placed
 
-    if gpus <= 0 or batch <= 0 or prompt_tokens <= 0 or output_tokens <= 0:
-        raise QuantplanError("--gpus, --batch, --prompt-tokens and --output-tokens must be positive")
+    if gpus <= 0 or batch <= 0 or prompt_tokens <= 0 or output_tokens <= 0 or (rate is not None and rate <= 0):
+        raise QuantplanError("--gpus, --batch, --prompt-tokens, --output-tokens and --rate must be positive")
     world = world or load_world(catalogs)
     spec = model_from_config(model_config) if model_config else world.models.get(model)
     m, g, f, kv = (world.methods.get(method), world.gpus.get(gpu), world.frameworks.get(framework),
@@ -288,7 +289,8 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     reasons = [r for found in world.plugins.call("quantplan_incompatibility", config=config) for r in found]
     if reasons:
         return EstimateResult(**head, compatible=False, reasons=reasons)
-    traffic = TrafficClass(prompt_tokens=prompt_tokens, output_tokens=output_tokens, concurrency=batch)
+    traffic = TrafficClass(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                           **({"rate_per_s": rate} if rate is not None else {"concurrency": batch}))
     if gpu_layers is not None:
         if not 0 < gpu_layers <= spec.layers or not f.hybrid_offload:
             raise QuantplanError(f"--gpu-layers must be 1..{spec.layers} and needs a framework with "
@@ -301,7 +303,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     found = memory_terms(world, config, traffic.context_tokens)
     used = memory(world, config, traffic.context_tokens, found)
     times = timing(world, config, traffic)
-    result = performance(config, traffic, times)
+    result = performance(config, traffic, times, rate=rate)
     assessed = quality(world, config)
     costs = cost_terms(world, config, world.with_prices(prices or {}))
     cost = sum(t.value for t in costs) if costs else None

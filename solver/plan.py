@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import errorbars
 from .program import Solution
+from .serving import performance
 from .scenario import TrafficClass
 from .space import Option
 
@@ -16,6 +17,7 @@ class Out(BaseModel):
 
 class ClassFigures(Out):
     share: float
+    load_per_replica: float  # users (concurrency class) or requests/s (rate class) on each replica
     ttft_ms: float
     ttft_max_ms: float
     tpot_ms: float
@@ -88,11 +90,15 @@ class Plan(Out):
     stats: SolveStats | None = None
 
 
-def figures(option: Option, traffic: TrafficClass, share: float) -> ClassFigures:
+def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:
+    """Figures at the load each replica carries: for a rate class, share x rate / replicas arrive at it."""
     result = option.performance[traffic.name]
     memory = option.memory[traffic.name]
+    load = share * (traffic.rate_per_s if traffic.load_kind == "rate" else traffic.users) / max(count, 1)
+    if traffic.load_kind == "rate" and traffic.name in option.timings and load > 0:
+        result = performance(option.config, traffic, option.timings[traffic.name], rate=load)
     return ClassFigures(
-        share=share, ttft_ms=result.ttft_ms, ttft_max_ms=result.ttft_max_ms, tpot_ms=result.tpot_ms,
+        share=share, load_per_replica=load, ttft_ms=result.ttft_ms, ttft_max_ms=result.ttft_max_ms, tpot_ms=result.tpot_ms,
         tokens_per_s_per_user=result.tokens_per_s_per_user, output_tokens_per_s=result.output_tokens_per_s,
         capacity=result.capacity, capacity_unit="requests/s" if traffic.load_kind == "rate" else "users",
         memory_gb_per_gpu=memory.used_per_gpu / 1e9,
@@ -103,8 +109,8 @@ def figures(option: Option, traffic: TrafficClass, share: float) -> ClassFigures
 def replica_group(option: Option, count: int, shares: dict[str, float],
                   classes: tuple[TrafficClass, ...]) -> ReplicaGroup:
     config = option.config
-    served = {k.name: figures(option, k, shares.get(k.name, 0.0)) for k in classes if k.name in option.performance
-              and (not shares or k.name in shares)}
+    served = {k.name: figures(option, k, shares.get(k.name, 0.0), count) for k in classes
+              if k.name in option.performance and (not shares or k.name in shares)}
     main = max(served, key=lambda name: (served[name].share, name))
     headline, memory = served[main], option.memory[main]
     note = config.execution.note or f"{config.execution.compute_dtype} compute, {config.execution.kernel} kernel"

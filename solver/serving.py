@@ -88,9 +88,11 @@ class Performance:
         return 1000.0 / self.tpot_ms if self.tpot_ms > 0 else math.inf
 
 
-def performance(config: Config, traffic: TrafficClass, times: Timing) -> Performance:
+def performance(config: Config, traffic: TrafficClass, times: Timing, rate: float | None = None) -> Performance:
+    """Figures for `traffic` on one replica; for a rate class, reported at `rate` requests/s arriving at
+    this replica (default: the class rate, capped by the replica's capacity)."""
     if traffic.load_kind == "rate":
-        return _poisson(config, traffic, times)
+        return _poisson(config, traffic, times, rate)
     return _lockstep(config, traffic, times)
 
 
@@ -124,7 +126,7 @@ def _poisson_figures(rate: float, traffic: TrafficClass, times: Timing) -> tuple
     return ttft, tpot, rate * (ttft + traffic.output_tokens * tpot)
 
 
-def _poisson(config: Config, traffic: TrafficClass, times: Timing) -> Performance:
+def _poisson(config: Config, traffic: TrafficClass, times: Timing, at_rate: float | None = None) -> Performance:
     prefill = times.prefill_one.seconds
     ttft_limit = traffic.ttft_ms / 1e3 if traffic.ttft_ms else math.inf
     tpot_limit = traffic.tpot_limit_ms / 1e3 if traffic.tpot_limit_ms else math.inf
@@ -142,13 +144,13 @@ def _poisson(config: Config, traffic: TrafficClass, times: Timing) -> Performanc
         for _ in range(40):  # 2^-40 of the range: far below any SLO's precision
             middle = (low + high) / 2
             low, high = (middle, high) if ok(middle) else (low, middle)
-    rate = min(low, traffic.rate_per_s or low)  # figures are reported at the load this replica would carry
+    rate = at_rate if at_rate is not None else min(low, traffic.rate_per_s or low)
     ttft, tpot, _ = _poisson_figures(rate if rate > 0 else 1e-9, traffic, times)
     violations = [] if low > 0 else _slo_violations(traffic, ttft * 1e3, tpot * 1e3) or [
         f"batch {batch} cannot hold one request at this TTFT/TPOT"]
     return Performance(
         ttft_ms=ttft * 1e3, ttft_max_ms=ttft * 1e3, tpot_ms=tpot * 1e3, capacity=low,
-        output_tokens_per_s=low * traffic.output_tokens,
+        output_tokens_per_s=rate * traffic.output_tokens,
         decode_tokens_per_s=batch / times.tpot_s if times.tpot_s > 0 else 0.0,
         prefill_tokens_per_s=traffic.prompt_tokens / prefill if prefill > 0 else 0.0,
         violations=tuple(violations),

@@ -15,7 +15,7 @@ from .estimator import Memory, Quality, cost_terms, memory, quality
 from .errors import QuantplanError
 from .registry import World
 from .scenario import Scenario, TrafficClass
-from .serving import Performance, performance, timing
+from .serving import Performance, Timing, performance, timing
 from .specs import ModelSpec
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
@@ -30,6 +30,7 @@ class Option:
     quality: Quality
     memory: dict[str, Memory]  # by class name
     performance: dict[str, Performance]  # classes it can serve (SLOs and quality floor met)
+    timings: dict[str, Timing] = field(default_factory=dict)  # step times behind the figures, by class
 
     @property
     def key(self) -> str:
@@ -247,13 +248,15 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
                 if traffic.load_kind == "concurrency":
                     break  # in lockstep TTFT and TPOT only grow with batch
                 continue
-            results[traffic.name][index] = result
+            results[traffic.name][index] = (result, per_batch[index])
     found = []
     for index, batch in enumerate(batches):
         served = {name: r[index] for name, r in results.items() if r[index] is not None}
         if served:
             found.append(Option(config.with_batch(batch), cost, assessed,
-                                {name: memories[name].at(index) for name in served}, served))
+                                {name: memories[name].at(index) for name in served},
+                                {name: pair[0] for name, pair in served.items()},
+                                {name: pair[1] for name, pair in served.items()}))
     return found
 
 

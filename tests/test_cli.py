@@ -459,3 +459,29 @@ def test_solve_writes_a_readable_lp_file(tmp_path):
     chosen = json.loads(result.output)["replicas"][0]
     assert f"replicas_{chosen['gpu'].replace('-', '_')}_{chosen['method']}" in text
     assert "serve_chat" in text and "Minimize" in text
+
+
+def test_rate_classes_round_trip_through_estimate():
+    """examples/mixed-fleet-two-classes.toml (Poisson rates): each group's figures per class equal
+    `estimate --rate <load per replica>` for that configuration."""
+    runner = CliRunner()
+    solved = runner.invoke(cli, ["solve", "examples/mixed-fleet-two-classes.toml", "--no-alternatives", "--json"])
+    assert solved.exit_code == 0, solved.output
+    plan = json.loads(solved.output)
+    with open("examples/mixed-fleet-two-classes.toml", "rb") as handle:
+        lengths = {c["name"]: (c["prompt_tokens"], c["output_tokens"]) for c in tomllib.load(handle)["class"]}
+    checked = 0
+    for group in plan["replicas"]:
+        for name, figures in group["classes"].items():
+            prompt, output = lengths[name]
+            result = runner.invoke(cli, [
+                "estimate", "--model", plan["model"], "--method", group["method"], "--gpu", group["gpu"],
+                "--framework", group["framework"], "--gpus", str(group["gpus_per_replica"]),
+                "--batch", str(group["batch_size"]), "--prompt-tokens", str(prompt), "--output-tokens", str(output),
+                "--kv-cache-dtype", group["kv_cache_dtype"], "--rate", repr(figures["load_per_replica"]), "--json"])
+            assert result.exit_code == 0, result.output
+            estimated = json.loads(result.output)
+            assert estimated["ttft_ms"] == pytest.approx(figures["ttft_ms"], rel=1e-9)
+            assert estimated["tpot_ms"] == pytest.approx(figures["tpot_ms"], rel=1e-9)
+            checked += 1
+    assert checked >= 2
