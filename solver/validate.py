@@ -79,16 +79,27 @@ class Check(BaseModel):
     reason: str = ""
 
 
+VALIDATION_FILES = ("validation.csv", "validation_extra.csv")
+
+
 def load_rows(path: str | None = None) -> list[Row]:
+    """The validation rows: `path`, or the shipped files (validation.csv, then validation_extra.csv)."""
     if path:
-        handle = open(path, newline="")
-    else:
-        handle = resources.files("quantplan.catalogs").joinpath("validation.csv").open(newline="")
+        return _read_rows(open(path, newline=""), path)
+    rows = []
+    for name in VALIDATION_FILES:
+        resource = resources.files("quantplan.catalogs").joinpath(name)
+        if resource.is_file():
+            rows += _read_rows(resource.open(newline=""), name)
+    return rows
+
+
+def _read_rows(handle, label: str) -> list[Row]:
     with handle:
         try:
             return [Row(**{k: v for k, v in row.items() if k in Row.model_fields}) for row in csv.DictReader(handle)]
         except Exception as error:
-            raise QuantplanError(f"validation set: {error}") from None
+            raise QuantplanError(f"validation set {label}: {error}") from None
 
 
 def validation_world() -> World:
