@@ -91,7 +91,10 @@ def quality_limit(world: World, traffic: TrafficClass) -> float | None:
 def configurations(world: World, scenario: Scenario, model: ModelSpec, incompatible: Counter):
     """Compatible (device, method, framework, GPUs, KV) configurations at batch 1, in a fixed order."""
     pick = lambda registry, names: [registry.get(n) for n in names] if names else list(registry)  # noqa: E731
-    gpus, methods = pick(world.gpus, scenario.gpus), pick(world.methods, scenario.methods)
+    counted = {world.gpus.get(n).id for n in scenario.gpu_count}
+    gpus = pick(world.gpus, scenario.gpus) if scenario.gpus else [
+        g for g in world.gpus if g.rentable or g.id in counted]  # owned devices only when named
+    methods = pick(world.methods, scenario.methods)
     frameworks, kv_caches = pick(world.frameworks, scenario.frameworks), pick(world.kv_caches, scenario.kv_cache_dtypes)
     kv_caches = _distinct_kv(world, kv_caches)
     for gpu in gpus:

@@ -57,6 +57,7 @@ class GPUSpec(Identified):
     max_devices_per_node: int = Field(default=8, ge=1)
     host_memory_gb: float = Field(default=0.0, ge=0)
     host_bandwidth_tb_s: float = Field(default=0.0, ge=0)
+    rentable: bool = True  # False: a device one owns (a laptop); planned only when asked for by name
 
     @model_validator(mode="after")
     def _usable_within_physical(self) -> GPUSpec:
