@@ -100,3 +100,18 @@ def test_cpu_only_and_hybrid_offload_are_candidate_kinds():
     group = hybrid.replicas[0]
     assert group.framework == "llama.cpp" and 0 < group.gpu_layers < 80
     assert group.memory_gb_per_gpu <= group.memory_capacity_gb_per_gpu
+
+
+def test_owned_laptops_enter_plans_only_when_named(world):
+    from collections import Counter
+
+    from quantplan.solver.scenario import make_scenario
+    from quantplan.solver.space import configurations
+
+    def devices(**fields):
+        scenario = make_scenario({"model": "llama-2-7b", **fields})
+        return {c.gpu.id for c in configurations(world, scenario, world.models.get("llama-2-7b"), Counter())}
+
+    assert "m2-max" not in devices() and "h100-sxm" in devices()
+    assert devices(gpus=["m2-max"]) == {"m2-max"}
+    assert "m2-max" in devices(gpu_count={"m2-max": 1})
