@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from quantplan.plugins.builtin import (amd, apple, cpus, exllamav2, float_methods, fp4, gguf, int4_weight_only,
+from quantplan.plugins.builtin import (apple, cpus, exllamav2, float_methods, fp4, gguf, int4_weight_only,
                                        kv_cache, llama_cpp, models, nvidia, quality, sglang, tensorrt_llm, vllm, w8a8)
 
 BUILTIN_PLUGINS = (
-    nvidia, amd, apple, cpus,
+    nvidia, apple, cpus,
     float_methods, w8a8, int4_weight_only, gguf, fp4, kv_cache,
     vllm, tensorrt_llm, sglang, llama_cpp, exllamav2,
     models, quality,
