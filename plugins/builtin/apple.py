@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from quantplan.plugins.builtin.devices import DevicePlugin
-from quantplan.plugins.builtin.nvidia import _rows
+from quantplan.plugins.builtin.devices import DevicePlugin, catalog_devices
 
 
 def plugin() -> DevicePlugin:
-    return DevicePlugin("apple-silicon", *_rows("apple", "apple"))
+    return catalog_devices("apple-silicon", lambda g: g.kind == "apple")

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from quantplan.plugins.builtin.devices import DevicePlugin
-from quantplan.solver.catalog import builtin_catalog
+from quantplan.plugins.builtin.devices import DevicePlugin, catalog_devices
 
 
 def plugin() -> DevicePlugin:
-    cpus = [g for g in builtin_catalog("gpus")["gpu"] if g.kind == "cpu"]
-    ids = {g.id for g in cpus}
-    prices = [p for p in builtin_catalog("prices")["price"] if p.gpu in ids]
-    return DevicePlugin("server-cpus", cpus, prices)
+    return catalog_devices("server-cpus", lambda g: g.kind == "cpu")

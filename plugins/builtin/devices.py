@@ -5,6 +5,7 @@ from __future__ import annotations
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, Step
+from quantplan.solver.catalog import builtin_catalog
 from quantplan.solver.specs import GPUSpec, PriceSpec
 from quantplan.solver.terms import Term
 
@@ -73,3 +74,10 @@ class DevicePlugin:
             return []
         return [Term(q.COST, price.usd_per_hour * config.gpus, self.name,
                      f"{config.gpus} x {config.gpu.id} at ${price.usd_per_hour:g}/h ({price.provider}, {price.as_of})")]
+
+
+def catalog_devices(name: str, keep) -> DevicePlugin:
+    """A device plugin for the catalogs/gpus.toml rows `keep(row)` selects, with their prices."""
+    gpus = [g for g in builtin_catalog("gpus")["gpu"] if keep(g)]
+    ids = {g.id for g in gpus}
+    return DevicePlugin(name, gpus, [p for p in builtin_catalog("prices")["price"] if p.gpu in ids])
