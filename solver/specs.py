@@ -132,6 +132,7 @@ class FrameworkSpec(Identified):
     bandwidth_efficiency: dict[DeviceClass, float]
     prefill_efficiency: float = Field(gt=0, le=1)
     prefill_efficiency_by_class: dict[DeviceClass, float] = Field(default_factory=dict)
+    int8_kernel_efficiency: float = Field(default=1.0, gt=0, le=1)  # its quantized int8 GEMMs vs its dense path
     decode_compute_efficiency: float = Field(default=0.7, gt=0, le=1)
     allreduce_latency_us: float = Field(default=10.0, ge=0)
     efficiency_source: str

@@ -28,6 +28,10 @@ class LlamaCppPlugin(FrameworkPlugin):
 
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         found = []
+        if config.execution.kernel == "ggml-cuda-mmq":
+            share = config.framework.int8_kernel_efficiency
+            found.append(Term(q.COMPUTE_EFFICIENCY, share, self.name,
+                              f"MMQ int8 kernels reach {share:.0%} of what dense GEMMs reach", step.phase))
         if config.gpus > 1:
             hop = (LAYER_SPLIT_HOP_S + step.new_tokens / step.passes * config.model.hidden_size * 2
                    / PCIE_COPY_BYTES_PER_S) * step.passes
