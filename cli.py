@@ -214,84 +214,31 @@ def _progress(total: int | None, enabled: bool):
 @click.pass_context
 def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv_path, plot_path, as_json, **options):
     """Re-plan while a price, the load, an SLO or the quality floor varies."""
-    from quantplan.solver import grid, plots
-    from quantplan.solver import sweep as exact
+    from quantplan.solver import sweeps
     from quantplan.solver.report import render_rows
 
     ctx.meta["as_json"] = as_json
     scenario = scenario_from_options(scenario_file, options)
     axes = [("price:" + n, lo, hi) for n, lo, hi in (_range(t, "--price-range") for t in price_ranges)]
     axes += [_range(t, "--vary") for t in varies]
-    if not 1 <= len(axes) <= 2:
-        raise QuantplanError("give one or two axes: --price-range DEV=FROM:TO and/or --vary AXIS=FROM:TO")
-    for name, lo, hi in axes:
-        if not lo < hi:
-            raise QuantplanError(f"sweep {name}: FROM must be below TO")
-    title = f"{scenario.model or scenario.model_config_path}: " + " x ".join(a[0] for a in axes)
-    if len(axes) == 1 and axes[0][0].startswith("price:"):
-        bar, tick = _progress(None, not as_json)
-        try:
-            result = exact.price_sweep(scenario, axes[0][0].split(":", 1)[1], axes[0][1], axes[0][2], progress=tick)
-        finally:
-            if bar:
-                bar.stop()
-        data = result.as_json()
-        rows = [[f"{s.start:.4g}", f"{s.end:.4g}", f"{s.cost_per_hour_at_from:.3f}", f"{s.cost_per_hour_at_to:.3f}",
-                 s.plan] for s in result.segments]
-        columns = ["from ($/h)", "to ($/h)", "plan $/h at from", "plan $/h at to", "plan"]
-        if plot_path:
-            plots.plot_price_sweep(result, plot_path, title)
-    elif len(axes) == 1:
-        name, lo, hi = axes[0]
-        values = grid.linspace(lo, hi, points)
-        bar, tick = _progress(len(values), not as_json)
-        try:
-            found = grid.grid_sweep(scenario, name, values, engine, address, progress=tick)
-        finally:
-            if bar:
-                bar.stop()
-        data = {"axis": name, "from": lo, "to": hi, "solves": len(values), "points": [p.model_dump() for p in found]}
-        rows = [[f"{p.value:.4g}", p.status, f"{p.cost_per_hour:.3f}" if p.cost_per_hour is not None else "-",
-                 p.plan] for p in found]
-        columns = [name, "status", "plan $/h", "plan"]
-        if plot_path:
-            plots.plot_points(found, plot_path, name, title)
-    else:
-        (x_name, x_lo, x_hi), (y_name, y_lo, y_hi) = axes
-        xs, ys = grid.linspace(x_lo, x_hi, points), grid.linspace(y_lo, y_hi, points)
-        cells = [(x, y) for y in ys for x in xs]
-        bar, tick = _progress(len(cells), not as_json)
-        try:
-            results = grid.run_points(scenario, (x_name, y_name), cells, engine, address, progress=tick)
-        finally:
-            if bar:
-                bar.stop()
-        data = {"axes": [x_name, y_name], "x": xs, "y": ys, "solves": len(cells),
-                "points": [{"x": r["values"][0], "y": r["values"][1], "status": r["status"], "plan": r["plan"],
-                            "cost_per_hour": r["cost_per_hour"]} for r in results]}
-        rows = [[f"{p['x']:.4g}", f"{p['y']:.4g}", p["status"],
-                 f"{p['cost_per_hour']:.3f}" if p["cost_per_hour"] is not None else "-", p["plan"]]
-                for p in data["points"]]
-        columns = [x_name, y_name, "status", "plan $/h", "plan"]
-        if plot_path:
-            plans = [[r["plan"] if r["status"] != "infeasible" else "infeasible" for r in results[i:i + len(xs)]]
-                     for i in range(0, len(results), len(xs))]
-            plots.plot_region_map(xs, ys, plans, plot_path, x_name, y_name, title)
+    bar, tick = _progress(None, not as_json)
+    try:
+        table = sweeps.run(scenario, axes, points, engine, address, plot_path, tick)
+    finally:
+        if bar:
+            bar.stop()
     if csv_path:
         import csv
 
         with open(csv_path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            writer.writerows(rows)
+            csv.writer(handle).writerows([table.columns] + table.rows)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        console = Console(width=200)
-        if "breakpoints" in data:
-            for b in data["breakpoints"]:
-                console.print(f"breakpoint at ${b['value']:.4f}/h: {b['plan_before']}  ->  {b['plan_after']}")
-        render_rows(f"{title} ({data['solves']} solves)", columns, rows, console)
+        click.echo(json.dumps(table.data, indent=2, default=str))
+        return
+    console = Console(width=200)
+    for b in table.data.get("breakpoints", []):
+        console.print(f"breakpoint at ${b['value']:.4f}/h: {b['plan_before']}  ->  {b['plan_after']}")
+    render_rows(f"{table.title} ({table.data['solves']} solves)", table.columns, table.rows, console)
 
 
 @cli.command()
