@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-
 from quantplan.solver.errors import InfeasibleError, QuantplanError
+from rich.console import Console
 
 OBJECTIVES = ("cost", "latency", "balanced")
 

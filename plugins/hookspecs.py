@@ -13,9 +13,18 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from quantplan.solver.candidates import Config, Execution, QualityBook, Step
-    from quantplan.solver.specs import (FamilyQualitySpec, FrameworkSpec, GPUSpec, KVCacheSpec,
-                                        KVQualitySpec, MethodQualitySpec, MethodSpec, ModelSpec,
-                                        PriceSpec, UseCaseSpec)
+    from quantplan.solver.specs import (
+        FamilyQualitySpec,
+        FrameworkSpec,
+        GPUSpec,
+        KVCacheSpec,
+        KVQualitySpec,
+        MethodQualitySpec,
+        MethodSpec,
+        ModelSpec,
+        PriceSpec,
+        UseCaseSpec,
+    )
     from quantplan.solver.terms import Term
 
 PROJECT = "quantplan"

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pluggy
-
 from quantplan.plugins import hookspecs
 from quantplan.plugins.builtin import builtin_plugins
 from quantplan.solver.errors import PluginError, QuantplanError

@@ -166,8 +166,9 @@ _BLOG_USE_CASES = {"minimize_cost": "cost", "minimize_latency": "latency", "bala
 class DeploymentConstraints(BaseModel):
     """The seed blog's nine decision variables, under the names it uses, turned into a Scenario.
 
-    model_params_B picks the catalog model nearest in size unless `model` names one; gpu_type 'CPU'
-    (or available_gpu_memory_GB == 0) means llama.cpp on a CPU or Apple device.
+    model_params_B picks the catalog model nearest in size unless `model` names one; gpu_type names the
+    device (its memory comes from the catalog); available_gpu_memory_GB == 0 (the blog's CPU path)
+    restricts the plan to llama.cpp.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
@@ -195,6 +196,7 @@ class DeploymentConstraints(BaseModel):
         return make_scenario({
             "model": model, "classes": (traffic,), "gpus": (device.id,),
             "max_gpus": max(self.num_gpus, 1), "objective": _BLOG_USE_CASES[self.cost_priority],
+            **({"frameworks": ("llama.cpp",)} if self.available_gpu_memory_GB == 0 else {}),
         }, "DeploymentConstraints")
 
 
@@ -268,10 +270,10 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     """Predict memory, TTFT/TPOT, quality and cost: closed loop at `batch` concurrent requests, or, with
     `rate`, Poisson arrivals of that many requests/s at this replica (at most `batch` in flight)."""
     from .candidates import Config, Step
-    from .estimator import memory, memory_terms, quality, step_terms, cost_terms
+    from .estimator import cost_terms, memory, memory_terms, quality, step_terms
     from .serving import performance, timing
     from .shapes import model_from_config
-    from .space import _placed
+    from .space import execution_of, fit_placement, objections
 
     if gpus <= 0 or batch <= 0 or prompt_tokens <= 0 or output_tokens <= 0 or (rate is not None and rate <= 0):
         raise QuantplanError("--gpus, --batch, --prompt-tokens, --output-tokens and --rate must be positive")
@@ -281,12 +283,11 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
                    world.kv_caches.get(kv_cache_dtype))
     head = dict(model=spec.id, method=m.id, gpu=g.id, framework=f.id, gpus=gpus, batch_size=batch,
                 kv_cache_dtype=kv.id, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
-    execution = world.plugins.call("quantplan_execution", method=m, gpu=g, framework=f)
-    if execution is None or not execution.possible:
-        reason = execution.reason if execution else f"no plugin says how {f.id} runs {m.id}"
-        return EstimateResult(**head, compatible=False, reasons=[reason])
+    execution = execution_of(world, m, g, f)
+    if not execution.possible:
+        return EstimateResult(**head, compatible=False, reasons=[execution.reason])
     config = Config(spec, m, g, f, kv, gpus, execution, batch)
-    reasons = [r for found in world.plugins.call("quantplan_incompatibility", config=config) for r in found]
+    reasons = objections(world, config)
     if reasons:
         return EstimateResult(**head, compatible=False, reasons=reasons)
     traffic = TrafficClass(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
@@ -297,7 +298,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
                                  f"hybrid offload (llama.cpp)")
         config = replace(config, gpu_layer_fraction=min(gpu_layers / spec.layers, 1.0))
     else:
-        placed = _placed(world, config.with_batch(1), (traffic,))
+        placed = fit_placement(world, config.with_batch(1), (traffic,))
         if placed is not None and placed.hybrid:
             config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
     found = memory_terms(world, config, traffic.context_tokens)

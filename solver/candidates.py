@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .specs import (FamilyQualitySpec, FrameworkSpec, GPUSpec, KVCacheSpec, KVQualitySpec, MethodQualitySpec,
-                    MethodSpec, ModelSpec, UseCaseSpec)
+from .specs import (
+    FamilyQualitySpec,
+    FrameworkSpec,
+    GPUSpec,
+    KVCacheSpec,
+    KVQualitySpec,
+    MethodQualitySpec,
+    MethodSpec,
+    ModelSpec,
+    UseCaseSpec,
+)
 
 
 @dataclass(frozen=True)

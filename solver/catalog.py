@@ -11,8 +11,8 @@ from typing import Generic, Iterable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import QuantplanError
 from . import specs
+from .errors import QuantplanError
 
 SCHEMA_VERSION = 1
 

@@ -13,7 +13,6 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 FIGURE_GROUPS = {"tpot_ms": "decode", "tokens_per_s": "decode", "ttft_ms": "ttft", "memory_gb_per_gpu": "memory"}
 
 

@@ -6,8 +6,8 @@ from pydantic import BaseModel, ConfigDict
 
 from . import errorbars
 from .program import Solution
-from .serving import performance
 from .scenario import TrafficClass
+from .serving import performance
 from .space import Option
 
 

@@ -18,7 +18,7 @@ def _pyplot():
     return plt
 
 
-def _check(path: str | Path) -> Path:
+def check_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg"):
         raise QuantplanError(f"--plot {path}: the file must end in .png or .svg")
@@ -47,7 +47,7 @@ def _wrap(text: str, width: int = 95) -> str:
 
 def plot_price_sweep(result, path: str | Path, title: str) -> Path:
     """Segments of the optimal cost line, one colour per plan; breakpoints marked and labelled."""
-    path, plt = _check(path), _pyplot()
+    path, plt = check_path(path), _pyplot()
     names = _legend_names([s.plan for s in result.segments])
     colours = plt.get_cmap("tab10")
     figure, axis = plt.subplots(figsize=(10, 5 + 0.2 * len(names)))
@@ -74,7 +74,7 @@ def plot_price_sweep(result, path: str | Path, title: str) -> Path:
 
 def plot_points(points, path: str | Path, axis_name: str, title: str) -> Path:
     """Cost at each grid point, coloured by plan; infeasible points marked on the axis."""
-    path, plt = _check(path), _pyplot()
+    path, plt = check_path(path), _pyplot()
     feasible = [p for p in points if p.cost_per_hour is not None]
     names = _legend_names([p.plan for p in feasible])
     colours = plt.get_cmap("tab10")
@@ -100,7 +100,7 @@ def plot_points(points, path: str | Path, axis_name: str, title: str) -> Path:
 def plot_region_map(xs: list[float], ys: list[float], plans: list[list[str]], path: str | Path,
                     x_name: str, y_name: str, title: str) -> Path:
     """Two swept values: each cell coloured by its optimal plan, with a legend naming the plans."""
-    path, plt = _check(path), _pyplot()
+    path, plt = check_path(path), _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 

@@ -44,7 +44,6 @@ class Solution:
     assignments: list[Assignment]
     gap: float = 0.0
     solve_seconds: float = 0.0
-    objective_value: float = 0.0
     availability: dict[str, int] = field(default_factory=dict)
 
 
@@ -171,7 +170,7 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         problem.setObjective(cost)
         problem.writeLP(write_lp)
     if objective == "cost":
-        best = _optimum(problem, cost, solver, time_limit, statuses)
+        _optimum(problem, cost, solver, time_limit, statuses)
     else:
         if objective == "latency":
             primary = latency
@@ -196,7 +195,7 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     status = "time_limit" if gaps else "optimal"
     total = sum(a.option.cost_per_hour * a.replicas for a in assignments)
     return Solution(status, total, assignments, gap=max(gaps) if gaps else 0.0,
-                    solve_seconds=time.perf_counter() - started, objective_value=best,
+                    solve_seconds=time.perf_counter() - started,
                     availability=dict(availability))
 
 

@@ -9,8 +9,18 @@ from typing import Iterable
 from .candidates import QualityBook
 from .catalog import Registry
 from .errors import QuantplanError
-from .specs import (FamilyQualitySpec, FrameworkSpec, GPUSpec, KVCacheSpec, KVQualitySpec, MethodQualitySpec,
-                    MethodSpec, ModelSpec, PriceSpec, UseCaseSpec)
+from .specs import (
+    FamilyQualitySpec,
+    FrameworkSpec,
+    GPUSpec,
+    KVCacheSpec,
+    KVQualitySpec,
+    MethodQualitySpec,
+    MethodSpec,
+    ModelSpec,
+    PriceSpec,
+    UseCaseSpec,
+)
 
 
 def collect_specs(plugins, hook_name: str, kind: str, record_type: type) -> list:

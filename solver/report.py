@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .api import EstimateResult
-from .plan import Plan, summary
+from .plan import Plan
 
 
 def _table(title: str, columns: list[str]) -> Table:
@@ -113,4 +113,4 @@ def render_rows(title: str, columns: list[str], rows: list[list[str]], console: 
     console.print(table)
 
 
-__all__ = ["render_plan", "render_estimate", "render_rows", "summary"]
+__all__ = ["render_plan", "render_estimate", "render_rows"]

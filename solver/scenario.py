@@ -127,7 +127,7 @@ def make_scenario(fields: dict, label: str = "options") -> Scenario:
         return Scenario(**fields)
     except ValidationError as error:
         first = error.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int) or True)
+        loc = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         raise QuantplanError(f"{label}: {loc + ': ' if loc else ''}{message}") from None
     except TypeError as error:

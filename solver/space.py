@@ -6,13 +6,13 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from . import errorbars
-from . import terms as q
-from .candidates import Config
 import numpy as np
 
-from .estimator import Memory, Quality, cost_terms, memory, quality
+from . import errorbars
+from . import terms as q
+from .candidates import Config, Execution
 from .errors import QuantplanError
+from .estimator import Memory, Quality, cost_terms, memory, quality
 from .registry import World
 from .scenario import Scenario, TrafficClass
 from .serving import Performance, Timing, performance, timing
@@ -57,8 +57,6 @@ class ClassDiagnostics:
     best_ttft_meeting_tpot: Best = field(default_factory=Best)
     best_ppl: Best = field(default_factory=Best)
     smallest_memory: Best = field(default_factory=Best)
-    quality_rejects: int = 0
-    slo_rejects: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -88,6 +86,17 @@ def quality_limit(world: World, traffic: TrafficClass) -> float | None:
     return traffic.max_ppl_delta
 
 
+def execution_of(world: World, method, gpu, framework) -> Execution:
+    """How `framework` runs `method` on `gpu` (its plugin's answer), with a reason when it cannot."""
+    execution = world.plugins.call("quantplan_execution", method=method, gpu=gpu, framework=framework)
+    return execution or Execution(reason=f"no plugin says how {framework.id} runs {method.id}")
+
+
+def objections(world: World, config: Config) -> list[str]:
+    """Every plugin's reasons `config` cannot run; empty when none objects."""
+    return [reason for found in world.plugins.call_for("quantplan_incompatibility", config) for reason in found]
+
+
 def configurations(world: World, scenario: Scenario, model: ModelSpec, incompatible: Counter):
     """Compatible (device, method, framework, GPUs, KV) configurations at batch 1, in a fixed order."""
     pick = lambda registry, names: [registry.get(n) for n in names] if names else list(registry)  # noqa: E731
@@ -100,10 +109,7 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
     for gpu in gpus:
         for framework in frameworks:
             for method in methods:
-                execution = world.plugins.call("quantplan_execution", method=method, gpu=gpu, framework=framework)
-                if execution is None:
-                    incompatible[f"no plugin says how {framework.id} runs {method.id}"] += 1
-                    continue
+                execution = execution_of(world, method, gpu, framework)
                 if not execution.possible:
                     incompatible[execution.reason] += 1
                     continue
@@ -112,8 +118,7 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
                         continue
                     for kv in kv_caches:
                         config = Config(model, method, gpu, framework, kv, size, execution)
-                        reasons = [r for found in world.plugins.call_for("quantplan_incompatibility", config)
-                                   for r in found]
+                        reasons = objections(world, config)
                         if reasons:
                             incompatible[reasons[0]] += 1
                             continue
@@ -156,7 +161,7 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     qualities: dict[tuple, Quality] = {}
     for config in configurations(world, scenario, model, incompatible):
         count += 1
-        placed = _placed(world, config, scenario.classes)
+        placed = fit_placement(world, config, scenario.classes)
         if placed is None:
             for traffic in scenario.classes:
                 need = memory(world, config, traffic.context_tokens)
@@ -188,7 +193,7 @@ def useful_batches(scenario: Scenario) -> list[int]:
     return sorted(sizes)
 
 
-def _placed(world: World, config: Config, classes) -> Config | None:
+def fit_placement(world: World, config: Config, classes) -> Config | None:
     """The config at batch 1, offloaded to host RAM if llama.cpp needs that to fit; None if nothing fits."""
     context = min(c.context_tokens for c in classes)
     if memory(world, config, context).fits:
@@ -243,11 +248,8 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
                 diagnostics.best_ttft_meeting_tpot.offer(result.ttft_ms, what)
             diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
             if limit is not None and assessed.ppl_delta > limit:
-                diagnostics.quality_rejects += 1
                 break
             if not result.meets:
-                for violation in result.violations:
-                    diagnostics.slo_rejects[violation.split(" ")[0]] += 1
                 if traffic.load_kind == "concurrency":
                     break  # in lockstep TTFT and TPOT only grow with batch
                 continue

@@ -32,6 +32,8 @@ def run(scenario: Scenario, axes: list[Axis], points: int = 11, engine: str = "p
     for name, lo, hi in axes:
         if not lo < hi:
             raise QuantplanError(f"sweep {name}: FROM must be below TO")
+    if plot_path:
+        plots.check_path(plot_path)  # a bad file name is bad input: say so before any solving
     title = f"{scenario.model or scenario.model_config_path}: " + " x ".join(a[0] for a in axes)
     if len(axes) == 2:
         return _region(scenario, axes, points, engine, address, plot_path, progress, title)

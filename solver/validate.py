@@ -21,7 +21,7 @@ from .registry import World, load_world
 from .scenario import TrafficClass
 from .serving import performance, timing
 from .shapes import parameter_counts
-from .space import _placed
+from .space import execution_of, fit_placement, objections
 
 GROUPS = {
     "bits_per_weight": "memory", "weights_gb": "memory",
@@ -113,16 +113,20 @@ def _config(world: World, row: Row, batch: int | None = None) -> Config:
     model, method = world.models.get(row.model), world.methods.get(row.method)
     gpu, framework = world.gpus.get(row.gpu), world.frameworks.get(row.framework)
     kv = world.kv_caches.get(row.kv_cache_dtype)
-    execution = world.plugins.call("quantplan_execution", method=method, gpu=gpu, framework=framework)
-    if execution is None or not execution.possible:
-        raise ValueError(execution.reason if execution else "no execution path")
-    return Config(model, method, gpu, framework, kv, row.gpus, execution, batch or max(row.batch, 1))
+    execution = execution_of(world, method, gpu, framework)
+    if not execution.possible:
+        raise ValueError(execution.reason)
+    config = Config(model, method, gpu, framework, kv, row.gpus, execution, batch or max(row.batch, 1))
+    reasons = objections(world, config)
+    if reasons:
+        raise ValueError(reasons[0])
+    return config
 
 
 def _serving(world: World, config: Config, row: Row):
     traffic = TrafficClass(prompt_tokens=row.prompt_tokens, output_tokens=row.output_tokens,
                            concurrency=config.batch)
-    placed = _placed(world, config.with_batch(1), (traffic,))
+    placed = fit_placement(world, config.with_batch(1), (traffic,))
     if placed is None:
         return None
     config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)

@@ -115,3 +115,14 @@ def test_owned_laptops_enter_plans_only_when_named(world):
     assert "m2-max" not in devices() and "h100-sxm" in devices()
     assert devices(gpus=["m2-max"]) == {"m2-max"}
     assert "m2-max" in devices(gpu_count={"m2-max": 1})
+
+
+def test_deployment_constraints_cpu_path_of_example_3():
+    """Blog example 3: available_gpu_memory_GB 0 (its CPU path) on an M2 Max keeps the plan on llama.cpp."""
+    constraints = DeploymentConstraints(
+        model_params_B=7, available_gpu_memory_GB=0, num_gpus=0, gpu_type="M2 Max", target_latency_ms=500,
+        target_throughput_tps=15, max_batch_size=1, quality_floor_ppl=0.2, cost_priority="minimize_latency",
+        prompt_tokens=128, output_tokens=256, model="llama-2-7b")
+    assert constraints.to_scenario().frameworks == ("llama.cpp",)
+    group = solve(constraints).replicas[0]
+    assert (group.gpu, group.framework) == ("m2-max", "llama.cpp") and group.tokens_per_s_per_user >= 15

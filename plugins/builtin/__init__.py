@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from quantplan.plugins.builtin import (apple, cpus, exllamav2, float_methods, fp4, gguf, int4_weight_only,
-                                       kv_cache, llama_cpp, models, nvidia, quality, sglang, tensorrt_llm, vllm, w8a8)
+from quantplan.plugins.builtin import (
+    apple,
+    cpus,
+    exllamav2,
+    float_methods,
+    fp4,
+    gguf,
+    int4_weight_only,
+    kv_cache,
+    llama_cpp,
+    models,
+    nvidia,
+    quality,
+    sglang,
+    tensorrt_llm,
+    vllm,
+    w8a8,
+)
 
 BUILTIN_PLUGINS = (
     nvidia, apple, cpus,

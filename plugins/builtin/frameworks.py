@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, Execution, Step

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from quantplan.plugins.builtin.frameworks import (LAYER_SPLIT_HOP_S, PCIE_COPY_BYTES_PER_S, FrameworkPlugin,
-                                                  plugin_for)
+from quantplan.plugins.builtin.frameworks import LAYER_SPLIT_HOP_S, PCIE_COPY_BYTES_PER_S, FrameworkPlugin, plugin_for
 from quantplan.plugins.builtin.methods import bytes_read_per_step
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
