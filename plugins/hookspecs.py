@@ -13,6 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from quantplan.solver.candidates import Config, Execution, QualityBook, Step
+    from quantplan.solver.serving import Scheduling
     from quantplan.solver.specs import (
         FamilyQualitySpec,
         FrameworkSpec,
@@ -142,6 +143,18 @@ def quantplan_step_terms(config: Config, step: Step) -> list[Term]:
     :return: terms with step quantities (bytes, FLOPs, bandwidth, peak, efficiencies, seconds) for the
         whole step, all passes counted (weights are read once per pass), phase set to step.phase;
         empty when not involved.
+    """
+
+
+@hookspec
+def quantplan_scheduling(config: Config) -> Scheduling | None:
+    """Say how the framework schedules work under load: policy, token budget, running sequences.
+
+    Called once per candidate and traffic class, by the load models (solver/serving.py).
+    :param config: the candidate configuration; the planned batch caps the running sequences later.
+    :return: a Scheduling record (policy "mixed" or "prefill-first", token budget, default running
+        sequences, chunked prefill, KV reserved for prompt + output); None when not this plugin's
+        framework. With no answer, quantplan assumes chunked mixed batching at the catalog budget.
     """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Literal
 
@@ -252,6 +253,16 @@ class EstimateResult(BaseModel):
     decode_tokens_per_s: float | None = None
     prefill_tokens_per_s: float | None = None
     decode_bound: str | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p90_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    tpot_p90_ms: float | None = None
+    tpot_p99_ms: float | None = None
+    load_model: str | None = None
+    scheduling: dict = {}
+    kv_cache_note: str | None = None
+    simulated: dict | None = None
     ppl_delta: float | None = None
     ppl_delta_pct: float | None = None
     cost_per_hour: float | None = None
@@ -263,12 +274,15 @@ class EstimateResult(BaseModel):
 
 
 def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, batch: int = 1,
-             prompt_tokens: int = 512, output_tokens: int = 256, kv_cache_dtype: str = "fp16",
+             prompt_tokens: int = 512, output_tokens: int = 256, kv_cache_dtype: str | None = None,
              gpu_layers: int | None = None, prices: dict[str, float] | None = None,
              model_config: str | None = None, world: World | None = None,
-             catalogs: tuple[str, ...] = (), rate: float | None = None) -> EstimateResult:
-    """Predict memory, TTFT/TPOT, quality and cost: closed loop at `batch` concurrent requests, or, with
-    `rate`, Poisson arrivals of that many requests/s at this replica (at most `batch` in flight)."""
+             catalogs: tuple[str, ...] = (), rate: float | None = None, max_num_seqs: int | None = None,
+             requests_per_client: float = 10.0, simulate: bool = False) -> EstimateResult:
+    """Predict memory, TTFT/TPOT (means and percentiles), quality and cost: a closed loop of `batch`
+    clients (the engine runs at most `max_num_seqs`, default its own limit, the rest queue), or with
+    `rate`, Poisson arrivals of that many requests/s at this replica. `kv_cache_dtype` None: the
+    engine's default for the checkpoint. `simulate`: also run the step-by-step scheduler simulation."""
     from .candidates import Config, Step
     from .estimator import cost_terms, memory, memory_terms, quality, step_terms
     from .serving import performance, timing
@@ -276,13 +290,19 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     from .space import execution_of, fit_placement, objections
 
     if gpus <= 0 or batch <= 0 or prompt_tokens <= 0 or output_tokens <= 0 or (rate is not None and rate <= 0):
-        raise QuantplanError("--gpus, --batch, --prompt-tokens, --output-tokens and --rate must be positive")
+        raise QuantplanError("--gpus, --concurrency, --prompt-tokens, --output-tokens and --rate must be positive")
+    if max_num_seqs is not None and max_num_seqs <= 0:
+        raise QuantplanError("--max-num-seqs must be positive")
     world = world or load_world(catalogs)
     spec = model_from_config(model_config) if model_config else world.models.get(model)
-    m, g, f, kv = (world.methods.get(method), world.gpus.get(gpu), world.frameworks.get(framework),
-                   world.kv_caches.get(kv_cache_dtype))
+    m, g, f = world.methods.get(method), world.gpus.get(gpu), world.frameworks.get(framework)
+    kv_note = None
+    if kv_cache_dtype is None:
+        kv_cache_dtype = f.kv_cache_default.get(m.id, f.kv_cache_default.get("*", "fp16"))
+        kv_note = f"KV cache {kv_cache_dtype}: {f.id}'s default for a {m.id} checkpoint (give --kv-cache-dtype to change)"
+    kv = world.kv_caches.get(kv_cache_dtype)
     head = dict(model=spec.id, method=m.id, gpu=g.id, framework=f.id, gpus=gpus, batch_size=batch,
-                kv_cache_dtype=kv.id, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+                kv_cache_dtype=kv.id, prompt_tokens=prompt_tokens, output_tokens=output_tokens, kv_cache_note=kv_note)
     execution = execution_of(world, m, g, f)
     if not execution.possible:
         return EstimateResult(**head, compatible=False, reasons=[execution.reason])
@@ -291,6 +311,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     if reasons:
         return EstimateResult(**head, compatible=False, reasons=reasons)
     traffic = TrafficClass(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                           requests_per_client=requests_per_client,
                            **({"rate_per_s": rate} if rate is not None else {"concurrency": batch}))
     if gpu_layers is not None:
         if not 0 < gpu_layers <= spec.layers or not f.hybrid_offload:
@@ -301,17 +322,30 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         placed = fit_placement(world, config.with_batch(1), (traffic,))
         if placed is not None and placed.hybrid:
             config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
+    times = timing(world, config, traffic)
+    if max_num_seqs is not None:
+        times = type(times)(times.steps, times.scheduling.with_sequences(max_num_seqs))
+    running = min(batch, times.scheduling.max_sequences)
+    result = performance(config.with_batch(running if rate is None else times.scheduling.max_sequences),
+                         traffic, times, rate=rate, engine_limit=True)
+    simulated = None
+    if simulate:
+        from .simulate import simulate as run_simulation
+
+        simulated = run_simulation(times, traffic, clients=None if rate is not None else batch).as_dict()
+    if rate is not None:  # memory at the sequences running on average at that rate
+        decoding = result.decode_tokens_per_s * result.tpot_ms / 1e3
+        running = min(times.scheduling.max_sequences, max(1, math.ceil(decoding))) if math.isfinite(decoding) else 1
+    config = config.with_batch(running)
     found = memory_terms(world, config, traffic.context_tokens)
     used = memory(world, config, traffic.context_tokens, found)
-    times = timing(world, config, traffic)
-    result = performance(config, traffic, times, rate=rate)
     assessed = quality(world, config)
     costs = cost_terms(world, config, world.with_prices(prices or {}))
     cost = sum(t.value for t in costs) if costs else None
-    speed = (step_terms(world, config, Step("decode", batch, batch, prompt_tokens + output_tokens / 2))
+    speed = (step_terms(world, config, Step("decode", running, running, prompt_tokens + output_tokens / 2))
              + step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)))
     divisor = used.memory_divisor
-    bars, warnings = errorbars.describe(f.id, g.device_class, batch, gpus)
+    bars, warnings = errorbars.describe(f.id, g.device_class, running, gpus)
     return EstimateResult(
         **head, compatible=True, fits=used.fits, gpu_layers=config.gpu_layers if config.hybrid else None,
         memory_gb_per_gpu=used.used_per_gpu / 1e9, memory_capacity_gb_per_gpu=used.available_per_gpu / 1e9,
@@ -320,7 +354,16 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         ttft_ms=result.ttft_ms, ttft_max_ms=result.ttft_max_ms, tpot_ms=result.tpot_ms,
         tokens_per_s=result.output_tokens_per_s, tokens_per_s_per_user=result.tokens_per_s_per_user,
         decode_tokens_per_s=result.decode_tokens_per_s, prefill_tokens_per_s=result.prefill_tokens_per_s,
-        decode_bound=times.decode.bound,
+        decode_bound=times.decode_bound,
+        ttft_p50_ms=result.ttft_percentiles_ms.get(50), ttft_p90_ms=result.ttft_percentiles_ms.get(90),
+        ttft_p99_ms=result.ttft_percentiles_ms.get(99), tpot_p50_ms=result.tpot_percentiles_ms.get(50),
+        tpot_p90_ms=result.tpot_percentiles_ms.get(90), tpot_p99_ms=result.tpot_percentiles_ms.get(99),
+        load_model=result.load_model, simulated=simulated,
+        scheduling=dict(policy=times.scheduling.policy, token_budget=times.scheduling.token_budget,
+                        max_sequences=times.scheduling.max_sequences, chunked_prefill=times.scheduling.chunked,
+                        kv_reserved_up_front=times.scheduling.reserve_full,
+                        kv_cache_tokens=times.scheduling.kv_tokens if math.isfinite(times.scheduling.kv_tokens)
+                        else None, source=times.scheduling.source),
         ppl_delta=assessed.ppl_delta, ppl_delta_pct=assessed.ppl_delta_pct,
         cost_per_hour=cost,
         cost_per_million_tokens=cost / (result.output_tokens_per_s * 3600) * 1e6

@@ -16,13 +16,17 @@ def binding_constraints(world, scenario: Scenario, solution: Solution, groups: l
     by_name = {k.name: k for k in scenario.classes}
     for group in groups:
         label = f"{group.gpu}/{group.method}/b{group.batch_size}"
-        for name, figures in group.classes.items():
+        for figures in group.classes:
+            name = figures.name
             traffic = by_name[name]
-            if traffic.ttft_ms and figures.ttft_ms >= BINDING_SHARE * traffic.ttft_ms:
-                found.append(f"{name}: TTFT {figures.ttft_ms:.0f} of {traffic.ttft_ms:g} ms ({label})")
+            stat = "" if figures.statistic == "mean" else f" {figures.statistic}"
+            ttft = figures.ttft_p90_ms if figures.statistic == "p90" and figures.ttft_p90_ms else figures.ttft_ms
+            tpot = figures.tpot_p90_ms if figures.statistic == "p90" and figures.tpot_p90_ms else figures.tpot_ms
+            if traffic.ttft_ms and ttft >= BINDING_SHARE * traffic.ttft_ms:
+                found.append(f"{name}: TTFT{stat} {ttft:.0f} of {traffic.ttft_ms:g} ms ({label})")
             limit = traffic.tpot_limit_ms
-            if limit and figures.tpot_ms >= BINDING_SHARE * limit:
-                found.append(f"{name}: TPOT {figures.tpot_ms:.1f} of {limit:.1f} ms ({label})")
+            if limit and tpot >= BINDING_SHARE * limit:
+                found.append(f"{name}: TPOT{stat} {tpot:.1f} of {limit:.1f} ms ({label})")
             floor = quality_limit(world, traffic)
             if floor and group.ppl_delta >= BINDING_SHARE * floor:
                 found.append(f"{name}: quality, ppl +{group.ppl_delta:.3f} of +{floor:g} ({label})")

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict
 from . import errorbars
 from .program import Solution
 from .scenario import TrafficClass
+from . import serving
 from .serving import performance
 from .space import Option
 
@@ -16,6 +17,7 @@ class Out(BaseModel):
 
 
 class ClassFigures(Out):
+    name: str
     share: float
     load_per_replica: float  # users (concurrency class) or requests/s (rate class) on each replica
     ttft_ms: float
@@ -27,6 +29,11 @@ class ClassFigures(Out):
     capacity_unit: str
     memory_gb_per_gpu: float
     kv_cache_gb: float
+    tokens_per_s: float = 0.0  # output tokens/s this class gets from one replica
+    statistic: str = "mean"  # the statistic its SLOs were checked at
+    ttft_p90_ms: float | None = None
+    tpot_p90_ms: float | None = None
+    shared_with: list[str] = []  # other classes on the same replica, whose load these figures include
 
 
 class ReplicaGroup(Out):
@@ -54,7 +61,7 @@ class ReplicaGroup(Out):
     ppl_delta_pct: float
     cost_per_hour: float
     execution: str
-    classes: dict[str, ClassFigures]
+    classes: list[ClassFigures]
     error_bars: dict
     coverage_warnings: list[str]
 
@@ -98,11 +105,15 @@ def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1)
     if traffic.load_kind == "rate" and traffic.name in option.timings and load > 0:
         result = performance(option.config, traffic, option.timings[traffic.name], rate=load)
     return ClassFigures(
-        share=share, load_per_replica=load, ttft_ms=result.ttft_ms, ttft_max_ms=result.ttft_max_ms, tpot_ms=result.tpot_ms,
+        name=traffic.name, share=share, load_per_replica=load, ttft_ms=result.ttft_ms, ttft_max_ms=result.ttft_max_ms, tpot_ms=result.tpot_ms,
         tokens_per_s_per_user=result.tokens_per_s_per_user, output_tokens_per_s=result.output_tokens_per_s,
         capacity=result.capacity, capacity_unit="requests/s" if traffic.load_kind == "rate" else "users",
         memory_gb_per_gpu=memory.used_per_gpu / 1e9,
         kv_cache_gb=memory.kv_per_gpu * memory.memory_divisor / 1e9,
+        tokens_per_s=result.output_tokens_per_s * (load / result.capacity if traffic.load_kind == "concurrency"
+                                                   and result.capacity else 1.0),
+        statistic=result.statistic, ttft_p90_ms=result.ttft_percentiles_ms.get(90),
+        tpot_p90_ms=result.tpot_percentiles_ms.get(90),
     )
 
 
@@ -127,9 +138,28 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         weights_gb=memory.weights_per_gpu * memory.memory_divisor / 1e9,
         kv_cache_gb=headline.kv_cache_gb,
         ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
-        cost_per_hour=option.cost_per_hour, execution=note, classes=served, error_bars=bars,
+        cost_per_hour=option.cost_per_hour, execution=note, classes=shared(option, served, classes, count),
+        error_bars=bars,
         coverage_warnings=warnings,
     )
+
+
+def shared(option: Option, served: dict[str, ClassFigures], classes: tuple[TrafficClass, ...],
+           count: int) -> list[ClassFigures]:
+    """Per-class figures; where one replica serves several classes, each sees their combined load."""
+    if len(served) < 2:
+        return list(served.values())
+    by_name = {k.name: k for k in classes}
+    loads = {name: (by_name[name], option.timings[name], figures.load_per_replica) for name, figures in served.items()}
+    combined = serving.shared_load(loads)
+    found = []
+    for name, figures in served.items():
+        ttft, tpot, ttft_p90, tpot_p90 = combined[name]
+        found.append(figures.model_copy(update=dict(
+            ttft_ms=ttft, tpot_ms=tpot, ttft_p90_ms=ttft_p90, tpot_p90_ms=tpot_p90,
+            tokens_per_s_per_user=1000.0 / tpot if tpot > 0 else figures.tokens_per_s_per_user,
+            shared_with=sorted(set(served) - {name}))))
+    return found
 
 
 def served_tokens_per_s(solution: Solution, classes: tuple[TrafficClass, ...]) -> float:

@@ -39,11 +39,13 @@ def render_plan(plan: Plan, console: Console) -> None:
     console.print(f"Total: ${plan.cost_per_hour:,.2f}/h, {_f(plan.tokens_per_s, 0)} output tokens/s, "
                   f"${_f(plan.cost_per_million_tokens, 3)} per 1M output tokens")
     if any(len(g.classes) > 1 for g in plan.replicas):
-        per_class = _table("Per traffic class", ["group / class", "share", "TTFT (ms)", "TPOT (ms)", "capacity"])
+        per_class = _table("Per traffic class (a shared replica: each class under the combined load)",
+                           ["group / class", "share", "TTFT mean/p90 (ms)", "TPOT mean/p90 (ms)", "capacity"])
         for group in plan.replicas:
-            for name, figures in group.classes.items():
-                per_class.add_row(f"{group.gpu}/{group.method} / {name}", f"{figures.share:.2f}",
-                                  _f(figures.ttft_ms, 0), _f(figures.tpot_ms, 1),
+            for figures in group.classes:
+                per_class.add_row(f"{group.gpu}/{group.method} / {figures.name}", f"{figures.share:.2f}",
+                                  f"{_f(figures.ttft_ms, 0)} / {_f(figures.ttft_p90_ms, 0)}",
+                                  f"{_f(figures.tpot_ms, 1)} / {_f(figures.tpot_p90_ms, 1)}",
                                   f"{figures.capacity:.3g} {figures.capacity_unit}")
         console.print(per_class)
     for group in plan.replicas:

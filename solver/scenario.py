@@ -31,6 +31,8 @@ class TrafficClass(Input):
     min_tokens_per_s: float | None = Field(default=None, gt=0)
     max_ppl_delta: float | None = Field(default=None, ge=0)
     use_case: str | None = None
+    slo_statistic: Literal["mean", "p50", "p90", "p99"] | None = None
+    requests_per_client: float = Field(default=10.0, ge=0, le=1e6)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrafficClass:
@@ -45,6 +47,13 @@ class TrafficClass(Input):
     @property
     def load_kind(self) -> str:
         return "rate" if self.rate_per_s is not None else "concurrency"
+
+    @property
+    def statistic(self) -> str:
+        """The statistic the TTFT/TPOT SLOs bound: given, else p90 for a rate class, mean for concurrency."""
+        if self.slo_statistic is not None:
+            return self.slo_statistic
+        return "p90" if self.load_kind == "rate" else "mean"
 
     @property
     def users(self) -> int:

@@ -1,69 +1,379 @@
-"""Serving-level figures: TTFT and TPOT as a benchmark reports them, and how much load a replica carries.
+"""Serving under load: TTFT and TPOT (means and percentiles) at a client concurrency or a request rate.
 
-Two load models:
-- concurrency c (closed loop, `vllm bench serve --max-concurrency c` with fixed lengths): the c
-  requests start together and stay in lockstep, so a replica runs batch c; TTFT includes prefilling
-  the prompts that arrived with it (in chunks of the engine's token budget) and TPOT is pure decode
-  at batch c. ttft_ms is the mean over the c requests, ttft_max_ms the last one.
-- rate r (Poisson arrivals): one prompt's prefill plus the M/D/1 wait behind other prefills and half
-  a decode step; decode steps stretch by the share of engine time prefills take. A replica's capacity
-  is the highest rate at which every SLO still holds and the batch limit is not exceeded.
+Everything stands on one step-time function t(d, p) (solver/stepmodel.py): d decoding sequences and p
+prompt tokens in one engine step. The engine's scheduler (its plugin's `quantplan_scheduling`) decides
+how prompt work enters the steps:
+
+- "mixed" (vLLM V1, TensorRT-LLM in-flight batching, llama.cpp server, ExLlamaV2): prompt chunks ride
+  in the decode steps up to the token budget. In steady state requests finish at rate
+  lam = n / (T_prefill + (O - 1) tau); d = lam (O - 1) tau sequences decode; a step carries on average
+  lam tau P prompt tokens, so a share phi of steps carries a chunk and tau = (1 - phi) t(d, 0) +
+  phi t(d, chunk). TTFT is the step in progress, the wait behind other prompts (an M/D/1 queue on
+  prefill work) and the prompt's own chunks. Solved as a fixed point.
+- "prefill-first" (SGLang's default): waiting prompts run as prefill batches that pause decoding. In a
+  closed loop with fixed lengths the whole population moves in waves: every round prefills all
+  prompts in budget-sized batches, then decodes them together.
+
+A closed-loop benchmark (`vllm bench serve --max-concurrency c`, `aiperf --concurrency c`) starts all
+c requests at once after its warm-up: the first request of each client meets that lockstep wave, the
+rest the steady state, so the mean over a run of k requests per client weighs the wave by 1/k
+(`Protocol`). When c sequences' KV cache does not fit, n < c run and the rest wait whole lifetimes
+(Little's law: TTFT = c / lam - (O - 1) tau). Poisson arrivals (production) give percentiles from
+the prefill queue's waiting-time tail and the spread of chunk steps over a request's lifetime.
+solver/simulate.py runs the same scheduler step by step; tests hold these closed forms to it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .candidates import Config, Step
-from .estimator import StepTime, step_terms, step_time
+from .candidates import Config
+from .estimator import memory
 from .registry import World
 from .scenario import TrafficClass
+from .stepmodel import StepModel, step_model
 
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
+FIXED_POINT_ROUNDS = 40
+PERCENTILES = (50, 90, 99)
+Z = {50: 0.0, 90: 1.2816, 99: 2.3263}  # standard normal quantiles
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """How an engine admits and batches work (its documented defaults unless the plan sets them)."""
+
+    policy: str  # "mixed" or "prefill-first"
+    token_budget: int  # tokens one step may hold (max_num_batched_tokens, max_num_tokens, chunked prefill size)
+    max_sequences: int  # running sequences (max_num_seqs, max_batch_size, -np)
+    chunked: bool  # prompts split across steps; False: a prompt enters one step whole
+    reserve_full: bool  # KV for prompt + output held from admission (TensorRT-LLM) rather than paged
+    kv_tokens: float = math.inf  # KV-cache capacity of the replica in tokens
+    source: str = ""
+
+    def with_sequences(self, sequences: int) -> Scheduling:
+        return replace(self, max_sequences=int(sequences))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a closed-loop benchmark runs: requests each client sends after the warm-up (0: steady state
+    only, as a service that runs for hours sees it)."""
+
+    requests_per_client: float = 10.0
+
+    @property
+    def wave_weight(self) -> float:
+        return 1.0 / self.requests_per_client if self.requests_per_client >= 1 else 0.0
+
+
+DEFAULT_PROTOCOL = Protocol()
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Step times for one configuration at its batch size and one class's lengths."""
+    """What the load models need for one configuration and class: the step model and the scheduler."""
 
-    decode: StepTime
-    prefill_one: StepTime
-    prefill_batch: StepTime
+    steps: StepModel
+    scheduling: Scheduling
 
     @property
-    def tpot_s(self) -> float:
-        return self.decode.seconds
+    def decode_bound(self) -> str:
+        return "memory" if self.steps.memory_bound(self.scheduling.max_sequences) else "compute"
 
     def pessimistic(self, decode: float, prefill: float) -> Timing:
-        """Decode steps `decode` times and prefills `prefill` times slower."""
-        return Timing(self.decode.scaled(decode), self.prefill_one.scaled(prefill),
-                      self.prefill_batch.scaled(prefill))
+        return Timing(self.steps.scaled(decode, prefill), self.scheduling)
 
-    def at(self, index: int) -> Timing:
-        """One batch size out of an array evaluation."""
-        return Timing(self.decode.at(index), self.prefill_one.at(index), self.prefill_batch.at(index))
 
-    def split(self, count: int) -> list[Timing]:
-        """Every batch size of an array evaluation, as scalar records."""
-        return [Timing(*parts) for parts in zip(self.decode.split(count), self.prefill_one.split(count),
-                                                  self.prefill_batch.split(count))]
+def scheduling(world: World, config: Config, traffic: TrafficClass) -> Scheduling:
+    """The framework plugin's scheduler for `config`, with the replica's KV capacity in tokens."""
+    found = world.plugins.call_for("quantplan_scheduling", config)
+    chosen = next((s for s in found if s is not None), None)
+    if chosen is None:  # a framework plugin that says nothing: plain chunked mixed batching
+        framework = config.framework
+        chosen = Scheduling("mixed", framework.max_batched_tokens, framework.max_batch, True, False,
+                            source="no scheduling hook: chunked mixed batching at the catalog budget")
+    return replace(chosen, kv_tokens=kv_capacity_tokens(world, config, traffic))
+
+
+def kv_capacity_tokens(world: World, config: Config, traffic: TrafficClass) -> float:
+    """Tokens of KV cache the replica holds once weights, runtime and activations are placed."""
+    one = memory(world, config.with_batch(1), 1)
+    per_token = one.kv_per_gpu
+    if per_token <= 0:
+        return math.inf
+    activations = memory(world, config.with_batch(1), traffic.context_tokens).activations_per_gpu
+    free = one.available_per_gpu - one.weights_per_gpu - one.runtime_per_gpu - activations
+    return max(free, 0.0) / per_token
 
 
 def timing(world: World, config: Config, traffic: TrafficClass) -> Timing:
-    """Step times at `config.batch` (an int, or a numpy array of batch sizes evaluated at once)."""
-    batch, prompt, output = config.batch, traffic.prompt_tokens, traffic.output_tokens
-    budget = config.framework.max_batched_tokens
-    decode = Step("decode", batch, batch, prompt + output / 2)
-    one = Step("prefill", 1, prompt, prompt, math.ceil(prompt / budget))
-    many = Step("prefill", batch, batch * prompt, prompt, np.ceil(batch * prompt / budget))
-    return Timing(
-        decode=step_time(step_terms(world, config, decode), "decode"),
-        prefill_one=step_time(step_terms(world, config, one), "prefill"),
-        prefill_batch=step_time(step_terms(world, config, many), "prefill"),
-    )
+    """Step model and the engine's default scheduler for `config` and `traffic`'s lengths."""
+    return Timing(step_model(world, config, traffic.prompt_tokens, traffic.output_tokens),
+                  scheduling(world, config, traffic))
+
+
+@dataclass(frozen=True)
+class Load:
+    """Figures at one load (arrays when the load is an array); seconds and requests/s."""
+
+    ttft: object
+    tpot: object
+    throughput: object  # requests/s completed
+    decoding: object  # mean sequences decoding per step
+    ttft_percentiles: dict = field(default_factory=dict)
+    tpot_percentiles: dict = field(default_factory=dict)
+    prefill_utilisation: object = 0.0
+    admitted: object = 0.0  # sequences running (closed loop: min(c, slots))
+
+
+# ---------------------------------------------------------------------------------------------
+# steady state under the mixed scheduler
+
+
+def _chunking(sched: Scheduling, prompt: int, decoding, prompt_rate_per_step):
+    """(tokens a prompt-carrying step holds, tokens a step can give prompts) for the mixed scheduler."""
+    room = np.maximum(sched.token_budget - decoding, 1.0)
+    if sched.chunked:
+        one = np.minimum(prompt, room)
+        chunk = np.minimum(room, np.maximum(one, prompt_rate_per_step))
+        return chunk, room
+    # whole prompts only: as many as the budget takes, at least one
+    fit = np.maximum(np.floor(room / prompt), 1.0)
+    chunk = prompt * np.clip(np.ceil(prompt_rate_per_step / prompt), 1.0, fit)
+    return chunk, np.maximum(room, float(prompt))
+
+
+def _mixed_step(steps: StepModel, sched: Scheduling, prompt: int, decoding, rate, tau):
+    """Mean step time and the prefill figures at request rate `rate` with `decoding` sequences."""
+    per_step = rate * tau * prompt
+    chunk, room = _chunking(sched, prompt, decoding, per_step)
+    share = np.minimum(per_step / chunk, 1.0)
+    plain, loaded = steps.seconds(decoding, 0.0), steps.seconds(decoding, chunk)
+    tau_new = (1 - share) * plain + share * loaded
+    full = steps.seconds(decoding, room)
+    service = prompt / room * full  # one prompt's work at a full budget
+    utilisation = rate * service
+    own = np.maximum(np.ceil(prompt / room), 1.0) * np.where(prompt <= room, loaded, full)
+    return tau_new, own, service, utilisation, share, plain, loaded
+
+
+def _queue_wait(utilisation, service):
+    """Mean M/D/1 wait behind other prompts' prefill work."""
+    rho = np.minimum(utilisation, 0.98)
+    return rho * service / (2 * (1 - rho))
+
+
+def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int, clients):
+    """Steady state of a closed loop under the mixed scheduler, solved as a fixed point.
+
+    With fixed lengths the requests that share a step finish in the same step, so their successors
+    arrive together: prompts come in groups of g = what fits in the budget left by the decodes (one
+    prompt when it does not fit), and each group is prefilled at once. The group's TTFT is its own
+    prefill steps; when prompt work outruns the budget, the completion rate is capped by the prefill
+    capacity and the excess shows up as waiting (Little's law)."""
+    clients = np.asarray(clients, dtype=float)
+    admitted = _admitted(sched, prompt, output, clients)
+    tau = steps.seconds(admitted, 0.0) * np.ones_like(clients)
+    own = steps.seconds(0.0, min(prompt, sched.token_budget)) * np.ones_like(clients)
+    rate = admitted / (own + (output - 1) * tau)
+    for _ in range(FIXED_POINT_ROUNDS):
+        decoding = np.minimum(rate * (output - 1) * tau, admitted)
+        room = np.maximum(sched.token_budget - decoding, 1.0)
+        group = np.clip(np.floor(room / prompt), 1.0, np.maximum(admitted, 1.0))
+        if not sched.chunked:
+            room = np.maximum(room, float(prompt))
+        chunk = np.minimum(group * prompt, room)
+        passes = np.ceil(group * prompt / room)
+        loaded = steps.seconds(decoding, chunk)
+        own_new = np.where(group > 1, (passes + 1) / 2, passes) * loaded
+        capacity = room / (prompt * steps.seconds(decoding, room))  # prompts/s at a full budget every step
+        share = np.minimum(rate * tau * prompt / chunk, 1.0)
+        tau_new = (1 - share) * steps.seconds(decoding, 0.0) + share * loaded
+        rate_new = np.minimum(admitted / (own_new + (output - 1) * tau_new), capacity)
+        tau, own, rate = (tau + tau_new) / 2, (own + own_new) / 2, (rate + rate_new) / 2
+    decoding = np.minimum(rate * (output - 1) * tau, admitted)
+    ttft = np.maximum(clients / rate - (output - 1) * tau, own)  # Little's law: slot and prefill waits
+    return ttft, tau, rate, decoding, admitted, np.minimum(rate / capacity, 1.0)
+
+
+def _admitted(sched: Scheduling, prompt: int, output: int, clients):
+    """Sequences that run at once: the clients, capped by the running limit and the KV cache."""
+    held = prompt + output if sched.reserve_full else prompt + output / 2
+    slots = max(math.floor(sched.kv_tokens / held), 1) if math.isfinite(sched.kv_tokens) else math.inf
+    return np.minimum(np.minimum(clients, sched.max_sequences), slots)
+
+
+def _wave(steps: StepModel, sched: Scheduling, prompt: int, output: int, admitted):
+    """A lockstep wave of `admitted` prompts arriving together: (mean TTFT, mean TPOT, last TTFT)."""
+    if sched.policy == "prefill-first":
+        batch = max(sched.token_budget, prompt)
+        batches = np.maximum(np.ceil(admitted * prompt / batch), 1.0)
+        per_batch = steps.seconds(0.0, np.minimum(admitted * prompt, batch))
+        decode = steps.seconds(admitted, 0.0)
+        ttft = (batches + 1) / 2 * per_batch
+        tpot = decode + (batches - 1) / 2 * per_batch / max(output - 1, 1)
+        return ttft, tpot, batches * per_batch
+    decoding = admitted / 2  # decodes join as the wave's prompts finish
+    room = np.maximum(sched.token_budget - decoding, 1.0)
+    if sched.chunked:
+        per_step_tokens = np.minimum(room, admitted * prompt)
+    else:
+        per_step_tokens = prompt * np.clip(np.floor(room / prompt), 1.0, admitted)
+    groups = np.maximum(np.ceil(admitted * prompt / per_step_tokens), 1.0)
+    loaded = steps.seconds(decoding, per_step_tokens)
+    decode = steps.seconds(admitted, 0.0)
+    ttft = (groups + 1) / 2 * loaded
+    shared = np.minimum(groups / 2, output - 1)  # steps a request decodes alongside the wave's prompts
+    tpot = decode + shared * (loaded - decode) / max(output - 1, 1)
+    return ttft, tpot, groups * loaded
+
+
+def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Protocol = DEFAULT_PROTOCOL) -> Load:
+    """c clients each sending the next request when the last finishes (fixed lengths)."""
+    steps, sched = timing.steps, timing.scheduling
+    clients = np.asarray(clients, dtype=float)
+    admitted = _admitted(sched, prompt, output, clients)
+    wave_ttft, wave_tpot, wave_last = _wave(steps, sched, prompt, output, admitted)
+    if sched.policy == "prefill-first":  # waves persist: every round is a wave
+        cycle = wave_last + (output - 1) * steps.seconds(admitted, 0.0)
+        rate = admitted / cycle
+        ttft = clients / rate - cycle + wave_ttft  # rounds waited for a KV slot, then the wave
+        load = Load(ttft, wave_tpot, rate, admitted, admitted=admitted,
+                    prefill_utilisation=wave_last / cycle)
+        spread = (wave_last, wave_ttft)
+    else:
+        steady_ttft, tau, rate, decoding, admitted, utilisation = _closed_mixed(steps, sched, prompt, output, clients)
+        weight = protocol.wave_weight
+        excess = (clients - admitted) / clients  # clients of the first wave that wait for a slot
+        first = (1 - excess) * wave_ttft + excess * steady_ttft
+        ttft = weight * first + (1 - weight) * steady_ttft
+        tpot = weight * wave_tpot + (1 - weight) * tau
+        load = Load(ttft, tpot, rate, decoding, admitted=admitted, prefill_utilisation=utilisation)
+        spread = (wave_last, steady_ttft)
+    return replace(load, ttft_percentiles=_closed_ttft_percentiles(sched.policy, protocol, load.ttft, *spread),
+                   tpot_percentiles={p: load.tpot for p in PERCENTILES})
+
+
+def _closed_ttft_percentiles(policy: str, protocol: Protocol, mean, wave_last, steady):
+    """Closed-loop TTFT percentiles: a wave spreads first tokens evenly over [0, its last]; the steady
+    requests sit at the steady value. With waves in every round (prefill-first) all are spread."""
+    weight = 1.0 if policy == "prefill-first" else protocol.wave_weight
+    found = {}
+    for p in PERCENTILES:
+        q = p / 100
+        if weight <= 0:
+            found[p] = np.asarray(steady) * np.ones_like(np.asarray(mean, dtype=float))
+            continue
+        # share of the mixture below x: weight * x / last + (1 - weight) * [x >= steady]
+        below_steady = weight * np.minimum(steady / np.maximum(wave_last, 1e-12), 1.0)
+        above = below_steady + (1 - weight)
+        x_low = q / weight * wave_last  # quantile inside the wave, below the steady value
+        x_high = (q - (1 - weight)) / weight * wave_last
+        found[p] = np.where(q <= below_steady, x_low, np.where(q <= above, steady, np.maximum(x_high, steady)))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# open loop: Poisson arrivals
+
+
+def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
+    """Requests arriving at `rate` per second (a Poisson stream) at one replica; inf where it cannot keep up."""
+    steps, sched = timing.steps, timing.scheduling
+    rate = np.asarray(rate, dtype=float)
+    tau = steps.seconds(0.0, 0.0) * np.ones_like(rate)
+    if sched.policy == "prefill-first":
+        return _poisson_prefill_first(steps, sched, prompt, output, rate)
+    for _ in range(FIXED_POINT_ROUNDS // 2):
+        decoding = rate * (output - 1) * tau
+        tau_new, own, service, utilisation, share, plain, loaded = _mixed_step(steps, sched, prompt, decoding,
+                                                                               rate, tau)
+        tau = (tau + tau_new) / 2
+    decoding = rate * (output - 1) * tau
+    tau, own, service, utilisation, share, plain, loaded = _mixed_step(steps, sched, prompt, decoding, rate, tau)
+    wait = _queue_wait(utilisation, service)
+    ttft = tau / 2 + wait + own
+    unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
+    ttft_p, tpot_p = {}, {}
+    for p in PERCENTILES:
+        q = p / 100
+        ttft_p[p] = q * tau + _wait_quantile(utilisation, wait, q) + own
+        spread = np.sqrt(np.maximum(share * (1 - share), 0) / max(output - 1, 1)) * (loaded - plain)
+        tpot_p[p] = tau + Z[p] * (spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding))
+    return _guard(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), unstable)
+
+
+def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, output: int, rate) -> Load:
+    """Each decode step is followed, when prompts arrived during it, by a prefill batch of them."""
+    tau = steps.seconds(0.0, 0.0) * np.ones_like(rate)
+    for _ in range(FIXED_POINT_ROUNDS // 2):
+        decoding = rate * (output - 1) * tau
+        arrivals = rate * tau
+        batches = -np.expm1(-arrivals)  # share of decode steps followed by a prefill batch
+        batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), max(sched.token_budget, prompt))
+        tau_new = steps.seconds(decoding, 0.0) + batches * steps.seconds(0.0, batch)
+        tau = (tau + tau_new) / 2
+    decoding = rate * (output - 1) * tau
+    arrivals = rate * tau
+    batches = -np.expm1(-arrivals)
+    batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), max(sched.token_budget, prompt))
+    prefill = steps.seconds(0.0, batch)
+    service = prompt / max(sched.token_budget, prompt) * steps.seconds(0.0, max(sched.token_budget, prompt))
+    utilisation = rate * service
+    wait = _queue_wait(utilisation, service)
+    plain = steps.seconds(decoding, 0.0)
+    ttft = plain / 2 + wait + prefill
+    unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
+    ttft_p, tpot_p = {}, {}
+    for p in PERCENTILES:
+        q = p / 100
+        ttft_p[p] = q * plain + _wait_quantile(utilisation, wait, q) + prefill
+        spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / max(output - 1, 1)) * prefill
+        tpot_p[p] = tau + Z[p] * (spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding))
+    return _guard(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), unstable)
+
+
+def _kv_short(sched: Scheduling, prompt: int, output: int, decoding):
+    held = prompt + output if sched.reserve_full else prompt + output / 2
+    return decoding * held > sched.kv_tokens
+
+
+def _slope(steps: StepModel, decoding):
+    """Extra step time of one more decoding sequence."""
+    return steps.seconds(decoding + 1, 0.0) - steps.seconds(decoding, 0.0)
+
+
+def _wait_quantile(utilisation, mean_wait, q: float):
+    """Quantile of the prefill wait: waits with probability rho, exponentially with mean W / rho."""
+    rho = np.clip(utilisation, 1e-12, 0.98)
+    tail = np.log(np.maximum(rho / (1 - q), 1.0))
+    return mean_wait / rho * tail
+
+
+def _guard(load: Load, unstable) -> Load:
+    """Infinite figures where the replica cannot keep up with the arrivals."""
+    if not np.any(unstable):
+        return load
+    bad = lambda value: np.where(unstable, np.inf, value)  # noqa: E731
+    return replace(load, ttft=bad(load.ttft), tpot=bad(load.tpot),
+                   ttft_percentiles={p: bad(v) for p, v in load.ttft_percentiles.items()},
+                   tpot_percentiles={p: bad(v) for p, v in load.tpot_percentiles.items()})
+
+
+def statistic(load: Load, which: str, name: str):
+    """One statistic ("mean", "p50", "p90", "p99") of TTFT or TPOT, in seconds."""
+    if name == "mean":
+        return load.ttft if which == "ttft" else load.tpot
+    table = load.ttft_percentiles if which == "ttft" else load.tpot_percentiles
+    return table[int(name[1:])]
+
+
+# ---------------------------------------------------------------------------------------------
+# the figures a plan and `estimate` report
 
 
 @dataclass(frozen=True)
@@ -71,13 +381,17 @@ class Performance:
     """Predicted serving figures for one configuration and one traffic class."""
 
     ttft_ms: float
-    ttft_max_ms: float
+    ttft_max_ms: float  # closed loop: the last first token of a wave; rate: the p99
     tpot_ms: float
     capacity: float  # users (concurrency class) or requests/s (rate class) one replica carries
     output_tokens_per_s: float  # output tokens per second one replica delivers at that load
-    decode_tokens_per_s: float  # batch / TPOT
+    decode_tokens_per_s: float  # running sequences / TPOT
     prefill_tokens_per_s: float
     violations: tuple[str, ...] = ()
+    ttft_percentiles_ms: dict = field(default_factory=dict)
+    tpot_percentiles_ms: dict = field(default_factory=dict)
+    statistic: str = "mean"  # the statistic the SLOs were checked at
+    load_model: str = ""
 
     @property
     def meets(self) -> bool:
@@ -87,81 +401,200 @@ class Performance:
     def tokens_per_s_per_user(self) -> float:
         return 1000.0 / self.tpot_ms if self.tpot_ms > 0 else math.inf
 
+    def ttft_at(self, name: str) -> float:
+        return self.ttft_ms if name == "mean" else self.ttft_percentiles_ms.get(int(name[1:]), math.inf)
 
-def performance(config: Config, traffic: TrafficClass, times: Timing, rate: float | None = None) -> Performance:
-    """Figures for `traffic` on one replica; for a rate class, reported at `rate` requests/s arriving at
-    this replica (default: the class rate, capped by the replica's capacity)."""
+    def tpot_at(self, name: str) -> float:
+        return self.tpot_ms if name == "mean" else self.tpot_percentiles_ms.get(int(name[1:]), math.inf)
+
+
+def performance(config: Config, traffic: TrafficClass, times: Timing, rate: float | None = None,
+                engine_limit: bool = False) -> Performance:
+    """Figures for `traffic` on one replica planned at `config.batch` running sequences.
+
+    Concurrency class: `traffic.concurrency` clients in a closed loop when `engine_limit` (estimate: the
+    engine runs at most its default number of sequences, the rest queue), else `config.batch` clients,
+    one per running sequence (a plan sets the engine's limit to its batch). Rate class: the highest
+    Poisson rate the replica carries within the SLOs is its capacity; figures are reported at `rate`
+    requests/s arriving at this replica (default: the class rate, capped at the capacity).
+    """
+    batch = float(config.batch)
+    running = min(batch, times.scheduling.max_sequences) if engine_limit else batch
+    planned = Timing(times.steps, times.scheduling.with_sequences(int(running)))
     if traffic.load_kind == "rate":
-        return _poisson(config, traffic, times, rate)
-    return _lockstep(config, traffic, times)
-
-
-def _lockstep(config: Config, traffic: TrafficClass, times: Timing) -> Performance:
-    batch, output = config.batch, traffic.output_tokens
-    first, last = times.prefill_one.seconds, times.prefill_batch.seconds
-    ttft = (first + last) / 2  # request i's first token after i prompts: mean over i = 1..c
-    tpot = times.tpot_s
-    cycle = last + (output - 1) * tpot
-    violations = _slo_violations(traffic, ttft * 1e3, tpot * 1e3)
-    if batch > config.framework.max_batch:
-        violations.append(f"batch {batch} > {config.framework.id} max batch {config.framework.max_batch}")
-    return Performance(
-        ttft_ms=ttft * 1e3, ttft_max_ms=last * 1e3, tpot_ms=tpot * 1e3,
-        capacity=float(batch), output_tokens_per_s=batch * output / cycle if cycle > 0 else 0.0,
-        decode_tokens_per_s=batch / tpot if tpot > 0 else 0.0,
-        prefill_tokens_per_s=batch * traffic.prompt_tokens / last if last > 0 else 0.0,
-        violations=tuple(violations),
-    )
-
-
-def _poisson_figures(rate: float, traffic: TrafficClass, times: Timing) -> tuple[float, float, float]:
-    """(TTFT s, TPOT s, mean requests in the replica) at `rate` requests/s on one replica."""
-    prefill = times.prefill_one.seconds
-    utilisation = rate * prefill
-    if utilisation >= 1:
-        return math.inf, math.inf, math.inf
-    wait = utilisation * prefill / (2 * (1 - utilisation))
-    tpot = times.tpot_s / (1 - utilisation)
-    ttft = prefill + wait + times.tpot_s / 2
-    return ttft, tpot, rate * (ttft + traffic.output_tokens * tpot)
-
-
-def _poisson(config: Config, traffic: TrafficClass, times: Timing, at_rate: float | None = None) -> Performance:
-    prefill = times.prefill_one.seconds
-    ttft_limit = traffic.ttft_ms / 1e3 if traffic.ttft_ms else math.inf
-    tpot_limit = traffic.tpot_limit_ms / 1e3 if traffic.tpot_limit_ms else math.inf
-    batch = min(config.batch, config.framework.max_batch)
-
-    def ok(rate: float) -> bool:
-        ttft, tpot, in_flight = _poisson_figures(rate, traffic, times)
-        return (rate * prefill <= MAX_PREFILL_UTILISATION and ttft <= ttft_limit and tpot <= tpot_limit
-                and in_flight <= batch)
-
-    low, high = 0.0, MAX_PREFILL_UTILISATION / prefill if prefill > 0 else 1e6
-    if not ok(1e-9):
-        low = 0.0
+        capacity = rate_capacity(planned, traffic)
+        at = rate if rate is not None else min(capacity, traffic.rate_per_s or capacity)
+        load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, max(at, 1e-9))
+        figures = _figures(traffic, planned, load, capacity,
+                           f"Poisson arrivals at {at:.4g} requests/s per replica, at most {int(running)} running")
+        if capacity <= 0 and not figures.violations:
+            figures = replace(figures, violations=(f"batch {int(running)} cannot hold one request within the SLOs",))
     else:
-        for _ in range(40):  # 2^-40 of the range: far below any SLO's precision
-            middle = (low + high) / 2
-            low, high = (middle, high) if ok(middle) else (low, middle)
-    rate = at_rate if at_rate is not None else min(low, traffic.rate_per_s or low)
-    ttft, tpot, _ = _poisson_figures(rate if rate > 0 else 1e-9, traffic, times)
-    violations = [] if low > 0 else _slo_violations(traffic, ttft * 1e3, tpot * 1e3) or [
-        f"batch {batch} cannot hold one request at this TTFT/TPOT"]
-    return Performance(
-        ttft_ms=ttft * 1e3, ttft_max_ms=ttft * 1e3, tpot_ms=tpot * 1e3, capacity=low,
-        output_tokens_per_s=rate * traffic.output_tokens,
-        decode_tokens_per_s=batch / times.tpot_s if times.tpot_s > 0 else 0.0,
-        prefill_tokens_per_s=traffic.prompt_tokens / prefill if prefill > 0 else 0.0,
-        violations=tuple(violations),
+        clients = float(traffic.users) if engine_limit else batch
+        load = closed_loop(planned, traffic.prompt_tokens, traffic.output_tokens, clients, _protocol(traffic))
+        protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
+                    if traffic.requests_per_client >= 1 else "steady state")
+        figures = _figures(traffic, planned, load, clients,
+                           f"closed loop, {clients:g} clients, at most {int(running)} running, {protocol}")
+    if not engine_limit and batch > config.framework.max_batch:
+        figures = replace(figures, violations=figures.violations + (
+            f"batch {int(batch)} > {config.framework.id} max batch {config.framework.max_batch}",))
+    return figures
+
+
+def _protocol(traffic: TrafficClass) -> Protocol:
+    return Protocol(traffic.requests_per_client)
+
+
+def rate_capacity(times: Timing, traffic: TrafficClass) -> float:
+    """Highest arrival rate (requests/s) one replica carries: stable, prefill utilisation <= 0.9,
+    running sequences within the limit and the SLOs met at the class's statistic."""
+    prompt, output = traffic.prompt_tokens, traffic.output_tokens
+    steps = times.steps
+    top = times.scheduling.max_sequences / ((output - 1) * steps.seconds(0.0, 0.0) + 1e-12)
+    top = min(top, 1.0 / (prompt / max(times.scheduling.token_budget, prompt)
+                          * steps.seconds(0.0, min(prompt, times.scheduling.token_budget)) + 1e-12))
+    low, high = 0.0, top
+    for _ in range(3):  # a geometric grid, then a finer grid between the last good and first bad rate
+        grid = np.linspace(low, high, 33)[1:] if low > 0 else high * np.geomspace(1e-4, 1.0, 32)
+        good = _rate_ok(times, traffic, grid)
+        if not good.any():
+            high = grid[0]
+            if low == 0 and high < 1e-6 * top:
+                return 0.0
+            continue
+        last = int(np.nonzero(good)[0].max())
+        low = float(grid[last])
+        high = float(grid[last + 1]) if last + 1 < len(grid) else float(grid[-1])
+        if high <= low:
+            break
+    return low
+
+
+def _rate_ok(times: Timing, traffic: TrafficClass, rates):
+    load = poisson(times, traffic.prompt_tokens, traffic.output_tokens, rates)
+    ok = np.isfinite(load.tpot) & (np.asarray(load.prefill_utilisation) <= MAX_PREFILL_UTILISATION)
+    ok &= np.asarray(load.decoding) <= times.scheduling.max_sequences
+    if traffic.ttft_ms is not None:
+        ok &= statistic(load, "ttft", traffic.statistic) * 1e3 <= traffic.ttft_ms
+    if traffic.tpot_limit_ms is not None:
+        ok &= statistic(load, "tpot", traffic.statistic) * 1e3 <= traffic.tpot_limit_ms
+    return ok
+
+
+def _figures(traffic: TrafficClass, times: Timing, load: Load, capacity: float, described: str) -> Performance:
+    value = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
+    ttft_p = {p: value(v) * 1e3 for p, v in load.ttft_percentiles.items()}
+    tpot_p = {p: value(v) * 1e3 for p, v in load.tpot_percentiles.items()}
+    ttft, tpot = value(load.ttft) * 1e3, value(load.tpot) * 1e3
+    performance = Performance(
+        ttft_ms=ttft, ttft_max_ms=ttft_p.get(99, ttft), tpot_ms=tpot, capacity=capacity,
+        output_tokens_per_s=value(load.throughput) * traffic.output_tokens,
+        decode_tokens_per_s=value(load.decoding) / (tpot / 1e3) if tpot > 0 and math.isfinite(tpot) else 0.0,
+        prefill_tokens_per_s=traffic.prompt_tokens / (times.steps.seconds(0.0, min(traffic.prompt_tokens,
+                                                      times.scheduling.token_budget)) * max(1.0, traffic.prompt_tokens
+                                                      / times.scheduling.token_budget)),
+        ttft_percentiles_ms=ttft_p, tpot_percentiles_ms=tpot_p, statistic=traffic.statistic, load_model=described,
     )
+    name = traffic.statistic
+    violations = slo_violations(traffic, performance.ttft_at(name), performance.tpot_at(name), name)
+    return replace(performance, violations=tuple(violations))
 
 
-def _slo_violations(traffic: TrafficClass, ttft_ms: float, tpot_ms: float) -> list[str]:
+def slo_violations(traffic: TrafficClass, ttft_ms: float, tpot_ms: float, name: str = "mean") -> list[str]:
     found = []
-    if traffic.ttft_ms is not None and ttft_ms > traffic.ttft_ms:
-        found.append(f"TTFT {ttft_ms:.0f} ms > {traffic.ttft_ms:g} ms")
+    label = "" if name == "mean" else f" {name}"
+    if traffic.ttft_ms is not None and not ttft_ms <= traffic.ttft_ms:
+        found.append(f"TTFT{label} {_digits(ttft_ms, traffic.ttft_ms)} ms > {traffic.ttft_ms:g} ms")
     limit = traffic.tpot_limit_ms
-    if limit is not None and tpot_ms > limit:
-        found.append(f"TPOT {tpot_ms:.1f} ms > {limit:.1f} ms")
+    if limit is not None and not tpot_ms <= limit:
+        found.append(f"TPOT{label} {_digits(tpot_ms, limit)} ms > {limit:.4g} ms")
     return found
+
+
+def _digits(value: float, limit: float) -> str:
+    """Enough digits that the value reads differently from the limit it breaks."""
+    for digits in range(1, 6):
+        text = f"{value:.{digits}f}"
+        if float(text) != float(f"{limit:.{digits}f}") or digits == 5:
+            return text
+    return f"{value:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# several classes on one replica
+
+
+def shared_load(loads: dict) -> dict:
+    """Per-class (TTFT mean, TPOT mean, TTFT p90, TPOT p90) in ms when classes share one replica's steps.
+
+    `loads`: name -> (TrafficClass, Timing, load on this replica: users or requests/s). All classes'
+    decodes and prompt chunks ride the same steps, so TPOT is common and each TTFT sees every class's
+    prefill work. Steady state: a concurrency class's clients become a rate through its own cycle
+    (lam = c / (TTFT + (O - 1) TPOT)); the combined stream is treated as Poisson arrivals of a class
+    with the rate-weighted step costs and lengths.
+    """
+    names = sorted(loads)
+    rates = {n: (loads[n][2] if loads[n][0].load_kind == "rate" else 0.0) for n in names}
+    ttft = {n: 0.0 for n in names}
+    tau = 0.0
+    result = None
+    for _ in range(FIXED_POINT_ROUNDS // 2):
+        for n in names:
+            traffic, _, load = loads[n]
+            if traffic.load_kind == "concurrency":
+                cycle = ttft[n] + (traffic.output_tokens - 1) * tau
+                rates[n] = load / cycle if cycle > 0 else load / (traffic.output_tokens * 0.01)
+        total = sum(rates.values())
+        if total <= 0:
+            break
+        combined, prompt, output, sched = _combine(loads, rates)
+        result = poisson(Timing(combined, sched), prompt, output, total)
+        tau_new = float(np.asarray(result.tpot))
+        if not math.isfinite(tau_new):
+            break
+        tau = tau_new if tau == 0 else (tau + tau_new) / 2
+        base = _own_prefill(combined, sched, prompt, float(np.asarray(result.decoding)))
+        for n in names:
+            own = _own_prefill(combined, sched, loads[n][0].prompt_tokens, float(np.asarray(result.decoding)))
+            ttft[n] = float(np.asarray(result.ttft)) + own - base
+    if result is None or not math.isfinite(tau):
+        return {n: (math.inf,) * 4 for n in names}
+    base = _own_prefill(combined, sched, prompt, float(np.asarray(result.decoding)))
+    found = {}
+    for n in names:
+        shift = _own_prefill(combined, sched, loads[n][0].prompt_tokens, float(np.asarray(result.decoding))) - base
+        found[n] = (ttft[n] * 1e3, tau * 1e3, (float(np.asarray(result.ttft_percentiles[90])) + shift) * 1e3,
+                    float(np.asarray(result.tpot_percentiles[90])) * 1e3)
+    return found
+
+
+def _own_prefill(steps: StepModel, sched: Scheduling, prompt: int, decoding: float) -> float:
+    room = max(sched.token_budget - decoding, 1.0)
+    return max(math.ceil(prompt / room), 1) * steps.seconds(decoding, min(prompt, room))
+
+
+def _combine(loads: dict, rates: dict):
+    """One step model and lengths standing for several classes at their rates."""
+    names = sorted(loads)
+    total = sum(rates.values())
+    prompt_work = {n: rates[n] * loads[n][0].prompt_tokens for n in names}
+    decode_work = {n: rates[n] * (loads[n][0].output_tokens - 1) for n in names}
+    prompt = sum(prompt_work.values()) / total
+    output = 1 + sum(decode_work.values()) / total
+    first = loads[names[0]][1]
+
+    def mean(attribute, weights):
+        weight = sum(weights.values()) or 1.0
+        return sum(getattr(loads[n][1].steps, attribute) * weights[n] for n in names) / weight
+
+    steps = replace(
+        first.steps,
+        bytes_per_sequence=mean("bytes_per_sequence", decode_work),
+        flops_per_sequence=mean("flops_per_sequence", decode_work),
+        host_bytes_per_sequence=mean("host_bytes_per_sequence", decode_work),
+        bytes_per_prompt_token=mean("bytes_per_prompt_token", prompt_work),
+        flops_per_prompt_token=mean("flops_per_prompt_token", prompt_work),
+        host_bytes_per_prompt_token=mean("host_bytes_per_prompt_token", prompt_work),
+    )
+    return steps, max(int(round(prompt)), 1), max(int(round(output)), 2), first.scheduling

@@ -208,10 +208,11 @@ def fit_placement(world: World, config: Config, classes) -> Config | None:
 
 
 def _batches(world, config, batches, classes, limits, cost, assessed, per_class, margin="none") -> list[Option]:
-    """Evaluate every batch size of `config` at once (numpy arrays through the plugin terms).
+    """Evaluate every batch size of `config` (memory as numpy arrays through the plugin terms; the load
+    models on one step model per class).
 
-    Memory only grows with batch, and in lockstep so do TTFT and TPOT: once a concurrency class
-    fails at some batch size, larger ones are not offered for it.
+    Memory only grows with batch, and at a fixed per-replica concurrency so do TTFT and TPOT: once a
+    concurrency class fails at some batch size, larger ones are not offered for it.
     """
     sizes = np.array(batches, dtype=float)
     vector = config.with_batch(sizes)
@@ -228,32 +229,32 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
                                               _describe(config.with_batch(batches[0])))
         if not fits.any():
             continue
-        times = timing(world, vector, traffic)
+        times = timing(world, config, traffic)
         if margin != "none":  # plan against the typical (or 90th-percentile) error of this framework
             bars = errorbars.shipped()
             times = times.pessimistic(bars.factor("decode", config.framework.id, margin),
                                       bars.factor("ttft", config.framework.id, margin))
         limit = limits[traffic.name]
-        per_batch = times.split(len(batches))
         for index, batch in enumerate(batches):
             if not fits[index]:
                 break  # larger batches need more memory still
             diagnostics.fits += 1
             sized = config.with_batch(batch)
-            result = performance(sized, traffic, per_batch[index])
+            result = performance(sized, traffic, times)
             what = _describe(sized)
-            diagnostics.best_ttft.offer(result.ttft_ms, what)
-            diagnostics.best_tpot.offer(result.tpot_ms, what)
-            if traffic.tpot_limit_ms is None or result.tpot_ms <= traffic.tpot_limit_ms:
-                diagnostics.best_ttft_meeting_tpot.offer(result.ttft_ms, what)
+            ttft, tpot = result.ttft_at(traffic.statistic), result.tpot_at(traffic.statistic)
+            diagnostics.best_ttft.offer(ttft, what)
+            diagnostics.best_tpot.offer(tpot, what)
+            if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
+                diagnostics.best_ttft_meeting_tpot.offer(ttft, what)
             diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
             if limit is not None and assessed.ppl_delta > limit:
                 break
             if not result.meets:
                 if traffic.load_kind == "concurrency":
-                    break  # in lockstep TTFT and TPOT only grow with batch
+                    break  # more clients per replica only lengthen TTFT and TPOT
                 continue
-            results[traffic.name][index] = (result, per_batch[index])
+            results[traffic.name][index] = (result, times)
     found = []
     for index, batch in enumerate(batches):
         served = {name: r[index] for name, r in results.items() if r[index] is not None}

@@ -136,6 +136,19 @@ class FrameworkSpec(Identified):
     decode_compute_efficiency: float = Field(default=0.7, gt=0, le=1)
     allreduce_latency_us: float = Field(default=10.0, ge=0)
     efficiency_source: str
+    # How the engine schedules under load (solver/serving.py): "mixed" puts prompt chunks into the
+    # decode steps (vLLM V1, TensorRT-LLM in-flight batching, llama.cpp server, ExLlamaV2 dynamic
+    # generator); "prefill-first" runs waiting prompts as their own batches, pausing decode (SGLang).
+    scheduler: Literal["mixed", "prefill-first"] = "mixed"
+    chunked_prefill: bool = True  # False: a prompt enters one step whole (TensorRT-LLM default)
+    kv_reservation: Literal["paged", "reserved"] = "paged"  # reserved: prompt + output held from admission
+    # Token budget per step by device memory: [[min_memory_gb, tokens], ...] (first row 0 GB);
+    # exceptions by device id. Empty: max_batched_tokens on every device.
+    token_budget_by_memory_gb: tuple[tuple[float, int], ...] = ()
+    token_budget_exceptions: dict[str, int] = Field(default_factory=dict)
+    max_seqs_by_memory_gb: tuple[tuple[float, int], ...] = ()  # default max running sequences
+    kv_cache_default: dict[str, str] = Field(default_factory=dict)  # method id (or "*") -> KV format
+    scheduling_source: str = ""
 
 
 class ModelSpec(Identified):

@@ -40,7 +40,7 @@ class Row(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    source_row: str
+    source_row: str = ""
     model: str
     gpu: str
     gpus: int
@@ -55,7 +55,26 @@ class Row(BaseModel):
     unit: str
     mode: str
     source: str
-    note: str
+    note: str = ""
+    rate: float | None = None  # mode "rate": Poisson requests/s
+    statistic: str = "mean"  # mean, p50, p90, p99 of the latency metric
+    requests_per_client: float | None = None  # closed loop: the benchmark's requests per client
+    warmup_requests: float | None = None
+    engine_version: str = ""
+
+    @property
+    def under_load(self) -> bool:
+        return self.mode in ("concurrency", "rate")
+
+    @property
+    def regime(self) -> str:
+        """Load regime: c = 1, 2-16, 17-64, > 64, or rate; offline and single-stream rows by mode."""
+        if self.mode == "rate":
+            return "rate"
+        if self.mode != "concurrency":
+            return self.mode
+        c = self.batch
+        return "c=1" if c <= 1 else "c=2-16" if c <= 16 else "c=17-64" if c <= 64 else "c>64"
 
 
 class Check(BaseModel):
@@ -79,7 +98,7 @@ class Check(BaseModel):
     reason: str = ""
 
 
-VALIDATION_FILES = ("validation.csv", "validation_extra.csv")
+VALIDATION_FILES = ("validation.csv", "validation_extra.csv", "validation_load.csv", "validation_load_public.csv")
 
 
 def load_rows(path: str | None = None) -> list[Row]:
@@ -97,7 +116,8 @@ def load_rows(path: str | None = None) -> list[Row]:
 def _read_rows(handle, label: str) -> list[Row]:
     with handle:
         try:
-            return [Row(**{k: v for k, v in row.items() if k in Row.model_fields}) for row in csv.DictReader(handle)]
+            return [Row(**{k: v for k, v in row.items() if k in Row.model_fields and v not in ("", None)})
+                    for row in csv.DictReader(handle)]
         except Exception as error:
             raise QuantplanError(f"validation set {label}: {error}") from None
 
@@ -123,9 +143,25 @@ def _config(world: World, row: Row, batch: int | None = None) -> Config:
     return config
 
 
-def _serving(world: World, config: Config, row: Row):
+def _under_load(world: World, config: Config, row: Row):
+    """The load models at the row's concurrency or rate, with the benchmark's protocol and statistic."""
+    load = {"rate_per_s": row.rate} if row.mode == "rate" else {"concurrency": max(row.batch, 1)}
     traffic = TrafficClass(prompt_tokens=row.prompt_tokens, output_tokens=row.output_tokens,
-                           concurrency=config.batch)
+                           requests_per_client=row.requests_per_client or 10.0, **load)
+    placed = fit_placement(world, config.with_batch(1), (traffic,))
+    if placed is None:
+        return None
+    config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
+    times = timing(world, config, traffic)
+    running = times.scheduling.max_sequences if row.mode == "rate" else min(row.batch, times.scheduling.max_sequences)
+    return performance(config.with_batch(max(running, 1)), traffic, times, rate=row.rate, engine_limit=True)
+
+
+def _serving(world: World, config: Config, row: Row):
+    if row.under_load:
+        return _under_load(world, config, row)
+    traffic = TrafficClass(prompt_tokens=row.prompt_tokens, output_tokens=row.output_tokens,
+                           concurrency=config.batch, requests_per_client=0)
     placed = fit_placement(world, config.with_batch(1), (traffic,))
     if placed is None:
         return None
@@ -167,6 +203,8 @@ def predict(world: World, row: Row) -> float:
     result = _serving(world, config, row)
     if result is None:
         raise ValueError("does not fit")
+    if row.statistic != "mean" and metric in ("ttft_ms", "tpot_ms"):
+        return (result.ttft_at if metric == "ttft_ms" else result.tpot_at)(row.statistic)
     return {
         "tpot_ms": result.tpot_ms, "tokens_per_s_per_user": result.tokens_per_s_per_user,
         "decode_tokens_per_s": result.decode_tokens_per_s, "output_tokens_per_s": result.output_tokens_per_s,

@@ -457,7 +457,7 @@ def test_solve_writes_a_readable_lp_file(tmp_path):
     assert result.exit_code == 0, result.output
     text = lp.read_text()
     chosen = json.loads(result.output)["replicas"][0]
-    assert f"replicas_{chosen['gpu'].replace('-', '_')}_{chosen['method']}" in text
+    assert f"replicas_{chosen['gpu'].replace('-', '_')}_{chosen['method'].replace('-', '_')}" in text
     assert "serve_chat" in text and "Minimize" in text
 
 

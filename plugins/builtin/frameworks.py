@@ -7,6 +7,7 @@ from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, Execution, Step
 from quantplan.solver.catalog import builtin_catalog
+from quantplan.solver.serving import Scheduling
 from quantplan.solver.specs import FrameworkSpec, GPUSpec, MethodSpec
 from quantplan.solver.terms import Term
 
@@ -130,6 +131,20 @@ class FrameworkPlugin:
         found += self.communication_terms(config, step)
         return found
 
+    @hookimpl
+    def quantplan_scheduling(self, config: Config) -> Scheduling | None:
+        """The engine's documented scheduler defaults (catalog row), the token budget by device memory."""
+        if not self.owns(config):
+            return None
+        framework, gpu = config.framework, config.gpu
+        budget = framework.token_budget_exceptions.get(
+            gpu.id, _tier(framework.token_budget_by_memory_gb, gpu.memory_gb, framework.max_batched_tokens))
+        sequences = _tier(framework.max_seqs_by_memory_gb, gpu.memory_gb, framework.max_batch)
+        if gpu.id in framework.token_budget_exceptions:
+            sequences = _tier(framework.max_seqs_by_memory_gb, 0.0, framework.max_batch)
+        return Scheduling(framework.scheduler, budget, sequences, framework.chunked_prefill,
+                          framework.kv_reservation == "reserved", source=framework.scheduling_source)
+
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         """Tensor parallel: two ring all-reduces of the new tokens' hidden states per layer."""
         t = config.gpus
@@ -145,6 +160,15 @@ class FrameworkPlugin:
         return [Term(q.OVERHEAD, 2 * model.layers * per_call * step.passes, self.name,
                      f"2 all-reduces x {model.layers} layers over {gpu.interconnect} "
                      f"({gpu.interconnect_gb_s:g} GB/s, {latency * 1e6:.0f} us each)", step.phase)]
+
+
+def _tier(tiers, memory_gb: float, default: int) -> int:
+    """The value of the last [min_memory_gb, value] row the device reaches."""
+    chosen = default
+    for floor, value in tiers:
+        if memory_gb >= floor:
+            chosen = int(value)
+    return chosen
 
 
 def plugin_for(framework_id: str, cls: type[FrameworkPlugin] = FrameworkPlugin) -> FrameworkPlugin:

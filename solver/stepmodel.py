@@ -1,0 +1,134 @@
+"""The time of one engine step holding d decoding sequences and p prompt tokens, from the plugins' terms.
+
+A step reads the weights once, the KV cache of its d decoding sequences and writes the K/V of its p
+prompt tokens; it computes d + p tokens' worth of FLOPs (decode tokens at the decode share of the
+tensor peak, prompt tokens at the prefill share), pays the all-reduces of d + p tokens and a fixed
+per-step overhead:
+
+    t(d, p) = max(bytes(d, p) / bandwidth, flops_d / peak_decode + flops_p / peak_prefill)
+              + host reads + overhead(d, p)
+
+The plugins describe pure decode and pure prefill steps (the `quantplan_step_terms` hook). Every
+quantity they give is linear in the sequences and tokens of a step, except the routed experts a MoE
+step reads, which grow as the expected number of distinct experts its tokens touch
+(shapes.experts_touched_fraction). So three decode probes (d = 1, 2, 3) and one prefill probe of a
+whole prompt fix every coefficient, and t(d, p) is then evaluated for any d, p (numpy arrays) with no
+further plugin calls: the load models and the scheduler simulation call it thousands of times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import terms as q
+from .candidates import Config, Step
+from .estimator import step_terms
+from .registry import World
+from .shapes import experts_touched_fraction
+
+PROBE_SEQUENCES = np.array([1.0, 2.0, 3.0])
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """Coefficients of t(d, p) for one configuration and one traffic class's lengths."""
+
+    weight_bytes: float  # read once per step: dense layers, norms, lm_head
+    expert_bytes: float  # all routed experts; a step reads the share its tokens touch
+    bytes_per_sequence: float  # KV cache read per decoding sequence at the class's mean context
+    bytes_per_prompt_token: float  # K/V written per prompt token
+    flops_per_sequence: float  # linear layers, attention and logits of one decode token
+    flops_per_prompt_token: float  # linear layers and causal attention, averaged over the prompt
+    bandwidth: float  # achieved bytes/s (datasheet x framework x kernel shares)
+    decode_peak: float  # achieved FLOP/s for decode tokens
+    prefill_peak: float  # achieved FLOP/s for prompt tokens
+    host_bytes: float  # hybrid offload: weights read from host RAM per step
+    host_bytes_per_sequence: float
+    host_bytes_per_prompt_token: float
+    host_bandwidth: float
+    overhead_s: float  # per step: launches, scheduling, all-reduce latencies
+    overhead_per_sequence_s: float  # all-reduce payload of one decode token
+    overhead_per_prompt_token_s: float
+    routing: object = None  # the ModelSpec whose experts are routed (None: dense)
+
+    def seconds(self, decoding, prompt_tokens):
+        """Step time with `decoding` sequences and `prompt_tokens` prompt tokens (scalars or arrays)."""
+        d = np.asarray(decoding, dtype=float)
+        p = np.asarray(prompt_tokens, dtype=float)
+        device = self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
+        if self.expert_bytes:
+            device = device + self.expert_bytes * experts_touched_fraction(self.routing, d + p)
+        memory = device / self.bandwidth
+        compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
+        host = 0.0
+        if self.host_bandwidth > 0:
+            host = (self.host_bytes + d * self.host_bytes_per_sequence
+                    + p * self.host_bytes_per_prompt_token) / self.host_bandwidth
+        overhead = self.overhead_s + d * self.overhead_per_sequence_s + p * self.overhead_per_prompt_token_s
+        time = np.maximum(memory, compute) + host + overhead
+        return float(time) if time.ndim == 0 else time
+
+    def memory_bound(self, decoding) -> bool:
+        """Whether a pure decode step of `decoding` sequences is limited by memory rather than compute."""
+        d = float(decoding)
+        device = self.weight_bytes + d * self.bytes_per_sequence + self.expert_bytes * (
+            float(experts_touched_fraction(self.routing, d)) if self.expert_bytes else 0.0)
+        return device / self.bandwidth >= d * self.flops_per_sequence / self.decode_peak
+
+    def scaled(self, decode: float, prefill: float) -> StepModel:
+        """Decode work `decode` times and prompt work `prefill` times slower (planning at an error bar)."""
+        return StepModel(
+            self.weight_bytes, self.expert_bytes, self.bytes_per_sequence, self.bytes_per_prompt_token,
+            self.flops_per_sequence, self.flops_per_prompt_token, self.bandwidth / decode,
+            self.decode_peak / decode, self.prefill_peak / prefill, self.host_bytes, self.host_bytes_per_sequence,
+            self.host_bytes_per_prompt_token, self.host_bandwidth / decode if self.host_bandwidth else 0.0,
+            self.overhead_s * decode, self.overhead_per_sequence_s * decode,
+            self.overhead_per_prompt_token_s * prefill, self.routing)
+
+
+def _rate(total: dict, amount: str, efficiency: str) -> float:
+    return float(total[amount]) * float(total[efficiency])
+
+
+def step_model(world: World, config: Config, prompt_tokens: int, output_tokens: int) -> StepModel:
+    """Probe the plugins' decode and prefill terms for `config` and a class's lengths."""
+    context = prompt_tokens + output_tokens / 2  # mean cached tokens of a decoding sequence
+    decode = q.totals(step_terms(world, config, Step("decode", PROBE_SEQUENCES, PROBE_SEQUENCES, context)),
+                      "decode")
+    prefill = q.totals(step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)), "prefill")
+    model = config.model
+    touched = np.asarray(experts_touched_fraction(model, PROBE_SEQUENCES), dtype=float) * np.ones(3)
+    device = np.asarray(decode[q.DEVICE_BYTES], dtype=float) * np.ones(3)
+    if model.is_moe:
+        basis = np.column_stack([np.ones(3), PROBE_SEQUENCES, touched])
+        weight, per_sequence, experts = np.linalg.solve(basis, device)
+    else:
+        weight, per_sequence, experts = _line(device) + (0.0,)
+    flops = _line(decode[q.FLOPS])
+    overhead = _line(decode[q.OVERHEAD])
+    host = _line(decode[q.HOST_BYTES])
+    prompt_touched = float(experts_touched_fraction(model, prompt_tokens)) if model.is_moe else 0.0
+    return StepModel(
+        weight_bytes=float(weight), expert_bytes=float(experts), bytes_per_sequence=float(per_sequence),
+        bytes_per_prompt_token=max(float(prefill[q.DEVICE_BYTES]) - weight - experts * prompt_touched, 0.0)
+        / prompt_tokens,
+        flops_per_sequence=flops[1], flops_per_prompt_token=float(prefill[q.FLOPS]) / prompt_tokens,
+        bandwidth=_rate(decode, q.BANDWIDTH, q.BANDWIDTH_EFFICIENCY),
+        decode_peak=_rate(decode, q.PEAK_FLOPS, q.COMPUTE_EFFICIENCY),
+        prefill_peak=_rate(prefill, q.PEAK_FLOPS, q.COMPUTE_EFFICIENCY),
+        host_bytes=host[0], host_bytes_per_sequence=host[1],
+        host_bytes_per_prompt_token=max(float(prefill[q.HOST_BYTES]) - host[0], 0.0) / prompt_tokens,
+        host_bandwidth=_rate(decode, q.HOST_BANDWIDTH, q.HOST_BANDWIDTH_EFFICIENCY),
+        overhead_s=overhead[0], overhead_per_sequence_s=overhead[1],
+        overhead_per_prompt_token_s=max(float(prefill[q.OVERHEAD]) - overhead[0], 0.0) / prompt_tokens,
+        routing=model if model.is_moe else None,
+    )
+
+
+def _line(values) -> tuple[float, float]:
+    """(intercept, slope) of a quantity probed at 1, 2 and 3 sequences (a scalar: no slope)."""
+    values = np.asarray(values, dtype=float) * np.ones(3)
+    slope = values[1] - values[0]
+    return float(values[0] - slope), float(slope)
