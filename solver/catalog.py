@@ -22,6 +22,7 @@ TABLES: dict[str, type[BaseModel]] = {
     "price": specs.PriceSpec,
     "model": specs.ModelSpec,
     "method": specs.MethodSpec,
+    "kernel": specs.KernelSpec,
     "kv_cache": specs.KVCacheSpec,
     "framework": specs.FrameworkSpec,
     "method_quality": specs.MethodQualitySpec,

@@ -1,119 +1,237 @@
-"""Fit the efficiency terms of frameworks and kernels to the validation rows (`quantplan fit`).
+"""Fit the engines' and kernels' efficiencies to the validation rows (`quantplan fit`).
 
-A handful of structural parameters (per framework: bandwidth share per device class, prefill share,
-decode compute share, per-step overhead; per kernel: bandwidth and compute share) are fitted by
-coordinate search on the robust mean of log(predicted / measured)^2 over the speed rows each one
-touches. The search is deterministic; its output is what catalogs/frameworks.toml and methods.toml
-carry, with the rows named in each efficiency_source.
+A handful of structural parameters (per engine: bandwidth share, decode and prefill compute shares,
+per-step overhead, all-reduce latency, per-request TTFT overhead; per kernel: bandwidth and compute
+shares) are fitted with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1
+loss, so a few odd rows (old builds, overloaded servers) do not steer the fit. The rows' load-model
+probes are built once (solver/probes.py); each trial value changes the stacked step models directly,
+so the fit calls no plugin. `--devices` fits on some devices' rows only and reports the error on the
+others: the out-of-sample figure. The output is what catalogs/frameworks.toml and methods.toml carry
+(`--write` puts it there), with the rows named in each efficiency_source.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
-from .catalog import Registry
+import numpy as np
+
+from .probes import Adjustment
 from .registry import World
-from .validate import GROUPS, Row, load_rows, predict, validation_world
+from .validate import GROUPS, Prepared, Row, load_rows, prepare, reduce, validation_world
 
-# Not fitted: llama.cpp's consumer-GPU share. Its only rows are June-2023 builds on an RTX 4080,
-# slower than current kernels (calibration README: build age matters); fitting them would make
-# every current llama.cpp prediction too slow. They stay in the validation set as known misses.
-MULTIPLIERS = (0.6, 0.75, 0.85, 0.93, 1.0, 1.07, 1.15, 1.3, 1.6)
-HUBER = 0.5  # log-error beyond which a row counts linearly (old builds, odd rows do not dominate)
+# TensorRT-LLM's all-reduce over PCIe pays this much more latency than over NVLink (plugins/frameworks).
+PCIE_LATENCY_FACTOR = 3.0
+LOSS_SCALE = 0.15  # soft-L1: a row's log error beyond ~15% counts about linearly
 
 
 @dataclass(frozen=True)
 class Parameter:
-    kind: str  # "framework" or "method"
+    kind: str  # "framework" or "kernel"
     id: str
-    field: str  # a spec field, or "bandwidth_efficiency.<device class>"
+    field: str  # a spec field, or "<dict field>.<key>"
     low: float
     high: float
+    initial: float  # where the search starts: fixed, so the fit depends on the rows only, not the catalog
 
     @property
     def name(self) -> str:
         return f"{self.kind}:{self.id}.{self.field}"
 
     def read(self, world: World) -> float:
-        spec = (world.frameworks if self.kind == "framework" else world.methods).get(self.id)
+        spec = self._spec(world)
         if "." in self.field:
             attribute, key = self.field.split(".", 1)
-            return getattr(spec, attribute)[key]
-        return getattr(spec, self.field)
+            return float(getattr(spec, attribute)[key])
+        return float(getattr(spec, self.field))
 
-    def write(self, world: World, value: float) -> World:
-        registry = world.frameworks if self.kind == "framework" else world.methods
-        spec = registry.get(self.id)
-        if "." in self.field:
-            attribute, key = self.field.split(".", 1)
-            update = {attribute: {**getattr(spec, attribute), key: value}}
-        else:
-            update = {self.field: value}
-        specs = [s if s.id != self.id else spec.model_copy(update=update) for s in registry]
-        kind = "frameworks" if self.kind == "framework" else "methods"
-        return replace(world, **{kind: Registry(registry.kind, specs)})
+    def _spec(self, world: World):
+        if self.kind == "framework":
+            return world.frameworks.get(self.id)
+        from quantplan.plugins.builtin.methods import kernels
 
-    def touches(self, row: Row, world: World) -> bool:
-        if self.kind == "method":
-            return row.method == self.id
-        if row.framework != self.id:
-            return False
-        if "." in self.field:
-            return world.gpus.get(row.gpu).device_class == self.field.split(".", 1)[1]
-        return True
+        return kernels()[self.id]
+
+    def effect(self, probe) -> tuple[str, float] | None:
+        """(what it changes, coefficient) for one probe; None when it does not touch it."""
+        config = probe.config
+        framework, gpu = config.framework, config.gpu
+        if self.kind == "kernel":
+            if config.execution.kernel != self.id:
+                return None
+            return ("bandwidth", 1.0) if self.field == "bandwidth_efficiency" else ("peaks", 1.0)
+        if framework.id != self.id:
+            return None
+        field, _, key = self.field.partition(".")
+        if field == "bandwidth_efficiency":
+            return ("bandwidth", 1.0) if gpu.device_class == key else None
+        if field == "decode_compute_efficiency":
+            return "decode_peak", 1.0
+        if field == "prefill_efficiency":
+            return None if gpu.device_class in framework.prefill_efficiency_by_class else ("prefill_peak", 1.0)
+        if field == "prefill_efficiency_by_class":
+            return ("prefill_peak", 1.0) if gpu.device_class == key else None
+        if field == "int8_kernel_efficiency":
+            return ("peaks", 1.0) if config.execution.kernel == "ggml-cuda-mmq" else None
+        if field == "step_overhead_ms":
+            return "overhead", 1e-3
+        if field == "request_overhead_ms":
+            return ("request", 1e-3) if probe.served else None
+        if field == "wave_persistence":
+            return "waves", 1.0
+        if field == "allreduce_latency_us":
+            if config.gpus <= 1 or framework.parallelism != "tensor":
+                return None
+            link = 1.0 if gpu.interconnect == "nvlink" else PCIE_LATENCY_FACTOR
+            return "overhead", 2 * config.model.layers * 1e-6 * link
+        raise ValueError(f"no fitting rule for {self.name}")
 
 
-DEFAULT_PARAMETERS = (
-    Parameter("framework", "tensorrt-llm", "bandwidth_efficiency.datacenter", 0.4, 0.95),
-    Parameter("framework", "tensorrt-llm", "step_overhead_ms", 0.05, 5.0),
-    Parameter("framework", "tensorrt-llm", "prefill_efficiency", 0.2, 0.9),
-    Parameter("framework", "tensorrt-llm", "decode_compute_efficiency", 0.2, 0.95),
-    Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95),
-    Parameter("framework", "llama.cpp", "int8_kernel_efficiency", 0.05, 1.0),
-    Parameter("framework", "vllm", "decode_compute_efficiency", 0.2, 0.95),
-    Parameter("framework", "sglang", "decode_compute_efficiency", 0.2, 0.95),
-    Parameter("method", "fp8", "compute_efficiency", 0.3, 1.2),
-    Parameter("method", "awq-int4", "bandwidth_efficiency", 0.3, 1.2),
-    Parameter("method", "awq-int4", "compute_efficiency", 0.2, 1.2),
-    Parameter("method", "nvfp4", "compute_efficiency", 0.2, 1.2),
+DEFAULT_PARAMETERS = tuple(
+    [Parameter("framework", f, field, low, high, initial)
+     for f in ("tensorrt-llm", "vllm", "sglang")
+     for field, low, high, initial in (
+         ("bandwidth_efficiency.datacenter", 0.4, 0.95, 0.75), ("decode_compute_efficiency", 0.15, 0.95, 0.5),
+         ("prefill_efficiency", 0.2, 0.9, 0.6), ("step_overhead_ms", 0.05, 8.0, 1.0),
+         ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0))]
+    + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
+    + [Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95, 0.6),
+       Parameter("framework", "llama.cpp", "int8_kernel_efficiency", 0.05, 1.0, 0.5),
+       Parameter("kernel", "trtllm-w4a16", "bandwidth_efficiency", 0.3, 1.2, 0.7),
+       Parameter("kernel", "trtllm-w4a16", "compute_efficiency", 0.2, 1.2, 0.7)]
 )
 
 
-def _loss(world: World, rows: list[Row]) -> float:
-    total = 0.0
-    for row in rows:
-        try:
-            predicted = predict(world, row)
-        except ValueError:
-            continue
-        error = abs(math.log(max(predicted, 1e-12) / row.value))
-        total += error * error if error <= HUBER else HUBER * (2 * error - HUBER)
-    return total / max(len(rows), 1)
+@dataclass
+class Problem:
+    """Rows, their probes and the parameters' effects on each probe, ready for trial values."""
+
+    prepared: Prepared
+    parameters: tuple[Parameter, ...]
+    start: np.ndarray
+    effects: list[tuple[np.ndarray, str, np.ndarray]]  # per parameter: probe mask, kind, coefficients
+    measured: np.ndarray
+    fitted_rows: np.ndarray  # rows the fit may use
+
+    def adjustment(self, values: np.ndarray) -> Adjustment:
+        adjust = self.prepared.batch.neutral()
+        for value, start, (mask, kind, coefficient) in zip(values, self.start, self.effects):
+            if kind in ("bandwidth", "decode_peak", "prefill_peak", "peaks"):
+                ratio = value / start
+                if kind in ("bandwidth",):
+                    adjust.bandwidth[mask] *= ratio
+                if kind in ("decode_peak", "peaks"):
+                    adjust.decode_peak[mask] *= ratio
+                if kind in ("prefill_peak", "peaks"):
+                    adjust.prefill_peak[mask] *= ratio
+            elif kind == "overhead":
+                adjust.overhead_s[mask] += (value - start) * coefficient[mask]
+            elif kind == "waves":
+                adjust.wave_persistence[mask] += value - start
+            else:
+                adjust.request_overhead_s[mask] += (value - start) * coefficient[mask]
+        return adjust
+
+    def predictions(self, values: np.ndarray) -> np.ndarray:
+        batch = self.prepared.batch
+        return reduce(batch.evaluate(self.adjustment(values)), self.prepared.members, self.prepared.rules)
+
+    def residuals(self, values: np.ndarray) -> np.ndarray:
+        predicted = self.predictions(values)[self.fitted_rows]
+        error = np.log(np.clip(predicted, 1e-12, None) / self.measured[self.fitted_rows])
+        return np.where(np.isfinite(error), error, 3.0)  # a row the load cannot carry: a large, finite miss
 
 
-def fit(parameters=DEFAULT_PARAMETERS, rounds: int = 2, world: World | None = None,
-        progress=None) -> tuple[World, list[dict]]:
-    """Coordinate search; returns the fitted world and, per parameter, old/new value and its rows."""
+def problem(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tuple[str, ...] = (),
+            rows: list[Row] | None = None) -> Problem:
     world = world or validation_world()
-    rows = [r for r in load_rows() if GROUPS.get(r.metric) in ("decode", "ttft")]
-    report = {p.name: {"parameter": p.name, "before": p.read(world)} for p in parameters}
-    for _ in range(rounds):
-        for parameter in parameters:
-            touched = [r for r in rows if parameter.touches(r, world)]
-            if not touched:
-                continue
-            current = parameter.read(world)
-            best_value, best_loss = current, _loss(world, touched)
-            for factor in MULTIPLIERS:
-                value = round(min(max(current * factor, parameter.low), parameter.high), 4)
-                if value == current:
-                    continue
-                loss = _loss(parameter.write(world, value), touched)
-                if loss < best_loss - 1e-12:
-                    best_value, best_loss = value, loss
-            world = parameter.write(world, best_value)
-            report[parameter.name].update(after=best_value, rows=[r.id for r in touched], loss=best_loss)
-            if progress:
-                progress(parameter.name)
-    return world, list(report.values())
+    rows = [r for r in (load_rows() if rows is None else rows) if GROUPS.get(r.metric) in ("decode", "ttft")]
+    prepared = prepare(world, rows)
+    probes = prepared.batch.probes
+    start = np.array([p.read(world) for p in parameters])
+    effects = []
+    for parameter in parameters:
+        mask = np.zeros(len(probes), dtype=bool)
+        coefficient = np.zeros(len(probes))
+        kind = ""
+        for index, found in enumerate(parameter.effect(p) for p in probes):
+            if found is not None:
+                kind, coefficient[index] = found
+                mask[index] = True
+        effects.append((mask, kind or "bandwidth", coefficient))
+    measured = np.array([r.value for r in rows])
+    predictable = np.array([bool(m) for m in prepared.members])
+    chosen = np.array([not devices or r.gpu in devices for r in rows])
+    return Problem(prepared, tuple(parameters), start, effects, measured, np.nonzero(predictable & chosen)[0])
+
+
+def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tuple[str, ...] = (),
+        rows: list[Row] | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
+    """Least-squares fit; returns the problem, the fitted values and a report per parameter."""
+    from scipy.optimize import least_squares
+
+    setup = problem(parameters, world, devices, rows)
+    fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
+    for row in setup.fitted_rows:
+        fitted_probes[setup.prepared.members[row]] = True
+    used = [i for i, (mask, _, _) in enumerate(setup.effects) if (mask & fitted_probes).any()]
+    values = setup.start.copy()
+    if used:
+        low = np.array([parameters[i].low for i in used])
+        high = np.array([parameters[i].high for i in used])
+        x0 = np.array([parameters[i].initial for i in used])
+
+        def residuals(x):
+            trial = setup.start.copy()
+            trial[used] = x
+            return setup.residuals(trial)
+
+        result = least_squares(residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
+                               x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=400)
+        values[used] = [_round(v) for v in result.x]
+        setup.result = result
+    report = []
+    for index, parameter in enumerate(parameters):
+        mask = setup.effects[index][0]
+        rows_touched = sorted({setup.prepared.rows[r].id for r in setup.fitted_rows
+                               if mask[setup.prepared.members[r]].any()})
+        report.append({"parameter": parameter.name, "before": float(setup.start[index]),
+                       "after": float(values[index]), "rows": rows_touched})
+    return setup, values, report
+
+
+def _round(value: float) -> float:
+    """Four significant digits: what the catalog carries."""
+    return float(f"{value:.4g}")
+
+
+def write_catalog(parameters, values, folder: Path | None = None) -> list[str]:
+    """Put fitted values into catalogs/frameworks.toml and methods.toml (the row's own line)."""
+    folder = folder or Path(str(resources.files("quantplan.catalogs")))
+    changed = []
+    for parameter, value in zip(parameters, values):
+        name = "frameworks.toml" if parameter.kind == "framework" else "methods.toml"
+        table = "framework" if parameter.kind == "framework" else "kernel"
+        path = folder / name
+        text = path.read_text()
+        start = text.index(f'[[{table}]]\nid = "{parameter.id}"')
+        end = text.find("\n[[", start + 1)
+        end = len(text) if end < 0 else end
+        block = text[start:end]
+        field, _, key = parameter.field.partition(".")
+        if key:
+            pattern = re.compile(rf'^({field} = \{{.*?\b{re.escape(key)} = )([0-9.eE+-]+)', re.M)
+        else:
+            pattern = re.compile(rf'^({field} = )([0-9.eE+-]+)$', re.M)
+        if pattern.search(block):
+            block = pattern.sub(lambda m: m.group(1) + f"{value:g}", block, count=1)
+        elif not key:
+            block = block.rstrip("\n") + f"\n{field} = {value:g}\n"
+        else:
+            raise ValueError(f"{parameter.name}: no {field} table in {name}")
+        path.write_text(text[:start] + block + text[end:])
+        changed.append(f"{name}: {parameter.name} = {value:g}")
+    return changed

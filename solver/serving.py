@@ -53,6 +53,8 @@ class Scheduling:
     reserve_full: bool  # KV for prompt + output held from admission (TensorRT-LLM) rather than paged
     kv_tokens: float = math.inf  # KV-cache capacity of the replica in tokens
     source: str = ""
+    request_overhead_s: float = 0.0  # every request's TTFT: API server, tokenizer, admission
+    wave_persistence: float = 0.0  # mixed scheduling: how far identical requests stay in lockstep waves
 
     def with_sequences(self, sequences: int) -> Scheduling:
         return replace(self, max_sequences=int(sequences))
@@ -66,8 +68,11 @@ class Protocol:
     requests_per_client: float = 10.0
 
     @property
-    def wave_weight(self) -> float:
-        return 1.0 / self.requests_per_client if self.requests_per_client >= 1 else 0.0
+    def wave_weight(self):
+        """Share of a run's requests that meet the starting wave (an array for arrays of protocols)."""
+        k = np.asarray(self.requests_per_client, dtype=float)
+        weight = np.where(k >= 1, 1.0 / np.maximum(k, 1.0), 0.0)
+        return float(weight) if weight.ndim == 0 else weight
 
 
 DEFAULT_PROTOCOL = Protocol()
@@ -144,7 +149,7 @@ def _chunking(sched: Scheduling, prompt: int, decoding, prompt_rate_per_step):
     # whole prompts only: as many as the budget takes, at least one
     fit = np.maximum(np.floor(room / prompt), 1.0)
     chunk = prompt * np.clip(np.ceil(prompt_rate_per_step / prompt), 1.0, fit)
-    return chunk, np.maximum(room, float(prompt))
+    return chunk, np.maximum(room, prompt)
 
 
 def _mixed_step(steps: StepModel, sched: Scheduling, prompt: int, decoding, rate, tau):
@@ -168,31 +173,24 @@ def _queue_wait(utilisation, service):
 
 
 def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int, clients):
-    """Steady state of a closed loop under the mixed scheduler, solved as a fixed point.
-
-    With fixed lengths the requests that share a step finish in the same step, so their successors
-    arrive together: prompts come in groups of g = what fits in the budget left by the decodes (one
-    prompt when it does not fit), and each group is prefilled at once. The group's TTFT is its own
-    prefill steps; when prompt work outruns the budget, the completion rate is capped by the prefill
-    capacity and the excess shows up as waiting (Little's law)."""
+    """Steady state of a closed loop under the mixed scheduler once its requests have spread out,
+    solved as a fixed point: each prompt's own chunks, the M/D/1 wait behind other prompts' chunks,
+    and, when prompt work outruns the budget, a completion rate capped by the prefill capacity, the
+    excess showing up as waiting (Little's law, which also counts the wait for a KV slot)."""
     clients = np.asarray(clients, dtype=float)
     admitted = _admitted(sched, prompt, output, clients)
     tau = steps.seconds(admitted, 0.0) * np.ones_like(clients)
-    own = steps.seconds(0.0, min(prompt, sched.token_budget)) * np.ones_like(clients)
+    own = steps.seconds(0.0, np.minimum(prompt, sched.token_budget)) * np.ones_like(clients)
     rate = admitted / (own + (output - 1) * tau)
+    capacity = rate
     for _ in range(FIXED_POINT_ROUNDS):
         decoding = np.minimum(rate * (output - 1) * tau, admitted)
+        tau_new, own_new, service, utilisation, *_ = _mixed_step(steps, sched, prompt, decoding, rate, tau)
         room = np.maximum(sched.token_budget - decoding, 1.0)
-        group = np.clip(np.floor(room / prompt), 1.0, np.maximum(admitted, 1.0))
         if not sched.chunked:
-            room = np.maximum(room, float(prompt))
-        chunk = np.minimum(group * prompt, room)
-        passes = np.ceil(group * prompt / room)
-        loaded = steps.seconds(decoding, chunk)
-        own_new = np.where(group > 1, (passes + 1) / 2, passes) * loaded
+            room = np.maximum(room, prompt)
         capacity = room / (prompt * steps.seconds(decoding, room))  # prompts/s at a full budget every step
-        share = np.minimum(rate * tau * prompt / chunk, 1.0)
-        tau_new = (1 - share) * steps.seconds(decoding, 0.0) + share * loaded
+        own_new = own_new + _queue_wait(utilisation, service)
         rate_new = np.minimum(admitted / (own_new + (output - 1) * tau_new), capacity)
         tau, own, rate = (tau + tau_new) / 2, (own + own_new) / 2, (rate + rate_new) / 2
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
@@ -202,20 +200,28 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
 
 def _admitted(sched: Scheduling, prompt: int, output: int, clients):
     """Sequences that run at once: the clients, capped by the running limit and the KV cache."""
-    held = prompt + output if sched.reserve_full else prompt + output / 2
-    slots = max(math.floor(sched.kv_tokens / held), 1) if math.isfinite(sched.kv_tokens) else math.inf
-    return np.minimum(np.minimum(clients, sched.max_sequences), slots)
+    return np.minimum(np.minimum(clients, sched.max_sequences), kv_slots(sched, prompt, output))
+
+
+def kv_slots(sched: Scheduling, prompt, output):
+    """Sequences whose KV cache fits: prompt + output each when reserved up front, prompt + half the
+    output on average when paged; at least one."""
+    held = np.where(sched.reserve_full, prompt + output, prompt + output / 2)
+    kv = np.asarray(sched.kv_tokens, dtype=float)
+    finite = np.isfinite(kv)
+    slots = np.where(finite, np.maximum(np.floor(np.where(finite, kv, 0.0) / held), 1.0), np.inf)
+    return float(slots) if slots.ndim == 0 else slots
 
 
 def _wave(steps: StepModel, sched: Scheduling, prompt: int, output: int, admitted):
     """A lockstep wave of `admitted` prompts arriving together: (mean TTFT, mean TPOT, last TTFT)."""
     if sched.policy == "prefill-first":
-        batch = max(sched.token_budget, prompt)
+        batch = np.maximum(sched.token_budget, prompt)
         batches = np.maximum(np.ceil(admitted * prompt / batch), 1.0)
         per_batch = steps.seconds(0.0, np.minimum(admitted * prompt, batch))
         decode = steps.seconds(admitted, 0.0)
         ttft = (batches + 1) / 2 * per_batch
-        tpot = decode + (batches - 1) / 2 * per_batch / max(output - 1, 1)
+        tpot = decode + (batches - 1) / 2 * per_batch / np.maximum(output - 1, 1)
         return ttft, tpot, batches * per_batch
     decoding = admitted / 2  # decodes join as the wave's prompts finish
     room = np.maximum(sched.token_budget - decoding, 1.0)
@@ -228,52 +234,71 @@ def _wave(steps: StepModel, sched: Scheduling, prompt: int, output: int, admitte
     decode = steps.seconds(admitted, 0.0)
     ttft = (groups + 1) / 2 * loaded
     shared = np.minimum(groups / 2, output - 1)  # steps a request decodes alongside the wave's prompts
-    tpot = decode + shared * (loaded - decode) / max(output - 1, 1)
+    tpot = decode + shared * (loaded - decode) / np.maximum(output - 1, 1)
     return ttft, tpot, groups * loaded
 
 
 def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Protocol = DEFAULT_PROTOCOL) -> Load:
-    """c clients each sending the next request when the last finishes (fixed lengths)."""
+    """c clients each sending the next request when the last finishes (fixed lengths).
+
+    Every run starts with a lockstep wave. Under prefill-first scheduling the waves persist (the whole
+    population prefills, then decodes together, round after round). Under mixed scheduling the
+    requests spread out, to the degree the engine's `wave_persistence` says (0: fully spread, 1: every
+    round a wave); a benchmark's mean then weighs its first wave by 1 / requests per client."""
     steps, sched = timing.steps, timing.scheduling
     clients = np.asarray(clients, dtype=float)
     admitted = _admitted(sched, prompt, output, clients)
     wave_ttft, wave_tpot, wave_last = _wave(steps, sched, prompt, output, admitted)
+    wave_cycle = wave_last + (output - 1) * steps.seconds(admitted, 0.0)
+    wave_rate = admitted / wave_cycle
+    waiting_rounds = clients / wave_rate - wave_cycle  # rounds a client waits for a KV slot
     if sched.policy == "prefill-first":  # waves persist: every round is a wave
-        cycle = wave_last + (output - 1) * steps.seconds(admitted, 0.0)
-        rate = admitted / cycle
-        ttft = clients / rate - cycle + wave_ttft  # rounds waited for a KV slot, then the wave
-        load = Load(ttft, wave_tpot, rate, admitted, admitted=admitted,
-                    prefill_utilisation=wave_last / cycle)
+        load = Load(waiting_rounds + wave_ttft, wave_tpot, wave_rate, admitted, admitted=admitted,
+                    prefill_utilisation=wave_last / wave_cycle)
         spread = (wave_last, wave_ttft)
+        weight = 1.0
     else:
-        steady_ttft, tau, rate, decoding, admitted, utilisation = _closed_mixed(steps, sched, prompt, output, clients)
-        weight = protocol.wave_weight
+        spread_ttft, tau, rate, decoding, admitted, utilisation = _closed_mixed(steps, sched, prompt, output,
+                                                                                clients)
+        persist = np.asarray(sched.wave_persistence, dtype=float)
+        steady_ttft = persist * (waiting_rounds + wave_ttft) + (1 - persist) * spread_ttft
+        steady_tpot = persist * wave_tpot + (1 - persist) * tau
+        first = protocol.wave_weight
         excess = (clients - admitted) / clients  # clients of the first wave that wait for a slot
-        first = (1 - excess) * wave_ttft + excess * steady_ttft
-        ttft = weight * first + (1 - weight) * steady_ttft
-        tpot = weight * wave_tpot + (1 - weight) * tau
-        load = Load(ttft, tpot, rate, decoding, admitted=admitted, prefill_utilisation=utilisation)
+        first_ttft = (1 - excess) * wave_ttft + excess * steady_ttft
+        ttft = first * first_ttft + (1 - first) * steady_ttft
+        tpot = first * wave_tpot + (1 - first) * steady_tpot
+        rate = persist * wave_rate + (1 - persist) * rate
+        load = Load(ttft, tpot, rate, persist * admitted + (1 - persist) * decoding, admitted=admitted,
+                    prefill_utilisation=utilisation)
         spread = (wave_last, steady_ttft)
-    return replace(load, ttft_percentiles=_closed_ttft_percentiles(sched.policy, protocol, load.ttft, *spread),
+        weight = first + (1 - first) * persist
+    load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread),
                    tpot_percentiles={p: load.tpot for p in PERCENTILES})
+    return _with_request_overhead(load, sched)
 
 
-def _closed_ttft_percentiles(policy: str, protocol: Protocol, mean, wave_last, steady):
-    """Closed-loop TTFT percentiles: a wave spreads first tokens evenly over [0, its last]; the steady
-    requests sit at the steady value. With waves in every round (prefill-first) all are spread."""
-    weight = 1.0 if policy == "prefill-first" else protocol.wave_weight
+def _with_request_overhead(load: Load, sched: Scheduling) -> Load:
+    extra = sched.request_overhead_s
+    return replace(load, ttft=load.ttft + extra,
+                   ttft_percentiles={p: v + extra for p, v in load.ttft_percentiles.items()})
+
+
+def _closed_ttft_percentiles(weight, mean, wave_last, steady):
+    """Closed-loop TTFT percentiles: a share `weight` of requests meets a wave, whose first tokens
+    spread evenly over [0, its last]; the others sit at the steady value."""
+    weight = np.asarray(weight, dtype=float)
+    safe = np.maximum(weight, 1e-12)
     found = {}
     for p in PERCENTILES:
         q = p / 100
-        if weight <= 0:
-            found[p] = np.asarray(steady) * np.ones_like(np.asarray(mean, dtype=float))
-            continue
         # share of the mixture below x: weight * x / last + (1 - weight) * [x >= steady]
         below_steady = weight * np.minimum(steady / np.maximum(wave_last, 1e-12), 1.0)
         above = below_steady + (1 - weight)
-        x_low = q / weight * wave_last  # quantile inside the wave, below the steady value
-        x_high = (q - (1 - weight)) / weight * wave_last
-        found[p] = np.where(q <= below_steady, x_low, np.where(q <= above, steady, np.maximum(x_high, steady)))
+        x_low = q / safe * wave_last  # quantile inside the wave, below the steady value
+        x_high = (q - (1 - weight)) / safe * wave_last
+        value = np.where(q <= below_steady, x_low, np.where(q <= above, steady, np.maximum(x_high, steady)))
+        found[p] = np.where(weight > 0, value, steady) * np.ones_like(np.asarray(mean, dtype=float))
     return found
 
 
@@ -302,9 +327,10 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
     for p in PERCENTILES:
         q = p / 100
         ttft_p[p] = q * tau + _wait_quantile(utilisation, wait, q) + own
-        spread = np.sqrt(np.maximum(share * (1 - share), 0) / max(output - 1, 1)) * (loaded - plain)
+        spread = np.sqrt(np.maximum(share * (1 - share), 0) / np.maximum(output - 1, 1)) * (loaded - plain)
         tpot_p[p] = tau + Z[p] * (spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding))
-    return _guard(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), unstable)
+    return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), sched),
+                  unstable)
 
 
 def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, output: int, rate) -> Load:
@@ -314,15 +340,16 @@ def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, out
         decoding = rate * (output - 1) * tau
         arrivals = rate * tau
         batches = -np.expm1(-arrivals)  # share of decode steps followed by a prefill batch
-        batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), max(sched.token_budget, prompt))
+        batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), np.maximum(sched.token_budget, prompt))
         tau_new = steps.seconds(decoding, 0.0) + batches * steps.seconds(0.0, batch)
         tau = (tau + tau_new) / 2
     decoding = rate * (output - 1) * tau
     arrivals = rate * tau
     batches = -np.expm1(-arrivals)
-    batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), max(sched.token_budget, prompt))
+    budget = np.maximum(sched.token_budget, prompt)
+    batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), budget)
     prefill = steps.seconds(0.0, batch)
-    service = prompt / max(sched.token_budget, prompt) * steps.seconds(0.0, max(sched.token_budget, prompt))
+    service = prompt / budget * steps.seconds(0.0, budget)
     utilisation = rate * service
     wait = _queue_wait(utilisation, service)
     plain = steps.seconds(decoding, 0.0)
@@ -332,14 +359,14 @@ def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, out
     for p in PERCENTILES:
         q = p / 100
         ttft_p[p] = q * plain + _wait_quantile(utilisation, wait, q) + prefill
-        spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / max(output - 1, 1)) * prefill
+        spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / np.maximum(output - 1, 1)) * prefill
         tpot_p[p] = tau + Z[p] * (spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding))
-    return _guard(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), unstable)
+    return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), sched),
+                  unstable)
 
 
 def _kv_short(sched: Scheduling, prompt: int, output: int, decoding):
-    held = prompt + output if sched.reserve_full else prompt + output / 2
-    return decoding * held > sched.kv_tokens
+    return decoding > kv_slots(sched, prompt, output)
 
 
 def _slope(steps: StepModel, decoding):

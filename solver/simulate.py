@@ -156,7 +156,7 @@ def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, r
         while decoding and decoding[0][0] <= clock and (decoding[0][2] < now or output <= 1):
             _, _, first, arrival, client = heapq.heappop(decoding)
             done += 1
-            ttft.append(first - arrival)
+            ttft.append(first - arrival + sched.request_overhead_s)
             tpot.append((now - first) / max(output - 1, 1))
             if closed:
                 keep.append(sent[client] > discard_per_client)

@@ -112,6 +112,14 @@ class KVCacheSpec(Identified):
     min_compute_capability: float | None = None
 
 
+class KernelSpec(Identified):
+    """A GEMM kernel family's share of a dense 16-bit GEMM, shared by every method that runs on it."""
+
+    bandwidth_efficiency: float = Field(default=1.0, gt=0, le=1.2)
+    compute_efficiency: float = Field(default=1.0, gt=0, le=1.2)
+    efficiency_source: str
+
+
 class FrameworkSpec(Identified):
     """A serving engine: what it runs, how much memory it keeps, and its per-step costs."""
 
@@ -148,6 +156,11 @@ class FrameworkSpec(Identified):
     token_budget_exceptions: dict[str, int] = Field(default_factory=dict)
     max_seqs_by_memory_gb: tuple[tuple[float, int], ...] = ()  # default max running sequences
     kv_cache_default: dict[str, str] = Field(default_factory=dict)  # method id (or "*") -> KV format
+    request_overhead_ms: float = Field(default=0.0, ge=0)  # added to every TTFT: HTTP, tokenizer, admission
+    # Closed loops of identical requests start in a lockstep wave; 0: the engine spreads them out
+    # (steady state of independent arrivals), 1: every round stays a wave. Fitted (solver/fit.py).
+    wave_persistence: float = Field(default=0.0, ge=0, le=1)
+    kernels: dict[str, str] = Field(default_factory=dict)  # method id -> the kernel this engine runs it on
     scheduling_source: str = ""
 
 

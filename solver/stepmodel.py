@@ -18,7 +18,7 @@ further plugin calls: the load models and the scheduler simulation call it thous
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -51,21 +51,19 @@ class StepModel:
     overhead_s: float  # per step: launches, scheduling, all-reduce latencies
     overhead_per_sequence_s: float  # all-reduce payload of one decode token
     overhead_per_prompt_token_s: float
-    routing: object = None  # the ModelSpec whose experts are routed (None: dense)
+    expert_share: float = 0.0  # experts per token / experts per layer (0: dense)
 
     def seconds(self, decoding, prompt_tokens):
         """Step time with `decoding` sequences and `prompt_tokens` prompt tokens (scalars or arrays)."""
         d = np.asarray(decoding, dtype=float)
         p = np.asarray(prompt_tokens, dtype=float)
-        device = self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
-        if self.expert_bytes:
-            device = device + self.expert_bytes * experts_touched_fraction(self.routing, d + p)
+        device = (self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
+                  + self.expert_bytes * touched(self.expert_share, d + p))
         memory = device / self.bandwidth
         compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
-        host = 0.0
-        if self.host_bandwidth > 0:
-            host = (self.host_bytes + d * self.host_bytes_per_sequence
-                    + p * self.host_bytes_per_prompt_token) / self.host_bandwidth
+        host_bytes = self.host_bytes + d * self.host_bytes_per_sequence + p * self.host_bytes_per_prompt_token
+        host = np.where(np.asarray(self.host_bandwidth) > 0,
+                        host_bytes / np.where(np.asarray(self.host_bandwidth) > 0, self.host_bandwidth, 1.0), 0.0)
         overhead = self.overhead_s + d * self.overhead_per_sequence_s + p * self.overhead_per_prompt_token_s
         time = np.maximum(memory, compute) + host + overhead
         return float(time) if time.ndim == 0 else time
@@ -73,19 +71,29 @@ class StepModel:
     def memory_bound(self, decoding) -> bool:
         """Whether a pure decode step of `decoding` sequences is limited by memory rather than compute."""
         d = float(decoding)
-        device = self.weight_bytes + d * self.bytes_per_sequence + self.expert_bytes * (
-            float(experts_touched_fraction(self.routing, d)) if self.expert_bytes else 0.0)
+        device = (self.weight_bytes + d * self.bytes_per_sequence
+                  + self.expert_bytes * float(touched(self.expert_share, d)))
         return device / self.bandwidth >= d * self.flops_per_sequence / self.decode_peak
 
     def scaled(self, decode: float, prefill: float) -> StepModel:
         """Decode work `decode` times and prompt work `prefill` times slower (planning at an error bar)."""
-        return StepModel(
-            self.weight_bytes, self.expert_bytes, self.bytes_per_sequence, self.bytes_per_prompt_token,
-            self.flops_per_sequence, self.flops_per_prompt_token, self.bandwidth / decode,
-            self.decode_peak / decode, self.prefill_peak / prefill, self.host_bytes, self.host_bytes_per_sequence,
-            self.host_bytes_per_prompt_token, self.host_bandwidth / decode if self.host_bandwidth else 0.0,
-            self.overhead_s * decode, self.overhead_per_sequence_s * decode,
-            self.overhead_per_prompt_token_s * prefill, self.routing)
+        return replace(self, bandwidth=self.bandwidth / decode, decode_peak=self.decode_peak / decode,
+                       prefill_peak=self.prefill_peak / prefill, host_bandwidth=self.host_bandwidth / decode,
+                       overhead_s=self.overhead_s * decode,
+                       overhead_per_sequence_s=self.overhead_per_sequence_s * decode,
+                       overhead_per_prompt_token_s=self.overhead_per_prompt_token_s * prefill)
+
+
+def touched(share, tokens):
+    """Expected share of a layer's routed experts that `tokens` tokens activate (uniform top-k routing,
+    `share` = k / E); 0 for a dense model. The same law as shapes.experts_touched_fraction."""
+    share = np.asarray(share, dtype=float)
+    return np.where(share > 0, 1.0 - (1.0 - share) ** np.maximum(tokens, 1), 0.0)
+
+
+def stack(models: list[StepModel]) -> StepModel:
+    """One StepModel whose fields are arrays, element i from models[i]: evaluate many at once."""
+    return StepModel(*(np.array([getattr(m, f.name) for m in models], dtype=float) for f in fields(StepModel)))
 
 
 def _rate(total: dict, amount: str, efficiency: str) -> float:
@@ -123,7 +131,7 @@ def step_model(world: World, config: Config, prompt_tokens: int, output_tokens: 
         host_bandwidth=_rate(decode, q.HOST_BANDWIDTH, q.HOST_BANDWIDTH_EFFICIENCY),
         overhead_s=overhead[0], overhead_per_sequence_s=overhead[1],
         overhead_per_prompt_token_s=max(float(prefill[q.OVERHEAD]) - overhead[0], 0.0) / prompt_tokens,
-        routing=model if model.is_moe else None,
+        expert_share=model.experts_per_token / model.num_experts if model.is_moe else 0.0,
     )
 
 

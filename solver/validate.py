@@ -8,7 +8,7 @@ for perplexity, where the target is absolute: within max(0.05 ppl, 25%) on the m
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 
 import numpy as np
@@ -19,7 +19,8 @@ from .errors import QuantplanError
 from .estimator import memory, quality
 from .registry import World, load_world
 from .scenario import TrafficClass
-from .serving import performance, timing
+from .probes import Batch, Probe, probe, reduce
+from .serving import timing
 from .shapes import parameter_counts
 from .space import execution_of, fit_placement, objections
 
@@ -96,6 +97,9 @@ class Check(BaseModel):
     within: bool | None
     source: str
     reason: str = ""
+    regime: str = ""
+    moe: bool = False
+    statistic: str = "mean"
 
 
 VALIDATION_FILES = ("validation.csv", "validation_extra.csv", "validation_load.csv", "validation_load_public.csv")
@@ -143,32 +147,69 @@ def _config(world: World, row: Row, batch: int | None = None) -> Config:
     return config
 
 
-def _under_load(world: World, config: Config, row: Row):
-    """The load models at the row's concurrency or rate, with the benchmark's protocol and statistic."""
-    load = {"rate_per_s": row.rate} if row.mode == "rate" else {"concurrency": max(row.batch, 1)}
-    traffic = TrafficClass(prompt_tokens=row.prompt_tokens, output_tokens=row.output_tokens,
-                           requests_per_client=row.requests_per_client or 10.0, **load)
+def _placed(world: World, config: Config, traffic: TrafficClass) -> Config | None:
     placed = fit_placement(world, config.with_batch(1), (traffic,))
-    if placed is None:
-        return None
-    config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
-    times = timing(world, config, traffic)
-    running = times.scheduling.max_sequences if row.mode == "rate" else min(row.batch, times.scheduling.max_sequences)
-    return performance(config.with_batch(max(running, 1)), traffic, times, rate=row.rate, engine_limit=True)
+    return None if placed is None else replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
 
 
-def _serving(world: World, config: Config, row: Row):
+def _traffic(row: Row, **load) -> TrafficClass:
+    return TrafficClass(prompt_tokens=row.prompt_tokens, output_tokens=row.output_tokens, **load)
+
+
+def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
+    """The load-model evaluations behind a speed row and how they combine ("one", "max", "ratio").
+
+    Rows under load use the row's concurrency or rate, its benchmark protocol (requests per client)
+    and statistic, with the engine's default limits, behind its API server. Older rows come from
+    engine benchmarks without a server (no per-request overhead): "lockstep" (static-batch tables,
+    all requests at once) take one wave for TTFT and the steady state for throughput; "single" is one
+    stream; "offline" the best throughput over batch sizes that fit.
+    """
+    config = _config(world, row)
+    metric = row.metric
+    if metric == "speedup_vs_fp16":
+        base = _config(world, row.model_copy(update={"method": "fp16"}))
+        pair = [_steady(world, c, row, "output_tokens_per_s") for c in (config, base)]
+        if None in pair:
+            raise ValueError("does not fit")
+        return pair, "ratio"
+    if metric == "max_output_tokens_per_s":
+        found = []
+        for batch in OFFLINE_BATCHES:
+            if batch > config.framework.max_batch:
+                break
+            one = _steady(world, config.with_batch(batch), row, "output_tokens_per_s")
+            if one is None:
+                break
+            found.append(one)
+        if not found:
+            raise ValueError("does not fit at batch 1")
+        return found, "max"
     if row.under_load:
-        return _under_load(world, config, row)
-    traffic = TrafficClass(prompt_tokens=row.prompt_tokens, output_tokens=row.output_tokens,
-                           concurrency=config.batch, requests_per_client=0)
-    placed = fit_placement(world, config.with_batch(1), (traffic,))
-    if placed is None:
+        traffic = _traffic(row, **({"rate_per_s": row.rate} if row.mode == "rate"
+                                   else {"concurrency": max(row.batch, 1)}))
+        placed = _placed(world, config, traffic)
+        if placed is None:
+            raise ValueError("does not fit")
+        times = timing(world, placed, traffic)
+        kind = "rate" if row.mode == "rate" else "closed"
+        load = row.rate if kind == "rate" else float(max(row.batch, 1))
+        return [probe(times, placed, row.prompt_tokens, row.output_tokens, kind, load, metric,
+                      row.requests_per_client or 10.0, row.statistic)], "one"
+    one = _steady(world, config, row, metric, waves=1.0 if metric == "ttft_ms" and row.mode == "lockstep" else 0.0)
+    if one is None:
+        raise ValueError("does not fit")
+    return [one], "one"
+
+
+def _steady(world: World, config: Config, row: Row, metric: str, waves: float = 0.0) -> Probe | None:
+    """A closed loop of `config.batch` clients, each sequence running (the batch fits in memory)."""
+    traffic = _traffic(row, concurrency=config.batch)
+    placed = _placed(world, config, traffic)
+    if placed is None or not memory(world, placed, traffic.context_tokens).fits:
         return None
-    config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
-    if not memory(world, config, traffic.context_tokens).fits:
-        return None
-    return performance(config, traffic, timing(world, config, traffic))
+    return probe(timing(world, placed, traffic), placed, row.prompt_tokens, row.output_tokens, "closed",
+                 float(config.batch), metric, waves, row.statistic, running=config.batch, served=False)
 
 
 def predict(world: World, row: Row) -> float:
@@ -182,48 +223,22 @@ def predict(world: World, row: Row) -> float:
         return total * 8 / parameter_counts(config.model).total
     if metric == "ppl_delta_pct":
         return quality(world, config).ppl_delta_pct
-    if metric == "max_output_tokens_per_s":
-        best = 0.0
-        for batch in OFFLINE_BATCHES:
-            if batch > config.framework.max_batch:
-                break
-            result = _serving(world, config.with_batch(batch), row)
-            if result is None:
-                break
-            best = max(best, result.output_tokens_per_s)
-        if best == 0:
-            raise ValueError("does not fit at batch 1")
-        return best
-    if metric == "speedup_vs_fp16":
-        base = _serving(world, _config(world, row.model_copy(update={"method": "fp16"})), row)
-        quantized = _serving(world, config, row)
-        if base is None or quantized is None:
-            raise ValueError("does not fit")
-        return quantized.output_tokens_per_s / base.output_tokens_per_s
-    result = _serving(world, config, row)
-    if result is None:
-        raise ValueError("does not fit")
-    if row.statistic != "mean" and metric in ("ttft_ms", "tpot_ms"):
-        return (result.ttft_at if metric == "ttft_ms" else result.tpot_at)(row.statistic)
-    return {
-        "tpot_ms": result.tpot_ms, "tokens_per_s_per_user": result.tokens_per_s_per_user,
-        "decode_tokens_per_s": result.decode_tokens_per_s, "output_tokens_per_s": result.output_tokens_per_s,
-        "ttft_ms": result.ttft_ms, "prefill_tokens_per_s": result.prefill_tokens_per_s,
-    }[metric]
+    probes, rule = speed_probes(world, row)
+    return float(reduce(Batch(probes).evaluate(), [list(range(len(probes)))], [rule])[0])
 
 
-def check(world: World, row: Row) -> Check:
+def _check(world: World, row: Row, predicted: float | None, reason: str = "") -> Check:
     group = GROUPS.get(row.metric, "other")
+    model = world.models.get(row.model)
     base = dict(id=row.id, metric=row.metric, group=group, framework=row.framework, gpu=row.gpu,
                 method=row.method, model=row.model, batch=row.batch, gpus=row.gpus, measured=row.value,
-                source=row.source)
-    try:
-        device_class = world.gpus.get(row.gpu).device_class
-        predicted = float(predict(world, row))
-    except (ValueError, QuantplanError) as error:
-        return Check(**base, device_class="", predicted=None, error=None, within=None, reason=str(error))
+                source=row.source, regime=row.regime, moe=model.is_moe, statistic=row.statistic)
+    if predicted is None or not np.isfinite(predicted):
+        return Check(**base, device_class="", predicted=None, error=None, within=None,
+                     reason=reason or "the load cannot be carried (queue grows without bound)")
+    device_class = world.gpus.get(row.gpu).device_class
     if group == "quality":
-        baseline = world.models.get(row.model).wikitext2_ppl
+        baseline = model.wikitext2_ppl
         allowance = max(0.05, 0.25 * row.value / 100 * baseline)
         absolute = (predicted - row.value) / 100 * baseline
         return Check(**base, device_class=device_class, predicted=predicted, error=absolute / allowance,
@@ -232,14 +247,68 @@ def check(world: World, row: Row) -> Check:
     return Check(**base, device_class=device_class, predicted=predicted, error=error, within=None)
 
 
-def run(world: World | None = None, rows: list[Row] | None = None, where: dict[str, str] | None = None) -> list[Check]:
-    world = world or validation_world()
-    rows = load_rows() if rows is None else rows
+def check(world: World, row: Row) -> Check:
+    try:
+        return _check(world, row, float(predict(world, row)))
+    except (ValueError, QuantplanError) as error:
+        return _check(world, row, None, str(error))
+
+
+@dataclass
+class Prepared:
+    """Validation rows with their speed probes built (plugins called once), ready to evaluate."""
+
+    world: World
+    rows: list[Row]
+    batch: Batch
+    members: list[list[int]]  # per row: its probes' indices (empty: not a speed row or not predictable)
+    rules: list[str]
+    fixed: dict[int, tuple[float | None, str]]  # row index -> (prediction, reason) outside the probes
+
+    def checks(self, values: np.ndarray | None = None) -> list[Check]:
+        values = self.batch.evaluate() if values is None else values
+        reduced = reduce(values, self.members, self.rules)
+        found = []
+        for index, row in enumerate(self.rows):
+            if index in self.fixed:
+                predicted, reason = self.fixed[index]
+                found.append(_check(self.world, row, predicted, reason))
+            else:
+                found.append(_check(self.world, row, float(reduced[index])))
+        return found
+
+
+def prepare(world: World, rows: list[Row]) -> Prepared:
+    probes: list[Probe] = []
+    members, rules, fixed = [], [], {}
+    for index, row in enumerate(rows):
+        members.append([])
+        rules.append("one")
+        try:
+            if GROUPS.get(row.metric) in ("decode", "ttft"):
+                found, rule = speed_probes(world, row)
+                members[-1] = list(range(len(probes), len(probes) + len(found)))
+                rules[-1] = rule
+                probes += found
+            else:
+                fixed[index] = (float(predict(world, row)), "")
+        except (ValueError, QuantplanError) as error:
+            fixed[index] = (None, str(error))
+    return Prepared(world, rows, Batch(probes), members, rules, fixed)
+
+
+def select(rows: list[Row], where: dict[str, str] | None) -> list[Row]:
     for key, value in (where or {}).items():
         if key not in Row.model_fields:
             raise QuantplanError(f"--filter {key}: not a column (columns: {', '.join(Row.model_fields)})")
         rows = [r for r in rows if str(getattr(r, key)) == value or (key == "gpu" and value in r.gpu)]
-    return [check(world, row) for row in rows]
+    return rows
+
+
+def run(world: World | None = None, rows: list[Row] | None = None, where: dict[str, str] | None = None) -> list[Check]:
+    world = world or validation_world()
+    rows = select(load_rows() if rows is None else rows, where)
+    return prepare(world, rows).checks()
 
 
 def _stats(errors: list[float]) -> dict:

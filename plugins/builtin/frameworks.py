@@ -54,7 +54,7 @@ class FrameworkPlugin:
         native = gpu.peak_tflops(method.compute_dtype) > 0
         needs = method.min_compute_capability
         if native and (needs is None or cc >= needs):
-            return Execution(method.compute_dtype, method.weight_only, method.kernel)
+            return Execution(method.compute_dtype, method.weight_only, framework.kernels.get(method.id, method.kernel))
         if method.id in framework.weight_only_fallback and cc >= framework.weight_only_fallback_min_cc:
             return Execution("fp16", True, "marlin",
                              note=f"{gpu.id} lacks {method.compute_dtype} tensor cores: "
@@ -143,7 +143,9 @@ class FrameworkPlugin:
         if gpu.id in framework.token_budget_exceptions:
             sequences = _tier(framework.max_seqs_by_memory_gb, 0.0, framework.max_batch)
         return Scheduling(framework.scheduler, budget, sequences, framework.chunked_prefill,
-                          framework.kv_reservation == "reserved", source=framework.scheduling_source)
+                          framework.kv_reservation == "reserved", source=framework.scheduling_source,
+                          request_overhead_s=framework.request_overhead_ms / 1e3,
+                          wave_persistence=framework.wave_persistence)
 
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         """Tensor parallel: two ring all-reduces of the new tokens' hidden states per layer."""

@@ -10,10 +10,11 @@ from quantplan.solver.catalog import builtin_catalog
 from quantplan.solver.specs import MethodSpec
 from quantplan.solver.terms import Term
 
-# A method a framework runs weight-only although it was made for W8A8/W4A4 (FP8 or NVFP4 on a
-# GPU without those tensor cores) goes through Marlin: the awq-int4 kernel shares apply.
-FALLBACK_BANDWIDTH_EFFICIENCY = 0.85
-FALLBACK_COMPUTE_EFFICIENCY = 0.45
+
+
+def kernels() -> dict:
+    """Kernel rows of catalogs/methods.toml: efficiencies shared by every method a kernel runs."""
+    return {k.id: k for k in builtin_catalog("methods").get("kernel", [])}
 
 
 def weight_bytes(config: Config) -> dict[str, float]:
@@ -52,6 +53,7 @@ class MethodPlugin:
             methods = [m for m in builtin_catalog("methods")["method"] if m.kind in kinds]
         self.methods = methods
         self._ids = {m.id for m in methods}
+        self.kernels = kernels()
 
     def owns(self, config: Config) -> bool:
         return config.method.id in self._ids
@@ -105,9 +107,10 @@ class MethodPlugin:
 
     def _kernel_terms(self, config: Config, step: Step) -> list[Term]:
         method, execution = config.method, config.execution
-        if execution.weight_only and not method.weight_only:
-            bandwidth, compute = FALLBACK_BANDWIDTH_EFFICIENCY, FALLBACK_COMPUTE_EFFICIENCY
-            why = f"{method.id} run weight-only via {execution.kernel} (as awq-int4 Marlin)"
+        kernel = self.kernels.get(execution.kernel)
+        if kernel is not None:  # a shared kernel: AWQ and GPTQ on Marlin, FP8 weight-only on Marlin ...
+            bandwidth, compute = kernel.bandwidth_efficiency, kernel.compute_efficiency
+            why = f"{method.id} on the {kernel.id} kernel: {kernel.efficiency_source}"
         else:
             bandwidth, compute = method.bandwidth_efficiency, method.compute_efficiency
             why = f"{method.kernel} kernel: {method.efficiency_source}"
