@@ -27,11 +27,16 @@ def _pairs(values: tuple[str, ...], option: str, kind: type) -> dict:
     return parsed
 
 
+def _console() -> Console:
+    """A console as wide as the terminal (or $COLUMNS; 80 when neither says)."""
+    return Console()
+
+
 def _emit(data, as_json: bool, render) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
-        render(Console(width=200))
+        render(_console())
 
 
 catalog_option = click.option("--catalog", "catalogs", multiple=True, type=click.Path(dir_okay=False),
@@ -52,11 +57,16 @@ def workload_options(function):
         click.option("--price", multiple=True, help="Override a price, DEV=USD per device-hour (repeatable)."),
         click.option("--prompt-tokens", type=int, help="Prompt (input) tokens per request."),
         click.option("--output-tokens", type=int, help="Output tokens per request."),
-        click.option("--concurrency", type=int, help="Concurrent users (closed loop, lockstep)."),
+        click.option("--concurrency", type=int, help="Concurrent users (closed loop of clients)."),
         click.option("--rate", type=float, help="Requests per second (Poisson arrivals)."),
-        click.option("--ttft-ms", type=float, help="Time-to-first-token SLO (mean), ms."),
+        click.option("--ttft-ms", type=float, help="Time-to-first-token SLO, ms (at --slo-statistic)."),
         click.option("--tpot-ms", type=float, help="Time-per-output-token SLO, ms."),
         click.option("--min-tokens-per-s", type=float, help="Decode tokens/s per user SLO (= 1000 / TPOT)."),
+        click.option("--slo-statistic", type=click.Choice(("mean", "p50", "p90", "p99")),
+                     help="What the TTFT/TPOT SLOs bound (default: p90 for a rate class, mean for concurrency)."),
+        click.option("--requests-per-client", type=float,
+                     help="Closed loop: requests each client sends after warm-up, as your benchmark runs "
+                          "(default 10; 0: steady state only)."),
         click.option("--max-ppl-delta", type=float, help="Quality floor: largest perplexity increase."),
         click.option("--use-case", help="Quality floor by use case: chat_general, code_generation, "
                                         "medical_legal, summarization."),
@@ -74,7 +84,7 @@ def workload_options(function):
 
 
 WORKLOAD_KEYS = ("prompt_tokens", "output_tokens", "concurrency", "rate", "ttft_ms", "tpot_ms",
-                 "min_tokens_per_s", "max_ppl_delta", "use_case")
+                 "min_tokens_per_s", "max_ppl_delta", "use_case", "slo_statistic", "requests_per_client")
 
 
 def scenario_from_options(scenario_file, options: dict):
@@ -234,7 +244,7 @@ def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv
     if as_json:
         click.echo(json.dumps(table.data, indent=2, default=str))
         return
-    console = Console(width=200)
+    console = _console()
     for b in table.data.get("breakpoints", []):
         console.print(f"breakpoint at ${b['value']:.4f}/h: {b['plan_before']}  ->  {b['plan_after']}")
     render_rows(f"{table.title} ({table.data['solves']} solves)", table.columns, table.rows, console)
@@ -242,7 +252,7 @@ def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv
 
 @cli.command()
 @click.option("--filter", "filters", multiple=True, help="COLUMN=VALUE: only matching rows (repeatable).")
-@click.option("--rows/--no-rows", "show_rows", default=True, help="Print every row, or the summary only.")
+@click.option("--rows/--no-rows", "show_rows", default=False, help="Print every row too (default: the summary).")
 @click.option("--write-error-bars", type=click.Path(dir_okay=False),
               help="Write the error-bar table that estimate and solve report (catalogs/error_bars.toml).")
 @json_option
@@ -262,7 +272,7 @@ def validate(filters, show_rows, write_error_bars, as_json):
     if as_json:
         click.echo(json.dumps({"summary": result, "rows": [c.model_dump() for c in checks]}, indent=2))
         return
-    console = Console(width=200)
+    console = _console()
     if show_rows:
         render_rows("Predicted vs measured", ["id", "metric", "framework", "gpu", "model", "method", "batch",
                                                "measured", "predicted", "error"],
@@ -270,12 +280,26 @@ def validate(filters, show_rows, write_error_bars, as_json):
                       f"{c.predicted:.4g}" if c.predicted is not None else c.reason,
                       ("-" if c.error is None else f"{c.error:+.1%}" if c.group != "quality"
                        else f"{c.error:+.2f} of allowance")] for c in checks], console)
-    for name in ("by_group", "by_framework", "by_device_class"):
+    for name in ("by_group", "by_framework", "by_device", "by_device_class"):
         table = result[name]
         render_rows(name.replace("_", " "), ["key", "rows", "median |error|", "p90 |error|", "max |error|", "target"],
                     [[key, v["rows"], f"{v['median_ape']:.1%}", f"{v['p90_ape']:.1%}", f"{v['max_ape']:.1%}",
                       ("met" if v["meets"] else "MISSED") if "meets" in v else ""] for key, v in table.items()],
                     console)
+    for name, title in (("under_load", "Latency under load, dense models"), ("under_load_moe", "Latency under load, MoE")):
+        lines = []
+        for metric, entry in result[name].items():
+            every = entry["all"]
+            lines.append([metric, "all", every["rows"], f"{every['median_ape']:.1%}", f"{every['p90_ape']:.1%}",
+                          f"<={every['target_median']:.0%} / <={every['target_p90']:.0%}: "
+                          + ("met" if every["meets"] else "MISSED")])
+            for regime, v in entry["by_regime"].items():
+                lines.append([metric, regime, v["rows"], f"{v['median_ape']:.1%}", f"{v['p90_ape']:.1%}",
+                              "within 2x target" if v["within_twice_target"] else "OVER 2x target"])
+            for framework, v in entry["by_framework"].items():
+                lines.append([metric, framework, v["rows"], f"{v['median_ape']:.1%}", f"{v['p90_ape']:.1%}", ""])
+        if lines:
+            render_rows(title, ["metric", "regime / engine", "rows", "median", "p90", "target"], lines, console)
     if result["quality"]:
         q = result["quality"]
         console.print(f"quality: {q['within']} of {q['rows']} rows within max(0.05 ppl, 25%); misses: "
@@ -286,20 +310,32 @@ def validate(filters, show_rows, write_error_bars, as_json):
 
 
 @cli.command()
-@click.option("--rounds", type=int, default=2, show_default=True)
+@click.option("--devices", help="Fit on these devices' rows only (comma-separated ids); report the others "
+                                "as out-of-sample.")
+@click.option("--write", "write_to", type=click.Path(file_okay=False),
+              help="Write the fitted values into the catalogs in this folder (frameworks.toml, methods.toml).")
 @json_option
-def fit(rounds, as_json):
-    """Refit framework and kernel efficiencies to the validation rows (prints the values to put in the catalogs)."""
+def fit(devices, write_to, as_json):
+    """Fit engine and kernel efficiencies to the validation rows; print them and the error before and after,
+    in-sample and (with --devices) out-of-sample."""
     from quantplan.solver import fit as fitting
     from quantplan.solver.report import render_rows
 
-    _, report = fitting.fit(rounds=rounds)
+    chosen = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
+    setup, values, report = fitting.fit(devices=chosen)
+    errors = fitting.errors(setup, values, chosen)
+    if write_to:
+        fitting.write_catalog(setup.parameters, values, Path(write_to))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps({"parameters": report, "errors": errors, "devices": list(chosen)}, indent=2))
         return
-    render_rows("Fitted parameters", ["parameter", "catalog", "fitted", "rows", "loss"],
-                [[r["parameter"], f"{r['before']:g}", f"{r.get('after', r['before']):g}", len(r.get("rows", [])),
-                  f"{r.get('loss', 0):.4f}"] for r in report], Console(width=200))
+    console = _console()
+    render_rows("Fitted parameters", ["parameter", "catalog", "fitted", "rows"],
+                [[r["parameter"], f"{r['before']:g}", f"{r['after']:g}", len(r["rows"])] for r in report], console)
+    render_rows("Error (|predicted / measured - 1|)", ["rows", "metric", "n", "median before", "p90 before",
+                                                        "median after", "p90 after"],
+                [[e["sample"], e["metric"], e["rows"], f"{e['before_median']:.1%}", f"{e['before_p90']:.1%}",
+                  f"{e['after_median']:.1%}", f"{e['after_p90']:.1%}"] for e in errors], console)
 
 
 @cli.command()
@@ -309,26 +345,32 @@ def fit(rounds, as_json):
 @click.option("--gpu", required=True)
 @click.option("--framework", required=True)
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per replica.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Concurrent sequences (closed loop).")
+@click.option("--concurrency", "--batch", "concurrency", type=int, default=1, show_default=True,
+              help="Closed loop: concurrent clients (vllm bench serve --max-concurrency, aiperf --concurrency).")
+@click.option("--rate", type=float, help="Open loop: Poisson arrivals at this replica, requests/s.")
 @click.option("--prompt-tokens", type=int, default=512, show_default=True)
 @click.option("--output-tokens", type=int, default=256, show_default=True)
-@click.option("--kv-cache-dtype", default="fp16", show_default=True)
+@click.option("--kv-cache-dtype", help="KV-cache precision (default: the engine's default for the checkpoint).")
+@click.option("--max-num-seqs", type=int, help="Engine limit on running sequences (default: the engine's own).")
+@click.option("--requests-per-client", type=float, default=10.0, show_default=True,
+              help="Closed loop: requests each client sends after warm-up (0: steady state only).")
+@click.option("--simulate", is_flag=True, help="Also run the step-by-step scheduler simulation.")
 @click.option("--gpu-layers", type=int, help="llama.cpp: layers on the GPU (the rest in host RAM).")
-@click.option("--rate", type=float, help="Poisson arrivals at this replica, requests/s (default: closed loop).")
 @click.option("--price", multiple=True, help="Override a price, DEV=USD.")
 @catalog_option
 @json_option
 @click.pass_context
-def estimate(ctx, model, model_config, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens,
-             kv_cache_dtype, gpu_layers, rate, price, catalogs, as_json):
-    """Predictions for one configuration, with every term and the plugin that gave it."""
+def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency, rate, prompt_tokens, output_tokens,
+             kv_cache_dtype, max_num_seqs, requests_per_client, simulate, gpu_layers, price, catalogs, as_json):
+    """Predictions for one configuration under load, with every term and the plugin that gave it."""
     from quantplan.solver.api import estimate as run
     from quantplan.solver.report import render_estimate
 
     if (model is None) == (model_config is None):
         raise QuantplanError("give exactly one of --model or --model-config")
-    result = run(model, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens, kv_cache_dtype,
-                 gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs), rate=rate)
+    result = run(model, method, gpu, framework, gpus, concurrency, prompt_tokens, output_tokens, kv_cache_dtype,
+                 gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs), rate=rate,
+                 max_num_seqs=max_num_seqs, requests_per_client=requests_per_client, simulate=simulate)
     _emit(result.model_dump(), as_json, lambda console: render_estimate(result, console))
     if not result.compatible:
         ctx.exit(1)

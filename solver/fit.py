@@ -99,6 +99,8 @@ DEFAULT_PARAMETERS = tuple(
          ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0))]
     + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
     + [Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95, 0.6),
+       Parameter("framework", "llama.cpp", "bandwidth_efficiency.apple", 0.3, 0.95, 0.7),
+       Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.apple", 0.1, 0.95, 0.6),
        Parameter("framework", "llama.cpp", "int8_kernel_efficiency", 0.05, 1.0, 0.5),
        Parameter("kernel", "trtllm-w4a16", "bandwidth_efficiency", 0.3, 1.2, 0.7),
        Parameter("kernel", "trtllm-w4a16", "compute_efficiency", 0.2, 1.2, 0.7)]
@@ -190,7 +192,7 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
             return setup.residuals(trial)
 
         result = least_squares(residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
-                               x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=400)
+                               x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=60)
         values[used] = [_round(v) for v in result.x]
         setup.result = result
     report = []
@@ -235,3 +237,24 @@ def write_catalog(parameters, values, folder: Path | None = None) -> list[str]:
         path.write_text(text[:start] + block + text[end:])
         changed.append(f"{name}: {parameter.name} = {value:g}")
     return changed
+
+
+def errors(setup: Problem, values: np.ndarray, devices: tuple[str, ...] = ()) -> list[dict]:
+    """Median and p90 of |predicted / measured - 1| before and after the fit, for TPOT, TTFT and the
+    other speed figures, on the fitted devices' rows and (with `devices`) on the others."""
+    before, after = setup.predictions(setup.start), setup.predictions(values)
+    found = []
+    for sample in ("in-sample", "out-of-sample"):
+        for metric in ("tpot_ms", "ttft_ms", "other"):
+            chosen = [i for i, row in enumerate(setup.prepared.rows)
+                      if (sample == "in-sample") == (not devices or row.gpu in devices)
+                      and (row.metric if row.metric in ("tpot_ms", "ttft_ms") else "other") == metric
+                      and np.isfinite(before[i]) and np.isfinite(after[i])]
+            if not chosen:
+                continue
+            measured = setup.measured[chosen]
+            b, a = np.abs(before[chosen] / measured - 1), np.abs(after[chosen] / measured - 1)
+            found.append({"sample": sample, "metric": metric, "rows": len(chosen),
+                          "before_median": float(np.median(b)), "before_p90": float(np.percentile(b, 90)),
+                          "after_median": float(np.median(a)), "after_p90": float(np.percentile(a, 90))})
+    return found

@@ -80,15 +80,34 @@ def render_estimate(result: EstimateResult, console: Console) -> None:
         ("weights, replica (GB)", _f(result.weights_gb, 2)), ("KV cache, replica (GB)", _f(result.kv_cache_gb, 2)),
         ("overhead per GPU (GB)", _f(result.overhead_gb, 2)),
         ("layers on GPU", str(result.gpu_layers) if result.gpu_layers is not None else "all"),
-        ("TTFT mean / last (ms)", f"{_f(result.ttft_ms, 1)} / {_f(result.ttft_max_ms, 1)}"),
-        ("TPOT (ms)", _f(result.tpot_ms, 2)), ("tokens/s per user", _f(result.tokens_per_s_per_user, 1)),
+        ("load", result.load_model or "-"),
+        ("TTFT mean / p50 / p90 / p99 (ms)", " / ".join(_f(v, 1) for v in (result.ttft_ms, result.ttft_p50_ms,
+                                                                           result.ttft_p90_ms, result.ttft_p99_ms))),
+        ("TPOT mean / p90 / p99 (ms)", " / ".join(_f(v, 2) for v in (result.tpot_ms, result.tpot_p90_ms,
+                                                                     result.tpot_p99_ms))),
+        ("tokens/s per user", _f(result.tokens_per_s_per_user, 1)),
         ("decode tokens/s per replica", _f(result.decode_tokens_per_s, 0)),
-        ("output tokens/s per replica (closed loop)", _f(result.tokens_per_s, 0)),
+        ("output tokens/s per replica", _f(result.tokens_per_s, 0)),
         ("prefill tokens/s", _f(result.prefill_tokens_per_s, 0)), ("decode bound", result.decode_bound or "-"),
         ("ppl Δ / ppl Δ (%)", f"{_f(result.ppl_delta, 3)} / {_f(result.ppl_delta_pct, 2)}"),
         ("$/h, $/1M output tokens", f"{_f(result.cost_per_hour, 3)}, {_f(result.cost_per_million_tokens, 3)}"),
         ("execution", result.execution or "-"),
     ]
+    if result.simulated:
+        sim = result.simulated
+        at = next(i for i, row in enumerate(rows) if row[0] == "load") + 3
+        rows.insert(at, ("simulated TTFT mean / p50 / p90 / p99 (ms)", " / ".join(
+            _f(sim[k], 1) for k in ("ttft_ms", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms"))))
+        rows.insert(at + 1, ("simulated TPOT mean / p90 / p99 (ms)", " / ".join(
+            _f(sim[k], 2) for k in ("tpot_ms", "tpot_p90_ms", "tpot_p99_ms"))))
+    sched = result.scheduling
+    if sched:
+        rows.append(("engine scheduling", f"{sched['policy']}, budget {sched['token_budget']} tokens/step, "
+                                          f"at most {sched['max_sequences']} running"
+                                          f"{', chunked prefill' if sched['chunked_prefill'] else ''}"
+                                          f"{', KV reserved up front' if sched['kv_reserved_up_front'] else ''}"))
+    if result.kv_cache_note:
+        rows.append(("KV cache", result.kv_cache_note))
     table = _table("Prediction", ["figure", "value"])
     for name, value in rows:
         table.add_row(name, value)

@@ -34,6 +34,8 @@ GROUPS = {
 TARGETS = {  # (median, p90) absolute relative error
     "memory": (0.03, None), "decode": (0.12, 0.30), "ttft": (0.20, 0.50),
 }
+LATENCY_TARGETS = {"tpot_ms": (0.10, 0.25), "ttft_ms": (0.20, 0.50)}  # rows under load (issue targets)
+REGIMES = ("c=1", "c=2-16", "c=17-64", "c>64", "rate")
 OFFLINE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -318,10 +320,13 @@ def _stats(errors: list[float]) -> dict:
 
 
 def summary(checks: list[Check]) -> dict:
-    """Median and 90th-percentile absolute error per metric group, framework and device class."""
+    """Median and 90th-percentile absolute error per metric group, framework, device and device class,
+    and for latency under load (TTFT, TPOT) by load regime, dense and MoE models apart."""
     scored = [c for c in checks if c.error is not None and c.group in TARGETS]
-    out: dict = {"by_group": {}, "by_framework": {}, "by_device_class": {}, "quality": {}, "unpredicted": []}
-    for key, name in (("group", "by_group"), ("framework", "by_framework"), ("device_class", "by_device_class")):
+    out: dict = {"by_group": {}, "by_framework": {}, "by_device": {}, "by_device_class": {}, "under_load": {},
+                 "under_load_moe": {}, "quality": {}, "unpredicted": []}
+    for key, name in (("group", "by_group"), ("framework", "by_framework"), ("gpu", "by_device"),
+                      ("device_class", "by_device_class")):
         for value in sorted({getattr(c, key) for c in scored}):
             errors = [c.error for c in scored if getattr(c, key) == value]
             out[name][value] = _stats(errors)
@@ -330,6 +335,8 @@ def summary(checks: list[Check]) -> dict:
             stats = out["by_group"][group]
             stats["target_median"], stats["target_p90"] = median, p90
             stats["meets"] = stats["median_ape"] <= median and (p90 is None or stats["p90_ape"] <= p90)
+    for moe, name in ((False, "under_load"), (True, "under_load_moe")):
+        out[name] = latency_table([c for c in scored if c.moe == moe])
     quality_rows = [c for c in checks if c.group == "quality" and c.within is not None]
     if quality_rows:
         out["quality"] = {"rows": len(quality_rows), "within": sum(c.within for c in quality_rows),
@@ -338,3 +345,26 @@ def summary(checks: list[Check]) -> dict:
     out["worst"] = [{"id": c.id, "metric": c.metric, "framework": c.framework, "gpu": c.gpu, "error": c.error}
                     for c in sorted(scored, key=lambda c: -abs(c.error))[:8]]
     return out
+
+
+def latency_table(checks: list[Check]) -> dict:
+    """TTFT and TPOT errors of rows under load: all, by regime and by engine, against the targets
+    (a regime may be at most twice the target)."""
+    table: dict = {}
+    for metric, (median, p90) in LATENCY_TARGETS.items():
+        rows = [c for c in checks if c.metric == metric and c.regime in REGIMES]
+        if not rows:
+            continue
+        entry = {"all": _stats([c.error for c in rows]), "by_regime": {}, "by_framework": {}}
+        entry["all"].update(target_median=median, target_p90=p90,
+                            meets=entry["all"]["median_ape"] <= median and entry["all"]["p90_ape"] <= p90)
+        for regime in REGIMES:
+            found = [c.error for c in rows if c.regime == regime]
+            if found:
+                stats = _stats(found)
+                stats["within_twice_target"] = stats["median_ape"] <= 2 * median and stats["p90_ape"] <= 2 * p90
+                entry["by_regime"][regime] = stats
+        for framework in sorted({c.framework for c in rows}):
+            entry["by_framework"][framework] = _stats([c.error for c in rows if c.framework == framework])
+        table[metric] = entry
+    return table
