@@ -28,8 +28,13 @@ def _pairs(values: tuple[str, ...], option: str, kind: type) -> dict:
 
 
 def _console() -> Console:
-    """A console as wide as the terminal (or $COLUMNS; 80 when neither says)."""
-    return Console()
+    """A console as wide as the terminal, or $COLUMNS; 160 columns when output goes to a file or pipe."""
+    import os
+    import sys
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=160)
 
 
 def _emit(data, as_json: bool, render) -> None:

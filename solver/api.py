@@ -85,9 +85,27 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
         raise InfeasibleError("; ".join(reasons), reasons) from None
     groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes)
               for a in sorted(solution.assignments, key=lambda a: a.option.key)]
+    sharing_notes = []
+    for _ in range(MAX_SHARING_ROUNDS):  # classes sharing a replica must meet their SLOs under the combined load
+        broken = _shared_violations(groups, scenario.classes)
+        if not broken:
+            break
+        options = [_without(o, broken.get(o.key, ())) for o in options]
+        options = [o for o in options if o.performance]
+        sharing_notes += [f"{name} not mixed with other classes on {key}: under their combined load it would "
+                          f"miss its SLO" for key, names in sorted(broken.items()) for name in names]
+        try:
+            solution = _solve(options, scenario, availability)
+        except program.NoSolution:
+            reasons = ["every class meets its SLOs alone, but classes that share replicas miss them under "
+                       "their combined load, and there are not enough devices to serve them apart"]
+            raise InfeasibleError("; ".join(reasons), reasons) from None
+        groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes)
+                  for a in sorted(solution.assignments, key=lambda a: a.option.key)]
     tokens = served_tokens_per_s(solution, scenario.classes)
     alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
+    notes += sharing_notes
     if scenario.margin != "none":
         notes.append(f"planned against {scenario.margin} validation error: TTFT and TPOT figures include that margin")
     return Plan(
@@ -109,6 +127,37 @@ def _solve(options: list[Option], scenario: Scenario, availability: dict[str, in
 
 
 ALTERNATIVES_PER_KIND = 3
+MAX_SHARING_ROUNDS = 4
+
+
+def _shared_violations(groups, classes: tuple[TrafficClass, ...]) -> dict[str, list[str]]:
+    """Option key -> classes that miss an SLO on a replica they share with other classes."""
+    by_name = {k.name: k for k in classes}
+    broken: dict[str, list[str]] = {}
+    for group in groups:
+        if len(group.classes) < 2:
+            continue
+        missing = []
+        for figures in group.classes:
+            traffic = by_name[figures.name]
+            at_p90 = figures.statistic != "mean"
+            ttft = figures.ttft_p90_ms if at_p90 and figures.ttft_p90_ms is not None else figures.ttft_ms
+            tpot = figures.tpot_p90_ms if at_p90 and figures.tpot_p90_ms is not None else figures.tpot_ms
+            if (traffic.ttft_ms is not None and not ttft <= traffic.ttft_ms) or (
+                    traffic.tpot_limit_ms is not None and not tpot <= traffic.tpot_limit_ms):
+                missing.append(figures)
+        if missing:  # move the smallest share elsewhere first
+            smallest = min(missing, key=lambda f: (f.share, f.name))
+            broken.setdefault(group.key, []).append(smallest.name)
+    return broken
+
+
+def _without(option: Option, names) -> Option:
+    if not names:
+        return option
+    keep = lambda table: {k: v for k, v in table.items() if k not in names}  # noqa: E731
+    return replace(option, memory=keep(option.memory), performance=keep(option.performance),
+                   timings=keep(option.timings))
 
 
 def _single_bound(options: list[Option], classes: tuple[TrafficClass, ...]) -> float:

@@ -30,7 +30,7 @@ LOSS_SCALE = 0.15  # soft-L1: a row's log error beyond ~15% counts about linearl
 
 @dataclass(frozen=True)
 class Parameter:
-    kind: str  # "framework" or "kernel"
+    kind: str  # "framework", "method" or "kernel"
     id: str
     field: str  # a spec field, or "<dict field>.<key>"
     low: float
@@ -51,6 +51,8 @@ class Parameter:
     def _spec(self, world: World):
         if self.kind == "framework":
             return world.frameworks.get(self.id)
+        if self.kind == "method":
+            return world.methods.get(self.id)
         from quantplan.plugins.builtin.methods import kernels
 
         return kernels()[self.id]
@@ -59,9 +61,13 @@ class Parameter:
         """(what it changes, coefficient) for one probe; None when it does not touch it."""
         config = probe.config
         framework, gpu = config.framework, config.gpu
-        if self.kind == "kernel":
-            if config.execution.kernel != self.id:
+        if self.kind in ("kernel", "method"):
+            from quantplan.plugins.builtin.methods import kernels
+
+            if self.kind == "kernel" and config.execution.kernel != self.id:
                 return None
+            if self.kind == "method" and (config.method.id != self.id or config.execution.kernel in kernels()):
+                return None  # a method on a shared kernel takes the kernel's shares
             return ("bandwidth", 1.0) if self.field == "bandwidth_efficiency" else ("peaks", 1.0)
         if framework.id != self.id:
             return None
@@ -102,6 +108,8 @@ DEFAULT_PARAMETERS = tuple(
        Parameter("framework", "llama.cpp", "bandwidth_efficiency.apple", 0.3, 0.95, 0.7),
        Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.apple", 0.1, 0.95, 0.6),
        Parameter("framework", "llama.cpp", "int8_kernel_efficiency", 0.05, 1.0, 0.5),
+       Parameter("method", "fp8", "compute_efficiency", 0.3, 1.2, 0.8),
+       Parameter("method", "nvfp4", "compute_efficiency", 0.2, 1.2, 0.7),
        Parameter("kernel", "trtllm-w4a16", "bandwidth_efficiency", 0.3, 1.2, 0.7),
        Parameter("kernel", "trtllm-w4a16", "compute_efficiency", 0.2, 1.2, 0.7)]
 )
@@ -216,7 +224,7 @@ def write_catalog(parameters, values, folder: Path | None = None) -> list[str]:
     changed = []
     for parameter, value in zip(parameters, values):
         name = "frameworks.toml" if parameter.kind == "framework" else "methods.toml"
-        table = "framework" if parameter.kind == "framework" else "kernel"
+        table = parameter.kind
         path = folder / name
         text = path.read_text()
         start = text.index(f'[[{table}]]\nid = "{parameter.id}"')

@@ -64,6 +64,7 @@ class ReplicaGroup(Out):
     classes: list[ClassFigures]
     error_bars: dict
     coverage_warnings: list[str]
+    key: str = ""  # the configuration's id (device/method/framework/tp/batch/kv)
 
 
 class Alternative(Out):
@@ -140,7 +141,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
         cost_per_hour=option.cost_per_hour, execution=note, classes=shared(option, served, classes, count),
         error_bars=bars,
-        coverage_warnings=warnings,
+        coverage_warnings=warnings, key=config.key,
     )
 
 
