@@ -66,6 +66,7 @@ class Protocol:
     only, as a service that runs for hours sees it)."""
 
     requests_per_client: float = 10.0
+    think_s: float = 0.0  # mean pause of a client between a response and its next request
 
     @property
     def wave_weight(self):
@@ -163,7 +164,9 @@ def _mixed_step(steps: StepModel, sched: Scheduling, prompt: int, decoding, rate
     service = prompt / room * full  # one prompt's work at a full budget
     utilisation = rate * service
     own = np.maximum(np.ceil(prompt / room), 1.0) * np.where(prompt <= room, loaded, full)
-    return tau_new, own, service, utilisation, share, plain, loaded
+    # an arrival lands inside a step and waits for its end: the length-biased mean residual
+    residual = ((1 - share) * plain ** 2 + share * loaded ** 2) / (2 * np.maximum(tau_new, 1e-15))
+    return tau_new, own + residual, service, utilisation, share, plain, loaded
 
 
 def _queue_wait(utilisation, service):
@@ -172,7 +175,7 @@ def _queue_wait(utilisation, service):
     return rho * service / (2 * (1 - rho))
 
 
-def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int, clients):
+def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int, clients, think=0.0):
     """Steady state of a closed loop under the mixed scheduler once its requests have spread out,
     solved as a fixed point: each prompt's own chunks, the M/D/1 wait behind other prompts' chunks,
     and, when prompt work outruns the budget, a completion rate capped by the prefill capacity, the
@@ -191,11 +194,14 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
             room = np.maximum(room, prompt)
         capacity = room / (prompt * steps.seconds(decoding, room))  # prompts/s at a full budget every step
         own_new = own_new + _queue_wait(utilisation, service)
-        rate_new = np.minimum(admitted / (own_new + (output - 1) * tau_new), capacity)
+        lifetime = own_new + (output - 1) * tau_new
+        rate_new = np.minimum(np.minimum(admitted / lifetime, clients / (lifetime + think)), capacity)
         tau, own, rate = (tau + tau_new) / 2, (own + own_new) / 2, (rate + rate_new) / 2
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
-    ttft = np.maximum(clients / rate - (output - 1) * tau, own)  # Little's law: slot and prefill waits
-    return ttft, tau, rate, decoding, admitted, np.minimum(rate / capacity, 1.0)
+    in_system = clients - rate * think
+    ttft = np.maximum(in_system / rate - (output - 1) * tau, own)  # Little's law: slot and prefill waits
+    # the random part of TTFT: the wait behind other prompts (a KV-slot wait is a steady shift)
+    return ttft, tau, rate, decoding, admitted, np.minimum(rate / capacity, 1.0), _queue_wait(utilisation, service)
 
 
 def _admitted(sched: Scheduling, prompt: int, output: int, clients):
@@ -214,7 +220,8 @@ def kv_slots(sched: Scheduling, prompt, output):
 
 
 def _wave(steps: StepModel, sched: Scheduling, prompt: int, output: int, admitted):
-    """A lockstep wave of `admitted` prompts arriving together: (mean TTFT, mean TPOT, last TTFT)."""
+    """A lockstep wave of `admitted` prompts arriving together: (mean TTFT, mean TPOT, last TTFT, first
+    TTFT): the prompts go through in budget-sized groups, each group's first tokens at its step's end."""
     if sched.policy == "prefill-first":
         batch = np.maximum(sched.token_budget, prompt)
         batches = np.maximum(np.ceil(admitted * prompt / batch), 1.0)
@@ -222,7 +229,7 @@ def _wave(steps: StepModel, sched: Scheduling, prompt: int, output: int, admitte
         decode = steps.seconds(admitted, 0.0)
         ttft = (batches + 1) / 2 * per_batch
         tpot = decode + (batches - 1) / 2 * per_batch / np.maximum(output - 1, 1)
-        return ttft, tpot, batches * per_batch
+        return ttft, tpot, batches * per_batch, per_batch
     decoding = admitted / 2  # decodes join as the wave's prompts finish
     room = np.maximum(sched.token_budget - decoding, 1.0)
     if sched.chunked:
@@ -235,7 +242,7 @@ def _wave(steps: StepModel, sched: Scheduling, prompt: int, output: int, admitte
     ttft = (groups + 1) / 2 * loaded
     shared = np.minimum(groups / 2, output - 1)  # steps a request decodes alongside the wave's prompts
     tpot = decode + shared * (loaded - decode) / np.maximum(output - 1, 1)
-    return ttft, tpot, groups * loaded
+    return ttft, tpot, groups * loaded, loaded
 
 
 def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Protocol = DEFAULT_PROTOCOL) -> Load:
@@ -248,18 +255,18 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
     steps, sched = timing.steps, timing.scheduling
     clients = np.asarray(clients, dtype=float)
     admitted = _admitted(sched, prompt, output, clients)
-    wave_ttft, wave_tpot, wave_last = _wave(steps, sched, prompt, output, admitted)
+    wave_ttft, wave_tpot, wave_last, wave_first = _wave(steps, sched, prompt, output, admitted)
     wave_cycle = wave_last + (output - 1) * steps.seconds(admitted, 0.0)
     wave_rate = admitted / wave_cycle
     waiting_rounds = clients / wave_rate - wave_cycle  # rounds a client waits for a KV slot
     if sched.policy == "prefill-first":  # waves persist: every round is a wave
         load = Load(waiting_rounds + wave_ttft, wave_tpot, wave_rate, admitted, admitted=admitted,
                     prefill_utilisation=wave_last / wave_cycle)
-        spread = (wave_last, wave_ttft)
+        spread = (wave_first + waiting_rounds, wave_last + waiting_rounds, wave_ttft)
         weight = 1.0
     else:
-        spread_ttft, tau, rate, decoding, admitted, utilisation = _closed_mixed(steps, sched, prompt, output,
-                                                                                clients)
+        spread_ttft, tau, rate, decoding, admitted, utilisation, wait = _closed_mixed(
+            steps, sched, prompt, output, clients, protocol.think_s)
         persist = np.asarray(sched.wave_persistence, dtype=float)
         steady_ttft = persist * (waiting_rounds + wave_ttft) + (1 - persist) * spread_ttft
         steady_tpot = persist * wave_tpot + (1 - persist) * tau
@@ -271,7 +278,7 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
         rate = persist * wave_rate + (1 - persist) * rate
         load = Load(ttft, tpot, rate, persist * admitted + (1 - persist) * decoding, admitted=admitted,
                     prefill_utilisation=utilisation)
-        spread = (wave_last, steady_ttft)
+        spread = (wave_first, wave_last, steady_ttft, (1 - persist) * wait, utilisation)
         weight = first + (1 - first) * persist
     load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread),
                    tpot_percentiles={p: load.tpot for p in PERCENTILES})
@@ -284,21 +291,32 @@ def _with_request_overhead(load: Load, sched: Scheduling) -> Load:
                    ttft_percentiles={p: v + extra for p, v in load.ttft_percentiles.items()})
 
 
-def _closed_ttft_percentiles(weight, mean, wave_last, steady):
-    """Closed-loop TTFT percentiles: a share `weight` of requests meets a wave, whose first tokens
-    spread evenly over [0, its last]; the others sit at the steady value."""
-    weight = np.asarray(weight, dtype=float)
-    safe = np.maximum(weight, 1e-12)
+def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0.0, utilisation=0.0):
+    """Closed-loop TTFT percentiles of a mixture: a share `weight` of requests meets a wave, whose first
+    tokens spread evenly over [its first, its last]; the others take the steady value, whose wait behind
+    other prompts (mean `wait`) is zero with probability 1 - rho and else exponential (the M/G/1
+    tail). Quantiles are read off the mixture's distribution on a grid."""
+    shape = np.shape(np.asarray(mean, dtype=float))
+    weight = np.broadcast_to(np.asarray(weight, dtype=float), shape)[..., None]
+    last = np.broadcast_to(np.maximum(np.asarray(wave_last, dtype=float), 1e-12), shape)[..., None]
+    first = np.minimum(np.broadcast_to(np.asarray(wave_first, dtype=float), shape)[..., None], last)
+    steady = np.broadcast_to(np.asarray(steady, dtype=float), shape)[..., None]
+    wait = np.broadcast_to(np.asarray(wait, dtype=float), shape)[..., None]
+    rho = np.clip(np.broadcast_to(np.asarray(utilisation, dtype=float), shape)[..., None], 1e-6, 0.98)
+    base = np.maximum(steady - wait, 0.0)
+    top = np.maximum(last, steady + 6 * wait / rho) * 1.05 + 1e-9
+    grid = top * np.linspace(0.0, 1.0, 400)
+    with np.errstate(over="ignore", invalid="ignore"):
+        tail = np.where(wait > 0, rho * np.exp(-(grid - base) * rho / np.maximum(wait, 1e-15)), 0.0)
+    spread = np.where(grid >= base, 1.0 - tail, 0.0)
+    in_wave = np.clip((grid - first) / np.maximum(last - first, 1e-12), 0.0, 1.0)
+    in_wave = np.where(last - first > 1e-12, in_wave, (grid >= last).astype(float))
+    cdf = weight * in_wave + (1 - weight) * spread
     found = {}
     for p in PERCENTILES:
-        q = p / 100
-        # share of the mixture below x: weight * x / last + (1 - weight) * [x >= steady]
-        below_steady = weight * np.minimum(steady / np.maximum(wave_last, 1e-12), 1.0)
-        above = below_steady + (1 - weight)
-        x_low = q / safe * wave_last  # quantile inside the wave, below the steady value
-        x_high = (q - (1 - weight)) / safe * wave_last
-        value = np.where(q <= below_steady, x_low, np.where(q <= above, steady, np.maximum(x_high, steady)))
-        found[p] = np.where(weight > 0, value, steady) * np.ones_like(np.asarray(mean, dtype=float))
+        index = np.argmax(cdf >= p / 100 - 1e-12, axis=-1)
+        value = np.take_along_axis(grid, index[..., None], axis=-1)[..., 0]
+        found[p] = value if value.ndim else float(value)
     return found
 
 
@@ -321,12 +339,12 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
     decoding = rate * (output - 1) * tau
     tau, own, service, utilisation, share, plain, loaded = _mixed_step(steps, sched, prompt, decoding, rate, tau)
     wait = _queue_wait(utilisation, service)
-    ttft = tau / 2 + wait + own
+    ttft = wait + own
     unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
     ttft_p, tpot_p = {}, {}
     for p in PERCENTILES:
         q = p / 100
-        ttft_p[p] = q * tau + _wait_quantile(utilisation, wait, q) + own
+        ttft_p[p] = (q - 0.5) * tau + _wait_quantile(utilisation, wait, q) + own
         spread = np.sqrt(np.maximum(share * (1 - share), 0) / np.maximum(output - 1, 1)) * (loaded - plain)
         tpot_p[p] = tau + Z[p] * (spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding))
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), sched),

@@ -66,9 +66,14 @@ class _Request:
 
 
 def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, rate: float | None = None,
-             seed: int = 0) -> Simulated:
+             seed: int = 0, jitter_s: float | None = None) -> Simulated:
     """Run the scheduler for `traffic`'s lengths: `clients` in a closed loop, else Poisson at `rate`
-    (default: the class's rate, or its concurrency as clients)."""
+    (default: the class's rate, or its concurrency as clients).
+
+    `jitter_s`: a closed-loop client sends its next request after a random delay in [0, jitter_s]
+    (client and API-server latency). Zero keeps requests that finish together in lockstep; the
+    default (mixed scheduling: a few decode steps; prefill-first: zero) lets them spread out, as the
+    engines whose waves do not persist see them."""
     if clients is None and rate is None:
         if traffic.load_kind == "rate":
             rate = traffic.rate_per_s
@@ -82,6 +87,9 @@ def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, r
         slots = min(slots, max(math.floor(sched.kv_tokens / held), 1))
     rng = np.random.default_rng(seed)
     closed = clients is not None
+    if jitter_s is None:
+        jitter_s = 0.0 if sched.policy == "prefill-first" else 4 * float(steps.seconds(0.0, 0.0))
+    delayed: list[tuple[float, int]] = []  # (arrival time, client): requests on their way to the engine
     if closed:
         per_client = traffic.requests_per_client
         steady = per_client < 1
@@ -105,6 +113,12 @@ def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, r
     count = 0
     sequence = 0
     while done < total and count < MAX_STEPS:
+        while delayed and delayed[0][0] <= now:
+            arrival, client = heapq.heappop(delayed)
+            waiting.append(_Request(arrival, client, prompt))
+        if closed and not waiting and not prefilling and not decoding and delayed:
+            now = delayed[0][0]
+            continue
         if not closed:
             while next_arrival < total and arrivals[next_arrival] <= now:
                 waiting.append(_Request(float(arrivals[next_arrival]), next_arrival, prompt))
@@ -162,7 +176,10 @@ def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, r
                 keep.append(sent[client] > discard_per_client)
                 if sent[client] < budget_per_client:
                     sent[client] += 1
-                    waiting.append(_Request(now, client, prompt))
+                    if jitter_s > 0:
+                        heapq.heappush(delayed, (now + float(rng.uniform(0.0, jitter_s)), client))
+                    else:
+                        waiting.append(_Request(now, client, prompt))
             else:
                 keep.append(client >= POISSON_DISCARD)
     mask = np.array(keep, dtype=bool)

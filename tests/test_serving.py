@@ -1,0 +1,278 @@
+"""Serving under load: the closed forms the solver uses, held to the step-by-step scheduler simulation,
+and the engine scheduling facts they rest on (each engine's documented defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from quantplan.solver import serving
+from quantplan.solver.api import estimate, solve
+from quantplan.solver.candidates import Config
+from quantplan.solver.scenario import TrafficClass, make_scenario
+from quantplan.solver.simulate import simulate
+from quantplan.solver.space import execution_of
+from quantplan.solver.stepmodel import step_model
+
+ENGINES = ("vllm", "tensorrt-llm", "sglang")
+LENGTHS = ((1000, 1000), (4000, 500), (500, 2000))
+
+
+def config(world, model="llama-3.1-8b", method="bf16", gpu="h100-sxm", framework="vllm", gpus=1, kv="fp16"):
+    m, g, f = world.methods.get(method), world.gpus.get(gpu), world.frameworks.get(framework)
+    return Config(world.models.get(model), m, g, f, world.kv_caches.get(kv), gpus, execution_of(world, m, g, f), 1)
+
+
+def bare(world, framework, prompt, output, sequences=None, **traffic):
+    """Timing without the fitted per-request overhead and wave persistence: the scheduler alone."""
+    c = config(world, framework=framework)
+    times = serving.timing(world, c, TrafficClass(prompt_tokens=prompt, output_tokens=output, **traffic))
+    sched = replace(times.scheduling, request_overhead_s=0.0, wave_persistence=0.0)
+    if sequences is not None:
+        sched = sched.with_sequences(min(sequences, sched.max_sequences))
+    return serving.Timing(times.steps, sched)
+
+
+# ---------------------------------------------------------------- the step model
+
+
+def test_step_model_reproduces_the_plugins_decode_and_prefill_steps(world):
+    """t(d, 0) and t(0, P) equal the plugins' own decode and prefill step times (estimator.step_time)."""
+    from quantplan.solver.candidates import Step
+    from quantplan.solver.estimator import step_terms, step_time
+
+    c = config(world, "llama-3.1-70b", "fp8", framework="tensorrt-llm", gpus=4)
+    steps = step_model(world, c, 2000, 500)
+    for d in (1, 16, 256):
+        plugin = step_time(step_terms(world, c, Step("decode", d, d, 2250)), "decode").seconds
+        assert steps.seconds(d, 0) == pytest.approx(plugin, rel=1e-9)
+    plugin = step_time(step_terms(world, c, Step("prefill", 1, 2000, 2000)), "prefill").seconds
+    assert steps.seconds(0, 2000) == pytest.approx(plugin, rel=1e-9)
+
+
+def test_moe_step_reads_more_experts_as_tokens_grow(world):
+    """Qwen3-30B-A3B (128 experts, top-8): one token touches 8/128 of each layer's experts, 64 tokens
+    1 - (1 - 8/128)^64 = 98.4% of them, so weight bytes per step grow with the tokens in it."""
+    c = config(world, "qwen3-30b-a3b", "bf16", framework="vllm")
+    steps = step_model(world, c, 512, 256)
+    one = steps.weight_bytes + steps.expert_bytes * (8 / 128)
+    many = steps.weight_bytes + steps.expert_bytes * (1 - (1 - 8 / 128) ** 64)
+    assert steps.expert_bytes > 0 and many / one > 5
+    assert steps.seconds(64, 0) > 3 * steps.seconds(1, 0)  # memory-bound decode pays for the experts
+    dense = step_model(world, config(world, "llama-3.1-8b"), 512, 256)
+    assert dense.expert_bytes == 0
+
+
+# ---------------------------------------------------------------- engines' scheduling defaults
+
+
+def test_engine_defaults_follow_their_documentation(world):
+    """vLLM: 8192 tokens / 1024 sequences on >= 70 GiB devices except A100, else 2048 / 256; SGLang's
+    chunked-prefill size 16384 on B200, 8192 on H100, 2048 on small cards; TensorRT-LLM does not chunk
+    prompts and reserves KV up front; SGLang runs prefill first."""
+    def sched(framework, gpu):
+        return serving.scheduling(world, config(world, gpu=gpu, framework=framework), TrafficClass())
+
+    assert (sched("vllm", "h100-sxm").token_budget, sched("vllm", "h100-sxm").max_sequences) == (8192, 1024)
+    assert (sched("vllm", "a100-80gb").token_budget, sched("vllm", "a100-80gb").max_sequences) == (2048, 256)
+    assert sched("vllm", "l40s").token_budget == 2048
+    assert sched("sglang", "b200").token_budget == 16384 and sched("sglang", "h100-sxm").token_budget == 8192
+    assert sched("sglang", "rtx4090").token_budget == 2048
+    assert sched("sglang", "h100-sxm").policy == "prefill-first" and sched("vllm", "h100-sxm").policy == "mixed"
+    trt = sched("tensorrt-llm", "h100-sxm")
+    assert not trt.chunked and trt.reserve_full and trt.token_budget == 8192
+
+
+def test_estimate_uses_the_engines_default_kv_cache_and_says_so():
+    """ModelOpt FP8 checkpoints run an FP8 KV cache on TensorRT-LLM; vLLM's `auto` follows the model dtype."""
+    trt = estimate("llama-3.1-8b", "fp8", "h100-sxm", "tensorrt-llm")
+    vllm = estimate("llama-3.1-8b", "fp8", "h100-sxm", "vllm")
+    assert trt.kv_cache_dtype == "fp8" and "default" in trt.kv_cache_note
+    assert vllm.kv_cache_dtype == "bf16" and "default" in vllm.kv_cache_note
+    given = estimate("llama-3.1-8b", "fp8", "h100-sxm", "vllm", kv_cache_dtype="fp8")
+    assert given.kv_cache_dtype == "fp8" and given.kv_cache_note is None
+
+
+def test_awq_and_gptq_share_marlin_in_vllm_and_trtllm_kernels_in_tensorrt():
+    """Same engine, same INT4 kernel: AWQ and GPTQ cannot differ in speed beyond their bytes."""
+    awq = estimate("llama-3.1-8b", "awq-int4", "h100-sxm", "vllm", batch=8, kv_cache_dtype="fp16")
+    gptq = estimate("llama-3.1-8b", "gptq-int4", "h100-sxm", "vllm", batch=8, kv_cache_dtype="fp16")
+    assert "marlin" in awq.execution and "marlin" in gptq.execution
+    assert awq.tpot_ms == pytest.approx(gptq.tpot_ms, rel=0.02)
+    trt = estimate("llama-3.1-8b", "awq-int4", "h100-sxm", "tensorrt-llm", batch=8, kv_cache_dtype="fp16")
+    assert "trtllm-w4a16" in trt.execution
+
+
+# ---------------------------------------------------------------- closed loop
+
+
+def test_closed_loop_fixed_point_satisfies_littles_law(world):
+    """Steady state (no wave, no persistence): c = rate x (TTFT + (O - 1) TPOT), and the sequences
+    decoding are rate x (O - 1) x TPOT."""
+    times = bare(world, "vllm", 2000, 500, sequences=64)
+    load = serving.closed_loop(times, 2000, 500, 64, serving.Protocol(0))
+    rate, ttft, tpot = float(load.throughput), float(load.ttft), float(load.tpot)
+    assert rate * (ttft + 499 * tpot) == pytest.approx(64, rel=1e-3)
+    assert float(load.decoding) == pytest.approx(rate * 499 * tpot, rel=1e-3)
+    assert tpot > times.steps.seconds(float(load.decoding), 0)  # prompt chunks ride in the decode steps
+
+
+@pytest.mark.parametrize("framework", ("vllm", "tensorrt-llm"))
+@pytest.mark.parametrize("clients", (8, 64, 256))
+@pytest.mark.parametrize("prompt, output", LENGTHS)
+def test_mixed_closed_loop_matches_the_simulation(world, framework, clients, prompt, output):
+    """Requests that spread out (clients pause a random [0, J] before each request; the closed form
+    takes the mean J/2 as think time): TPOT within 6%, mean TTFT within 15%, p90 TTFT within 35%."""
+    times = bare(world, framework, prompt, output, sequences=clients)
+    traffic = TrafficClass(prompt_tokens=prompt, output_tokens=output, concurrency=clients, requests_per_client=0)
+    jitter = 2 * output * times.steps.seconds(clients / 2, 0)
+    load = serving.closed_loop(times, prompt, output, clients, serving.Protocol(0, jitter / 2))
+    simulated = simulate(times, traffic, clients=clients, jitter_s=jitter).as_dict()
+    assert float(load.tpot) * 1e3 == pytest.approx(simulated["tpot_ms"], rel=0.06)
+    assert float(load.ttft) * 1e3 == pytest.approx(simulated["ttft_ms"], rel=0.15)
+    assert float(load.ttft_percentiles[90]) * 1e3 == pytest.approx(simulated["ttft_p90_ms"], rel=0.35)
+
+
+@pytest.mark.parametrize("clients", (1, 8, 64, 256))
+@pytest.mark.parametrize("prompt, output", LENGTHS)
+def test_sglang_default_scheduling_keeps_waves_and_matches_the_simulation(world, clients, prompt, output):
+    """SGLang runs waiting prompts first, so a closed loop of identical requests moves in waves: every
+    round prefills all prompts in budget-sized batches, then decodes them together. Mean TTFT within 6%,
+    p90 within 10%, TPOT (with the stall of later batches) within 2%."""
+    times = bare(world, "sglang", prompt, output, sequences=clients)
+    traffic = TrafficClass(prompt_tokens=prompt, output_tokens=output, concurrency=clients)
+    load = serving.closed_loop(times, prompt, output, clients, serving.Protocol(10))
+    simulated = simulate(times, traffic, clients=clients).as_dict()
+    assert float(load.ttft) * 1e3 == pytest.approx(simulated["ttft_ms"], rel=0.06)
+    assert float(load.ttft_percentiles[90]) * 1e3 == pytest.approx(simulated["ttft_p90_ms"], rel=0.10)
+    assert float(load.tpot) * 1e3 == pytest.approx(simulated["tpot_ms"], rel=0.02)
+
+
+def test_sglang_wave_by_hand(world):
+    """16 prompts of 1000 tokens, budget 8192 on H100: batches of 8192, 7808 tokens; TTFT mean is the mean
+    of the two batch ends; TPOT adds nothing after the last batch (the stall falls before decoding)."""
+    times = bare(world, "sglang", 1000, 200, sequences=16)
+    load = serving.closed_loop(times, 1000, 200, 16, serving.Protocol(10))
+    first = times.steps.seconds(0, 8192)
+    # the closed form takes every batch at the full budget: two batches of 8192 tokens
+    assert float(load.ttft) == pytest.approx((first + 2 * first) / 2, rel=1e-9)
+    decode = times.steps.seconds(16, 0)
+    assert float(load.tpot) == pytest.approx(decode + 0.5 * first / 199, rel=1e-9)
+
+
+def test_first_wave_weighs_one_request_per_client(world):
+    """A benchmark run starts with all clients at once: with k requests per client the mean TTFT is
+    (1/k) x the wave's + (1 - 1/k) x the steady value, so fewer requests per client read slower."""
+    times = bare(world, "vllm", 2000, 300, sequences=128)
+    short = serving.closed_loop(times, 2000, 300, 128, serving.Protocol(2))
+    long = serving.closed_loop(times, 2000, 300, 128, serving.Protocol(50))
+    steady = serving.closed_loop(times, 2000, 300, 128, serving.Protocol(0))
+    assert float(short.ttft) > float(long.ttft) > float(steady.ttft)
+    wave = (float(short.ttft) - 0.5 * float(steady.ttft)) / 0.5
+    assert float(long.ttft) == pytest.approx(wave / 50 + 49 / 50 * float(steady.ttft), rel=1e-6)
+
+
+def test_kv_capacity_queues_clients_beyond_the_slots(world):
+    """256 clients of 4000 + 500 tokens do not fit in one H100's KV cache next to Llama-3.1-8B: the
+    excess waits whole lifetimes. Closed form and simulation agree within 10%."""
+    times = bare(world, "vllm", 4000, 500, sequences=256)
+    slots = serving.kv_slots(times.scheduling, 4000, 500)
+    assert slots < 256
+    traffic = TrafficClass(prompt_tokens=4000, output_tokens=500, concurrency=256, requests_per_client=0)
+    load = serving.closed_loop(times, 4000, 500, 256, serving.Protocol(0))
+    assert float(load.admitted) == slots
+    simulated = simulate(times, traffic, clients=256, jitter_s=0.05).as_dict()
+    assert float(load.ttft) * 1e3 == pytest.approx(simulated["ttft_ms"], rel=0.10)
+    assert float(load.ttft) > 10 * times.steps.seconds(0, 4000)  # far beyond one prefill
+
+
+# ---------------------------------------------------------------- Poisson arrivals
+
+
+@pytest.mark.parametrize("framework", ENGINES)
+@pytest.mark.parametrize("prompt, output", LENGTHS)
+@pytest.mark.parametrize("load", (0.3, 0.85))
+def test_poisson_percentiles_match_the_simulation(world, framework, prompt, output, load):
+    """Poisson arrivals up to 85% of the replica's capacity: TTFT mean within 15%, p90 within 20%; TPOT
+    mean within 10%, p90 within 20% (3,000 simulated requests, seeded)."""
+    times = bare(world, framework, prompt, output)
+    traffic = TrafficClass(prompt_tokens=prompt, output_tokens=output, rate_per_s=1.0)
+    rate = load * serving.rate_capacity(times, traffic)
+    figures = serving.poisson(times, prompt, output, rate)
+    simulated = simulate(times, traffic, rate=rate).as_dict()
+    assert float(figures.ttft) * 1e3 == pytest.approx(simulated["ttft_ms"], rel=0.15)
+    assert float(figures.ttft_percentiles[90]) * 1e3 == pytest.approx(simulated["ttft_p90_ms"], rel=0.20)
+    assert float(figures.tpot) * 1e3 == pytest.approx(simulated["tpot_ms"], rel=0.10)
+    assert float(figures.tpot_percentiles[90]) * 1e3 == pytest.approx(simulated["tpot_p90_ms"], rel=0.20)
+
+
+def test_poisson_percentiles_are_ordered_and_grow_with_load(world):
+    times = bare(world, "vllm", 1000, 300)
+    light, heavy = (serving.poisson(times, 1000, 300, r) for r in (1.0, 8.0))
+    for figures in (light, heavy):
+        p = figures.ttft_percentiles
+        assert float(p[50]) <= float(p[90]) <= float(p[99])
+    assert float(heavy.ttft_percentiles[90]) > float(light.ttft_percentiles[90])
+    assert float(heavy.tpot) > float(light.tpot)
+
+
+def test_rate_beyond_capacity_is_infinite_not_a_number(world):
+    times = bare(world, "vllm", 1000, 300)
+    figures = serving.poisson(times, 1000, 300, 1e4)
+    assert np.isinf(figures.ttft) and np.isinf(figures.tpot)
+
+
+def test_rate_class_slo_statistic_defaults_to_p90():
+    rate = TrafficClass(rate_per_s=2.0, ttft_ms=500)
+    closed = TrafficClass(concurrency=8, ttft_ms=500)
+    assert rate.statistic == "p90" and closed.statistic == "mean"
+    assert TrafficClass(rate_per_s=2.0, slo_statistic="p99").statistic == "p99"
+
+
+def test_p99_slo_needs_at_least_the_capacity_of_p50(world):
+    """The stricter the statistic the SLO bounds, the less load one replica may carry."""
+    times = bare(world, "vllm", 1000, 300)
+    caps = [serving.rate_capacity(times, TrafficClass(prompt_tokens=1000, output_tokens=300, rate_per_s=1.0,
+                                                      ttft_ms=120, slo_statistic=s)) for s in ("p50", "p90", "p99")]
+    assert caps[0] >= caps[1] >= caps[2] > 0
+
+
+# ---------------------------------------------------------------- several classes on one replica
+
+
+def test_classes_on_one_replica_see_the_combined_load(world):
+    """A chat class sharing a replica with long summaries decodes in the same (slower) steps and waits
+    behind their prompts: its TPOT and TTFT exceed what it gets alone."""
+    c = config(world, framework="vllm")
+    chat = TrafficClass(name="chat", prompt_tokens=300, output_tokens=300, rate_per_s=4.0)
+    summary = TrafficClass(name="summary", prompt_tokens=6000, output_tokens=300, rate_per_s=1.0)
+    times = {k.name: serving.timing(world, c, k) for k in (chat, summary)}
+    alone = serving.poisson(times["chat"], 300, 300, 4.0)
+    shared = serving.shared_load({"chat": (chat, times["chat"], 4.0), "summary": (summary, times["summary"], 1.0)})
+    assert shared["chat"][1] > float(alone.tpot) * 1e3 * 1.1
+    assert shared["chat"][0] > float(alone.ttft) * 1e3
+    assert shared["chat"][1] == shared["summary"][1]  # one set of steps: one TPOT
+    assert shared["summary"][0] > shared["chat"][0]  # its own prompt is longer
+
+
+def test_solver_keeps_classes_apart_when_mixing_breaks_an_slo():
+    """Two classes whose SLOs each hold on a replica alone: a plan never puts them together on a replica
+    where the combined load breaks one, and a shared replica's figures are the combined ones."""
+    scenario = make_scenario({
+        "model": "llama-3.1-8b", "gpus": ["l40s"], "frameworks": ["vllm"], "methods": ["fp8"],
+        "classes": [
+            {"name": "chat", "prompt_tokens": 300, "output_tokens": 300, "rate_per_s": 2.0,
+             "ttft_ms": 150, "tpot_ms": 30},
+            {"name": "long", "prompt_tokens": 8000, "output_tokens": 300, "rate_per_s": 0.3,
+             "ttft_ms": 4000, "tpot_ms": 60},
+        ],
+    })
+    plan = solve(scenario)
+    for group in plan.replicas:
+        for figures in group.classes:
+            traffic = {k.name: k for k in scenario.classes}[figures.name]
+            ttft = figures.ttft_p90_ms if figures.shared_with else figures.ttft_p90_ms or figures.ttft_ms
+            assert ttft <= traffic.ttft_ms * 1.0001
+            assert (figures.tpot_p90_ms or figures.tpot_ms) <= traffic.tpot_ms * 1.0001
