@@ -17,7 +17,7 @@ from quantplan.cli import cli, main
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 CATALOGS = ROOT / "catalogs"
-BLOG_EXAMPLES = ("blog-1-7b-chat-a100.toml", "blog-2-70b-batch-2xh100.toml", "blog-3-7b-m2max-laptop.toml")
+BLOG_EXAMPLES = ("chat-7b-a100.toml", "blog-2-70b-batch-2xh100.toml", "blog-3-7b-m2max-laptop.toml")
 
 # Llama-2-70B: 80 layers x 8 KV heads x 128 head dim x (K and V) x 2 bytes = 327,680 bytes per token.
 LLAMA2_70B_KV_BYTES_PER_TOKEN = 80 * 8 * 128 * 2 * 2
@@ -57,8 +57,16 @@ def solved(example: str) -> dict:
 # ---------------------------------------------------------------- 1. solve --json
 
 
-def test_solve_blog_example_1_json():
-    plan = solved("blog-1-7b-chat-a100.toml")
+def test_solve_blog_example_1_is_infeasible_and_says_why():
+    """The blog's 50 ms TTFT for 8 users on one A100: no served engine reaches it (exit 1, reasons in JSON)."""
+    result = CliRunner().invoke(cli, ["solve", str(EXAMPLES / "blog-1-7b-chat-a100.toml"), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.output.split("\ninfeasible:")[0])
+    assert data["status"] == "infeasible" and "a100-80gb=1" in data["reasons"][0]
+
+
+def test_solve_chat_example_json():
+    plan = solved("chat-7b-a100.toml")
     assert PLAN_KEYS <= set(plan)
     assert plan["status"] == "optimal"
     assert plan["model"] == "llama-2-7b"
@@ -70,8 +78,8 @@ def test_solve_blog_example_1_json():
     a100 = prices()["a100-80gb"]
     assert plan["cost_per_hour"] == pytest.approx(a100, rel=1e-12)
     assert replica["cost_per_hour"] == pytest.approx(a100, rel=1e-12)
-    # The SLOs of the example file hold: TTFT < 50 ms, 40 tok/s per user (TPOT <= 25 ms), ppl delta <= 0.3.
-    assert replica["ttft_ms"] <= 50
+    # The SLOs of the example file hold: TTFT < 150 ms, 40 tok/s per user (TPOT <= 25 ms), ppl delta <= 0.3.
+    assert replica["ttft_ms"] <= 150
     assert replica["tpot_ms"] <= 1000 / 40
     assert replica["ppl_delta"] <= 0.3
     assert replica["batch_size"] >= 8  # 8 concurrent users on one replica
@@ -453,7 +461,7 @@ def test_solve_with_model_config(tmp_path):
 def test_solve_writes_a_readable_lp_file(tmp_path):
     """The program carries domain names: replicas[<device>/<method>/...] and serve[<class>]."""
     lp = tmp_path / "plan.lp"
-    result = CliRunner().invoke(cli, ["solve", "examples/blog-1-7b-chat-a100.toml", "--write-lp", str(lp), "--json"])
+    result = CliRunner().invoke(cli, ["solve", "examples/chat-7b-a100.toml", "--write-lp", str(lp), "--json"])
     assert result.exit_code == 0, result.output
     text = lp.read_text()
     chosen = json.loads(result.output)["replicas"][0]

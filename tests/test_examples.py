@@ -16,52 +16,61 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.fixture(scope="module")
 def plans():
     return {name: solve(load_scenario(EXAMPLES / f"{name}.toml"))
-            for name in ("blog-1-7b-chat-a100", "blog-2-70b-batch-2xh100", "blog-3-7b-m2max-laptop")}
+            for name in ("chat-7b-a100", "blog-2-70b-batch-2xh100", "blog-3-7b-m2max-laptop")}
 
 
 def test_example_1_fp16_meets_40_tokens_per_s_on_one_a100(plans, world):
     """The blog says FP16 gives ~32 tok/s per user at batch 8 and fails the 40 tok/s SLO. The roofline
     disagrees: 13.5 GB of FP16 weights at 2.039 TB/s is a 6.6 ms floor per step (<= 151 tok/s), and
-    quantplan predicts ~100 tok/s. So no quantization is needed; at equal cost the tie-break keeps
-    the unquantized weights."""
-    plan = plans["blog-1-7b-chat-a100"]
+    quantplan predicts ~90 tok/s. So no quantization is needed; at equal cost the tie-break keeps
+    the unquantized weights. (The blog's 50 ms TTFT is not reachable through a served engine's API:
+    examples/chat-7b-a100.toml asks 150 ms; see the next test.)"""
+    plan = plans["chat-7b-a100"]
     assert plan.status == "optimal"
     [group] = plan.replicas
     assert (group.gpu, group.gpus_per_replica, group.count) == ("a100-80gb", 1, 1)
     assert group.method in ("fp16", "bf16") and group.ppl_delta == 0.0
     assert 40 < group.tokens_per_s_per_user <= 2.039e12 / 13.48e9
-    assert group.ttft_ms <= 50
+    assert group.ttft_ms <= 150
     fp16 = estimate("llama-2-7b", "fp16", "a100-80gb", "vllm", batch=8, prompt_tokens=128, output_tokens=256,
                     world=world)
     assert fp16.tokens_per_s_per_user > 40
 
 
 def test_example_1_awq_alone_misses_ttft_on_one_a100():
-    """The blog's pick, AWQ INT4, prefills on 16-bit tensor cores through weight-only kernels: 8 prompts
-    at once miss the 50 ms TTFT on one A100, and the explanation says what it would take."""
+    """The blog's pick, AWQ INT4, prefills on 16-bit tensor cores through weight-only kernels: with the
+    engines' own per-request overhead no AWQ replica reaches the 50 ms TTFT, at any batch or count, and
+    the explanation names the best TTFT it can reach."""
     scenario = load_scenario(EXAMPLES / "blog-1-7b-chat-a100.toml").model_copy(update={"methods": ("awq-int4",)})
     with pytest.raises(InfeasibleError) as raised:
         solve(scenario)
-    assert "2 a100-80gb" in str(raised.value)
+    message = str(raised.value)
+    assert "best TTFT reachable" in message and "awq-int4" in message
+    best = float(message.split("is ")[1].split(" ms")[0])
+    assert best > 50
 
 
 def test_example_2_fp8_on_two_h100(plans, world):
-    """The blog's answer (FP8 W8A8 on 2x H100) holds: INT4 on one H100 is compute-bound at batch 128 and
-    its prefill (weight-only kernels on 16-bit tensor cores) misses the 5 s TTFT."""
+    """The blog's answer (FP8 W8A8 on 2x H100) holds, and it costs what two single-H100 INT4 replicas of
+    64 clients each cost ($5.98/h either way): at equal cost the tie-break keeps the smaller quality loss."""
     plan = plans["blog-2-70b-batch-2xh100"]
     [group] = plan.replicas
     assert (group.gpu, group.gpus_per_replica, group.method) == ("h100-sxm", 2, "fp8")
     assert group.ttft_ms <= 5000 and group.tokens_per_s_per_user >= 10 and group.ppl_delta <= 0.1
-    one_gpu = estimate("llama-2-70b", "awq-int4", "h100-sxm", "tensorrt-llm", batch=128, prompt_tokens=512,
-                       output_tokens=256, world=world)
-    assert one_gpu.fits and one_gpu.decode_bound == "compute" and one_gpu.ttft_ms > 5000
+    int4 = [a for a in plan.alternatives if a.label == "awq-int4 only"]
+    assert int4 and int4[0].cost_per_hour == pytest.approx(plan.cost_per_hour)
+    one_gpu = estimate("llama-2-70b", "awq-int4", "h100-sxm", "tensorrt-llm", batch=64, prompt_tokens=512,
+                       output_tokens=256, kv_cache_dtype="fp16", world=world)
+    assert one_gpu.fits and one_gpu.ttft_ms <= 5000 and one_gpu.tokens_per_s_per_user >= 10
 
 
-def test_example_2_one_gpu_is_infeasible_and_says_what_it_would_take():
+def test_example_2_one_gpu_replicas_serve_it_as_two_int4_replicas():
+    """Limited to one GPU per replica, 128 clients split over two INT4 replicas of 64 on the two H100s."""
     scenario = load_scenario(EXAMPLES / "blog-2-70b-batch-2xh100.toml").model_copy(update={"max_gpus": 1})
-    with pytest.raises(InfeasibleError) as raised:
-        solve(scenario)
-    assert "h100-sxm=2" in str(raised.value) and "needs" in str(raised.value)
+    plan = solve(scenario)
+    [group] = plan.replicas
+    assert (group.gpus_per_replica, group.count, group.batch_size) == (1, 2, 64)
+    assert group.method in ("awq-int4", "gptq-int4") and plan.cost_per_hour == pytest.approx(5.98)
 
 
 def test_example_3_m2_max_llama_cpp_4_bit(plans):

@@ -354,7 +354,7 @@ EXPECTED_HOOKS = {
     "quantplan_gpus", "quantplan_prices", "quantplan_methods", "quantplan_kv_cache_dtypes",
     "quantplan_frameworks", "quantplan_models", "quantplan_quality_data", "quantplan_execution",
     "quantplan_incompatibility", "quantplan_memory_terms", "quantplan_step_terms", "quantplan_quality_terms",
-    "quantplan_cost_terms",
+    "quantplan_cost_terms", "quantplan_scheduling",
 }
 
 
