@@ -38,6 +38,7 @@ from .stepmodel import StepModel, step_model
 
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
 FIXED_POINT_ROUNDS = 40
+POISSON_ROUNDS = 6  # each round solves the step-time equation exactly for the last round's batch shape
 PERCENTILES = (50, 90, 99)
 Z = {50: 0.0, 90: 1.2816, 99: 2.3263}  # standard normal quantiles
 
@@ -56,8 +57,9 @@ class Scheduling:
     request_overhead_s: float = 0.0  # every request's TTFT: API server, tokenizer, admission
     wave_persistence: float = 0.0  # mixed scheduling: how far identical requests stay in lockstep waves
 
-    def with_sequences(self, sequences: int) -> Scheduling:
-        return replace(self, max_sequences=int(sequences))
+    def with_sequences(self, sequences) -> Scheduling:
+        """The same scheduler with another running limit (an array: several limits evaluated at once)."""
+        return replace(self, max_sequences=int(sequences) if np.ndim(sequences) == 0 else sequences)
 
 
 @dataclass(frozen=True)
@@ -331,22 +333,26 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
     tau = steps.seconds(0.0, 0.0) * np.ones_like(rate)
     if sched.policy == "prefill-first":
         return _poisson_prefill_first(steps, sched, prompt, output, rate)
-    for _ in range(FIXED_POINT_ROUNDS // 2):
+    for _ in range(POISSON_ROUNDS):
+        # with the decoding sequences and chunk size of the last round, tau = (1 - phi) t0 + phi t1 with
+        # phi = rate tau P / chunk solves in closed form: tau = t0 / (1 - rate P (t1 - t0) / chunk)
         decoding = rate * (output - 1) * tau
-        tau_new, own, service, utilisation, share, plain, loaded = _mixed_step(steps, sched, prompt, decoding,
-                                                                               rate, tau)
-        tau = (tau + tau_new) / 2
+        chunk, _ = _chunking(sched, prompt, decoding, rate * tau * prompt)
+        plain, loaded = steps.seconds(decoding, 0.0), steps.seconds(decoding, chunk)
+        denominator = 1.0 - rate * prompt * (loaded - plain) / chunk
+        tau = np.where(denominator > 0, plain / np.maximum(denominator, 1e-12), loaded)
     decoding = rate * (output - 1) * tau
     tau, own, service, utilisation, share, plain, loaded = _mixed_step(steps, sched, prompt, decoding, rate, tau)
     wait = _queue_wait(utilisation, service)
     ttft = wait + own
     unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
     ttft_p, tpot_p = {}, {}
+    spread = np.sqrt(np.maximum(share * (1 - share), 0) / np.maximum(output - 1, 1)) * (loaded - plain)
+    spread = spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding)
     for p in PERCENTILES:
         q = p / 100
         ttft_p[p] = (q - 0.5) * tau + _wait_quantile(utilisation, wait, q) + own
-        spread = np.sqrt(np.maximum(share * (1 - share), 0) / np.maximum(output - 1, 1)) * (loaded - plain)
-        tpot_p[p] = tau + Z[p] * (spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding))
+        tpot_p[p] = tau + Z[p] * spread
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), sched),
                   unstable)
 
@@ -374,11 +380,12 @@ def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, out
     ttft = plain / 2 + wait + prefill
     unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
     ttft_p, tpot_p = {}, {}
+    spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / np.maximum(output - 1, 1)) * prefill
+    spread = spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding)
     for p in PERCENTILES:
         q = p / 100
         ttft_p[p] = q * plain + _wait_quantile(utilisation, wait, q) + prefill
-        spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / np.maximum(output - 1, 1)) * prefill
-        tpot_p[p] = tau + Z[p] * (spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding))
+        tpot_p[p] = tau + Z[p] * spread
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), sched),
                   unstable)
 
@@ -454,7 +461,7 @@ class Performance:
 
 
 def performance(config: Config, traffic: TrafficClass, times: Timing, rate: float | None = None,
-                engine_limit: bool = False) -> Performance:
+                engine_limit: bool = False, capacity: float | None = None) -> Performance:
     """Figures for `traffic` on one replica planned at `config.batch` running sequences.
 
     Concurrency class: `traffic.concurrency` clients in a closed loop when `engine_limit` (estimate: the
@@ -467,7 +474,7 @@ def performance(config: Config, traffic: TrafficClass, times: Timing, rate: floa
     running = min(batch, times.scheduling.max_sequences) if engine_limit else batch
     planned = Timing(times.steps, times.scheduling.with_sequences(int(running)))
     if traffic.load_kind == "rate":
-        capacity = rate_capacity(planned, traffic)
+        capacity = rate_capacity(planned, traffic) if capacity is None else capacity
         at = rate if rate is not None else min(capacity, traffic.rate_per_s or capacity)
         load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, max(at, 1e-9))
         figures = _figures(traffic, planned, load, capacity,
@@ -491,29 +498,64 @@ def _protocol(traffic: TrafficClass) -> Protocol:
     return Protocol(traffic.requests_per_client)
 
 
+def performances(config: Config, traffic: TrafficClass, times: Timing, batches) -> list[Performance]:
+    """`performance` at several planned batch sizes at once (one array pass through the load models):
+    what the candidate space evaluates for every configuration."""
+    sizes = np.asarray(batches, dtype=float)
+    planned = Timing(times.steps, times.scheduling.with_sequences(sizes))
+    if traffic.load_kind == "rate":
+        capacity = rate_capacities(times, traffic, sizes)
+        at = np.maximum(np.minimum(capacity, traffic.rate_per_s), 1e-9)
+        load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, at)
+        found = []
+        for i, batch in enumerate(sizes):
+            one = _figures(traffic, times, load, float(capacity[i]),
+                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, at most {int(batch)} running", i)
+            if capacity[i] <= 0 and not one.violations:
+                one = replace(one, violations=(f"batch {int(batch)} cannot hold one request within the SLOs",))
+            found.append(one)
+    else:
+        load = closed_loop(planned, traffic.prompt_tokens, traffic.output_tokens, sizes, _protocol(traffic))
+        protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
+                    if traffic.requests_per_client >= 1 else "steady state")
+        found = [_figures(traffic, times, load, float(batch),
+                          f"closed loop, {batch:g} clients, at most {int(batch)} running, {protocol}", i)
+                 for i, batch in enumerate(sizes)]
+    limit = config.framework.max_batch
+    return [replace(f, violations=f.violations + (f"batch {int(b)} > {config.framework.id} max batch {limit}",))
+            if b > limit else f for f, b in zip(found, sizes)]
+
+
 def rate_capacity(times: Timing, traffic: TrafficClass) -> float:
     """Highest arrival rate (requests/s) one replica carries: stable, prefill utilisation <= 0.9,
     running sequences within the limit and the SLOs met at the class's statistic."""
+    return float(rate_capacities(times, traffic, [times.scheduling.max_sequences])[0])
+
+
+def rate_capacities(times: Timing, traffic: TrafficClass, sequences) -> np.ndarray:
+    """`rate_capacity` for several running limits at once: a geometric grid of rates, then two finer
+    grids between the last good and the first bad rate (1/1000 of the gap), every limit in one pass."""
     prompt, output = traffic.prompt_tokens, traffic.output_tokens
     steps = times.steps
-    top = times.scheduling.max_sequences / ((output - 1) * steps.seconds(0.0, 0.0) + 1e-12)
-    top = min(top, 1.0 / (prompt / max(times.scheduling.token_budget, prompt)
-                          * steps.seconds(0.0, min(prompt, times.scheduling.token_budget)) + 1e-12))
-    low, high = 0.0, top
-    for _ in range(3):  # a geometric grid, then a finer grid between the last good and first bad rate
-        grid = np.linspace(low, high, 33)[1:] if low > 0 else high * np.geomspace(1e-4, 1.0, 32)
-        good = _rate_ok(times, traffic, grid)
-        if not good.any():
-            high = grid[0]
-            if low == 0 and high < 1e-6 * top:
-                return 0.0
-            continue
-        last = int(np.nonzero(good)[0].max())
-        low = float(grid[last])
-        high = float(grid[last + 1]) if last + 1 < len(grid) else float(grid[-1])
-        if high <= low:
-            break
-    return low
+    limits = np.asarray(sequences, dtype=float)[:, None]
+    limited = Timing(steps, times.scheduling.with_sequences(limits))
+    budget = max(times.scheduling.token_budget, prompt)
+    prefill_bound = 1.0 / (prompt / budget * steps.seconds(0.0, min(prompt, budget)) + 1e-12)
+    high = np.minimum(limits / ((output - 1) * steps.seconds(0.0, 0.0) + 1e-12), prefill_bound)
+    low = np.zeros_like(high)
+    for round_ in range(3):
+        if round_ == 0:
+            grid = high * np.geomspace(1e-4, 1.0, 32)[None, :]
+        else:
+            grid = low + (high - low) * np.linspace(0.0, 1.0, 33)[None, 1:]
+        good = _rate_ok(limited, traffic, grid)
+        found = good.any(axis=1, keepdims=True)
+        last = np.where(found, good.shape[1] - 1 - np.argmax(good[:, ::-1], axis=1)[:, None], -1)
+        at_last = np.take_along_axis(grid, np.maximum(last, 0), axis=1)
+        after = np.take_along_axis(grid, np.minimum(last + 1, grid.shape[1] - 1), axis=1)
+        first_bad = np.where(last + 1 < grid.shape[1], after, at_last)
+        low, high = np.where(found, at_last, low), np.where(found, first_bad, grid[:, :1])
+    return low[:, 0]
 
 
 def _rate_ok(times: Timing, traffic: TrafficClass, rates):
@@ -527,8 +569,10 @@ def _rate_ok(times: Timing, traffic: TrafficClass, rates):
     return ok
 
 
-def _figures(traffic: TrafficClass, times: Timing, load: Load, capacity: float, described: str) -> Performance:
-    value = lambda x: float(np.asarray(x).reshape(-1)[0])  # noqa: E731
+def _figures(traffic: TrafficClass, times: Timing, load: Load, capacity: float, described: str,
+             index: int = 0) -> Performance:
+    """The scalar record of element `index` of a (possibly array) load evaluation."""
+    value = lambda x: float(np.asarray(x).reshape(-1)[index] if np.ndim(x) else x)  # noqa: E731
     ttft_p = {p: value(v) * 1e3 for p, v in load.ttft_percentiles.items()}
     tpot_p = {p: value(v) * 1e3 for p, v in load.tpot_percentiles.items()}
     ttft, tpot = value(load.ttft) * 1e3, value(load.tpot) * 1e3

@@ -15,7 +15,7 @@ from .errors import QuantplanError
 from .estimator import Memory, Quality, cost_terms, memory, quality
 from .registry import World
 from .scenario import Scenario, TrafficClass
-from .serving import Performance, Timing, performance, timing
+from .serving import Performance, Timing, performances, timing
 from .specs import ModelSpec
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
@@ -235,12 +235,14 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
             times = times.pessimistic(bars.factor("decode", config.framework.id, margin),
                                       bars.factor("ttft", config.framework.id, margin))
         limit = limits[traffic.name]
+        fitting = [b for b, ok in zip(batches, fits) if ok]
+        evaluated = performances(config, traffic, times, fitting)  # every batch size in one pass
         for index, batch in enumerate(batches):
             if not fits[index]:
                 break  # larger batches need more memory still
             diagnostics.fits += 1
             sized = config.with_batch(batch)
-            result = performance(sized, traffic, times)
+            result = evaluated[index]
             what = _describe(sized)
             ttft, tpot = result.ttft_at(traffic.statistic), result.tpot_at(traffic.statistic)
             diagnostics.best_ttft.offer(ttft, what)

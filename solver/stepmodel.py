@@ -29,6 +29,7 @@ from .registry import World
 from .shapes import experts_touched_fraction
 
 PROBE_SEQUENCES = np.array([1.0, 2.0, 3.0])
+_SCALARS = (float, int, np.float64, np.int64)
 
 
 @dataclass(frozen=True)
@@ -55,18 +56,35 @@ class StepModel:
 
     def seconds(self, decoding, prompt_tokens):
         """Step time with `decoding` sequences and `prompt_tokens` prompt tokens (scalars or arrays)."""
+        if type(decoding) in _SCALARS and type(prompt_tokens) in _SCALARS and type(self.bandwidth) in _SCALARS:
+            return self._scalar_seconds(float(decoding), float(prompt_tokens))
         d = np.asarray(decoding, dtype=float)
         p = np.asarray(prompt_tokens, dtype=float)
-        device = (self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
-                  + self.expert_bytes * touched(self.expert_share, d + p))
+        device = self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
+        if np.any(self.expert_share):  # routed experts: the share the step's tokens touch
+            device = device + self.expert_bytes * touched(self.expert_share, d + p)
         memory = device / self.bandwidth
         compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
-        host_bytes = self.host_bytes + d * self.host_bytes_per_sequence + p * self.host_bytes_per_prompt_token
-        host = np.where(np.asarray(self.host_bandwidth) > 0,
-                        host_bytes / np.where(np.asarray(self.host_bandwidth) > 0, self.host_bandwidth, 1.0), 0.0)
-        overhead = self.overhead_s + d * self.overhead_per_sequence_s + p * self.overhead_per_prompt_token_s
-        time = np.maximum(memory, compute) + host + overhead
+        time = np.maximum(memory, compute) + self.overhead_s + d * self.overhead_per_sequence_s \
+            + p * self.overhead_per_prompt_token_s
+        if np.any(self.host_bandwidth):  # hybrid offload: layers read from host RAM
+            host_bytes = self.host_bytes + d * self.host_bytes_per_sequence + p * self.host_bytes_per_prompt_token
+            positive = np.asarray(self.host_bandwidth) > 0
+            time = time + np.where(positive, host_bytes / np.where(positive, self.host_bandwidth, 1.0), 0.0)
         return float(time) if time.ndim == 0 else time
+
+    def _scalar_seconds(self, d: float, p: float) -> float:
+        """The same formula in plain floats: the load models call it hundreds of thousands of times."""
+        device = self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
+        if self.expert_share > 0:
+            device += self.expert_bytes * (1.0 - (1.0 - self.expert_share) ** max(d + p, 1.0))
+        compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
+        host = 0.0
+        if self.host_bandwidth > 0:
+            host = (self.host_bytes + d * self.host_bytes_per_sequence
+                    + p * self.host_bytes_per_prompt_token) / self.host_bandwidth
+        overhead = self.overhead_s + d * self.overhead_per_sequence_s + p * self.overhead_per_prompt_token_s
+        return max(device / self.bandwidth, compute) + host + overhead
 
     def memory_bound(self, decoding) -> bool:
         """Whether a pure decode step of `decoding` sequences is limited by memory rather than compute."""
