@@ -37,8 +37,9 @@ from .scenario import TrafficClass
 from .stepmodel import StepModel, step_model
 
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
-FIXED_POINT_ROUNDS = 40
-POISSON_ROUNDS = 6  # each round solves the step-time equation exactly for the last round's batch shape
+FIXED_POINT_ROUNDS = 16
+POISSON_ROUNDS = 6
+PREFILL_FIRST_ROUNDS = 20  # damped: the share of steps followed by a prefill batch depends on tau  # each round solves the step-time equation exactly for the last round's batch shape
 PERCENTILES = (50, 90, 99)
 Z = {50: 0.0, 90: 1.2816, 99: 2.3263}  # standard normal quantiles
 
@@ -156,19 +157,23 @@ def _chunking(sched: Scheduling, prompt: int, decoding, prompt_rate_per_step):
 
 
 def _mixed_step(steps: StepModel, sched: Scheduling, prompt: int, decoding, rate, tau):
-    """Mean step time and the prefill figures at request rate `rate` with `decoding` sequences."""
-    per_step = rate * tau * prompt
-    chunk, room = _chunking(sched, prompt, decoding, per_step)
-    share = np.minimum(per_step / chunk, 1.0)
+    """Mean step time and the prefill figures at request rate `rate` with `decoding` sequences.
+
+    With the chunk size the last estimate `tau` implies, tau = (1 - phi) t(d, 0) + phi t(d, chunk) with
+    phi = rate tau P / chunk is solved exactly: tau = t(d, 0) / (1 - rate P (t(d, chunk) - t(d, 0)) / chunk)."""
+    chunk, room = _chunking(sched, prompt, decoding, rate * tau * prompt)
     plain, loaded = steps.seconds(decoding, 0.0), steps.seconds(decoding, chunk)
-    tau_new = (1 - share) * plain + share * loaded
-    full = steps.seconds(decoding, room)
+    denominator = 1.0 - rate * prompt * (loaded - plain) / chunk
+    tau_new = np.where(denominator > 0, plain / np.maximum(denominator, 1e-12), loaded)
+    tau_new = np.minimum(tau_new, loaded)  # every step carrying a chunk is the most it can take
+    share = np.clip((tau_new - plain) / np.maximum(loaded - plain, 1e-15), 0.0, 1.0)
+    full = np.where(room == chunk, loaded, steps.seconds(decoding, room))
     service = prompt / room * full  # one prompt's work at a full budget
     utilisation = rate * service
     own = np.maximum(np.ceil(prompt / room), 1.0) * np.where(prompt <= room, loaded, full)
     # an arrival lands inside a step and waits for its end: the length-biased mean residual
     residual = ((1 - share) * plain ** 2 + share * loaded ** 2) / (2 * np.maximum(tau_new, 1e-15))
-    return tau_new, own + residual, service, utilisation, share, plain, loaded
+    return tau_new, own + residual, service, utilisation, share, plain, loaded, full, room
 
 
 def _queue_wait(utilisation, service):
@@ -190,15 +195,12 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
     capacity = rate
     for _ in range(FIXED_POINT_ROUNDS):
         decoding = np.minimum(rate * (output - 1) * tau, admitted)
-        tau_new, own_new, service, utilisation, *_ = _mixed_step(steps, sched, prompt, decoding, rate, tau)
-        room = np.maximum(sched.token_budget - decoding, 1.0)
-        if not sched.chunked:
-            room = np.maximum(room, prompt)
-        capacity = room / (prompt * steps.seconds(decoding, room))  # prompts/s at a full budget every step
-        own_new = own_new + _queue_wait(utilisation, service)
-        lifetime = own_new + (output - 1) * tau_new
+        tau, own, service, utilisation, _, _, _, full, room = _mixed_step(steps, sched, prompt, decoding, rate, tau)
+        capacity = room / (prompt * full)  # prompts/s at a full budget every step
+        own = own + _queue_wait(utilisation, service)
+        lifetime = own + (output - 1) * tau
         rate_new = np.minimum(np.minimum(admitted / lifetime, clients / (lifetime + think)), capacity)
-        tau, own, rate = (tau + tau_new) / 2, (own + own_new) / 2, (rate + rate_new) / 2
+        rate = (rate + rate_new) / 2
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
     in_system = clients - rate * think
     ttft = np.maximum(in_system / rate - (output - 1) * tau, own)  # Little's law: slot and prefill waits
@@ -334,15 +336,11 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
     if sched.policy == "prefill-first":
         return _poisson_prefill_first(steps, sched, prompt, output, rate)
     for _ in range(POISSON_ROUNDS):
-        # with the decoding sequences and chunk size of the last round, tau = (1 - phi) t0 + phi t1 with
-        # phi = rate tau P / chunk solves in closed form: tau = t0 / (1 - rate P (t1 - t0) / chunk)
         decoding = rate * (output - 1) * tau
-        chunk, _ = _chunking(sched, prompt, decoding, rate * tau * prompt)
-        plain, loaded = steps.seconds(decoding, 0.0), steps.seconds(decoding, chunk)
-        denominator = 1.0 - rate * prompt * (loaded - plain) / chunk
-        tau = np.where(denominator > 0, plain / np.maximum(denominator, 1e-12), loaded)
+        tau = _mixed_step(steps, sched, prompt, decoding, rate, tau)[0]
     decoding = rate * (output - 1) * tau
-    tau, own, service, utilisation, share, plain, loaded = _mixed_step(steps, sched, prompt, decoding, rate, tau)
+    tau, own, service, utilisation, share, plain, loaded, _, _ = _mixed_step(steps, sched, prompt, decoding,
+                                                                             rate, tau)
     wait = _queue_wait(utilisation, service)
     ttft = wait + own
     unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
@@ -360,7 +358,7 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
 def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, output: int, rate) -> Load:
     """Each decode step is followed, when prompts arrived during it, by a prefill batch of them."""
     tau = steps.seconds(0.0, 0.0) * np.ones_like(rate)
-    for _ in range(FIXED_POINT_ROUNDS // 2):
+    for _ in range(PREFILL_FIRST_ROUNDS):
         decoding = rate * (output - 1) * tau
         arrivals = rate * tau
         batches = -np.expm1(-arrivals)  # share of decode steps followed by a prefill batch

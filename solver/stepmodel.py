@@ -61,13 +61,13 @@ class StepModel:
         d = np.asarray(decoding, dtype=float)
         p = np.asarray(prompt_tokens, dtype=float)
         device = self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
-        if np.any(self.expert_share):  # routed experts: the share the step's tokens touch
+        if _nonzero(self.expert_share):  # routed experts: the share the step's tokens touch
             device = device + self.expert_bytes * touched(self.expert_share, d + p)
         memory = device / self.bandwidth
         compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
         time = np.maximum(memory, compute) + self.overhead_s + d * self.overhead_per_sequence_s \
             + p * self.overhead_per_prompt_token_s
-        if np.any(self.host_bandwidth):  # hybrid offload: layers read from host RAM
+        if _nonzero(self.host_bandwidth):  # hybrid offload: layers read from host RAM
             host_bytes = self.host_bytes + d * self.host_bytes_per_sequence + p * self.host_bytes_per_prompt_token
             positive = np.asarray(self.host_bandwidth) > 0
             time = time + np.where(positive, host_bytes / np.where(positive, self.host_bandwidth, 1.0), 0.0)
@@ -100,6 +100,10 @@ class StepModel:
                        overhead_s=self.overhead_s * decode,
                        overhead_per_sequence_s=self.overhead_per_sequence_s * decode,
                        overhead_per_prompt_token_s=self.overhead_per_prompt_token_s * prefill)
+
+
+def _nonzero(value) -> bool:
+    return bool(value.any()) if isinstance(value, np.ndarray) else value != 0
 
 
 def touched(share, tokens):
