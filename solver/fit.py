@@ -26,7 +26,7 @@ from .validate import GROUPS, Prepared, Row, load_rows, prepare, reduce, validat
 # TensorRT-LLM's all-reduce over PCIe pays this much more latency than over NVLink (plugins/frameworks).
 PCIE_LATENCY_FACTOR = 3.0
 LOSS_SCALE = 0.15  # soft-L1: a row's log error beyond ~15% counts about linearly
-PRIOR_WEIGHT = 0.05  # per parameter, on its range: weak next to ~1,500 rows' log errors
+PRIOR_WEIGHT = 0.02  # per parameter, on its range: weak next to ~1,500 rows' log errors
 
 
 @dataclass(frozen=True)
