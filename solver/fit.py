@@ -126,6 +126,7 @@ class Problem:
     effects: list[tuple[np.ndarray, str, np.ndarray]]  # per parameter: probe mask, kind, coefficients
     measured: np.ndarray
     fitted_rows: np.ndarray  # rows the fit may use
+    result: object = None  # scipy's OptimizeResult of the last fit (status, evaluations)
 
     def adjustment(self, values: np.ndarray) -> Adjustment:
         adjust = self.prepared.batch.neutral()

@@ -19,10 +19,6 @@ from .candidates import Config
 from .serving import Protocol, Scheduling, Timing
 from .stepmodel import StepModel, stack
 
-SPEED_METRICS = ("ttft_ms", "tpot_ms", "output_tokens_per_s", "tokens_per_s_per_user", "decode_tokens_per_s",
-                 "prefill_tokens_per_s")
-
-
 @dataclass(frozen=True)
 class Probe:
     """One load-model evaluation: a configuration's step model and scheduler at one load."""
