@@ -375,6 +375,15 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     if max_num_seqs is not None:
         times = type(times)(times.steps, times.scheduling.with_sequences(max_num_seqs))
     running = min(batch, times.scheduling.max_sequences)
+    if rate is not None:
+        from .serving import rate_capacity
+
+        most = rate_capacity(times, traffic)
+        if not rate <= most:
+            return EstimateResult(**head, compatible=False, reasons=[
+                f"{rate:g} requests/s is more than one replica carries: at most {most:.4g} requests/s with "
+                f"{times.scheduling.max_sequences} running and prefill below 90% busy; beyond that the queue "
+                f"grows without bound (add replicas: {math.ceil(rate / most) if most > 0 else 'many'} would do)"])
     result = performance(config.with_batch(running if rate is None else times.scheduling.max_sequences),
                          traffic, times, rate=rate, engine_limit=True)
     simulated = None

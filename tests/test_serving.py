@@ -276,3 +276,14 @@ def test_solver_keeps_classes_apart_when_mixing_breaks_an_slo():
             ttft = figures.ttft_p90_ms if figures.shared_with else figures.ttft_p90_ms or figures.ttft_ms
             assert ttft <= traffic.ttft_ms * 1.0001
             assert (figures.tpot_p90_ms or figures.tpot_ms) <= traffic.tpot_ms * 1.0001
+
+
+def test_estimate_refuses_a_rate_beyond_the_replica_and_says_how_many_would_do():
+    """No Infinity in the output and no tokens/s above what the replica can decode: the estimate says the
+    rate cannot be carried, the most one replica carries, and how many replicas would do."""
+    result = estimate("llama-3.1-8b", "bf16", "h100-sxm", "vllm", rate=1000.0)
+    assert not result.compatible and result.ttft_ms is None
+    assert "requests/s is more than one replica carries" in result.reasons[0]
+    most = float(result.reasons[0].split("at most ")[1].split(" ")[0])
+    fine = estimate("llama-3.1-8b", "bf16", "h100-sxm", "vllm", rate=most * 0.9)
+    assert fine.compatible and np.isfinite(fine.ttft_ms)
