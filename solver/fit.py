@@ -89,8 +89,6 @@ class Parameter:
             return ("request", 1e-3) if probe.served else None
         if field == "wave_persistence":
             return "waves", 1.0
-        if field == "sequence_overhead_us":  # per decoding sequence, and once per prompt (spread over it)
-            return "per_sequence", 1e-6
         if field == "allreduce_latency_us":
             if config.gpus <= 1 or framework.parallelism != "tensor":
                 return None
@@ -105,8 +103,7 @@ DEFAULT_PARAMETERS = tuple(
      for field, low, high, initial in (
          ("bandwidth_efficiency.datacenter", 0.4, 0.95, 0.75), ("decode_compute_efficiency", 0.15, 0.95, 0.5),
          ("prefill_efficiency", 0.2, 0.9, 0.6), ("step_overhead_ms", 0.05, 8.0, 1.0),
-         ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0),
-         ("sequence_overhead_us", 0.0, 500.0, 20.0))]
+         ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0))]
     + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
     + [Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95, 0.6),
        Parameter("framework", "llama.cpp", "bandwidth_efficiency.apple", 0.3, 0.95, 0.7),
@@ -131,10 +128,6 @@ class Problem:
     fitted_rows: np.ndarray  # rows the fit may use
     result: object = None  # scipy's OptimizeResult of the last fit (status, evaluations)
 
-    @property
-    def prompts(self) -> np.ndarray:
-        return self.prepared.batch.arrays["prompt"]
-
     def adjustment(self, values: np.ndarray) -> Adjustment:
         adjust = self.prepared.batch.neutral()
         for value, start, (mask, kind, coefficient) in zip(values, self.start, self.effects):
@@ -150,9 +143,6 @@ class Problem:
                 adjust.overhead_s[mask] += (value - start) * coefficient[mask]
             elif kind == "waves":
                 adjust.wave_persistence[mask] += value - start
-            elif kind == "per_sequence":
-                adjust.overhead_per_sequence_s[mask] += (value - start) * coefficient[mask]
-                adjust.overhead_per_prompt_token_s[mask] += (value - start) * coefficient[mask] / self.prompts[mask]
             else:
                 adjust.request_overhead_s[mask] += (value - start) * coefficient[mask]
         return adjust

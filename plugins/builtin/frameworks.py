@@ -117,7 +117,7 @@ class FrameworkPlugin:
         else:
             compute = framework.prefill_efficiency_by_class.get(gpu.device_class, framework.prefill_efficiency)
         overhead = (framework.step_overhead_ms / 1e3 + framework.layer_overhead_us * config.model.layers / 1e6) \
-            * step.passes + framework.sequence_overhead_us / 1e6 * step.sequences
+            * step.passes
         found = [
             Term(q.BANDWIDTH_EFFICIENCY, efficiency, self.name,
                  f"{framework.id} reaches {efficiency:.0%} of {gpu.device_class} bandwidth", step.phase),
@@ -125,9 +125,7 @@ class FrameworkPlugin:
                  f"{framework.id} {step.phase} reaches {compute:.0%} of tensor peak", step.phase),
             Term(q.OVERHEAD, overhead, self.name,
                  f"{framework.id} per-step overhead {framework.step_overhead_ms:g} ms"
-                 + (f" + {framework.layer_overhead_us:g} us/layer" if framework.layer_overhead_us else "")
-                 + (f" + {framework.sequence_overhead_us:g} us per running sequence"
-                    if framework.sequence_overhead_us else ""),
+                 + (f" + {framework.layer_overhead_us:g} us/layer" if framework.layer_overhead_us else ""),
                  step.phase),
         ]
         found += self.communication_terms(config, step)
