@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
-from .api import EstimateResult
-from .plan import Plan
+if TYPE_CHECKING:  # pragma: no cover - typing only: listing and estimating need not import the solver
+    from .api import EstimateResult
+    from .plan import Plan
 
 
 def _table(title: str, columns: list[str]) -> Table:
