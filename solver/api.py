@@ -140,9 +140,8 @@ def _shared_violations(groups, classes: tuple[TrafficClass, ...]) -> dict[str, l
         missing = []
         for figures in group.classes:
             traffic = by_name[figures.name]
-            at_p90 = figures.statistic != "mean"
-            ttft = figures.ttft_p90_ms if at_p90 and figures.ttft_p90_ms is not None else figures.ttft_ms
-            tpot = figures.tpot_p90_ms if at_p90 and figures.tpot_p90_ms is not None else figures.tpot_ms
+            ttft = figures.ttft_at_statistic_ms if figures.ttft_at_statistic_ms is not None else figures.ttft_ms
+            tpot = figures.tpot_at_statistic_ms if figures.tpot_at_statistic_ms is not None else figures.tpot_ms
             if (traffic.ttft_ms is not None and not ttft <= traffic.ttft_ms) or (
                     traffic.tpot_limit_ms is not None and not tpot <= traffic.tpot_limit_ms):
                 missing.append(figures)

@@ -20,8 +20,8 @@ def binding_constraints(world, scenario: Scenario, solution: Solution, groups: l
             name = figures.name
             traffic = by_name[name]
             stat = "" if figures.statistic == "mean" else f" {figures.statistic}"
-            ttft = figures.ttft_p90_ms if figures.statistic == "p90" and figures.ttft_p90_ms else figures.ttft_ms
-            tpot = figures.tpot_p90_ms if figures.statistic == "p90" and figures.tpot_p90_ms else figures.tpot_ms
+            ttft = figures.ttft_at_statistic_ms if figures.ttft_at_statistic_ms is not None else figures.ttft_ms
+            tpot = figures.tpot_at_statistic_ms if figures.tpot_at_statistic_ms is not None else figures.tpot_ms
             if traffic.ttft_ms and ttft >= BINDING_SHARE * traffic.ttft_ms:
                 found.append(f"{name}: TTFT{stat} {ttft:.0f} of {traffic.ttft_ms:g} ms ({label})")
             limit = traffic.tpot_limit_ms

@@ -33,6 +33,8 @@ class ClassFigures(Out):
     statistic: str = "mean"  # the statistic its SLOs were checked at
     ttft_p90_ms: float | None = None
     tpot_p90_ms: float | None = None
+    ttft_at_statistic_ms: float | None = None  # the figure the SLO bounds (at `statistic`)
+    tpot_at_statistic_ms: float | None = None
     shared_with: list[str] = []  # other classes on the same replica, whose load these figures include
 
 
@@ -114,7 +116,8 @@ def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1)
         tokens_per_s=result.output_tokens_per_s * (load / result.capacity if traffic.load_kind == "concurrency"
                                                    and result.capacity else 1.0),
         statistic=result.statistic, ttft_p90_ms=result.ttft_percentiles_ms.get(90),
-        tpot_p90_ms=result.tpot_percentiles_ms.get(90),
+        tpot_p90_ms=result.tpot_percentiles_ms.get(90), ttft_at_statistic_ms=result.ttft_at(result.statistic),
+        tpot_at_statistic_ms=result.tpot_at(result.statistic),
     )
 
 
@@ -147,7 +150,8 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
 
 def shared(option: Option, served: dict[str, ClassFigures], classes: tuple[TrafficClass, ...],
            count: int) -> list[ClassFigures]:
-    """Per-class figures; where one replica serves several classes, each sees their combined load."""
+    """Per-class figures; where one replica serves several classes, each sees their combined load (the
+    combined-load model gives means and p90s: an SLO at p99 is checked at the p90 there)."""
     if len(served) < 2:
         return list(served.values())
     by_name = {k.name: k for k in classes}
@@ -156,8 +160,10 @@ def shared(option: Option, served: dict[str, ClassFigures], classes: tuple[Traff
     found = []
     for name, figures in served.items():
         ttft, tpot, ttft_p90, tpot_p90 = combined[name]
+        at_mean = figures.statistic == "mean"
         found.append(figures.model_copy(update=dict(
             ttft_ms=ttft, tpot_ms=tpot, ttft_p90_ms=ttft_p90, tpot_p90_ms=tpot_p90,
+            ttft_at_statistic_ms=ttft if at_mean else ttft_p90, tpot_at_statistic_ms=tpot if at_mean else tpot_p90,
             tokens_per_s_per_user=1000.0 / tpot if tpot > 0 else figures.tokens_per_s_per_user,
             shared_with=sorted(set(served) - {name}))))
     return found
