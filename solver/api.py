@@ -341,6 +341,10 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         raise QuantplanError("--gpus, --concurrency, --prompt-tokens, --output-tokens and --rate must be positive")
     if max_num_seqs is not None and max_num_seqs <= 0:
         raise QuantplanError("--max-num-seqs must be positive")
+    if rate is not None and not math.isfinite(rate):
+        raise QuantplanError(f"--rate {rate}: give a finite number of requests/s")
+    if not (math.isfinite(requests_per_client) and requests_per_client >= 0):
+        raise QuantplanError(f"--requests-per-client {requests_per_client}: give 0 (steady state) or more")
     world = world or load_world(catalogs)
     spec = model_from_config(model_config) if model_config else world.models.get(model)
     m, g, f = world.methods.get(method), world.gpus.get(gpu), world.frameworks.get(framework)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import QuantplanError
 from .probes import Adjustment
 from .registry import World
 from .validate import GROUPS, Prepared, Row, load_rows, prepare, reduce, validation_world
@@ -166,6 +167,11 @@ def problem(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: 
             rows: list[Row] | None = None) -> Problem:
     world = world or validation_world()
     rows = [r for r in (load_rows() if rows is None else rows) if GROUPS.get(r.metric) in ("decode", "ttft")]
+    known = sorted({r.gpu for r in rows})
+    missing = [d for d in devices if d not in known]
+    if missing:
+        raise QuantplanError(f"--devices {','.join(missing)}: no speed rows on {'it' if len(missing) == 1 else 'them'} "
+                             f"(devices with rows: {', '.join(known)})")
     prepared = prepare(world, rows)
     probes = prepared.batch.probes
     start = np.array([p.read(world) for p in parameters])

@@ -287,3 +287,28 @@ def test_estimate_refuses_a_rate_beyond_the_replica_and_says_how_many_would_do()
     most = float(result.reasons[0].split("at most ")[1].split(" ")[0])
     fine = estimate("llama-3.1-8b", "bf16", "h100-sxm", "vllm", rate=most * 0.9)
     assert fine.compatible and np.isfinite(fine.ttft_ms)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--requests-per-client", "-1"], "--requests-per-client"),
+    (["--rate", "inf"], "--rate"),
+    (["--rate", "nan"], "--rate"),
+    (["--max-num-seqs", "0"], "--max-num-seqs"),
+])
+def test_estimate_load_options_bad_input_is_one_line_and_exit_2(argv, message):
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    result = CliRunner().invoke(cli, ["estimate", "--model", "llama-3.1-8b", "--method", "bf16", "--gpu", "h100-sxm",
+                                      "--framework", "vllm", *argv])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_fit_on_unknown_devices_says_which_have_rows():
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    result = CliRunner().invoke(cli, ["fit", "--devices", "nope"])
+    assert result.exit_code == 2 and "no speed rows" in result.output and "h100-sxm" in result.output
