@@ -459,7 +459,7 @@ class Performance:
 
 
 def performance(config: Config, traffic: TrafficClass, times: Timing, rate: float | None = None,
-                engine_limit: bool = False, capacity: float | None = None) -> Performance:
+                engine_limit: bool = False) -> Performance:
     """Figures for `traffic` on one replica planned at `config.batch` running sequences.
 
     Concurrency class: `traffic.concurrency` clients in a closed loop when `engine_limit` (estimate: the
@@ -470,58 +470,51 @@ def performance(config: Config, traffic: TrafficClass, times: Timing, rate: floa
     """
     batch = float(config.batch)
     running = min(batch, times.scheduling.max_sequences) if engine_limit else batch
-    planned = Timing(times.steps, times.scheduling.with_sequences(int(running)))
-    if traffic.load_kind == "rate":
-        capacity = rate_capacity(planned, traffic) if capacity is None else capacity
-        at = rate if rate is not None else min(capacity, traffic.rate_per_s or capacity)
-        load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, max(at, 1e-9))
-        figures = _figures(traffic, planned, load, capacity,
-                           f"Poisson arrivals at {at:.4g} requests/s per replica, at most {int(running)} running")
-        if capacity <= 0 and not figures.violations:
-            figures = replace(figures, violations=(f"batch {int(running)} cannot hold one request within the SLOs",))
-    else:
-        clients = float(traffic.users) if engine_limit else batch
-        load = closed_loop(planned, traffic.prompt_tokens, traffic.output_tokens, clients, _protocol(traffic))
-        protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
-                    if traffic.requests_per_client >= 1 else "steady state")
-        figures = _figures(traffic, planned, load, clients,
-                           f"closed loop, {clients:g} clients, at most {int(running)} running, {protocol}")
-    if not engine_limit and batch > config.framework.max_batch:
-        figures = replace(figures, violations=figures.violations + (
-            f"batch {int(batch)} > {config.framework.id} max batch {config.framework.max_batch}",))
-    return figures
-
-
-def _protocol(traffic: TrafficClass) -> Protocol:
-    return Protocol(traffic.requests_per_client)
+    clients = float(traffic.users) if engine_limit else batch
+    return _evaluate(config, traffic, times, [running], [clients], rate, check_batch=not engine_limit)[0]
 
 
 def performances(config: Config, traffic: TrafficClass, times: Timing, batches) -> list[Performance]:
     """`performance` at several planned batch sizes at once (one array pass through the load models):
     what the candidate space evaluates for every configuration."""
-    sizes = np.asarray(batches, dtype=float)
-    planned = Timing(times.steps, times.scheduling.with_sequences(sizes))
+    return _evaluate(config, traffic, times, batches, batches, None, check_batch=True)
+
+
+def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, clients, rate: float | None,
+              check_batch: bool) -> list[Performance]:
+    """Figures at each (running limit, clients) pair in one array pass; rate classes at `rate` (default:
+    the class rate capped at each limit's capacity)."""
+    running = np.asarray(running, dtype=float)
+    clients = np.asarray(clients, dtype=float)
+    planned = Timing(times.steps, times.scheduling.with_sequences(running))
     if traffic.load_kind == "rate":
-        capacity = rate_capacities(times, traffic, sizes)
-        at = np.maximum(np.minimum(capacity, traffic.rate_per_s), 1e-9)
+        capacity = rate_capacities(times, traffic, running)
+        at = np.full_like(capacity, rate) if rate is not None else np.minimum(capacity, traffic.rate_per_s)
+        at = np.maximum(at, 1e-9)
         load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, at)
         found = []
-        for i, batch in enumerate(sizes):
+        for i, limit in enumerate(running):
             one = _figures(traffic, times, load, float(capacity[i]),
-                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, at most {int(batch)} running", i)
+                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, at most {int(limit)} running", i)
             if capacity[i] <= 0 and not one.violations:
-                one = replace(one, violations=(f"batch {int(batch)} cannot hold one request within the SLOs",))
+                one = replace(one, violations=(f"batch {int(limit)} cannot hold one request within the SLOs",))
             found.append(one)
     else:
-        load = closed_loop(planned, traffic.prompt_tokens, traffic.output_tokens, sizes, _protocol(traffic))
+        load = closed_loop(planned, traffic.prompt_tokens, traffic.output_tokens, clients, _protocol(traffic))
         protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
                     if traffic.requests_per_client >= 1 else "steady state")
-        found = [_figures(traffic, times, load, float(batch),
-                          f"closed loop, {batch:g} clients, at most {int(batch)} running, {protocol}", i)
-                 for i, batch in enumerate(sizes)]
+        found = [_figures(traffic, times, load, float(c),
+                          f"closed loop, {c:g} clients, at most {int(limit)} running, {protocol}", i)
+                 for i, (limit, c) in enumerate(zip(running, clients))]
+    if not check_batch:
+        return found
     limit = config.framework.max_batch
     return [replace(f, violations=f.violations + (f"batch {int(b)} > {config.framework.id} max batch {limit}",))
-            if b > limit else f for f, b in zip(found, sizes)]
+            if b > limit else f for f, b in zip(found, running)]
+
+
+def _protocol(traffic: TrafficClass) -> Protocol:
+    return Protocol(traffic.requests_per_client)
 
 
 def rate_capacity(times: Timing, traffic: TrafficClass) -> float:
