@@ -127,7 +127,8 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
     served = {k.name: figures(option, k, shares.get(k.name, 0.0), count) for k in classes
               if k.name in option.performance and (not shares or k.name in shares)}
     main = max(served, key=lambda name: (served[name].share, name))
-    headline, memory = served[main], option.memory[main]
+    per_class = shared(option, served, classes, count)  # a shared replica: every class under the combined load
+    headline, memory = next(f for f in per_class if f.name == main), option.memory[main]
     note = config.execution.note or f"{config.execution.compute_dtype} compute, {config.execution.kernel} kernel"
     bars, warnings = errorbars.describe(config.framework.id, config.gpu.device_class, config.batch, config.gpus)
     return ReplicaGroup(
@@ -142,7 +143,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         weights_gb=memory.weights_per_gpu * memory.memory_divisor / 1e9,
         kv_cache_gb=headline.kv_cache_gb,
         ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
-        cost_per_hour=option.cost_per_hour, execution=note, classes=shared(option, served, classes, count),
+        cost_per_hour=option.cost_per_hour, execution=note, classes=per_class,
         error_bars=bars,
         coverage_warnings=warnings, key=config.key,
     )
