@@ -79,8 +79,13 @@ def workload_options(function):
         click.option("--max-configurations", type=int, help="At most this many distinct configurations."),
         click.option("--time-limit", type=float, help="Solver time limit, seconds."),
         click.option("--solver", type=click.Choice(("highs", "cbc")), help="MILP solver (default highs)."),
-        click.option("--margin", type=click.Choice(("none", "median", "p90")),
-                     help="Plan against figures made pessimistic by the validation error (default none)."),
+        click.option("--margin", type=click.Choice(("auto", "none", "median", "p90")),
+                     help="Plan against figures made pessimistic by the validation error (default auto: p90 for "
+                          "configurations outside the validation data, none inside)."),
+        click.option("--max-cost-per-hour", type=float,
+                     help="Budget, USD per hour: no plan above it (with --objective latency or balanced too)."),
+        click.option("--gpu-class", type=click.Choice(("datacenter", "consumer", "all")),
+                     help="Plan on data-center parts, consumer GPUs and laptops, or all (default all)."),
         catalog_option,
     ]
     for option in reversed(options):
@@ -103,6 +108,7 @@ def scenario_from_options(scenario_file, options: dict):
         "max_gpus": options.get("max_gpus"), "objective": options.get("objective"),
         "max_configurations": options.get("max_configurations"), "time_limit_s": options.get("time_limit"),
         "solver": options.get("solver"), "margin": options.get("margin"),
+        "max_cost_per_hour": options.get("max_cost_per_hour"), "gpu_class": options.get("gpu_class"),
     }
     if options.get("gpu_count"):
         top["gpu_count"] = _pairs(options["gpu_count"], "--gpu-count", int)

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import errorbars, program
 from .errors import InfeasibleError, QuantplanError
 from .explain import binding_constraints, infeasibility
-from .plan import Alternative, Plan, SolveStats, replica_group, served_tokens_per_s, summary
+from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, replica_group,
+                   served_tokens_per_s, summary)
 from .registry import World, load_world
 from .scenario import Scenario, TrafficClass, make_scenario
 from .space import Option, build_space
@@ -23,8 +24,8 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
     """Drop options another option beats or ties on every count, using the same GPUs.
 
     b dominates a when both use the same device type, b needs no more GPUs per replica, costs no
-    more, serves every class a serves with at least a's capacity, no higher request latency and no
-    more quality loss; on a full tie the
+    more, serves every class a serves with at least a's capacity, no higher request latency, no
+    more quality loss, and lies inside the validation data if a does; on a full tie the
     alphabetically first key survives. Any plan using a can use b instead at no extra cost.
     """
     groups: dict[str, list[int]] = {}
@@ -38,6 +39,7 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
         latency = np.array([[program.request_latency_ms(options[i], k) if k.name in options[i].performance
                              else np.inf for k in classes] for i in members]) if with_latency else None
         loss = np.array([options[i].quality.relative for i in members])
+        outside = np.array([options[i].extrapolated for i in members])
         gpus = np.array([options[i].config.gpus for i in members])
         ranks = [program.rank(options[i]) for i in members]
         order = sorted(range(len(members)), key=lambda i: ranks[i])
@@ -47,9 +49,11 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
             a = slice(start, start + 256)
             extra = capacity[None, :, :] - capacity[a, None, :]  # b's capacity over a's, per class
             no_worse = ((cost[None, :] <= cost[a, None]) & (gpus[None, :] <= gpus[a, None])
-                        & (loss[None, :] <= loss[a, None]) & (extra >= 0).all(axis=2))
+                        & (loss[None, :] <= loss[a, None]) & (extra >= 0).all(axis=2)
+                        & (outside[None, :] <= outside[a, None]))
             strictly = ((cost[None, :] < cost[a, None]) | (gpus[None, :] < gpus[a, None])
-                        | (loss[None, :] < loss[a, None]) | (extra > 0).any(axis=2))
+                        | (loss[None, :] < loss[a, None]) | (extra > 0).any(axis=2)
+                        | (outside[None, :] < outside[a, None]))
             if with_latency:
                 no_worse &= (latency[None, :, :] <= latency[a, None, :]).all(axis=2)  # inf <= inf: unserved
                 strictly |= (latency[None, :, :] < latency[a, None, :]).any(axis=2)
@@ -106,8 +110,11 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
     notes += sharing_notes
-    if scenario.margin != "none":
+    if scenario.margin not in ("none", "auto"):
         notes.append(f"planned against {scenario.margin} validation error: TTFT and TPOT figures include that margin")
+    notes += [f"{g.key} lies outside the validation data ({'; '.join(g.coverage_warnings)}): planned against its "
+              f"{g.margin} error (--margin median or none overrides)" for g in groups if g.margin != "none"
+              and scenario.margin == "auto"]
     return Plan(
         status=solution.status, objective=scenario.objective, model=model_id,
         cost_per_hour=solution.cost_per_hour,
@@ -123,7 +130,8 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
 
 def _solve(options: list[Option], scenario: Scenario, availability: dict[str, int]) -> program.Solution:
     return program.solve(options, scenario.classes, availability, scenario.objective,
-                         scenario.max_configurations, scenario.solver, scenario.time_limit_s, scenario.write_lp)
+                         scenario.max_configurations, scenario.solver, scenario.time_limit_s, scenario.write_lp,
+                         scenario.max_cost_per_hour)
 
 
 ALTERNATIVES_PER_KIND = 3
@@ -194,11 +202,14 @@ def _alternatives(options, scenario, availability, chosen: program.Solution) -> 
             continue
         difference = other.cost_per_hour - chosen.cost_per_hour
         groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes) for a in other.assignments]
+        latency = mean_request_latency_ms(other, scenario.classes)
         found.append(Alternative(label=label, cost_per_hour=other.cost_per_hour,
                                  cost_difference_per_hour=difference,
                                  cost_ratio=other.cost_per_hour / chosen.cost_per_hour if chosen.cost_per_hour else 0,
-                                 replicas=[summary(g) for g in groups]))
-    found.sort(key=lambda a: (not a.label.startswith("unquantized"), a.cost_per_hour, a.label))
+                                 replicas=[summary(g) for g in groups], latency_ms=latency,
+                                 latency_difference_ms=latency - mean_request_latency_ms(chosen, scenario.classes)))
+    measure = (lambda a: a.latency_ms) if scenario.objective == "latency" else (lambda a: a.cost_per_hour)
+    found.sort(key=lambda a: (not a.label.startswith("unquantized"), measure(a), a.label))
     return found
 
 
@@ -352,6 +363,9 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     if kv_cache_dtype is None:
         kv_cache_dtype = f.kv_cache_default.get(m.id, f.kv_cache_default.get("*", "fp16"))
         kv_note = f"KV cache {kv_cache_dtype}: {f.id}'s default for a {m.id} checkpoint (give --kv-cache-dtype to change)"
+        if kv_cache_dtype == "bf16" and g.kind == "gpu" and g.tflops_bf16 <= 0:
+            kv_cache_dtype = "fp16"  # engines cast a bf16 model to fp16 where the GPU has no bf16
+            kv_note = f"KV cache fp16: {f.id} runs a bf16 model in fp16 on {g.id} (no bf16 units)"
     kv = world.kv_caches.get(kv_cache_dtype)
     head = dict(model=spec.id, method=m.id, gpu=g.id, framework=f.id, gpus=gpus, batch_size=batch,
                 kv_cache_dtype=kv.id, prompt_tokens=prompt_tokens, output_tokens=output_tokens, kv_cache_note=kv_note)
@@ -407,6 +421,8 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
              + step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)))
     divisor = used.memory_divisor
     bars, warnings = errorbars.describe(f.id, g.device_class, running, gpus)
+    if not config.execution.measured:
+        warnings = [*warnings, f"no speed measurement of the {config.execution.kernel} kernel"]
     return EstimateResult(
         **head, compatible=True, fits=used.fits, gpu_layers=config.gpu_layers if config.hybrid else None,
         memory_gb_per_gpu=used.used_per_gpu / 1e9, memory_capacity_gb_per_gpu=used.available_per_gpu / 1e9,

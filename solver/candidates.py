@@ -26,6 +26,7 @@ class Execution:
     kernel: str = ""
     note: str = ""
     reason: str = ""  # non-empty: cannot run
+    measured: bool = True  # False: a kernel with no speed measurement behind its efficiency
 
     @property
     def possible(self) -> bool:

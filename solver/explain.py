@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .plan import ReplicaGroup
 from .program import Solution
 from .scenario import Scenario
@@ -82,20 +84,32 @@ def infeasibility(world, scenario: Scenario, space: Space, model_id: str, uncons
             reasons.append(f"{prefix}no fitting configuration meets the quality floor ppl +{floor:g}: "
                            f"the best is +{best_ppl.value:.3f} ({best_ppl.what})")
             continue
+        if floor is not None and not math.isfinite(diagnostics.best_tpot.value):
+            reasons.append(f"{prefix}no configuration that fits memory meets the quality floor ppl +{floor:g}: "
+                           f"the best is +{best_ppl.value:.3f} ({best_ppl.what})")
+            continue
         if traffic.tpot_limit_ms is not None and diagnostics.best_tpot.value > traffic.tpot_limit_ms:
             best = diagnostics.best_tpot
-            reasons.append(f"{prefix}best TPOT reachable for {model_id} is {best.value:.1f} ms "
-                           f"({1000 / best.value:.1f} tokens/s per user) on {best.what}; the SLO is "
-                           f"{traffic.tpot_limit_ms:.1f} ms")
+            value, limit = distinct(best.value, traffic.tpot_limit_ms, 1)
+            reasons.append(f"{prefix}best TPOT{_stat(traffic)} reachable for {model_id} is {value} ms "
+                           f"({1000 / best.value:.1f} tokens/s per user) on {best.what}; the SLO is {limit} ms")
         if traffic.ttft_ms is not None:
             best = diagnostics.best_ttft_meeting_tpot if traffic.tpot_limit_ms else diagnostics.best_ttft
-            if best.value > traffic.ttft_ms:
-                reasons.append(f"{prefix}best TTFT reachable for {model_id} is {best.value:.0f} ms on {best.what}; "
-                               f"the SLO is {traffic.ttft_ms:g} ms")
+            if best.value > traffic.ttft_ms and math.isfinite(best.value):
+                value, limit = distinct(best.value, traffic.ttft_ms, 0)
+                reasons.append(f"{prefix}best TTFT{_stat(traffic)} reachable for {model_id} is {value} ms on "
+                               f"{best.what}; the SLO is {limit} ms")
+            elif best.value > traffic.ttft_ms:
+                reasons.append(f"{prefix}no configuration meets the TPOT SLO, so none can meet TTFT and TPOT together")
         if len(reasons) == 0 or not reasons[-1].startswith(prefix + "best"):
             reasons.append(f"{prefix}no single configuration meets all SLOs and the quality floor together "
                            f"(best TTFT {diagnostics.best_ttft.value:.0f} ms, best TPOT "
                            f"{diagnostics.best_tpot.value:.1f} ms, best ppl +{best_ppl.value:.3f})")
+    budget = scenario.max_cost_per_hour
+    if not reasons and budget is not None and unconstrained is not None \
+            and unconstrained.cost_per_hour > budget * (1 + 1e-9):
+        reasons.append(f"no plan within the budget of ${budget:.2f}/h: the cheapest that meets the SLOs and the "
+                       f"quality floor costs ${unconstrained.cost_per_hour:.2f}/h ({_plan_text(unconstrained)})")
     if not reasons:
         limits = ", ".join(f"{d}={n}" for d, n in sorted(scenario.gpu_count.items()))
         needed = ""
@@ -104,9 +118,7 @@ def infeasibility(world, scenario: Scenario, space: Space, model_id: str, uncons
             for assignment in unconstrained.assignments:
                 device = assignment.option.config.gpu.id
                 use[device] = use.get(device, 0) + assignment.replicas * assignment.option.config.gpus
-            plan = "; ".join(f"{a.replicas} x ({a.option.config.gpus}x {a.option.config.gpu.id}, "
-                             f"{a.option.config.method.id}, {a.option.config.framework.id}, batch "
-                             f"{a.option.config.batch})" for a in unconstrained.assignments)
+            plan = _plan_text(unconstrained)
             needed = (f"; the cheapest plan that meets them needs "
                       f"{', '.join(f'{n} {d}' for d, n in sorted(use.items()))} ({plan}, "
                       f"${unconstrained.cost_per_hour:.2f}/h)")
@@ -116,3 +128,22 @@ def infeasibility(world, scenario: Scenario, space: Space, model_id: str, uncons
                           if scenario.max_configurations else "")
                        + needed)
     return reasons
+
+
+def _plan_text(solution) -> str:
+    return "; ".join(f"{a.replicas} x ({a.option.config.gpus}x {a.option.config.gpu.id}, "
+                     f"{a.option.config.method.id}, {a.option.config.framework.id}, batch "
+                     f"{a.option.config.batch})" for a in solution.assignments)
+
+
+def _stat(traffic) -> str:
+    return "" if traffic.statistic == "mean" else f" {traffic.statistic}"
+
+
+def distinct(value: float, limit: float, decimals: int) -> tuple[str, str]:
+    """`value` and `limit` printed with enough decimals (up to 4) that they read differently."""
+    for places in range(decimals, 5):
+        shown, bound = f"{value:.{places}f}", f"{limit:.{places}f}"
+        if shown != bound:
+            return shown, bound
+    return f"{value:.4g}", f"{limit:.4g}"

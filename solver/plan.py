@@ -9,7 +9,7 @@ from .program import Solution
 from .scenario import TrafficClass
 from . import serving
 from .serving import performance
-from .space import Option
+from .space import Option, gpu_class_of
 
 
 class Out(BaseModel):
@@ -67,6 +67,9 @@ class ReplicaGroup(Out):
     error_bars: dict
     coverage_warnings: list[str]
     key: str = ""  # the configuration's id (device/method/framework/tp/batch/kv)
+    basis: str = "measured-near"  # or "extrapolated": outside the validation data (coverage_warnings)
+    margin: str = "none"  # validation error the TTFT/TPOT figures include (none, median, p90)
+    gpu_class: str = "datacenter"  # or "consumer" (GeForce, Apple laptops)
 
 
 class Alternative(Out):
@@ -75,6 +78,8 @@ class Alternative(Out):
     cost_difference_per_hour: float
     cost_ratio: float
     replicas: list[str]
+    latency_ms: float | None = None  # mean request latency: the latency objective's own measure
+    latency_difference_ms: float | None = None
 
 
 class SolveStats(Out):
@@ -131,6 +136,8 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
     headline, memory = next(f for f in per_class if f.name == main), option.memory[main]
     note = config.execution.note or f"{config.execution.compute_dtype} compute, {config.execution.kernel} kernel"
     bars, warnings = errorbars.describe(config.framework.id, config.gpu.device_class, config.batch, config.gpus)
+    if not config.execution.measured:
+        warnings = [*warnings, f"no speed measurement of the {config.execution.kernel} kernel"]
     return ReplicaGroup(
         method=config.method.id, gpu=config.gpu.id, framework=config.framework.id,
         gpus_per_replica=config.gpus, batch_size=config.batch, kv_cache_dtype=config.kv.id, count=count,
@@ -146,6 +153,8 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         cost_per_hour=option.cost_per_hour, execution=note, classes=per_class,
         error_bars=bars,
         coverage_warnings=warnings, key=config.key,
+        basis="extrapolated" if warnings else "measured-near", margin=option.margin,
+        gpu_class=gpu_class_of(config.gpu),
     )
 
 
@@ -187,5 +196,18 @@ def served_tokens_per_s(solution: Solution, classes: tuple[TrafficClass, ...]) -
 
 def summary(group: ReplicaGroup) -> str:
     offload = f", {group.gpu_layers} layers on GPU" if group.gpu_layers is not None else ""
+    marks = "".join(f", {m}" for m, on in (("consumer", group.gpu_class == "consumer"),
+                                            ("extrapolated", group.basis == "extrapolated")) if on)
     return (f"{group.count} x ({group.gpus_per_replica}x {group.gpu}, {group.method}, {group.framework}, "
-            f"batch {group.batch_size}, {group.kv_cache_dtype} KV{offload})")
+            f"batch {group.batch_size}, {group.kv_cache_dtype} KV{offload}{marks})")
+
+
+def mean_request_latency_ms(solution: Solution, classes: tuple[TrafficClass, ...]) -> float:
+    """Load-weighted mean request latency (TTFT + (output - 1) x TPOT), the latency objective's measure."""
+    by_name = {k.name: k for k in classes}
+    total = 0.0
+    for assignment in solution.assignments:
+        for name, share in assignment.shares.items():
+            result = assignment.option.performance[name]
+            total += share * (result.ttft_ms + (by_name[name].output_tokens - 1) * result.tpot_ms)
+    return total / max(len(classes), 1)

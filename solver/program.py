@@ -5,9 +5,11 @@ used[c] (binary, only with a cap on distinct configurations).
 Constraints: every class fully served; a configuration's replicas carry the load of its shares;
 devices of each type within availability; at most N distinct configurations.
 Objectives: cost ($/h); latency (load-weighted request latency, then cost); balanced (the sum of
-both, each divided by its own optimum). Ties: the options are handed to the solver in key order (so
-the same input gives the same plan), and each chosen configuration is then swapped for the
-best-ranked one of equal cost, no more GPUs and enough capacity (`rank`: fewer GPUs, less quality
+both, each divided by its own optimum); an optional budget caps the cost under every objective.
+Ties: among plans of the optimal cost a second solve takes the fewest GPUs, then the least
+load-weighted quality loss; the options are handed to the solver in key order (so the same input
+gives the same plan), and each chosen configuration is then swapped for the best-ranked one of equal
+cost, no more GPUs and enough capacity (`rank`: fewer GPUs, inside the validation data, less quality
 loss, lower TPOT, first key).
 """
 
@@ -152,10 +154,12 @@ def _run(problem, solver_name: str, time_limit: float) -> tuple[str, float]:
 
 def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
           objective: str = "cost", max_configurations: int | None = None, solver: str = "highs",
-          time_limit: float = 60.0, write_lp: str | None = None) -> Solution:
+          time_limit: float = 60.0, write_lp: str | None = None,
+          max_cost_per_hour: float | None = None) -> Solution:
     """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible.
 
     `write_lp`: also write the program (with its domain names) to that LP file.
+    `max_cost_per_hour`: a budget every objective must stay within.
     """
     if not options:
         raise NoSolution("no candidates")
@@ -166,11 +170,15 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     latency = pulp.lpSum(request_latency_ms(o, k) / 1000.0 * shares[o.key, k.name]
                          for o in options for k in classes if (o.key, k.name) in shares)
     statuses = []
+    if max_cost_per_hour is not None:
+        problem += cost <= max_cost_per_hour, "budget"
     if write_lp:
         problem.setObjective(cost)
         problem.writeLP(write_lp)
     if objective == "cost":
-        _optimum(problem, cost, solver, time_limit, statuses)
+        best = _optimum(problem, cost, solver, time_limit, statuses)
+        problem += cost <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_cost"
+        _lexicographic(problem, _tie_breaks(options, classes, replicas, shares), solver, time_limit, statuses)
     else:
         if objective == "latency":
             primary = latency
@@ -199,6 +207,26 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
                     availability=dict(availability))
 
 
+def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[str, object]]:
+    """Among plans of the optimal cost, in order: fewest GPUs; the least load served by configurations
+    outside the validation data; the least load-weighted quality loss. Solved one after another, so
+    the choice crosses replica structures (which the swaps in break_ties cannot)."""
+    served = [(o, k) for o in options for k in classes if (o.key, k.name) in shares]
+    return [
+        ("gpus", pulp.lpSum(o.config.gpus * replicas[o.key] for o in options)),
+        ("extrapolated", pulp.lpSum(shares[o.key, k.name] for o, k in served if o.extrapolated)),
+        ("quality_loss", pulp.lpSum(o.quality.relative * shares[o.key, k.name] for o, k in served)),
+    ]
+
+
+def _lexicographic(problem, objectives, solver: str, time_limit: float, statuses: list) -> None:
+    for name, objective in objectives:
+        if len(objective) == 0:  # nothing to choose on (no option outside the validation data ...)
+            continue
+        best = _optimum(problem, objective, solver, time_limit, statuses)
+        problem += objective <= best + 1e-7 * max(1.0, abs(best)), f"keep_{name}"
+
+
 def _optimum(problem, objective, solver: str, time_limit: float, statuses: list) -> float:
     problem.setObjective(objective)
     status, gap = _run(problem, solver, time_limit)
@@ -207,9 +235,10 @@ def _optimum(problem, objective, solver: str, time_limit: float, statuses: list)
 
 
 def rank(option: Option) -> tuple:
-    """The documented tie-break order: fewer GPUs, less quality loss, lower TPOT, first key."""
+    """The documented tie-break order: fewer GPUs, inside the validation data, less quality loss, lower
+    TPOT, first key."""
     tpot = sum(r.tpot_ms for r in option.performance.values()) / len(option.performance)
-    return (option.config.gpus, round(option.quality.relative, 9), round(tpot, 6), option.key)
+    return (option.config.gpus, option.extrapolated, round(option.quality.relative, 9), round(tpot, 6), option.key)
 
 
 def _carries(candidate: Option, assignment: Assignment, classes: dict) -> bool:

@@ -33,7 +33,9 @@ def render_plan(plan: Plan, console: Console) -> None:
     for group in plan.replicas:
         offload = f", ngl {group.gpu_layers}" if group.gpu_layers is not None else ""
         name = (f"{group.gpus_per_replica}x {group.gpu} {group.method} {group.framework} "
-                f"kv={group.kv_cache_dtype}{offload}")
+                f"kv={group.kv_cache_dtype}{offload}"
+                + (" (consumer)" if group.gpu_class == "consumer" else "")
+                + (" (extrapolated)" if group.basis == "extrapolated" else ""))
         table.add_row(name, str(group.count), str(group.batch_size), _f(group.ttft_ms, 0), _f(group.tpot_ms, 1),
                       _f(group.tokens_per_s_per_user, 1), _f(group.tokens_per_s, 0),
                       f"{group.memory_gb_per_gpu:.1f}/{group.memory_capacity_gb_per_gpu:.1f}",
@@ -53,16 +55,22 @@ def render_plan(plan: Plan, console: Console) -> None:
         console.print(per_class)
     for group in plan.replicas:
         console.print(f"Error bars ({group.framework}): " + _bars(group.error_bars)
-                      + "".join(f"; [yellow]outside validated range: {w}[/yellow]" for w in group.coverage_warnings))
+                      + "".join(f"; [yellow]outside validated range: {w}[/yellow]" for w in group.coverage_warnings)
+                      + (f"; [yellow]extrapolated: its TTFT/TPOT include the {group.margin} validation error[/yellow]"
+                         if group.margin != "none" and group.basis == "extrapolated" else ""))
     if plan.binding:
         console.print("[bold]Binding[/bold]: " + "; ".join(plan.binding))
     for note in plan.notes:
         console.print(f"Note: {note}")
     if plan.alternatives:
-        table = _table("Alternatives (cheapest plan under each restriction)", ["restriction", "$/h", "Δ $/h", "x", "plan"])
+        best = "fastest" if plan.objective == "latency" else "best" if plan.objective == "balanced" else "cheapest"
+        latency = plan.objective != "cost"
+        table = _table(f"Alternatives ({best} plan under each restriction)",
+                       ["restriction", "$/h", "Δ $/h", "x"] + (["latency (ms)", "Δ ms"] if latency else []) + ["plan"])
         for alt in plan.alternatives:
+            extra = [_f(alt.latency_ms, 0), f"{alt.latency_difference_ms:+,.0f}"] if latency else []
             table.add_row(alt.label, _f(alt.cost_per_hour, 2), f"{alt.cost_difference_per_hour:+,.2f}",
-                          f"{alt.cost_ratio:.2f}", "; ".join(alt.replicas))
+                          f"{alt.cost_ratio:.2f}", *extra, "; ".join(alt.replicas))
         console.print(table)
     if plan.stats:
         s = plan.stats

@@ -92,8 +92,11 @@ class Scenario(Input):
     time_limit_s: float = Field(default=60.0, gt=0)
     solver: Literal["highs", "cbc"] = "highs"
     alternatives: bool = True
-    margin: Literal["none", "median", "p90"] = "none"
+    # auto: a configuration outside the validation data's coverage is planned at its p90 error, others as predicted
+    margin: Literal["auto", "none", "median", "p90"] = "auto"
     write_lp: str | None = None
+    max_cost_per_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    gpu_class: Literal["datacenter", "consumer", "all"] = "all"
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

@@ -31,6 +31,8 @@ class Option:
     memory: dict[str, Memory]  # by class name
     performance: dict[str, Performance]  # classes it can serve (SLOs and quality floor met)
     timings: dict[str, Timing] = field(default_factory=dict)  # step times behind the figures, by class
+    margin: str = "none"  # the validation error the figures were made pessimistic by
+    extrapolated: bool = False  # outside the validation data (framework x device class, GPUs per replica)
 
     @property
     def key(self) -> str:
@@ -103,6 +105,8 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
     counted = {world.gpus.get(n).id for n in scenario.gpu_count}
     gpus = pick(world.gpus, scenario.gpus) if scenario.gpus else [
         g for g in world.gpus if g.rentable or g.id in counted]  # owned devices only when named
+    if scenario.gpu_class != "all":
+        gpus = [g for g in gpus if gpu_class_of(g) == scenario.gpu_class]
     methods = pick(world.methods, scenario.methods)
     frameworks, kv_caches = pick(world.frameworks, scenario.frameworks), pick(world.kv_caches, scenario.kv_cache_dtypes)
     kv_caches = _distinct_kv(world, kv_caches)
@@ -123,6 +127,11 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
                             incompatible[reasons[0]] += 1
                             continue
                         yield config
+
+
+def gpu_class_of(gpu) -> str:
+    """`--gpu-class` groups: data-center parts (and server CPUs) against consumer GPUs and Apple laptops."""
+    return "consumer" if gpu.device_class in ("consumer", "apple") else "datacenter"
 
 
 def _distinct_kv(world: World, kv_caches: list) -> list:
@@ -230,10 +239,11 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
         if not fits.any():
             continue
         times = timing(world, config, traffic)
-        if margin != "none":  # plan against the typical (or 90th-percentile) error of this framework
+        applied = applied_margin(margin, config)
+        if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
             bars = errorbars.shipped()
-            times = times.pessimistic(bars.factor("decode", config.framework.id, margin),
-                                      bars.factor("ttft", config.framework.id, margin))
+            times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
+                                      bars.factor("ttft", config.framework.id, applied))
         limit = limits[traffic.name]
         fitting = [b for b, ok in zip(batches, fits) if ok]
         evaluated = performances(config, traffic, times, fitting)  # every batch size in one pass
@@ -245,13 +255,13 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
             result = evaluated[index]
             what = _describe(sized)
             ttft, tpot = result.ttft_at(traffic.statistic), result.tpot_at(traffic.statistic)
+            diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
+            if limit is not None and assessed.ppl_delta > limit:
+                break  # the best-reachable figures below only name configurations that meet the floor
             diagnostics.best_ttft.offer(ttft, what)
             diagnostics.best_tpot.offer(tpot, what)
             if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
                 diagnostics.best_ttft_meeting_tpot.offer(ttft, what)
-            diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
-            if limit is not None and assessed.ppl_delta > limit:
-                break
             if not result.meets:
                 if traffic.load_kind == "concurrency":
                     break  # more clients per replica only lengthen TTFT and TPOT
@@ -264,8 +274,24 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
             found.append(Option(config.with_batch(batch), cost, assessed,
                                 {name: memories[name].at(index) for name in served},
                                 {name: pair[0] for name, pair in served.items()},
-                                {name: pair[1] for name, pair in served.items()}))
+                                {name: pair[1] for name, pair in served.items()},
+                                applied_margin(margin, config), outside_coverage(config)))
     return found
+
+
+def outside_coverage(config: Config) -> bool:
+    """No validation rows of this framework on this device class at this many GPUs per replica, or a
+    kernel with no speed measurement."""
+    return not config.execution.measured or bool(
+        errorbars.shipped().coverage(config.framework.id, config.gpu.device_class, 1, config.gpus))
+
+
+def applied_margin(margin: str, config: Config) -> str:
+    """'auto': p90 for a configuration outside the validation data, so an unmeasured combination cannot
+    win on an optimistic guess; none inside it."""
+    if margin != "auto":
+        return margin
+    return "p90" if outside_coverage(config) else "none"
 
 
 def _describe(config: Config) -> str:

@@ -58,6 +58,24 @@ class GPUSpec(Identified):
     host_memory_gb: float = Field(default=0.0, ge=0)
     host_bandwidth_tb_s: float = Field(default=0.0, ge=0)
     rentable: bool = True  # False: a device one owns (a laptop); planned only when asked for by name
+    # The architecture name engines' support tables use (volta, turing, ampere, ada, hopper, blackwell,
+    # cdna3, cdna4, apple, cpu); derived from the compute capability or the architecture text when absent.
+    arch: str | None = None
+
+    @property
+    def arch_id(self) -> str:
+        if self.arch:
+            return self.arch
+        if self.kind != "gpu":
+            return self.kind
+        if self.vendor.lower() == "nvidia" and self.compute_capability is not None:
+            return _nvidia_arch(self.compute_capability)
+        text = self.architecture.lower().replace(" ", "")
+        for name, marks in (("cdna4", ("cdna4", "gfx950")), ("cdna3", ("cdna3", "gfx942")),
+                            ("cdna2", ("cdna2", "gfx90a")), ("rdna4", ("rdna4", "gfx12")), ("rdna3", ("rdna3", "gfx11"))):
+            if any(mark in text for mark in marks):
+                return name
+        return self.vendor.lower()
 
     @model_validator(mode="after")
     def _usable_within_physical(self) -> GPUSpec:
@@ -79,6 +97,14 @@ class GPUSpec(Identified):
             "fp4": self.tflops_fp4,
         }
         return rates[dtype]
+
+
+def _nvidia_arch(cc: float) -> str:
+    """NVIDIA's architecture for a compute capability (SM 7.0 Volta ... SM 10.x/12.x Blackwell)."""
+    for floor, name in ((10.0, "blackwell"), (9.0, "hopper"), (8.9, "ada"), (8.0, "ampere"), (7.5, "turing")):
+        if cc >= floor - 1e-9:
+            return name
+    return "volta"
 
 
 class PriceSpec(Record):
@@ -161,6 +187,14 @@ class FrameworkSpec(Identified):
     # (steady state of independent arrivals), 1: every round stays a wave. Fitted (solver/fit.py).
     wave_persistence: float = Field(default=0.0, ge=0, le=1)
     kernels: dict[str, str] = Field(default_factory=dict)  # method id -> the kernel this engine runs it on
+    # What the engine runs on (its own support tables; `support_source`). Empty: no restriction.
+    vendors: tuple[str, ...] = ()  # lower-case GPU vendors: nvidia, amd, apple, intel
+    operating_systems: tuple[str, ...] = ()
+    method_archs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # method id -> GPU arch ids
+    kv_archs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # KV format -> GPU arch ids
+    # method id -> kernel used on a supported arch below the method's usual kernel's compute capability
+    legacy_kernels: dict[str, str] = Field(default_factory=dict)
+    support_source: str = ""
     scheduling_source: str = ""
 
 

@@ -190,8 +190,11 @@ def test_fp8_runs_weight_only_on_ampere_in_vllm_and_not_in_tensorrt(world):
 
 
 def test_marlin_needs_ampere(world):
-    result = estimate("llama-2-7b", "awq-int4", "t4", "vllm", world=world)
-    assert not result.compatible and "8" in result.reasons[0]
+    """vLLM's table runs AWQ on Turing with its non-Marlin kernel; SGLang only has Marlin (Ampere+)."""
+    vllm = estimate("llama-2-7b", "awq-int4", "t4", "vllm", world=world)
+    assert vllm.compatible and "awq-gemm" in vllm.execution
+    sglang = estimate("llama-2-7b", "awq-int4", "t4", "sglang", world=world)
+    assert not sglang.compatible and "turing" in sglang.reasons[0]
 
 
 def test_tensorrt_has_no_apple_path(world):

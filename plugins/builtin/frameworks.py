@@ -50,15 +50,31 @@ class FrameworkPlugin:
             return Execution(reason=f"{framework.id} has no {gpu.kind} path ({gpu.id})")
         if gpu.kind != "gpu":
             return self.host_execution(method, gpu)
+        vendor, arch = gpu.vendor.lower(), gpu.arch_id
+        if framework.vendors and vendor not in framework.vendors:
+            return Execution(reason=f"{framework.id} runs on {'/'.join(framework.vendors)} GPUs only; "
+                                    f"{gpu.id} is {gpu.vendor}")
+        archs = framework.method_archs.get(method.id)
+        if archs is not None and arch not in archs:
+            return Execution(reason=f"{framework.id}'s support table has no {method.id} on {arch} ({gpu.id})")
+        cuda = vendor == "nvidia"
         cc = gpu.compute_capability or 0.0
         native = gpu.peak_tflops(method.compute_dtype) > 0
         needs = method.min_compute_capability
-        if native and (needs is None or cc >= needs):
+        if native and (not cuda or needs is None or cc >= needs):
             return Execution(method.compute_dtype, method.weight_only, framework.kernels.get(method.id, method.kernel))
-        if method.id in framework.weight_only_fallback and cc >= framework.weight_only_fallback_min_cc:
+        if cuda and method.id in framework.weight_only_fallback and cc >= framework.weight_only_fallback_min_cc:
             return Execution("fp16", True, "marlin",
                              note=f"{gpu.id} lacks {method.compute_dtype} tensor cores: "
                                   f"{framework.id} runs {method.id} weight-only via Marlin")
+        if cuda and native and archs is not None and method.id in framework.legacy_kernels:
+            kernel = framework.legacy_kernels[method.id]
+            return Execution(method.compute_dtype, method.weight_only, kernel,
+                             note=f"{framework.id} runs {method.id} on its {kernel} kernel on {arch} "
+                                  f"({method.kernel} needs compute capability {needs:g}+): no measured speed",
+                             measured=False)
+        if not cuda:
+            return Execution(reason=f"{method.id} needs {method.compute_dtype} units; {gpu.id} has none")
         what = f"{method.compute_dtype} tensor cores" if not native else f"the {method.kernel} kernel"
         return Execution(reason=f"{method.id} needs {what} (compute capability {needs or 0:g}+); "
                                 f"{gpu.id} is {cc:g}")
@@ -74,6 +90,10 @@ class FrameworkPlugin:
         reasons = []
         if config.kv.id not in framework.kv_cache_dtypes:
             reasons.append(f"{framework.id} has no {config.kv.id} KV cache")
+        elif config.gpu.kind == "gpu" and config.kv.id in framework.kv_archs \
+                and config.gpu.arch_id not in framework.kv_archs[config.kv.id]:
+            reasons.append(f"{framework.id}'s support table has no {config.kv.id} KV cache on "
+                           f"{config.gpu.arch_id} ({config.gpu.id})")
         if gpus > framework.max_gpus:
             reasons.append(f"{framework.id} spans at most {framework.max_gpus} GPUs")
         if config.gpu.kind != "gpu" and gpus > 1:

@@ -34,8 +34,16 @@ class KVCachePlugin:
     def quantplan_incompatibility(self, config: Config) -> list[str]:
         need = config.kv.min_compute_capability
         have = config.gpu.compute_capability
+        if config.kv.id in config.framework.kv_archs:
+            return []  # the engine's own support table decides (framework plugin)
         if need is None or config.gpu.kind != "gpu" or (have is not None and have >= need):
             return []
+        if config.gpu.vendor.lower() != "nvidia":  # compute capability is CUDA's scale: units decide elsewhere
+            if config.kv.id == "bf16" and config.gpu.tflops_bf16 <= 0:
+                return [f"bf16 KV cache needs bf16 units; {config.gpu.id} has none"]
+            return []
+        if have is None:
+            return [f"{config.kv.id} KV cache needs CUDA compute capability {need:g}+; {config.gpu.id} has none"]
         return [f"{config.kv.id} KV cache needs compute capability {need:g}+; {config.gpu.id} is {have:g}"]
 
     @hookimpl
