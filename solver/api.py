@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import errorbars, program
 from .errors import InfeasibleError, QuantplanError
-from .explain import binding_constraints, infeasibility
+from .explain import binding_constraints, infeasibility, workload
 from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, replica_group,
                    served_tokens_per_s, summary)
 from .registry import World, load_world
@@ -121,7 +121,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
         cost_per_million_tokens=solution.cost_per_hour / (tokens * 3600) * 1e6 if tokens > 0 else None,
         tokens_per_s=tokens, replicas=groups,
         binding=binding_constraints(world, scenario, solution, groups, space),
-        alternatives=alternatives, reasons=[], notes=notes,
+        alternatives=alternatives, reasons=[], notes=notes, workload=workload(world, scenario, model_id),
         stats=SolveStats(configurations=space.configurations, candidates=len(space.options),
                          candidates_after_pruning=len(options), solve_seconds=solution.solve_seconds,
                          gap=None if solution.status == "optimal" else solution.gap),

@@ -147,3 +147,33 @@ def distinct(value: float, limit: float, decimals: int) -> tuple[str, str]:
         if shown != bound:
             return shown, bound
     return f"{value:.4g}", f"{limit:.4g}"
+
+
+def workload(world, scenario: Scenario, model_id: str) -> list[str]:
+    """The problem as understood, one line per traffic class plus one for the hardware and objective."""
+    lines = []
+    for traffic in scenario.classes:
+        load = (f"{traffic.rate_per_s:g} req/s (Poisson)" if traffic.load_kind == "rate"
+                else f"{traffic.users} concurrent users (closed loop, {traffic.requests_per_client:g} requests each)")
+        slos = []
+        stat = "" if traffic.statistic == "mean" else f" {traffic.statistic}"
+        if traffic.ttft_ms is not None:
+            slos.append(f"TTFT{stat} <= {traffic.ttft_ms:g} ms")
+        if traffic.tpot_limit_ms is not None:
+            slos.append(f"TPOT{stat} <= {traffic.tpot_limit_ms:.4g} ms")
+        floor = quality_limit(world, traffic)
+        if floor is not None:
+            slos.append(f"ppl increase <= {floor:g}" + (f" ({traffic.use_case})" if traffic.use_case else ""))
+        lines.append(f"{model_id}, class {traffic.name}: {load}, {traffic.prompt_tokens} prompt + "
+                     f"{traffic.output_tokens} output tokens; " + (", ".join(slos) if slos else "no SLO"))
+    devices = ", ".join(scenario.gpus) if scenario.gpus else f"{scenario.gpu_class} devices"
+    limits = [f"at most {scenario.max_gpus} GPUs per replica"]
+    if scenario.gpu_count:
+        limits.append("available " + ", ".join(f"{n} {d}" for d, n in sorted(scenario.gpu_count.items())))
+    if scenario.max_cost_per_hour is not None:
+        limits.append(f"budget ${scenario.max_cost_per_hour:g}/h")
+    restricted = [f"{label} {', '.join(values)}" for label, values in (
+        ("methods", scenario.methods), ("frameworks", scenario.frameworks), ("KV", scenario.kv_cache_dtypes)) if values]
+    lines.append(f"on {devices}; {'; '.join(limits + restricted)}; objective {scenario.objective}; "
+                 f"margin {scenario.margin}")
+    return lines

@@ -103,6 +103,7 @@ class Plan(Out):
     reasons: list[str]
     notes: list[str]
     stats: SolveStats | None = None
+    workload: list[str] = []  # the problem as understood
 
 
 def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:

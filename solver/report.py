@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # pragma: no cover - typing only: listing and estimating need not import the solver
@@ -26,6 +27,8 @@ def _f(value, digits: int = 1) -> str:
 
 
 def render_plan(plan: Plan, console: Console) -> None:
+    for line in plan.workload:
+        console.print(f"[dim]Workload:[/dim] {escape(line)}")
     console.print(f"[bold]{plan.model}[/bold]: {plan.status}, objective {plan.objective}")
     table = _table("Replica groups (figures per replica)", [
         "configuration", "count", "batch", "TTFT (ms)", "TPOT (ms)", "tok/s/user", "tok/s",
@@ -58,6 +61,17 @@ def render_plan(plan: Plan, console: Console) -> None:
                       + "".join(f"; [yellow]outside validated range: {w}[/yellow]" for w in group.coverage_warnings)
                       + (f"; [yellow]extrapolated: its TTFT/TPOT include the {group.margin} validation error[/yellow]"
                          if group.margin != "none" and group.basis == "extrapolated" else ""))
+    best = {"cost": "cheapest", "latency": "fastest", "balanced": "best balanced"}.get(plan.objective, "best")
+    why = f"[bold]Why this plan[/bold]: the {best} that meets every SLO and quality floor"
+    rivals = [a for a in plan.alternatives if not a.label.startswith("unquantized")]
+    if rivals:
+        rival = rivals[0]
+        gap = (f"{rival.latency_difference_ms:+,.0f} ms mean request latency" if plan.objective == "latency"
+               and rival.latency_difference_ms is not None else f"{rival.cost_difference_per_hour:+,.2f} $/h")
+        if plan.objective == "cost" and abs(rival.cost_difference_per_hour) < 0.005:
+            gap = "the same cost; ties go to fewer GPUs, then measured configurations, then less quality loss"
+        why += f"; the best plan {escape(rival.label)}: {gap}"
+    console.print(why)
     if plan.binding:
         console.print("[bold]Binding[/bold]: " + "; ".join(plan.binding))
     for note in plan.notes:
