@@ -16,7 +16,7 @@ from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, repli
                    served_tokens_per_s, summary)
 from .registry import World, load_world
 from .scenario import Scenario, TrafficClass, make_scenario
-from .space import Option, build_space
+from .space import Option, build_space, free_if_owned, pool
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
@@ -72,9 +72,14 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     """
     scenario = as_scenario(scenario)
     world = world or load_world(scenario.catalogs)
+    if scenario.fleet:
+        from .fleet import solve_fleet
+
+        return solve_fleet(scenario, world)
     prices = world.with_prices(scenario.prices)
-    availability = {world.gpus.get(name).id: count for name, count in scenario.gpu_count.items()}
+    availability, owned = pool(world, scenario)
     space = build_space(world, scenario, prices)
+    space.options = free_if_owned(space.options, owned)
     options = prune_dominated(space.options, scenario.classes, scenario.objective != "cost")
     model_id = space.model.id
     try:
@@ -87,25 +92,8 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
             unconstrained = None
         reasons = infeasibility(world, scenario, space, model_id, unconstrained)
         raise InfeasibleError("; ".join(reasons), reasons) from None
-    groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes)
-              for a in sorted(solution.assignments, key=lambda a: a.option.key)]
-    sharing_notes = []
-    for _ in range(MAX_SHARING_ROUNDS):  # classes sharing a replica must meet their SLOs under the combined load
-        broken = _shared_violations(groups, scenario.classes)
-        if not broken:
-            break
-        options = [_without(o, broken.get(o.key, ())) for o in options]
-        options = [o for o in options if o.performance]
-        sharing_notes += [f"{name} not mixed with other classes on {key}: under their combined load it would "
-                          f"miss its SLO" for key, names in sorted(broken.items()) for name in names]
-        try:
-            solution = _solve(options, scenario, availability)
-        except program.NoSolution:
-            reasons = ["every class meets its SLOs alone, but classes that share replicas miss them under "
-                       "their combined load, and there are not enough devices to serve them apart"]
-            raise InfeasibleError("; ".join(reasons), reasons) from None
-        groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes)
-                  for a in sorted(solution.assignments, key=lambda a: a.option.key)]
+    solution, groups, options, sharing_notes = settle_sharing(
+        solution, options, scenario.classes, lambda chosen: _solve(chosen, scenario, availability))
     tokens = served_tokens_per_s(solution, scenario.classes)
     alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
@@ -136,6 +124,46 @@ def _solve(options: list[Option], scenario: Scenario, availability: dict[str, in
 
 ALTERNATIVES_PER_KIND = 3
 MAX_SHARING_ROUNDS = 4
+
+
+def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve):
+    """Classes sharing a replica must meet their SLOs under the combined load: re-solve without the mixes
+    that break one (a few rounds), then, if mixes still break, with every class on replicas of its own.
+
+    Returns (solution, groups, options, notes); raises InfeasibleError when the devices cannot serve
+    the classes apart.
+    """
+    notes: list[str] = []
+    for round_ in range(MAX_SHARING_ROUNDS + 2):
+        groups = [replica_group(a.option, a.replicas, a.shares, classes)
+                  for a in sorted(solution.assignments, key=lambda a: a.option.key)]
+        broken = _shared_violations(groups, classes)
+        if not broken:
+            return solution, groups, options, notes
+        if round_ < MAX_SHARING_ROUNDS:
+            options = [o for o in (_without(o, broken.get(o.key, ())) for o in options) if o.performance]
+            notes += [f"{name} not mixed with other classes on {key}: under their combined load it would miss "
+                      f"its SLO" for key, names in sorted(broken.items()) for name in names]
+        else:
+            options = [single for o in options for single in _apart(o)]
+            notes.append(f"mixes kept breaking an SLO under the combined load after {MAX_SHARING_ROUNDS} rounds: "
+                         f"every class is served on replicas of its own")
+        try:
+            solution = resolve(options)
+        except program.NoSolution:
+            reasons = ["every class meets its SLOs alone, but classes that share replicas miss them under "
+                       "their combined load, and there are not enough devices to serve them apart"]
+            raise InfeasibleError("; ".join(reasons), reasons) from None
+    raise AssertionError("classes served apart cannot share a replica")  # pragma: no cover
+
+
+def _apart(option: Option) -> list[Option]:
+    """One option per class it serves (a replica that serves one class only)."""
+    if len(option.performance) < 2:
+        return [option]
+    prefix = f"{option.owner}|" if option.owner else ""
+    return [replace(_without(option, [n for n in option.performance if n != name]), owner=prefix + name)
+            for name in sorted(option.performance)]
 
 
 def _shared_violations(groups, classes: tuple[TrafficClass, ...]) -> dict[str, list[str]]:

@@ -111,7 +111,8 @@ def infeasibility(world, scenario: Scenario, space: Space, model_id: str, uncons
         reasons.append(f"no plan within the budget of ${budget:.2f}/h: the cheapest that meets the SLOs and the "
                        f"quality floor costs ${unconstrained.cost_per_hour:.2f}/h ({_plan_text(unconstrained)})")
     if not reasons:
-        limits = ", ".join(f"{d}={n}" for d, n in sorted(scenario.gpu_count.items()))
+        limits = ", ".join([f"{d}={n}" for d, n in sorted(scenario.gpu_count.items())]
+                           + [f"{d}={n} owned" for d, n in sorted(scenario.owned.items())])
         needed = ""
         if unconstrained is not None:
             use: dict[str, int] = {}

@@ -67,6 +67,7 @@ class ReplicaGroup(Out):
     error_bars: dict
     coverage_warnings: list[str]
     key: str = ""  # the configuration's id (device/method/framework/tp/batch/kv)
+    model: str = ""
     basis: str = "measured-near"  # or "extrapolated": outside the validation data (coverage_warnings)
     margin: str = "none"  # validation error the TTFT/TPOT figures include (none, median, p90)
     gpu_class: str = "datacenter"  # or "consumer" (GeForce, Apple laptops)
@@ -104,6 +105,7 @@ class Plan(Out):
     notes: list[str]
     stats: SolveStats | None = None
     workload: list[str] = []  # the problem as understood
+    pool: list[dict] = []  # a fleet: per device, GPUs used and available
 
 
 def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:
@@ -153,7 +155,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
         cost_per_hour=option.cost_per_hour, execution=note, classes=per_class,
         error_bars=bars,
-        coverage_warnings=warnings, key=config.key,
+        coverage_warnings=warnings, key=option.key, model=config.model.id,
         basis="extrapolated" if warnings else "measured-near", margin=option.margin,
         gpu_class=gpu_class_of(config.gpu),
     )

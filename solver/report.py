@@ -35,7 +35,8 @@ def render_plan(plan: Plan, console: Console) -> None:
         "mem/GPU (GB)", "ppl Δ", "ppl Δ (%)", "$/h"])
     for group in plan.replicas:
         offload = f", ngl {group.gpu_layers}" if group.gpu_layers is not None else ""
-        name = (f"{group.gpus_per_replica}x {group.gpu} {group.method} {group.framework} "
+        owner = f"{group.model}: " if len(plan.pool) or "," in plan.model else ""
+        name = (f"{owner}{group.gpus_per_replica}x {group.gpu} {group.method} {group.framework} "
                 f"kv={group.kv_cache_dtype}{offload}"
                 + (" (consumer)" if group.gpu_class == "consumer" else "")
                 + (" (extrapolated)" if group.basis == "extrapolated" else ""))
@@ -46,6 +47,10 @@ def render_plan(plan: Plan, console: Console) -> None:
     console.print(table)
     console.print(f"Total: ${plan.cost_per_hour:,.2f}/h, {_f(plan.tokens_per_s, 0)} output tokens/s, "
                   f"${_f(plan.cost_per_million_tokens, 3)} per 1M output tokens")
+    if plan.pool:
+        console.print("Pool: " + ", ".join(f"{p['gpu']} {p['used']}" + (f" of {p['available']}" if p["available"]
+                                                                        is not None else " (rented)")
+                                           for p in plan.pool))
     if any(len(g.classes) > 1 for g in plan.replicas):
         per_class = _table("Per traffic class (a shared replica: each class under the combined load)",
                            ["group / class", "share", "TTFT mean/p90 (ms)", "TPOT mean/p90 (ms)", "capacity"])
@@ -56,7 +61,11 @@ def render_plan(plan: Plan, console: Console) -> None:
                                   f"{_f(figures.tpot_ms, 1)} / {_f(figures.tpot_p90_ms, 1)}",
                                   f"{figures.capacity:.3g} {figures.capacity_unit}")
         console.print(per_class)
+    shown = set()
     for group in plan.replicas:
+        if (group.framework, tuple(group.coverage_warnings), group.margin) in shown:
+            continue
+        shown.add((group.framework, tuple(group.coverage_warnings), group.margin))
         console.print(f"Error bars ({group.framework}): " + _bars(group.error_bars)
                       + "".join(f"; [yellow]outside validated range: {w}[/yellow]" for w in group.coverage_warnings)
                       + (f"; [yellow]extrapolated: its TTFT/TPOT include the {group.margin} validation error[/yellow]"

@@ -72,6 +72,35 @@ class TrafficClass(Input):
         return self.prompt_tokens + self.output_tokens
 
 
+class FleetModel(Input):
+    """One model of a fleet: its own traffic classes and (optional) quality floor by use case."""
+
+    id: str | None = None
+    model_config_path: str | None = None
+    classes: tuple[TrafficClass, ...] = Field(min_length=1)
+    use_case: str | None = None  # the floor of every class that sets none itself
+
+    @model_validator(mode="after")
+    def _one_model(self) -> FleetModel:
+        if (self.id is None) == (self.model_config_path is None):
+            raise ValueError("each [[model]] needs an id or a model_config, exactly one of them")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError("traffic class names must be unique within a model")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.id or Path(self.model_config_path).parent.name or "model"
+
+    def floored(self) -> tuple[TrafficClass, ...]:
+        """Its classes, each with the model's use case where the class sets no floor of its own."""
+        if self.use_case is None:
+            return self.classes
+        return tuple(c if c.use_case is not None or c.max_ppl_delta is not None
+                     else c.model_copy(update={"use_case": self.use_case}) for c in self.classes)
+
+
 class Scenario(Input):
     """A whole planning problem, as a scenario TOML file or CLI options describe it."""
 
@@ -97,18 +126,33 @@ class Scenario(Input):
     write_lp: str | None = None
     max_cost_per_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     gpu_class: Literal["datacenter", "consumer", "all"] = "all"
+    models: tuple[FleetModel, ...] = ()  # a fleet: several models sharing one device pool
+    owned: dict[str, int] = Field(default_factory=dict)  # devices one owns: that many, at no hourly price
+
+    @property
+    def fleet(self) -> bool:
+        return bool(self.models)
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
-        if (self.model is None) == (self.model_config_path is None):
+        if self.models:
+            if self.model is not None or self.model_config_path is not None:
+                raise ValueError("a fleet lists its models as [[model]] tables; give no top-level model")
+            labels = [m.label for m in self.models]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"each model appears once in a fleet: {', '.join(sorted(labels))}")
+        elif (self.model is None) == (self.model_config_path is None):
             raise ValueError("give a model (--model or model = ...) or a config.json (--model-config), "
                              "exactly one of them")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError("traffic class names must be unique")
-        for device, count in self.gpu_count.items():
-            if count < 0:
-                raise ValueError(f"gpu_count {device}={count}: must be 0 or more")
+        for label, table in (("gpu_count", self.gpu_count), ("owned", self.owned)):
+            for device, count in table.items():
+                if count < 0:
+                    raise ValueError(f"{label} {device}={count}: must be 0 or more")
+        if set(self.owned) & set(self.gpu_count):
+            raise ValueError("a device is either owned (owned = {DEV = N}) or rented (gpu_count), not both")
         if any(b <= 0 for b in self.batch_sizes):
             raise ValueError("batch sizes must be positive")
         return self
@@ -119,18 +163,33 @@ def load_scenario(path: str | Path, **overrides) -> Scenario:
     path = Path(path)
     document = read_toml(path, f"scenario {path}")
     document = dict(document)
+    base = path.parent
+    if isinstance(document.get("model"), list):  # [[model]] tables: a fleet
+        document["models"] = [_fleet_model(entry, base) for entry in document.pop("model")]
+    if "budget_per_hour" in document:
+        document["max_cost_per_hour"] = document.pop("budget_per_hour")
     if "class" in document:
         document["classes"] = document.pop("class")
     elif "workload" in document:
         document["classes"] = [document.pop("workload")]
     if "model_config" in document:
         document["model_config_path"] = document.pop("model_config")
-    base = path.parent
     if document.get("model_config_path"):
         document["model_config_path"] = str((base / document["model_config_path"]).resolve())
     document["catalogs"] = [str((base / c).resolve()) for c in document.get("catalogs", [])]
     document.update({k: v for k, v in overrides.items() if v is not None})
     return make_scenario(document, f"scenario {path}")
+
+
+def _fleet_model(entry, base: Path) -> dict:
+    if not isinstance(entry, dict):
+        raise QuantplanError(f"scenario: each [[model]] must be a table, not {entry!r}")
+    entry = dict(entry)
+    if "class" in entry:
+        entry["classes"] = entry.pop("class")
+    if "model_config" in entry:
+        entry["model_config_path"] = str((base / str(entry.pop("model_config"))).resolve())
+    return entry
 
 
 def make_scenario(fields: dict, label: str = "options") -> Scenario:

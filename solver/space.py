@@ -34,9 +34,11 @@ class Option:
     margin: str = "none"  # the validation error the figures were made pessimistic by
     extrapolated: bool = False  # outside the validation data (framework x device class, GPUs per replica)
 
+    owner: str = ""  # in a fleet: the model whose classes it serves (keys stay unique across models)
+
     @property
     def key(self) -> str:
-        return self.config.key
+        return f"{self.owner}:{self.config.key}" if self.owner else self.config.key
 
 
 @dataclass
@@ -102,7 +104,7 @@ def objections(world: World, config: Config) -> list[str]:
 def configurations(world: World, scenario: Scenario, model: ModelSpec, incompatible: Counter):
     """Compatible (device, method, framework, GPUs, KV) configurations at batch 1, in a fixed order."""
     pick = lambda registry, names: [registry.get(n) for n in names] if names else list(registry)  # noqa: E731
-    counted = {world.gpus.get(n).id for n in scenario.gpu_count}
+    counted = {world.gpus.get(n).id for n in (*scenario.gpu_count, *scenario.owned)}
     gpus = pick(world.gpus, scenario.gpus) if scenario.gpus else [
         g for g in world.gpus if g.rentable or g.id in counted]  # owned devices only when named
     if scenario.gpu_class != "all":
@@ -298,3 +300,17 @@ def _describe(config: Config) -> str:
     offload = f" ({config.gpu_layers}/{config.model.layers} layers on GPU)" if config.hybrid else ""
     return (f"{config.gpus}x {config.gpu.id} at {config.method.id}, {config.framework.id}, "
             f"batch {config.batch}, {config.kv.id} KV{offload}")
+
+
+def pool(world: World, scenario: Scenario) -> tuple[dict[str, int], set[str]]:
+    """Devices available (rented limits and owned counts, by device id) and the ids of owned devices."""
+    availability = {world.gpus.get(name).id: count for name, count in scenario.gpu_count.items()}
+    owned = {world.gpus.get(name).id: count for name, count in scenario.owned.items()}
+    return {**availability, **owned}, set(owned)
+
+
+def free_if_owned(options: list[Option], owned: set[str]) -> list[Option]:
+    """Owned devices cost nothing by the hour: their options' price goes to zero."""
+    if not owned:
+        return options
+    return [replace(o, cost_per_hour=0.0) if o.config.gpu.id in owned else o for o in options]

@@ -1,0 +1,92 @@
+"""Fleet planning: several models with their own classes on one device pool, one integer program."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from quantplan.cli import cli
+from quantplan.solver.registry import load_world
+
+TWO_MODELS = textwrap.dedent('''
+    gpus = ["h100-sxm"]
+    {pool}
+    max_gpus = 2
+
+    [[model]]
+    id = "llama-3.1-8b"
+    [[model.class]]
+    name = "chat"
+    concurrency = 32
+    prompt_tokens = 1024
+    output_tokens = 256
+    ttft_ms = 1000
+    tpot_ms = 30
+    max_ppl_delta = 0.3
+
+    [[model]]
+    id = "llama-3.1-70b"
+    [[model.class]]
+    name = "chat"
+    concurrency = 16
+    prompt_tokens = 1024
+    output_tokens = 256
+    ttft_ms = 2000
+    tpot_ms = 40
+    max_ppl_delta = 0.3
+''')
+
+
+def solve(tmp_path, pool: str) -> tuple[int, dict]:
+    path = tmp_path / "fleet.toml"
+    path.write_text(TWO_MODELS.format(pool=pool))
+    result = CliRunner().invoke(cli, ["solve", str(path), "--json"])
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def alone(model: str, concurrency: int, ttft: int, tpot: int) -> dict:
+    result = CliRunner().invoke(cli, [
+        "solve", "--model", model, "--gpu", "h100-sxm", "--max-gpus", "2", "--concurrency", str(concurrency),
+        "--prompt-tokens", "1024", "--output-tokens", "256", "--ttft-ms", str(ttft), "--tpot-ms", str(tpot),
+        "--max-ppl-delta", "0.3", "--no-alternatives", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_two_models_on_a_pool_that_holds_both_cost_what_each_costs_alone(tmp_path):
+    """With four H100s the models do not compete: the fleet plan is the two single-model plans side by
+    side (the 8B on one GPU, the 70B in FP8 on two), 3 GPUs at the catalog's H100 price."""
+    code, plan = solve(tmp_path, "gpu_count = { h100-sxm = 4 }")
+    small, large = alone("llama-3.1-8b", 32, 1000, 30), alone("llama-3.1-70b", 16, 2000, 40)
+    price = load_world().prices["h100-sxm"].usd_per_hour
+    assert code == 0
+    assert plan["cost_per_hour"] == pytest.approx(small["cost_per_hour"] + large["cost_per_hour"])
+    assert plan["cost_per_hour"] == pytest.approx(3 * price)
+    assert plan["pool"] == [{"gpu": "h100-sxm", "used": 3, "available": 4}]
+    assert {g["model"] for g in plan["replicas"]} == {"llama-3.1-8b", "llama-3.1-70b"}
+    assert {c["name"] for g in plan["replicas"] for c in g["classes"]} == {"llama-3.1-8b/chat", "llama-3.1-70b/chat"}
+
+
+def test_a_pool_too_small_for_both_is_explained(tmp_path):
+    code, plan = solve(tmp_path, "gpu_count = { h100-sxm = 2 }")
+    assert code == 1 and plan["status"] == "infeasible"
+    assert "not within the devices available (h100-sxm=2)" in plan["reasons"][0]
+    assert "needs 3 h100-sxm" in plan["reasons"][0]
+
+
+def test_owned_devices_cost_nothing_by_the_hour(tmp_path):
+    code, plan = solve(tmp_path, "owned = { h100-sxm = 3 }")
+    assert code == 0 and plan["cost_per_hour"] == 0.0
+    assert plan["pool"] == [{"gpu": "h100-sxm", "used": 3, "available": 3}]
+
+
+def test_a_fleet_model_needs_an_id_or_a_config(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[model]]\nuse_case = "chat_general"\n[[model.class]]\nconcurrency = 1\n')
+    result = CliRunner().invoke(cli, ["solve", str(path)])
+    assert result.exit_code == 2
+    assert "needs an id or a model_config" in result.output
