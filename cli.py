@@ -173,9 +173,11 @@ def cli():
 @workload_options
 @click.option("--no-alternatives", is_flag=True, help="Skip the runner-up plans (faster).")
 @click.option("--write-lp", type=click.Path(dir_okay=False), help="Also write the integer program to an LP file.")
+@click.option("--emit", type=click.Choice(("launch",)), help="launch: also the engine commands, checkpoints, "
+                                                              "manifests and benchmarks (as `quantplan launch`).")
 @json_option
 @click.pass_context
-def solve(ctx, scenario_file, no_alternatives, write_lp, as_json, **options):
+def solve(ctx, scenario_file, no_alternatives, write_lp, emit, as_json, **options):
     """Cheapest deployment for a scenario file and/or options."""
     from quantplan.solver.api import solve as run
     from quantplan.solver.report import render_plan
@@ -185,6 +187,9 @@ def solve(ctx, scenario_file, no_alternatives, write_lp, as_json, **options):
     if no_alternatives or write_lp:
         scenario = scenario.model_copy(update={"alternatives": not no_alternatives, "write_lp": write_lp})
     plan = run(scenario)
+    if emit == "launch":
+        _solve_and_launch(plan, scenario, as_json)
+        return
     _emit(plan.model_dump(), as_json, lambda console: render_plan(plan, console))
 
 
@@ -479,6 +484,47 @@ def plugins(catalogs, as_json):
                         console)
 
     _emit({"loaded": loaded, "failed": failed}, as_json, render)
+
+
+# --- From plan to production: launch and check ------------------------------------------------------
+
+
+def _launch_replicas(plan: dict, catalogs, calibration_data: str):
+    from quantplan.solver.launch import launch as build
+    from quantplan.solver.registry import load_world
+
+    return build(plan, load_world(tuple(catalogs)), calibration_data)
+
+
+def _solve_and_launch(plan, scenario, as_json: bool) -> None:
+    """`solve --emit launch`: the plan, then its launch (JSON: the plan with a `launch` field)."""
+    from quantplan.solver.launch_text import as_json as launch_json, as_text
+    from quantplan.solver.report import render_plan
+
+    replicas = _launch_replicas(json.loads(plan.model_dump_json()), scenario.catalogs, "calibration.jsonl")
+    if as_json:
+        click.echo(json.dumps({**plan.model_dump(), "launch": launch_json(replicas)}, indent=2, default=str))
+        return
+    render_plan(plan, _console())
+    click.echo(as_text(replicas))
+
+
+@cli.command(name="launch")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--calibration-data", default="calibration.jsonl", show_default=True,
+              help="Your domain's calibration samples, as recipes name them (one text per line).")
+@catalog_option
+@json_option
+def launch_(plan_file, calibration_data, catalogs, as_json):
+    """Engine commands, checkpoints or recipes, manifests and SLO benchmarks for a `solve --json` plan."""
+    from quantplan.solver.launch import read_plan
+    from quantplan.solver.launch_text import as_json as launch_json, as_text
+
+    replicas = _launch_replicas(read_plan(plan_file), catalogs, calibration_data)
+    if as_json:
+        click.echo(json.dumps(launch_json(replicas), indent=2))
+    else:
+        click.echo(as_text(replicas))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,6 +98,7 @@ class Plan(Out):
     reasons: list[str]
     notes: list[str]
     stats: SolveStats | None = None
+    workload: tuple[TrafficClass, ...] = ()  # the traffic classes planned for (launch: lengths, load, SLOs)
 
 
 def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:
