@@ -527,6 +527,71 @@ def launch_(plan_file, calibration_data, catalogs, as_json):
         click.echo(as_text(replicas))
 
 
+@cli.command(name="check")
+@click.option("--model", help="Model id or alias.")
+@click.option("--method", help="Quantization method id or alias.")
+@click.option("--gpu", help="Device id or alias.")
+@click.option("--framework", help="Serving engine id or alias.")
+@click.option("--gpus", type=int, help="GPUs per replica (default 1).")
+@click.option("--batch", type=int, help="Peak concurrent sequences.")
+@click.option("--prompt-tokens", type=int, help="Peak prompt tokens per request.")
+@click.option("--output-tokens", type=int, help="Peak output tokens per request.")
+@click.option("--kv-cache-dtype", help="KV-cache precision (default: the engine's default).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Check every replica group of a plan.")
+@click.option("--command", "command_line", help='An engine command, e.g. "vllm serve M --quantization gptq_marlin".')
+@click.option("--recipe", type=click.Path(dir_okay=False), help="The quantization recipe used (YAML or Python).")
+@click.option("--checkpoint-config", type=click.Path(dir_okay=False),
+              help="The checkpoint's config.json or quantize_config.json (quant_method, desc_act).")
+@click.option("--quality-record", type=click.Path(dir_okay=False),
+              help="Quality measured on your own data (JSON or TOML); without it, domain validation is missing.")
+@catalog_option
+@json_option
+@click.pass_context
+def check_(ctx, model, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens, kv_cache_dtype, plan_file,
+           command_line, recipe, checkpoint_config, quality_record, catalogs, as_json):
+    """Which of the seed guide's common mistakes and checklist items a deployment runs into.
+    Exit 0: none; 1: findings; 2: bad input."""
+    from quantplan.solver import check_inputs
+    from quantplan.solver.check import read_quality_record, run
+    from quantplan.solver.launch import read_plan
+    from quantplan.solver.registry import load_world
+
+    sources = [name for name, given in (("--plan", plan_file), ("--command", command_line),
+                                        ("--method/--gpu/--framework", method or framework)) if given]
+    if len(sources) != 1:
+        raise QuantplanError("give one of --plan, --command, or --model --method --gpu --framework"
+                             + (f" (got {' and '.join(sources)})" if sources else ""))
+    world = load_world(tuple(catalogs))
+    extra = {"recipe": check_inputs.read_text(recipe, "--recipe")} if recipe else {}
+    if quality_record:
+        read_quality_record(quality_record)
+    if plan_file:
+        deployments = check_inputs.from_plan(world, read_plan(plan_file))
+    elif command_line:
+        config = check_inputs.read_checkpoint_config(checkpoint_config) if checkpoint_config else None
+        deployments = [check_inputs.from_command(world, command_line, model, gpu, batch, prompt_tokens,
+                                                 output_tokens, config, **extra)]
+    else:
+        if not (model and method and gpu and framework):
+            raise QuantplanError("a deployment needs --model, --method, --gpu and --framework")
+        deployments = [check_inputs.from_options(world, model, method, gpu, framework, gpus, batch or 1,
+                                                 prompt_tokens or 512, output_tokens or 256, kv_cache_dtype, **extra)]
+    findings, skipped = run(world, deployments, quality_record)
+    if as_json:
+        click.echo(json.dumps({"findings": [f.model_dump() for f in findings], "not_checked": skipped,
+                               "deployments": [d.model_dump(exclude={"recipe"}) for d in deployments]}, indent=2))
+    else:
+        for f in findings:
+            item = f" (checklist {f.checklist_item})" if f.checklist_item else ""
+            click.echo(f"{f.where}: {f.mistake}{item}\n  evidence: {f.evidence}\n  fix: {f.fix}")
+        for line in skipped:
+            click.echo(f"not checked: {line}")
+        if not findings:
+            click.echo("no common mistake found")
+    if findings:
+        ctx.exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: click's usage errors also become one line and exit code 2."""
     try:
