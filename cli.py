@@ -574,8 +574,11 @@ def check_(ctx, model, method, gpu, framework, gpus, batch, prompt_tokens, outpu
     else:
         if not (model and method and gpu and framework):
             raise QuantplanError("a deployment needs --model, --method, --gpu and --framework")
-        deployments = [check_inputs.from_options(world, model, method, gpu, framework, gpus, batch or 1,
-                                                 prompt_tokens or 512, output_tokens or 256, kv_cache_dtype, **extra)]
+        deployments = [check_inputs.from_options(world, model, method, gpu, framework, gpus,
+                                                 1 if batch is None else batch,
+                                                 512 if prompt_tokens is None else prompt_tokens,
+                                                 256 if output_tokens is None else output_tokens, kv_cache_dtype,
+                                                 **extra)]
     findings, skipped = run(world, deployments, quality_record)
     if as_json:
         click.echo(json.dumps({"findings": [f.model_dump() for f in findings], "not_checked": skipped,
