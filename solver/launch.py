@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .catalog import read_toml
 from .errors import QuantplanError
+from .plan import ReplicaGroup
 from .recipes import Checkpoint, checkpoint_for
+from .scenario import TrafficClass
+from .specs import MethodSpec, ModelSpec
 
 DEFAULT_CALIBRATION = "calibration.jsonl"
 
@@ -103,9 +107,6 @@ def read_plan(path: str) -> dict:
 
 def launch(plan: dict, world, calibration_data: str = DEFAULT_CALIBRATION) -> list[Replica]:
     """One Replica per replica group of `plan`, in the plan's order."""
-    from .plan import ReplicaGroup
-    from .scenario import TrafficClass
-
     try:
         groups = [ReplicaGroup(**group) for group in plan["replicas"]]
         workload = {k.name: k for k in (TrafficClass(**c) for c in plan["workload"])}
@@ -122,16 +123,17 @@ def _first_error(error) -> str:
     return str(error)
 
 
-def replica(index: int, group, model, workload: dict, world, calibration_data: str) -> Replica:
+def replica(index: int, group: ReplicaGroup, model: ModelSpec, workload: dict[str, TrafficClass], world,
+            calibration_data: str) -> Replica:
     from .api import estimate
 
     served = [workload[c.name] for c in group.classes if c.name in workload] or list(workload.values())
     context = max(k.context_tokens for k in served)
-    main = max(served, key=lambda k: k.context_tokens)
+    longest = max(served, key=lambda k: k.context_tokens)
     method, framework = world.methods.get(group.method), world.frameworks.get(group.framework)
     program = programs()[framework.id]
     guess = estimate(model.id, method.id, group.gpu, framework.id, group.gpus_per_replica, group.batch_size,
-                     main.prompt_tokens, main.output_tokens, group.kv_cache_dtype, group.gpu_layers, world=world)
+                     longest.prompt_tokens, longest.output_tokens, group.kv_cache_dtype, group.gpu_layers, world=world)
     budget = int(guess.scheduling.get("token_budget") or framework.max_batched_tokens)
     checkpoint = checkpoint_for(model.id, model.name, method, framework.id, group.kv_cache_dtype, calibration_data)
     settings = Settings(group=group, model=model, method=method, context=context, budget=budget,
@@ -149,12 +151,13 @@ def replica(index: int, group, model, workload: dict, world, calibration_data: s
                    command=command, args=args, config_file=config_file, checkpoint=checkpoint, benchmarks=benchmarks)
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+@dataclass(frozen=True)
+class Settings:
+    """What an engine's arguments are made from: the plan's group and the figures derived for it."""
 
-    group: object
-    model: object
-    method: object
+    group: ReplicaGroup
+    model: ModelSpec
+    method: MethodSpec
     context: int
     budget: int
     memory_share: float

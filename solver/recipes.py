@@ -68,8 +68,12 @@ def checkpoint_for(model_id: str, base_repo: str, method, framework: str, kv_cac
     if method.kind == "float" and framework != "llama.cpp":
         return Checkpoint(kind="base", path=base_repo, source=f"the catalog model {model_id}")
     out = f"/models/{model_id}-{method.id}"
-    maker = _recipe_maker(method, framework)
-    return maker(base_repo, out, method, kv_cache_dtype, calibration_data)
+    made = _recipe_maker(method, framework)(base_repo, out, method, kv_cache_dtype, calibration_data)
+    if framework == "tensorrt-llm" and made.tool != "NVIDIA ModelOpt":
+        made = made.model_copy(update={"notes": made.notes + [
+            f"not checked here: that TensorRT-LLM's PyTorch backend loads a {made.tool} checkpoint; ModelOpt "
+            "INT4_AWQ is its own 4-bit format"]})
+    return made
 
 
 def _recipe_maker(method, framework: str):
