@@ -595,6 +595,26 @@ def check_(ctx, model, method, gpu, framework, gpus, batch, prompt_tokens, outpu
         ctx.exit(1)
 
 
+@cli.command(name="traffic")
+@click.argument("log_file", type=click.Path(dir_okay=False))
+@click.option("--model", help="Model id to write into the scenario.")
+@click.option("--peak", is_flag=True, help="Rates of the busiest minute instead of the mean over the log.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="Write the scenario TOML here.")
+@json_option
+def traffic_(log_file, model, peak, output, as_json):
+    """Traffic classes (length clusters, rates, burstiness) from a request log, as a scenario TOML."""
+    from quantplan.solver.traffic import profile, read_log, scenario_toml
+
+    classes = profile(read_log(log_file))
+    text = scenario_toml(classes, Path(log_file).name, model, peak)
+    if output:
+        Path(output).write_text(text)
+    if as_json:
+        click.echo(json.dumps({"classes": [c.model_dump() for c in classes], "scenario": text}, indent=2))
+    elif not output:
+        click.echo(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: click's usage errors also become one line and exit code 2."""
     try:

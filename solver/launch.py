@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .catalog import read_toml
 from .errors import QuantplanError
 from .plan import ReplicaGroup
-from .recipes import Checkpoint, checkpoint_for
+from .recipes import TRTLLM_QUANTIZE, Checkpoint, checkpoint_for
 from .scenario import TrafficClass
 from .specs import MethodSpec, ModelSpec
 
@@ -138,6 +138,9 @@ def replica(index: int, group: ReplicaGroup, model: ModelSpec, workload: dict[st
     checkpoint = checkpoint_for(model.id, model.name, method, framework.id, group.kv_cache_dtype, calibration_data)
     settings = Settings(group=group, model=model, method=method, context=context, budget=budget,
                         memory_share=round(1.0 - framework.memory_reserve_fraction, 2), checkpoint=checkpoint)
+    if checkpoint.tool == TRTLLM_QUANTIZE:  # a TensorRT engine: built for this replica's limits
+        checkpoint = checkpoint.model_copy(update={"steps": checkpoint.steps + [engine_build(settings, checkpoint)]})
+        settings = replace(settings, checkpoint=checkpoint)
     args, config_file = ENGINES[framework.id](settings, program)
     kind = world.gpus.get(group.gpu).kind
     image = program.image.replace(":server-cuda", ":server") if kind == "cpu" else program.image
@@ -208,8 +211,21 @@ def sglang_args(s: Settings, program: Program) -> tuple[list[str], str]:
     return args, ""
 
 
+def engine_build(s: Settings, checkpoint: Checkpoint) -> str:
+    """trtllm-build for the replica's running limit, context and token budget."""
+    args = ["--checkpoint_dir", checkpoint.path.removesuffix("-engine") + "-checkpoint", "--output_dir",
+            checkpoint.path, "--max_batch_size", str(s.group.batch_size), "--max_seq_len", str(s.context),
+            "--max_num_tokens", str(s.budget)]
+    return "trtllm-build " + " ".join(args)
+
+
 def trtllm_args(s: Settings, program: Program) -> tuple[list[str], str]:
-    g = s.group  # the PyTorch backend loads the (ModelOpt) checkpoint directly: no engine build step
+    g = s.group
+    if s.checkpoint.tool == TRTLLM_QUANTIZE:  # a built TensorRT engine: 0.18.2's default (C++) path
+        return [s.checkpoint.path, "--tokenizer", s.model.name, "--host", "0.0.0.0", "--port", str(program.port),
+                "--max_batch_size", str(g.batch_size), "--max_num_tokens", str(s.budget),
+                "--kv_cache_free_gpu_memory_fraction", f"{s.memory_share:g}"], ""
+    # the PyTorch backend loads the (ModelOpt) Hugging Face checkpoint directly: no engine build step
     return [s.checkpoint.path, "--backend", "pytorch", "--host", "0.0.0.0", "--port", str(program.port),
             "--tp_size", str(g.gpus_per_replica), "--max_batch_size", str(g.batch_size),
             "--max_num_tokens", str(s.budget), "--max_seq_len", str(s.context),

@@ -68,17 +68,19 @@ def checkpoint_for(model_id: str, base_repo: str, method, framework: str, kv_cac
     if method.kind == "float" and framework != "llama.cpp":
         return Checkpoint(kind="base", path=base_repo, source=f"the catalog model {model_id}")
     out = f"/models/{model_id}-{method.id}"
-    made = _recipe_maker(method, framework)(base_repo, out, method, kv_cache_dtype, calibration_data)
-    if framework == "tensorrt-llm" and made.tool != "NVIDIA ModelOpt":
+    made = _recipe_maker(method, framework, kv_cache_dtype)(base_repo, out, method, kv_cache_dtype, calibration_data)
+    if framework == "tensorrt-llm" and made.tool not in ("NVIDIA ModelOpt", TRTLLM_QUANTIZE):
         made = made.model_copy(update={"notes": made.notes + [
             f"not checked here: that TensorRT-LLM's PyTorch backend loads a {made.tool} checkpoint; ModelOpt "
             "INT4_AWQ is its own 4-bit format"]})
     return made
 
 
-def _recipe_maker(method, framework: str):
+def _recipe_maker(method, framework: str, kv_cache_dtype: str = ""):
     if framework == "llama.cpp":
         return _gguf
+    if framework == "tensorrt-llm" and needs_engine_build(method.id, kv_cache_dtype):
+        return _trtllm_checkpoint
     if framework == "tensorrt-llm" and method.id in MODELOPT_CONFIGS:
         return _modelopt
     return {"fp8": _llm_compressor_fp8, "int8-w8a8": _llm_compressor_w8a8, "awq-int4": _autoawq,
@@ -161,6 +163,26 @@ def _modelopt(base, out, method, kv, data) -> Checkpoint:
                       steps=["python quantize_modelopt.py"],
                       notes=[f"ModelOpt {config}, exported as a Hugging Face checkpoint (hf_quant_config.json) that "
                              "TensorRT-LLM's PyTorch backend, vLLM and SGLang load", _calibration_note(data)])
+
+
+TRTLLM_QUANTIZE = "TensorRT-LLM examples/quantization/quantize.py (ModelOpt) + trtllm-build"
+
+
+def needs_engine_build(method_id: str, kv_cache_dtype: str) -> bool:
+    """INT8 SmoothQuant and an INT8 KV cache run on TensorRT-LLM's TensorRT engines (a built engine), not on
+    its PyTorch backend."""
+    return method_id == "int8-w8a8" or kv_cache_dtype == "int8"
+
+
+def _trtllm_checkpoint(base, out, method, kv, data) -> Checkpoint:
+    qformat = "int8_sq" if method.id == "int8-w8a8" else {"fp8": "fp8", "awq-int4": "int4_awq"}.get(method.id, "full_prec")
+    kv_flag = f" --kv_cache_dtype {kv}" if kv in ("int8", "fp8") else ""
+    return Checkpoint(kind="recipe", path=out + "-engine", tool=TRTLLM_QUANTIZE, steps=[
+        f"python examples/quantization/quantize.py --model_dir {base} --qformat {qformat}{kv_flag} "
+        f"--calib_dataset {data} --calib_size {CALIBRATION_SAMPLES} --output_dir {out}-checkpoint"],
+        notes=["SmoothQuant INT8 (int8_sq): weights per channel, activations per token (the seed's rule)"
+               if method.id == "int8-w8a8" else f"{qformat} weights", _calibration_note(data),
+               "then build the TensorRT engine (next step) and serve it with the base model's tokenizer"])
 
 
 GGUF_TYPES = {"gguf-q8_0": "Q8_0", "gguf-q6_k": "Q6_K", "gguf-q5_k_m": "Q5_K_M", "gguf-q4_k_m": "Q4_K_M",

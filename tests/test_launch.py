@@ -51,6 +51,7 @@ def plans():
     found["vllm-actorder"] = _restricted("llama-3.1-8b", "a100-80gb", "vllm", "gptq-int4-actorder")
     found["sglang-w8a8"] = _restricted("llama-3.1-8b", "a100-80gb", "sglang", "int8-w8a8")
     found["trtllm-nvfp4"] = _restricted("llama-3.1-8b", "b200", "tensorrt-llm", "nvfp4")
+    found["trtllm-w8a8"] = _restricted("llama-3.1-8b", "h100-sxm", "tensorrt-llm", "int8-w8a8")
     found["exllamav2"] = _restricted("llama-2-7b", "rtx4090", "exllamav2", "gptq-int4")
     found["llama-cpp-gpu"] = _restricted("llama-3.1-8b", "rtx4090", "llama.cpp", "gguf-q5_k_m")
     found["llama-cpp-q8"] = _restricted("llama-3.1-8b", "rtx4090", "llama.cpp", "gguf-q8_0")
@@ -132,6 +133,9 @@ def test_every_flag_is_documented(launched):
             else:
                 assert r.command.startswith(program.command + " ")
                 _check_documented(program, r.args)
+            for step in r.checkpoint.steps:
+                if step.startswith("trtllm-build "):
+                    _check_documented(catalog["trtllm-build"], shlex.split(step)[1:])
             for b in r.benchmarks:
                 _check_documented(catalog["vllm-bench"], shlex.split(b.command)[3:])
                 _check_documented(catalog["aiperf"], shlex.split(b.aiperf_command)[2:])
@@ -165,6 +169,20 @@ def test_checkpoints_and_recipes_follow_the_seed_rules(launched):
                                        "--local-dir /models"]
     [nvfp4] = launched["trtllm-nvfp4"]
     assert nvfp4.checkpoint.tool == "NVIDIA ModelOpt" and "NVFP4_DEFAULT_CFG" in nvfp4.checkpoint.recipe
+
+
+def test_int8_smoothquant_on_tensorrt_llm_builds_an_engine(launched, plans):
+    """INT8 SmoothQuant runs on TensorRT engines: quantize (int8_sq), trtllm-build at the plan's batch,
+    context 512 + 128 = 640 and the token budget, then trtllm-serve the engine with the base tokenizer."""
+    [r] = launched["trtllm-w8a8"]
+    group = plans["trtllm-w8a8"]["replicas"][0]
+    quantize, build = r.checkpoint.steps
+    assert "--qformat int8_sq" in quantize and "calibration.jsonl" in quantize
+    build_args = shlex.split(build)
+    assert build_args[build_args.index("--max_seq_len") + 1] == "640"
+    assert build_args[build_args.index("--max_batch_size") + 1] == str(group["batch_size"])
+    assert r.args[0] == r.checkpoint.path and "--backend" not in r.args
+    assert r.args[r.args.index("--tokenizer") + 1] == "meta-llama/Llama-3.1-8B"
 
 
 def test_llama_cpp_slots_share_the_context(launched, plans):
