@@ -586,7 +586,7 @@ def check_(ctx, model, method, gpu, framework, gpus, batch, prompt_tokens, outpu
     else:
         for f in findings:
             item = f" (checklist {f.checklist_item})" if f.checklist_item else ""
-            click.echo(f"{f.where}: {f.mistake}{item}\n  evidence: {f.evidence}\n  fix: {f.fix}")
+            click.echo(f"{f.where}: {f.item}{item}\n  evidence: {f.evidence}\n  fix: {f.fix}")
         for line in skipped:
             click.echo(f"not checked: {line}")
         if not findings:

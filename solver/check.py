@@ -61,7 +61,7 @@ class Finding(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    mistake: str
+    item: str  # the seed guide's words: a COMMON_MISTAKES entry, or a DEPLOYMENT_CHECKLIST step
     checklist_item: int | None
     where: str
     evidence: str
@@ -104,7 +104,7 @@ def read_quality_record(path: str) -> dict:
 
 
 def _finding(key: str, d: Deployment, evidence: str, fix: str) -> Finding:
-    return Finding(id=key, mistake=MISTAKES[key], checklist_item=CHECKLIST_ITEMS.get(key), where=d.where,
+    return Finding(id=key, item=MISTAKES[key], checklist_item=CHECKLIST_ITEMS.get(key), where=d.where,
                    evidence=evidence, fix=fix)
 
 
@@ -166,9 +166,10 @@ def awq_with_other_kernel(world, d: Deployment):
 
 
 def fp8_without_tensor_cores(world, d: Deployment):
-    if not d.gpu or not d.method:
-        return None if d.method is None or world.methods.get(d.method).compute_dtype != "fp8" else \
-            "FP8 tensor cores not checked: no --gpu"
+    if not d.method or world.methods.get(d.method).compute_dtype != "fp8":
+        return None
+    if not d.gpu:
+        return "FP8 tensor cores not checked: no --gpu"
     method, gpu = world.methods.get(d.method), world.gpus.get(d.gpu)
     if method.compute_dtype == "fp8" and gpu.tflops_fp8 <= 0:
         return _finding("fp8-without-tensor-cores", d,
