@@ -123,6 +123,6 @@ def _method(world, command, config: dict) -> str | None:
         return "fp8"
     if "w8a8" in name or "int8" in name or "smoothquant" in name:
         return "int8-w8a8"
-    if flag:
-        return None
+    if flag or quant or command.framework == "tensorrt-llm":  # a format this reading does not name, or a
+        return None  # TensorRT-LLM checkpoint, whose precision only its own config says
     return "bf16" if command.dtype == "bfloat16" else "fp16"

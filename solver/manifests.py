@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 
 MODELS_CLAIM = "quantplan-models"  # a PersistentVolumeClaim holding /models (checkpoints made by recipes)
+HF_SECRET = "hf-token"  # a Secret with key `token`: gated base models (Llama) download with it
+# Hugging Face downloads land on the models volume, so a restarted pod does not fetch them again
+ENV = [{"name": "HF_HOME", "value": "/models/huggingface"},
+       {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": HF_SECRET, "key": "token", "optional": True}}}]
 SHM_GB = 16  # tensor-parallel workers share tensors through /dev/shm (SGLang's docs ask for it)
 
 
@@ -79,7 +83,7 @@ def kubernetes(replicas) -> str:
         labels = {"app": r.name}
         container = {"name": "engine", "image": r.image, **({"command": r.container_command} if r.container_command
                                                              else {}), "args": list(r.args),
-                     "ports": [{"containerPort": r.port, "name": "http"}],
+                     "env": ENV, "ports": [{"containerPort": r.port, "name": "http"}],
                      "resources": _gpu_resources(r) or {"requests": {"cpu": "4"}},
                      "readinessProbe": _probe(r),
                      "volumeMounts": [{"name": "models", "mountPath": "/models"},
@@ -110,7 +114,8 @@ def compose(replicas) -> str:
     for index, r in enumerate(_served(replicas)):
         service = {"image": r.image, **({"entrypoint": r.container_command} if r.container_command else {}),
                    "command": list(r.args) if r.args else [],
-                   "ports": [f"{8000 + index}:{r.port}"], "volumes": ["./models:/models"], "shm_size": f"{SHM_GB}gb"}
+                   "ports": [f"{8000 + index}:{r.port}"], "volumes": ["./models:/models"], "shm_size": f"{SHM_GB}gb",
+                   "environment": ["HF_HOME=/models/huggingface", "HF_TOKEN"]}
         if r.config_file:
             service["volumes"].append(f"./{r.name}.config.yml:/app/config.yml")
         if _gpu_resources(r):

@@ -169,7 +169,15 @@ def test_engine_commands_are_read():
         ("sglang", 2, 64, 4096, "fp8")
     llama = parse_command("llama-server -m /models/x-Q4_K_M.gguf -c 8192 -np 4 -ngl all --cache-type-k q8_0")
     assert (llama.framework, llama.batch, llama.context, llama.kv_cache_dtype) == ("llama.cpp", 4, 2048, "q8_0")
+    from quantplan.solver.check_inputs import _method
+    from quantplan.solver.registry import load_world
+
+    world = load_world(())
+    assert _method(world, parse_command("vllm serve org/m"), {"quant_method": "compressed-tensors"}) is None
+    assert _method(world, parse_command("vllm serve org/m --dtype bfloat16"), {}) == "bf16"
+    assert _method(world, llama, {}) == "gguf-q4_k_m"
     trt = parse_command("trtllm-serve /models/m --tp_size 4 --max_batch_size 128 --max_seq_len 2048 --foo 1")
+    assert _method(world, trt, {}) is None
     assert (trt.model, trt.gpus, trt.batch, trt.context, trt.undocumented) == ("/models/m", 4, 128, 2048, ["--foo"])
 
 

@@ -210,6 +210,7 @@ def test_kubernetes_manifest_has_the_required_fields(launched):
             [container] = spec["template"]["spec"]["containers"]
             assert container["image"] == r.image and container["args"] == r.args
             assert container["readinessProbe"]["periodSeconds"] == 10
+            assert {e["name"] for e in container["env"]} == {"HF_HOME", "HF_TOKEN"}
             if r.device_kind == "gpu":
                 assert container["resources"]["limits"]["nvidia.com/gpu"] == str(r.gpus_per_replica)
             assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
