@@ -489,11 +489,11 @@ def plugins(catalogs, as_json):
 # --- From plan to production: launch and check ------------------------------------------------------
 
 
-def _launch_replicas(plan: dict, catalogs, calibration_data: str):
+def _launch_replicas(plan: dict, catalogs, calibration_data: str, model_config: str | None = None):
     from quantplan.solver.launch import launch as build
     from quantplan.solver.registry import load_world
 
-    return build(plan, load_world(tuple(catalogs)), calibration_data)
+    return build(plan, load_world(tuple(catalogs)), calibration_data, model_config)
 
 
 def _solve_and_launch(plan, scenario, as_json: bool) -> None:
@@ -501,7 +501,8 @@ def _solve_and_launch(plan, scenario, as_json: bool) -> None:
     from quantplan.solver.launch_text import as_json as launch_json, as_text
     from quantplan.solver.report import render_plan
 
-    replicas = _launch_replicas(json.loads(plan.model_dump_json()), scenario.catalogs, "calibration.jsonl")
+    replicas = _launch_replicas(json.loads(plan.model_dump_json()), scenario.catalogs, "calibration.jsonl",
+                                scenario.model_config_path)
     if as_json:
         click.echo(json.dumps({**plan.model_dump(), "launch": launch_json(replicas)}, indent=2, default=str))
         return
@@ -513,14 +514,16 @@ def _solve_and_launch(plan, scenario, as_json: bool) -> None:
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--calibration-data", default="calibration.jsonl", show_default=True,
               help="Your domain's calibration samples, as recipes name them (one text per line).")
+@click.option("--model-config", type=click.Path(dir_okay=False),
+              help="The config.json a plan for a model outside the catalog was solved with.")
 @catalog_option
 @json_option
-def launch_(plan_file, calibration_data, catalogs, as_json):
+def launch_(plan_file, calibration_data, model_config, catalogs, as_json):
     """Engine commands, checkpoints or recipes, manifests and SLO benchmarks for a `solve --json` plan."""
     from quantplan.solver.launch import read_plan
     from quantplan.solver.launch_text import as_json as launch_json, as_text
 
-    replicas = _launch_replicas(read_plan(plan_file), catalogs, calibration_data)
+    replicas = _launch_replicas(read_plan(plan_file), catalogs, calibration_data, model_config)
     if as_json:
         click.echo(json.dumps(launch_json(replicas), indent=2))
     else:

@@ -105,15 +105,30 @@ def read_plan(path: str) -> dict:
     return plan
 
 
-def launch(plan: dict, world, calibration_data: str = DEFAULT_CALIBRATION) -> list[Replica]:
-    """One Replica per replica group of `plan`, in the plan's order."""
+def launch(plan: dict, world, calibration_data: str = DEFAULT_CALIBRATION,
+           model_config: str | None = None) -> list[Replica]:
+    """One Replica per replica group of `plan`, in the plan's order; `model_config`: the config.json a
+    plan for a model outside the catalog was solved with."""
     try:
         groups = [ReplicaGroup(**group) for group in plan["replicas"]]
         workload = {k.name: k for k in (TrafficClass(**c) for c in plan["workload"])}
     except (ValidationError, TypeError) as error:
         raise QuantplanError(f"plan: malformed replica group or workload: {_first_error(error)}") from None
-    model = world.models.get(plan["model"])
-    return [replica(index, group, model, workload, world, calibration_data) for index, group in enumerate(groups)]
+    model = _model(plan, world, model_config)
+    return [replica(index, group, model, workload, world, calibration_data, model_config)
+            for index, group in enumerate(groups)]
+
+
+def _model(plan: dict, world, model_config: str | None) -> ModelSpec:
+    if not model_config:
+        return world.models.get(plan["model"])
+    from .shapes import model_from_config
+
+    model = model_from_config(model_config)
+    if model.id != plan["model"]:
+        raise QuantplanError(f"--model-config {model_config}: that is model {model.id!r}; the plan is for "
+                             f"{plan['model']!r}")
+    return model
 
 
 def _first_error(error) -> str:
@@ -124,7 +139,7 @@ def _first_error(error) -> str:
 
 
 def replica(index: int, group: ReplicaGroup, model: ModelSpec, workload: dict[str, TrafficClass], world,
-            calibration_data: str) -> Replica:
+            calibration_data: str, model_config: str | None = None) -> Replica:
     from .api import estimate
 
     served = [workload[c.name] for c in group.classes if c.name in workload] or list(workload.values())
@@ -133,7 +148,8 @@ def replica(index: int, group: ReplicaGroup, model: ModelSpec, workload: dict[st
     method, framework = world.methods.get(group.method), world.frameworks.get(group.framework)
     program = programs()[framework.id]
     guess = estimate(model.id, method.id, group.gpu, framework.id, group.gpus_per_replica, group.batch_size,
-                     longest.prompt_tokens, longest.output_tokens, group.kv_cache_dtype, group.gpu_layers, world=world)
+                     longest.prompt_tokens, longest.output_tokens, group.kv_cache_dtype, group.gpu_layers,
+                     model_config=model_config, world=world)
     budget = int(guess.scheduling.get("token_budget") or framework.max_batched_tokens)
     checkpoint = checkpoint_for(model.id, model.name, method, framework.id, group.kv_cache_dtype, calibration_data)
     settings = Settings(group=group, model=model, method=method, context=context, budget=budget,

@@ -267,3 +267,32 @@ def test_solve_emit_launch_appends_the_launch():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["replicas"][0]["framework"] == data["launch"]["replicas"][0]["framework"] == "sglang"
+
+
+TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 256,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000,
+        "max_position_embeddings": 2048, "tie_word_embeddings": False}
+
+
+def test_launch_a_plan_for_a_model_outside_the_catalog(tmp_path):
+    """A plan solved with --model-config launches with the same config.json: the base checkpoint is the
+    config's _name_or_path, the context the class's 100 + 28 tokens; another model's config is refused."""
+    config = tmp_path / "tiny" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({**TINY, "_name_or_path": "example/tiny-gqa"}))
+    runner = CliRunner()
+    solved = runner.invoke(cli, ["solve", "--model-config", str(config), "--gpu", "l4", "--method", "fp16",
+                                 "--framework", "vllm", "--concurrency", "1", "--prompt-tokens", "100",
+                                 "--output-tokens", "28", "--no-alternatives", "--json"])
+    assert solved.exit_code == 0, solved.output
+    plan = tmp_path / "plan.json"
+    plan.write_text(solved.output)
+    result = runner.invoke(cli, ["launch", str(plan), "--model-config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    command = json.loads(result.output)["replicas"][0]["command"]
+    assert command.startswith("vllm serve example/tiny-gqa ") and "--max-model-len 128" in command
+    other = tmp_path / "other" / "config.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({**TINY, "_name_or_path": "example/other"}))
+    refused = runner.invoke(cli, ["launch", str(plan), "--model-config", str(other)])
+    assert refused.exit_code == 2 and "the plan is for" in refused.stderr
