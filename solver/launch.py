@@ -153,7 +153,9 @@ def replica(index: int, group: ReplicaGroup, model: ModelSpec, workload: dict[st
     budget = int(guess.scheduling.get("token_budget") or framework.max_batched_tokens)
     checkpoint = checkpoint_for(model.id, model.name, method, framework.id, group.kv_cache_dtype, calibration_data)
     settings = Settings(group=group, model=model, method=method, context=context, budget=budget,
-                        memory_share=round(1.0 - framework.memory_reserve_fraction, 2), checkpoint=checkpoint)
+                        memory_share=round(1.0 - framework.memory_reserve_fraction, 2), checkpoint=checkpoint,
+                        kv_free_fraction=kv_share_of_free_memory(guess, world.gpus.get(group.gpu).usable_gb,
+                                                                 group.gpus_per_replica))
     if checkpoint.tool == TRTLLM_QUANTIZE:  # a TensorRT engine: built for this replica's limits
         checkpoint = checkpoint.model_copy(update={"steps": checkpoint.steps + [engine_build(settings, checkpoint)]})
         settings = replace(settings, checkpoint=checkpoint)
@@ -181,6 +183,18 @@ class Settings:
     budget: int
     memory_share: float
     checkpoint: Checkpoint
+    kv_free_fraction: float  # TensorRT-LLM: the KV cache's share of the memory left after weights and runtime
+
+
+def kv_share_of_free_memory(guess, usable_gb: float, gpus: int) -> float:
+    """TensorRT-LLM sizes its KV cache as a fraction of the memory free once weights and runtime are
+    placed; the plan gave the engine `available` GB per GPU in all, so the fraction that reproduces it is
+    (available - fixed) / (usable - fixed), fixed = weights per GPU + runtime overhead per GPU."""
+    fixed = (guess.weights_gb or 0.0) / gpus + (guess.overhead_gb or 0.0)
+    available = guess.memory_capacity_gb_per_gpu or usable_gb
+    if usable_gb - fixed <= 0:
+        return 0.9
+    return round(min(max((available - fixed) / (usable_gb - fixed), 0.05), 0.95), 2)
 
 
 VLLM_QUANTIZATION = {"fp8": "compressed-tensors", "int8-w8a8": "compressed-tensors", "awq-int4": "awq_marlin",
@@ -240,12 +254,12 @@ def trtllm_args(s: Settings, program: Program) -> tuple[list[str], str]:
     if s.checkpoint.tool == TRTLLM_QUANTIZE:  # a built TensorRT engine: 0.18.2's default (C++) path
         return [s.checkpoint.path, "--tokenizer", s.model.name, "--host", "0.0.0.0", "--port", str(program.port),
                 "--max_batch_size", str(g.batch_size), "--max_num_tokens", str(s.budget),
-                "--kv_cache_free_gpu_memory_fraction", f"{s.memory_share:g}"], ""
+                "--kv_cache_free_gpu_memory_fraction", f"{s.kv_free_fraction:g}"], ""
     # the PyTorch backend loads the (ModelOpt) Hugging Face checkpoint directly: no engine build step
     return [s.checkpoint.path, "--backend", "pytorch", "--host", "0.0.0.0", "--port", str(program.port),
             "--tp_size", str(g.gpus_per_replica), "--max_batch_size", str(g.batch_size),
             "--max_num_tokens", str(s.budget), "--max_seq_len", str(s.context),
-            "--kv_cache_free_gpu_memory_fraction", f"{s.memory_share:g}"], ""
+            "--kv_cache_free_gpu_memory_fraction", f"{s.kv_free_fraction:g}"], ""
 
 
 LLAMA_CACHE_TYPES = {"fp16": "f16", "bf16": "bf16", "q8_0": "q8_0", "q4_0": "q4_0"}

@@ -296,3 +296,14 @@ def test_launch_a_plan_for_a_model_outside_the_catalog(tmp_path):
     other.write_text(json.dumps({**TINY, "_name_or_path": "example/other"}))
     refused = runner.invoke(cli, ["launch", str(plan), "--model-config", str(other)])
     assert refused.exit_code == 2 and "the plan is for" in refused.stderr
+
+
+def test_tensorrt_llm_kv_fraction_reproduces_the_planned_memory():
+    """TensorRT-LLM's fraction is of the memory free after weights and runtime: 2 GPUs of 80 GB, 18 GB of
+    weights (9 per GPU) + 2 GB runtime per GPU, 72 GB per GPU planned: (72 - 11) / (80 - 11) = 0.884."""
+    from types import SimpleNamespace
+
+    from quantplan.solver.launch import kv_share_of_free_memory
+
+    guess = SimpleNamespace(weights_gb=18.0, overhead_gb=2.0, memory_capacity_gb_per_gpu=72.0)
+    assert kv_share_of_free_memory(guess, 80.0, 2) == 0.88
