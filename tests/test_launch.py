@@ -307,3 +307,16 @@ def test_tensorrt_llm_kv_fraction_reproduces_the_planned_memory():
 
     guess = SimpleNamespace(weights_gb=18.0, overhead_gb=2.0, memory_capacity_gb_per_gpu=72.0)
     assert kv_share_of_free_memory(guess, 80.0, 2) == 0.88
+
+
+def test_catalog_rows_name_known_ids_and_carry_sources(world):
+    from quantplan.solver.recipes import public_checkpoints
+
+    for row in public_checkpoints():
+        assert world.models.get(row.model).id == row.model and world.methods.get(row.method).id == row.method
+        assert len(row.source) > 30 and "/" in row.repo
+    for program in programs().values():
+        assert len(program.source) > 30 and program.version and program.flags
+        for flag in program.values:
+            assert any(f.lstrip("-").replace("_", "-") == flag.replace("_", "-") or f.endswith("." + flag)
+                       for f in program.flags), f"{program.id}: values for an unlisted flag {flag}"
