@@ -158,6 +158,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
         stats=SolveStats(configurations=space.configurations, candidates=len(space.options),
                          candidates_after_pruning=len(options), solve_seconds=solution.solve_seconds,
                          gap=None if solution.status == "optimal" else solution.gap),
+        traffic=scenario.classes,
     )
 
 
