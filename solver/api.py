@@ -169,7 +169,7 @@ def _solve(options: list[Option], scenario: Scenario, availability: dict[str, in
 
 
 ALTERNATIVES_PER_KIND = 3
-MAX_SHARING_ROUNDS = 4
+MAX_SHARING_ROUNDS = 8
 
 
 def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve):
