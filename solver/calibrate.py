@@ -137,8 +137,8 @@ def match(world: World, measurement: Measurement, targets: list[Target]) -> Targ
     """The target a measurement belongs to: by the model the file names, the GPUs and the KV cache it
     records, then the plan classes' lengths; an error when none or several different ones remain."""
     candidates = list(targets)
-    if measurement.model and measurement.model in world.models:
-        named = world.models.get(measurement.model).id
+    named = _model_named(world, measurement.model)
+    if named:
         candidates = [t for t in candidates if t.model == named]
         if not candidates:
             raise QuantplanError(f"{measurement.label}: the result is for model {named!r}, which no configuration "
@@ -159,6 +159,14 @@ def match(world: World, measurement: Measurement, targets: list[Target]) -> Targ
         target = Target(target.model, target.method, target.gpu, target.framework, target.gpus,
                         measurement.kv_cache_dtype, target.label)
     return target
+
+
+def _model_named(world: World, name: str) -> str | None:
+    """The catalog model a result file names (a Hugging Face id or its last part), None if unknown."""
+    for candidate in (name, name.rsplit("/", 1)[-1]):
+        if candidate and candidate in world.models:
+            return world.models.get(candidate).id
+    return None
 
 
 def rows_of(measurement: Measurement, target: Target, index: int) -> list[Row]:

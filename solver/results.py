@@ -233,7 +233,8 @@ def _aiperf_json(label: str, where: str, record: dict, load) -> Measurement:
     mode, value, per_client = _aiperf_load(fields, record, load)
     config = record.get("input_config") if isinstance(record.get("input_config"), dict) else {}
     endpoint = config.get("endpoint") if isinstance(config.get("endpoint"), dict) else {}
-    names = endpoint.get("model_names") or []
+    names = endpoint.get("model_names") or config.get("model") or []
+    names = [names] if isinstance(names, str) else names
     tool = "aiperf" if "loadgen" in config or not config else "genai-perf"
     return Measurement(label, tool, mode, value, max(round(prompt), 1), max(round(output), 1), tuple(figures),
                        per_client, str(names[0]) if names else "", where=where)
