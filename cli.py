@@ -45,7 +45,8 @@ def _emit(data, as_json: bool, render) -> None:
 
 
 catalog_option = click.option("--catalog", "catalogs", multiple=True, type=click.Path(dir_okay=False),
-                              help="TOML file registering more devices, prices and models (repeatable).")
+                              help="TOML file registering more devices, prices, models and calibrations "
+                                   "(repeatable).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 
 
@@ -535,7 +536,8 @@ def calibrate(results, model, method, gpu, framework, gpus, kv_cache_dtype, plan
     console = _console()
     render_rows("Calibrated efficiencies", ["device / framework / method", "figure", "catalog", "calibrated", "fitted"],
                 [[f"{s['gpu']} / {s['framework']} / {s['method']}", name, f"{s['catalog'][name]:.4g}",
-                  f"{s['values'][name]:.4g}", "yes" if name in s["fitted"] else "no (data cannot inform it)"]
+                  f"{s['values'][name]:.4g}", ("yes, at its bound: check the runs" if name in s["at_bound"] else "yes")
+                  if name in s["fitted"] else "no (data cannot inform it)"]
                  for s in found.scopes for name in s["values"]], console)
     render_rows("Error (|predicted / measured - 1|)", ["metric", "statistic", "n", "median before", "p90 before",
                                                         "median after", "p90 after"],

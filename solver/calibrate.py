@@ -266,9 +266,10 @@ def calibrate(world: World, results: Results, targets: list[Target], catalogs=()
         predicted_after += list(after)
         all_rows += rows
         fitted = dict(zip(names, (float(v) for v in values)))
+        at_bound = [n for n in names if min(abs(fitted[n] - b) for b in BOUNDS[n]) <= 1e-6 * max(BOUNDS[n][1], 1)]
         found.scopes.append({"gpu": scope[0], "framework": scope[1], "method": scope[2],
                              "figures": len(fitted_rows), "values": {k: fitted.get(k, v) for k, v in base.items()},
-                             "catalog": base, "fitted": names,
+                             "catalog": base, "fitted": names, "at_bound": at_bound,
                              "files": sorted({r.source.split(" (")[0] for r in rows})})
     found.errors = error_table(all_rows, np.array(predicted_before), np.array(predicted_after), fitted_ids)
     found.rows = [{"record": r.source, "metric": r.metric, "statistic": r.statistic, "measured": r.value,
