@@ -326,3 +326,11 @@ def test_solve_then_calibrate_then_solve_with_the_overlay(tmp_path):
     again = json.loads(invoke(["solve", str(ROOT / "examples" / "chat-7b-a100.toml"), "--catalog", str(overlay),
                                "--json"]).stdout)
     assert again["status"] == "optimal"
+
+
+def test_calibration_row_with_unknown_id_is_one_line_exit_2(tmp_path):
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text('schema_version = 1\n\n[[calibration]]\ngpu = "h100-sxm"\nframework = "vllm"\n'
+                       'method = "fp17"\nbandwidth_efficiency = 0.8\nsource = "typo in the method"\n')
+    result = invoke(["list", "gpus", "--catalog", str(overlay)], code=2)
+    assert result.stderr == "error: calibration:overlay.toml: [[calibration]] method 'fp17' is not a known method id\n"

@@ -46,6 +46,16 @@ class CalibrationPlugin:
         self.name = name
         self.rows = {(r.gpu, r.framework, r.method): r for r in rows}
 
+    def check(self, world) -> None:
+        """Every row names a known device, framework and method (else one error naming the row)."""
+        from quantplan.solver.errors import QuantplanError
+
+        for gpu, framework, method in self.rows:
+            for registry, name, kind in ((world.gpus, gpu, "gpu"), (world.frameworks, framework, "framework"),
+                                         (world.methods, method, "method")):
+                if name not in registry.by_id:
+                    raise QuantplanError(f"{self.name}: [[calibration]] {kind} {name!r} is not a known {kind} id")
+
     def row(self, config: Config) -> CalibrationSpec | None:
         return self.rows.get((config.gpu.id, config.framework.id, config.method.id))
 
