@@ -210,7 +210,7 @@ def choose(rows: list[Row], current: dict[str, float]) -> list[str]:
     return chosen
 
 
-def _parameters(world: World, scope: tuple[str, str, str], names: list[str], base: dict) -> list[ScopedParameter]:
+def _parameters(scope: tuple[str, str, str], names: list[str], base: dict) -> list[ScopedParameter]:
     gpu, framework, method = scope
     found = []
     for name in names:
@@ -235,48 +235,74 @@ def current_values(world: World, scope: tuple[str, str, str]) -> dict[str, float
 
 
 def calibrate(world: World, results: Results, targets: list[Target], catalogs=()) -> Calibration:
-    """Match, fit each scope, and build the overlay."""
+    """Match every measurement to a target, fit each device/framework/method, and build the overlay."""
+    found = Calibration(skipped=[{"record": s.label, "reason": s.reason} for s in results.skipped])
+    fits = [_fit_scope(world, scope, rows) for scope, rows in sorted(_rows_by_scope(world, results, targets,
+                                                                                    found.skipped).items())]
+    rows = [row for one in fits for row in one.rows]
+    before = np.concatenate([one.before for one in fits])
+    after = np.concatenate([one.after for one in fits])
+    fitted_ids = {row.id for one in fits for row in one.fitted_rows}
+    found.scopes = [one.summary() for one in fits]
+    found.errors = error_table(rows, before, after, fitted_ids)
+    found.rows = [{"record": r.source, "metric": r.metric, "statistic": r.statistic, "measured": r.value,
+                   "before": float(b), "after": float(a), "fitted": r.id in fitted_ids}
+                  for r, b, a in zip(rows, before, after)]
+    found.overlay = overlay_text(found, catalogs)
+    return found
+
+
+def _rows_by_scope(world: World, results: Results, targets: list[Target], skipped: list[dict]) -> dict:
+    """Validation rows per (device, framework, method); partial-offload llama-bench runs are skipped."""
     if not results.measurements:
         raise QuantplanError("no measurements in the result files" + (
             f" ({len(results.skipped)} skipped: {results.skipped[0].reason})" if results.skipped else ""))
-    found = Calibration(skipped=[{"record": s.label, "reason": s.reason} for s in results.skipped])
     by_scope: dict[tuple, list[Row]] = {}
     for index, measurement in enumerate(results.measurements):
         target = match(world, measurement, targets)
-        model_layers = world.models.get(target.model).layers
-        if measurement.gpu_layers is not None and measurement.gpu_layers < model_layers:
-            found.skipped.append({"record": measurement.label, "reason": f"n_gpu_layers {measurement.gpu_layers} < "
-                                  f"{model_layers} layers: partial offload is not calibrated"})
+        layers = world.models.get(target.model).layers
+        if measurement.gpu_layers is not None and measurement.gpu_layers < layers:
+            skipped.append({"record": measurement.label, "reason": f"n_gpu_layers {measurement.gpu_layers} < "
+                            f"{layers} layers: partial offload is not calibrated"})
             continue
         by_scope.setdefault(target.scope, []).extend(rows_of(measurement, target, index))
     if not by_scope:
-        raise QuantplanError("no measurement left to fit: " + "; ".join(s["reason"] for s in found.skipped[:3]))
-    predicted_before, predicted_after, all_rows, fitted_ids = [], [], [], set()
-    for scope, rows in sorted(by_scope.items()):
-        base = current_values(world, scope)
-        fitted_rows = _fitted(rows)
-        fitted_ids |= {r.id for r in fitted_rows}
-        names = choose(fitted_rows, base)
-        parameters = _parameters(world, scope, names, base)
-        setup = fitting.problem(parameters, world, rows=rows)
-        _check_predictable(setup, rows)
-        values = _best_fit(world, parameters, fitted_rows) if parameters else setup.start.copy()
-        before, after = setup.predictions(setup.start), setup.predictions(values)
-        predicted_before += list(before)
-        predicted_after += list(after)
-        all_rows += rows
-        fitted = dict(zip(names, (float(v) for v in values)))
-        at_bound = [n for n in names if min(abs(fitted[n] - b) for b in BOUNDS[n]) <= 1e-6 * max(BOUNDS[n][1], 1)]
-        found.scopes.append({"gpu": scope[0], "framework": scope[1], "method": scope[2],
-                             "figures": len(fitted_rows), "values": {k: fitted.get(k, v) for k, v in base.items()},
-                             "catalog": base, "fitted": names, "at_bound": at_bound,
-                             "files": sorted({r.source.split(" (")[0] for r in rows})})
-    found.errors = error_table(all_rows, np.array(predicted_before), np.array(predicted_after), fitted_ids)
-    found.rows = [{"record": r.source, "metric": r.metric, "statistic": r.statistic, "measured": r.value,
-                   "before": float(b), "after": float(a), "fitted": r.id in fitted_ids}
-                  for r, b, a in zip(all_rows, predicted_before, predicted_after)]
-    found.overlay = overlay_text(found, catalogs)
-    return found
+        raise QuantplanError("no measurement left to fit: " + "; ".join(s["reason"] for s in skipped[:3]))
+    return by_scope
+
+
+@dataclass
+class ScopeFit:
+    """One device/framework/method: its rows, the figures fitted, and the predictions before and after."""
+
+    scope: tuple[str, str, str]
+    rows: list[Row]
+    fitted_rows: list[Row]
+    catalog: dict[str, float]
+    names: list[str]
+    values: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+
+    def summary(self) -> dict:
+        fitted = dict(zip(self.names, (float(v) for v in self.values)))
+        at_bound = [n for n in self.names if min(abs(fitted[n] - b) for b in BOUNDS[n]) <= 1e-6 * max(BOUNDS[n][1], 1)]
+        return {"gpu": self.scope[0], "framework": self.scope[1], "method": self.scope[2],
+                "figures": len(self.fitted_rows), "values": {k: fitted.get(k, v) for k, v in self.catalog.items()},
+                "catalog": self.catalog, "fitted": self.names, "at_bound": at_bound,
+                "files": sorted({r.source.split(" (")[0] for r in self.rows})}
+
+
+def _fit_scope(world: World, scope: tuple[str, str, str], rows: list[Row]) -> ScopeFit:
+    base = current_values(world, scope)
+    fitted_rows = _fitted(rows)
+    names = choose(fitted_rows, base)
+    parameters = _parameters(scope, names, base)
+    setup = fitting.problem(parameters, world, rows=rows)
+    _check_predictable(setup, rows)
+    values = _best_fit(world, parameters, fitted_rows) if parameters else setup.start.copy()
+    return ScopeFit(scope, rows, fitted_rows, base, names, values, setup.predictions(setup.start),
+                    setup.predictions(values))
 
 
 def _fitted(rows: list[Row]) -> list[Row]:

@@ -6,7 +6,10 @@ Field names follow each tool's own documentation or source (the files themselves
   JSON object with `request_rate` (a number or "inf"), `max_concurrency` (null when unset),
   `num_prompts`, `completed`, `total_input_tokens`, `total_output_tokens`, `output_throughput`
   (output tokens/s) and, per metric `ttft`, `tpot`, `itl`, `e2el`: `mean_<m>_ms`, `median_<m>_ms`,
-  `std_<m>_ms` and `p<P>_<m>_ms` for each `--metric-percentiles` P (default 99); `model_id`.
+  `std_<m>_ms` and `p<P>_<m>_ms` for each `--metric-percentiles` P (default 99); `model_id`. A finite
+  `request_rate` is read as Poisson arrivals (a `max_concurrency` cap beside it is not modelled), else
+  `max_concurrency` clients in a closed loop of `num_prompts / max_concurrency` requests each, else
+  (rate inf, no cap) every prompt sent at once: as many clients as prompts, one request each.
 - SGLang `python -m sglang.bench_serving --output-file F.jsonl` (python/sglang/bench_serving.py,
   docs/developer_guide/bench_serving.md "JSONL output format"): one object appended per run with the
   same names (`request_rate`, `max_concurrency`, `completed`, `total_input_tokens`,

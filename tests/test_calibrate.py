@@ -77,7 +77,8 @@ def test_vllm_bench_serve_result():
     """160 prompts at --max-concurrency 16: 163,840 / 160 = 1,024 prompt tokens, 40,960 / 160 = 256 out,
     160 / 16 = 10 requests per client; medians read as p50."""
     (m,) = reading.read([DATA / "vllm_serve_c16.json"]).measurements
-    assert (m.tool, m.mode, m.load, m.prompt_tokens, m.output_tokens) == ("vllm bench serve", "concurrency", 16, 1024, 256)
+    assert (m.tool, m.mode, m.load, m.prompt_tokens, m.output_tokens) == \
+        ("vllm bench serve", "concurrency", 16, 1024, 256)
     assert m.requests_per_client == 10
     assert m.model == "meta-llama/Llama-3.1-8B-Instruct"
     figures = {(metric, stat): value for metric, stat, value in m.figures}
