@@ -22,7 +22,7 @@ Field names follow each tool's own documentation or source (the files themselves
   `input_sequence_length`, `output_sequence_length`, `request_count`, each with `unit`, `avg` and
   percentiles `p50`, `p90`, `p99`; the load under `input_config.loadgen` (`concurrency`,
   `request_rate`). genai-perf's `profile_export_genai_perf.json` uses the same metric blocks, with the
-  load in `input_config` itself. The CSV export (`profile_export_aiperf.csv`) has rows
+  load among its command-line arguments in `input_config` itself (`concurrency`, `request_rate`). The CSV export (`profile_export_aiperf.csv`) has rows
   `Metric,avg,min,max,...,p50,...,p90,...,p99,std` ("Time to First Token (ms)", "Inter Token Latency
   (ms)", "Input/Output Sequence Length (tokens)") and `Metric,Value` rows ("Output Token Throughput
   (tokens/sec)", "Request Count") and no load: `--concurrency` or `--rate` gives it.

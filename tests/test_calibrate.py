@@ -335,3 +335,20 @@ def test_calibration_row_with_unknown_id_is_one_line_exit_2(tmp_path):
                        'method = "fp17"\nbandwidth_efficiency = 0.8\nsource = "typo in the method"\n')
     result = invoke(["list", "gpus", "--catalog", str(overlay)], code=2)
     assert result.stderr == "error: calibration:overlay.toml: [[calibration]] method 'fp17' is not a known method id\n"
+
+
+def test_recalibrating_with_an_overlay_keeps_its_other_rows_and_replaces_its_own(tmp_path):
+    """Overlay 1 calibrates llama.cpp on rtx4090; calibrating TensorRT-LLM on top of it keeps that row;
+    calibrating llama.cpp again starts from overlay 1's values and leaves one row for that combination."""
+    first, second, third = (tmp_path / f"overlay{i}.toml" for i in (1, 2, 3))
+    llama = [str(DATA / "llama_bench.json"), "--model", "llama-2-7b", "--method", "gguf-q4_k_m", "--gpu", "rtx4090",
+             "--framework", "llama.cpp"]
+    invoke(["calibrate", *llama, "-o", str(first)])
+    invoke(["calibrate", str(DATA / "trtllm_bench_report.json"), *LLAMA8, "--framework", "tensorrt-llm",
+            "--catalog", str(first), "-o", str(second)])
+    assert sorted(r.framework for r in user_catalog(second)["calibration"]) == ["llama.cpp", "tensorrt-llm"]
+    again = json.loads(invoke(["calibrate", *llama, "--catalog", str(second), "-o", str(third), "--json"]).stdout)
+    (row,) = [r for r in user_catalog(first)["calibration"]]
+    assert again["calibrations"][0]["catalog"]["bandwidth_efficiency"] == row.bandwidth_efficiency
+    rows = user_catalog(third)["calibration"]
+    assert sorted(r.framework for r in rows) == ["llama.cpp", "tensorrt-llm"]
