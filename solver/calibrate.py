@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from . import fit as fitting
-from .catalog import user_catalog
 from .errors import QuantplanError
+from .overlay import overlay_text
 from .registry import World
 from .results import Measurement, Results
 from .validate import GROUPS, Row
@@ -134,8 +134,9 @@ def targets_from_plan(world: World, path: str) -> list[Target]:
 
 
 def match(world: World, measurement: Measurement, targets: list[Target]) -> Target:
-    """The target a measurement belongs to: by the model the file names, the GPUs and the KV cache it
-    records, then the plan classes' lengths; an error when none or several different ones remain."""
+    """The target a measurement belongs to: by the model the file names and the GPU count it records
+    (its KV-cache precision, when recorded, replaces the target's); an error when none or several
+    different ones remain."""
     candidates = list(targets)
     named = _model_named(world, measurement.model)
     if named:
@@ -290,7 +291,8 @@ class ScopeFit:
         return {"gpu": self.scope[0], "framework": self.scope[1], "method": self.scope[2],
                 "figures": len(self.fitted_rows), "values": {k: fitted.get(k, v) for k, v in self.catalog.items()},
                 "catalog": self.catalog, "fitted": self.names, "at_bound": at_bound,
-                "files": sorted({r.source.split(" (")[0] for r in self.rows})}
+                "files": sorted({r.source.split(" (")[0] for r in self.rows}),
+                "errors": error_table(self.rows, self.before, self.after, {r.id for r in self.fitted_rows})}
 
 
 def _fit_scope(world: World, scope: tuple[str, str, str], rows: list[Row]) -> ScopeFit:
@@ -349,51 +351,3 @@ def error_table(rows: list[Row], before: np.ndarray, after: np.ndarray, fitted_i
                       "before_median": float(np.median(b)), "before_p90": float(np.percentile(b, 90)),
                       "after_median": float(np.median(a)), "after_p90": float(np.percentile(a, 90))})
     return table
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value) if not isinstance(value, float) or math.isfinite(value) else "inf"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-
-
-def _table(name: str, record) -> str:
-    data = record.model_dump(exclude_defaults=True)
-    return f"[[{name}]]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in data.items()
-                                     if value is not None)
-
-
-def overlay_text(found: Calibration, catalogs=()) -> str:
-    """The overlay: the given catalogs' rows, their other calibrations, and the new calibration rows."""
-    from .specs import CalibrationSpec
-
-    parts = ["# Written by quantplan calibrate: your catalogs' rows plus efficiencies fitted to your measurements.\n"
-             "# Use it in their place: quantplan solve ... --catalog THIS_FILE\n", "schema_version = 1\n"]
-    new = {(s["gpu"], s["framework"], s["method"]) for s in found.scopes}
-    for path in catalogs:
-        tables = user_catalog(path)
-        for name in ("gpu", "price", "model", "calibration"):
-            for record in tables.get(name, []):
-                if name == "calibration" and (record.gpu, record.framework, record.method) in new:
-                    continue  # replaced by this calibration
-                parts.append(_table(name, record))
-    errors = {(e["metric"], e["statistic"]): e for e in found.errors}
-    summary = "; ".join(f"{m} {s}: median |error| {e['before_median']:.1%} -> {e['after_median']:.1%}"
-                        for (m, s), e in errors.items() if e["fitted"])
-    for scope in found.scopes:
-        values = {k: _round(scope["values"][k]) for k in scope["fitted"]}
-        row = CalibrationSpec(gpu=scope["gpu"], framework=scope["framework"], method=scope["method"], **values,
-                              fitted_on=", ".join(scope["files"]) + f" ({scope['figures']} figures)",
-                              source=f"quantplan calibrate on the user's measurements; {summary}")
-        parts.append(_table("calibration", row))
-    return "\n".join(parts)
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.4g}")
