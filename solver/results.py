@@ -174,11 +174,16 @@ class _Fields:
 
 
 def _figure_list(fields: _Fields, pairs) -> list[tuple[str, str, float]]:
+    """The figures present among `pairs` ((keys, metric, statistic)); none at all is an error naming the
+    first field looked for."""
     found = []
     for keys, metric, statistic in pairs:
         value = fields.number(*keys, required=False)
         if value is not None and math.isfinite(value):
             found.append((metric, statistic, value))
+    if not found:
+        raise QuantplanError(f"{fields.name}: field '{'.'.join(pairs[0][0])}' is missing (no TTFT, TPOT or "
+                             f"throughput figure to calibrate with)")
     return found
 
 

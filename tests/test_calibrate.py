@@ -352,3 +352,11 @@ def test_recalibrating_with_an_overlay_keeps_its_other_rows_and_replaces_its_own
     assert again["calibrations"][0]["catalog"]["bandwidth_efficiency"] == row.bandwidth_efficiency
     rows = user_catalog(third)["calibration"]
     assert sorted(r.framework for r in rows) == ["llama.cpp", "tensorrt-llm"]
+
+
+def test_result_without_any_figure_names_the_field(tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps({"completed": 10, "total_input_tokens": 1000, "total_output_tokens": 1000,
+                                "max_concurrency": 1, "mean_ttft_ms": None}))
+    result = invoke(["calibrate", str(path), *LLAMA8, "--framework", "vllm", "-o", str(tmp_path / "o.toml")], code=2)
+    assert "empty.json: field 'mean_ttft_ms' is missing" in result.stderr
