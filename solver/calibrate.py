@@ -13,7 +13,9 @@ fits that configuration's efficiencies. Only the figures the data can inform are
 - per-request overhead: served TTFT at two or more prompt lengths (or with prompt tests beside it),
   or at one prompt length when the catalog's overhead is most of the measured TTFT.
 
-The others keep their catalog values. Fitting uses means and medians (tails are reported, not fitted).
+The others keep their catalog values. The fit uses means (a median where a run gives no mean); the
+other statistics are reported before and after, not fitted. Several starts guard against the kinks of
+the load models (chunk sizes, admission), where one start can stall.
 The result is an overlay catalog: the user's `--catalog` files' rows (a new device's datasheet) plus one
 `[[calibration]]` row per device, framework and method (plugins/builtin/calibration.py applies it), so
 `--catalog overlay.toml` alone reproduces the measurements.
