@@ -45,7 +45,8 @@ def _emit(data, as_json: bool, render) -> None:
 
 
 catalog_option = click.option("--catalog", "catalogs", multiple=True, type=click.Path(dir_okay=False),
-                              help="TOML file registering more devices, prices and models (repeatable).")
+                              help="TOML file registering more devices, prices, models and calibrations "
+                                   "(repeatable).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 
 
@@ -622,6 +623,67 @@ def traffic_(log_file, model, peak, output, as_json):
         click.echo(json.dumps({"classes": [c.model_dump() for c in classes], "scenario": text}, indent=2))
     elif not output:
         click.echo(text)
+
+
+# --- quantplan calibrate: fit a device/framework/method's efficiencies to the user's own benchmark runs ---
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", help="Model id or alias the results were measured with.")
+@click.option("--method", help="Quantization method.")
+@click.option("--gpu", help="Device id (a new one: give its datasheet with --catalog).")
+@click.option("--framework", help="Serving framework.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per replica.")
+@click.option("--kv-cache-dtype", help="KV-cache precision (default: the engine's default for the checkpoint).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="A quantplan solve --json output: match each result to one of its replica groups instead.")
+@click.option("--concurrency", type=float, help="Load of results that record none (AIPerf CSV): clients.")
+@click.option("--rate", type=float, help="Load of results that record none: requests/s.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="Overlay catalog to write (use it with --catalog).")
+@catalog_option
+@json_option
+def calibrate(results, model, method, gpu, framework, gpus, kv_cache_dtype, plan_path, concurrency, rate, output,
+              catalogs, as_json):
+    """Fit efficiencies to your own measurements (vllm bench serve, AIPerf/genai-perf, SGLang bench_serving,
+    llama-bench, trtllm-bench) and write an overlay catalog; prints the error before and after."""
+    from quantplan.solver import calibrate as calibration
+    from quantplan.solver import results as reading
+    from quantplan.solver.registry import load_world
+    from quantplan.solver.report import render_rows
+
+    flags = {"--model": model, "--method": method, "--gpu": gpu, "--framework": framework}
+    if plan_path and any(flags.values()):
+        raise QuantplanError("give --plan or --model/--method/--gpu/--framework, not both")
+    if not plan_path and not all(flags.values()):
+        missing = ", ".join(k for k, v in flags.items() if not v)
+        raise QuantplanError(f"missing {missing} (or give --plan PLAN.json)")
+    world = load_world(catalogs)
+    if plan_path:
+        targets = calibration.targets_from_plan(world, plan_path)
+    else:
+        targets = [calibration.target_from_options(world, model, method, gpu, framework, gpus, kv_cache_dtype)]
+    found = calibration.calibrate(world, reading.read(results, concurrency, rate), targets, catalogs)
+    Path(output).write_text(found.overlay)
+    if as_json:
+        click.echo(json.dumps({"overlay": output, "calibrations": found.scopes, "errors": found.errors,
+                               "rows": found.rows, "skipped": found.skipped}, indent=2))
+        return
+    console = _console()
+    render_rows("Calibrated efficiencies", ["device / framework / method", "figure", "catalog", "calibrated", "fitted"],
+                [[f"{s['gpu']} / {s['framework']} / {s['method']}", name, f"{s['catalog'][name]:.4g}",
+                  f"{s['values'][name]:.4g}", ("yes, at its bound: check the runs" if name in s["at_bound"] else "yes")
+                  if name in s["fitted"] else "no (data cannot inform it)"]
+                 for s in found.scopes for name in s["values"]], console)
+    render_rows("Error (|predicted / measured - 1|)", ["metric", "statistic", "n", "median before", "p90 before",
+                                                        "median after", "p90 after"],
+                [[e["metric"], e["statistic"] + ("" if e["fitted"] else " (not fitted)"), e["rows"],
+                  f"{e['before_median']:.1%}", f"{e['before_p90']:.1%}", f"{e['after_median']:.1%}",
+                  f"{e['after_p90']:.1%}"] for e in found.errors], console)
+    for skipped in found.skipped:
+        console.print(f"skipped {skipped['record']}: {skipped['reason']}")
+    console.print(f"wrote {output}: use it with --catalog {output}")
 
 
 def main(argv: list[str] | None = None) -> int:
