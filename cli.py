@@ -436,6 +436,11 @@ def memory(models, methods, gpus, batch, context_tokens, framework, kv_cache_dty
 
     if batch <= 0 or context_tokens <= 0:
         raise QuantplanError("--batch and --context-tokens must be positive")
+    from quantplan.solver.scenario import MAX_CONCURRENCY, MAX_TOKENS
+
+    if batch > MAX_CONCURRENCY or context_tokens > 2 * MAX_TOKENS:
+        raise QuantplanError(f"--batch {batch} / --context-tokens {context_tokens}: at most {MAX_CONCURRENCY} "
+                             f"sequences of {2 * MAX_TOKENS} tokens")
     world = load_world(catalogs)
     rows = tables.memory_table(world, models or tables.BLOG_MODELS, methods or tables.BLOG_METHODS,
                                gpus or tables.BLOG_DEVICES, batch, context_tokens, framework, kv_cache_dtype)

@@ -143,6 +143,12 @@ def take_failures() -> list[PluginFailure]:
     return found
 
 
+def record_failures(failures: Iterable[PluginFailure]) -> None:
+    """Add failures seen elsewhere (a sweep's worker processes) to those the command line names."""
+    for failure in failures:
+        _REPORTED.setdefault(failure.line(), failure)
+
+
 def make_plugin_set(catalogs: Iterable[Path | str] = (), extra: Iterable[object] = (),
                     entry_points: bool = True, strict: bool | None = None) -> PluginSet:
     """Build the plugin set: hookspecs, built-ins, entry points (group 'quantplan'), user catalogs, extras."""

@@ -270,7 +270,7 @@ PLAUSIBLE_BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
         "host_memory_gb": (0, 65_536, "GB of host memory"),
         "host_bandwidth_tb_s": (0, 100, "TB/s of host bandwidth"),
     },
-    "PriceSpec": {"usd_per_hour": (0, 1_000, "$ per device-hour")},
+    "PriceSpec": {"usd_per_hour": (0.0001, 1_000, "$ per device-hour")},
     "ModelSpec": {
         "layers": (1, 10_000, "layers"),
         "hidden_size": (1, 1_000_000, ""),

@@ -72,10 +72,12 @@ def check_axes(scenario: Scenario, axes: list[Axis], points: int) -> None:
     for name, lo, hi in axes:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise QuantplanError(f"sweep {name}={lo:g}:{hi:g}: give finite numbers")
-        if name == "price-factor" and world is None:
+        if name.startswith("price") and world is None:
             world = load_world(scenario.catalogs)
         for value in (lo, hi):
-            grid.vary(scenario, name, value, world)
+            varied = grid.vary(scenario, name, value, world)
+            if name.startswith("price"):
+                world.with_prices(varied.prices)
 
 
 def _region(scenario, axes, points, engine, address, plot_path, progress, title) -> SweepTable:
