@@ -171,7 +171,7 @@ class QuantplanGroup(click.Group):
         try:
             return super().invoke(ctx)
         except InfeasibleError as error:
-            _report_plugin_failures()
+            _report_plugin_failures()  # warnings first, then the one line that ends the command
             if ctx.meta.get("as_json"):
                 click.echo(json.dumps({"status": "infeasible", "reasons": error.reasons}, indent=2))
             click.echo(f"infeasible: {error}", err=True)
