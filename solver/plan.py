@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from . import errorbars
+from .prices import PricesUsed
 from .program import Solution
 from .scenario import TrafficClass
 from . import serving
@@ -98,6 +99,7 @@ class Plan(Out):
     reasons: list[str]
     notes: list[str]
     stats: SolveStats | None = None
+    prices: PricesUsed | None = None  # which prices the plan used (provider or median) and what was left out
 
 
 def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:

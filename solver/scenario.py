@@ -85,6 +85,7 @@ class Scenario(Input):
     max_gpus: int = Field(default=8, ge=1, le=64)
     gpu_count: dict[str, int] = Field(default_factory=dict)
     prices: dict[str, float] = Field(default_factory=dict)
+    provider: str | None = None  # plan with this provider's prices (catalogs/prices.toml); None: the median
     objective: Objective = "cost"
     max_configurations: int | None = Field(default=None, ge=1)
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES

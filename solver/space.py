@@ -97,12 +97,18 @@ def objections(world: World, config: Config) -> list[str]:
     return [reason for found in world.plugins.call_for("quantplan_incompatibility", config) for reason in found]
 
 
+def candidate_devices(world: World, scenario: Scenario) -> list[str]:
+    """Device ids a scenario considers: those it names, else every rentable one plus owned ones it counts."""
+    if scenario.gpus:
+        return [world.gpus.get(n).id for n in scenario.gpus]
+    counted = {world.gpus.get(n).id for n in scenario.gpu_count}
+    return [g.id for g in world.gpus if g.rentable or g.id in counted]  # owned devices only when named
+
+
 def configurations(world: World, scenario: Scenario, model: ModelSpec, incompatible: Counter):
     """Compatible (device, method, framework, GPUs, KV) configurations at batch 1, in a fixed order."""
     pick = lambda registry, names: [registry.get(n) for n in names] if names else list(registry)  # noqa: E731
-    counted = {world.gpus.get(n).id for n in scenario.gpu_count}
-    gpus = pick(world.gpus, scenario.gpus) if scenario.gpus else [
-        g for g in world.gpus if g.rentable or g.id in counted]  # owned devices only when named
+    gpus = [world.gpus.get(g) for g in candidate_devices(world, scenario)]
     methods = pick(world.methods, scenario.methods)
     frameworks, kv_caches = pick(world.frameworks, scenario.frameworks), pick(world.kv_caches, scenario.kv_cache_dtypes)
     kv_caches = _distinct_kv(world, kv_caches)
@@ -169,7 +175,11 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
             continue
         found_cost = cost_terms(world, config, prices)
         if not any(t.quantity == q.COST for t in found_cost):
-            incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
+            if scenario.provider:
+                incompatible[f"{config.gpu.id} is not offered by provider {scenario.provider}: give "
+                             f"--price {config.gpu.id}=USD to plan it"] += 1
+            else:
+                incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
             continue
         cost = sum(t.value for t in found_cost if t.quantity == q.COST)
         # quality does not depend on GPUs per replica or batch: assess once per the rest

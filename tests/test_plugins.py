@@ -395,36 +395,36 @@ def test_execution_hook_is_firstresult():
 MY_GPUS = EXAMPLES / "my-gpus.toml"
 
 
-def test_example_catalog_registers_rtx_pro_6000():
+def test_example_catalog_registers_rtx_pro_6000_maxq():
     plugins = make_plugin_set(catalogs=[MY_GPUS], entry_points=False)
     assert plugins.origins["catalog:my-gpus.toml"] == "user catalog"
     world = build_world(plugins)
-    assert world.gpus.get("RTX PRO 6000").id == "rtx-pro-6000"
-    assert world.prices["rtx-pro-6000"].usd_per_hour == 1.8
+    assert world.gpus.get("RTX PRO 6000 Max-Q").id == "rtx-pro-6000-maxq"
+    assert world.prices["rtx-pro-6000-maxq"].usd_per_hour == 1.8
 
 
 def test_list_gpus_with_catalog():
     result = CliRunner().invoke(cli, ["list", "gpus", "--catalog", str(MY_GPUS), "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["id"]: row for row in json.loads(result.stdout)}
-    row = rows["rtx-pro-6000"]
+    row = rows["rtx-pro-6000-maxq"]
     assert row["memory_gb"] == 96
     assert row["bandwidth_tb_s"] == 1.792
     assert row["price"]["usd_per_hour"] == 1.8
     assert "h100-sxm" in rows  # the built-ins are still there
     plain = CliRunner().invoke(cli, ["list", "gpus", "--json"])
-    assert "rtx-pro-6000" not in {row["id"] for row in json.loads(plain.stdout)}
+    assert "rtx-pro-6000-maxq" not in {row["id"] for row in json.loads(plain.stdout)}
     assert len(rows) == len(json.loads(plain.stdout)) + 1
 
 
 def test_solve_on_a_catalog_device_uses_its_price():
     result = CliRunner().invoke(cli, ["solve", "--catalog", str(MY_GPUS), "--model", "llama-2-7b",
-                                      "--gpu", "rtx-pro-6000", "--max-gpus", "1", "--method", "fp16",
+                                      "--gpu", "rtx-pro-6000-maxq", "--max-gpus", "1", "--method", "fp16",
                                       "--concurrency", "1", "--no-alternatives", "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["status"] == "optimal"
-    assert plan["replicas"][0]["gpu"] == "rtx-pro-6000"
+    assert plan["replicas"][0]["gpu"] == "rtx-pro-6000-maxq"
     assert plan["cost_per_hour"] == pytest.approx(1.8, rel=1e-12)
 
 
