@@ -166,20 +166,20 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     count = 0
     qualities: dict[tuple, Quality] = {}
     for config in configurations(world, scenario, model, incompatible):
-        count += 1
-        placed = fit_placement(world, config, scenario.classes)
-        if placed is None:
-            for traffic in scenario.classes:
-                need = memory(world, config, traffic.context_tokens)
-                per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
-            continue
-        found_cost = cost_terms(world, config, prices)
+        found_cost = cost_terms(world, config, prices)  # an unpriced device is no configuration at all
         if not any(t.quantity == q.COST for t in found_cost):
             if scenario.provider:
                 incompatible[f"{config.gpu.id} is not offered by provider {scenario.provider}: give "
                              f"--price {config.gpu.id}=USD to plan it"] += 1
             else:
                 incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
+            continue
+        count += 1
+        placed = fit_placement(world, config, scenario.classes)
+        if placed is None:
+            for traffic in scenario.classes:
+                need = memory(world, config, traffic.context_tokens)
+                per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
             continue
         cost = sum(t.value for t in found_cost if t.quantity == q.COST)
         # quality does not depend on GPUs per replica or batch: assess once per the rest
