@@ -256,12 +256,22 @@ def test_extra_plugin_redeclaring_a_builtin_device():
     assert str(raised.value) == "device 'h100-sxm' is provided by both 'nvidia-gpus' and 'h100-again'"
 
 
-def test_two_prices_for_one_device():
-    plugin = DevicePlugin("second-price", [], [price_for("h100-sxm", 1.0)])
+def test_two_prices_for_one_device_from_one_provider():
+    second = PriceSpec(gpu="h100-sxm", usd_per_hour=1.0, provider="lambda", as_of="2026-01", source="test fixture")
+    plugin = DevicePlugin("second-price", [], [second])
     with pytest.raises(QuantplanError) as raised:
         build_world(make_plugin_set(extra=[plugin], entry_points=False))
     message = str(raised.value)
-    assert "'h100-sxm'" in message and "'nvidia-gpus'" in message and "'second-price'" in message
+    assert "'h100-sxm from lambda'" in message and "'nvidia-gpus'" in message and "'second-price'" in message
+
+
+def test_a_price_from_another_provider_is_one_more_offer():
+    """Seven h100-sxm prices: 1.0 (test) and the six built-in ones; the median is the 4th, 6.155."""
+    plugin = DevicePlugin("second-price", [], [price_for("h100-sxm", 1.0)])
+    world = build_world(make_plugin_set(extra=[plugin], entry_points=False))
+    assert len(world.offers["h100-sxm"]) == 7
+    assert world.prices["h100-sxm"].usd_per_hour == pytest.approx(6.155)
+    assert world.with_prices({}, "test")["h100-sxm"].usd_per_hour == 1.0
 
 
 def test_price_for_unknown_device():
