@@ -53,3 +53,27 @@ def test_nvidia_rates_are_halves_of_the_sparse_headlines(rows):
     assert pro.tflops_fp4 == 4000 / 2 and pro.tflops_fp16 == pro.tflops_fp4 / 4 / 2
     assert rtx5090.compute_capability == pro.compute_capability == 12.0 and b300.compute_capability == 10.3
     assert (pro.memory_gb, pro.bandwidth_tb_s, rtx5090.memory_gb) == (96, 1.792, 32)
+
+
+def test_validation_rows_for_the_new_devices_carry_sources():
+    """Public measurements (TensorRT-LLM perf overview, Oracle/AMD vLLM tables, one llama.cpp report); MLPerf
+    and the other reserved sources are not used."""
+    from quantplan.solver import validate
+
+    rows = [r for r in validate.load_rows() if r.gpu in NEW]
+    counts = {device: sum(r.gpu == device for r in rows) for device in NEW}
+    assert counts["gb200"] == 12 and counts["rtx-pro-6000"] == 6 and counts["mi300x"] == 12
+    assert counts["rtx5090"] == 1
+    for row in rows:
+        assert len(row.source) > 30 and "mlperf" not in (row.source + row.note).lower(), row.id
+    derived = [r for r in rows if r.gpu == "mi300x" and r.batch == 2 and r.model == "llama-3.1-70b"]
+    assert derived[0].value == pytest.approx(2 * 2048 / 17.934, abs=0.01)  # batch x output / latency
+
+
+def test_gb200_rows_are_predicted_like_the_b200_rows():
+    """Same table and method as the shipped B200 rows: median error 8.7% when this was written."""
+    from quantplan.solver import validate
+
+    checks = validate.run(where={"gpu": "gb200"})
+    errors = sorted(abs(c.error) for c in checks if c.gpu == "gb200" and c.error is not None)
+    assert len(errors) == 12 and errors[len(errors) // 2] <= 0.15
