@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -64,8 +65,8 @@ class World:
             prices = dict(self.prices)
         for name, usd in overrides.items():
             gpu = self.gpus.get(name)
-            if not usd > 0:
-                raise QuantplanError(f"--price {name}={usd}: a price must be positive")
+            if not (usd > 0 and math.isfinite(usd)):
+                raise QuantplanError(f"--price {name}={usd}: a price must be a positive finite number")
             prices[gpu.id] = PriceSpec(gpu=gpu.id, usd_per_hour=usd, provider="user", as_of="given",
                                        source="--price on the command line or [prices] in the scenario")
         return prices

@@ -167,3 +167,9 @@ def test_one_provider_pricing_a_device_twice_is_an_error(tmp_path, capsys):
 def test_unknown_provider_from_the_api(world):
     with pytest.raises(QuantplanError, match="unknown provider 'nowhere'"):
         world.with_prices({}, "nowhere")
+
+
+def test_an_infinite_price_is_one_line_and_exit_2(capsys):
+    assert main(SMALL_SOLVE + ["--gpu", "a10", "--price", "a10=inf"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "a price must be a positive finite number" in err[0]
