@@ -66,7 +66,7 @@ class World:
         for name, usd in overrides.items():
             gpu = self.gpus.get(name)
             if not (usd > 0 and math.isfinite(usd)):
-                raise QuantplanError(f"--price {name}={usd}: a price must be a positive finite number")
+                raise QuantplanError(f"--price {name}={usd}: a price must be positive and finite")
             prices[gpu.id] = PriceSpec(gpu=gpu.id, usd_per_hour=usd, provider="user", as_of="given",
                                        source="--price on the command line or [prices] in the scenario")
         return prices

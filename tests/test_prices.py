@@ -172,4 +172,4 @@ def test_unknown_provider_from_the_api(world):
 def test_an_infinite_price_is_one_line_and_exit_2(capsys):
     assert main(SMALL_SOLVE + ["--gpu", "a10", "--price", "a10=inf"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "a price must be a positive finite number" in err[0]
+    assert len(err) == 1 and "a price must be positive and finite" in err[0]
