@@ -65,6 +65,9 @@ catalog_option = click.option("--catalog", "catalogs", multiple=True, type=click
                               help="TOML file registering more devices, prices, models and calibrations "
                                    "(repeatable).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+provider_option = click.option("--provider", help="Use this provider's on-demand prices (catalogs/prices.toml; "
+                                                 "list gpus --json shows each device's providers); default: each "
+                                                 "device's median across providers.")
 
 
 def workload_options(function):
@@ -78,6 +81,7 @@ def workload_options(function):
         click.option("--max-gpus", type=int, help="Most GPUs in one replica (tensor parallel or layer split)."),
         click.option("--gpu-count", multiple=True, help="Devices available, DEV=N (repeatable)."),
         click.option("--price", multiple=True, help="Override a price, DEV=USD per device-hour (repeatable)."),
+        provider_option,
         click.option("--prompt-tokens", type=int, help="Prompt (input) tokens per request."),
         click.option("--output-tokens", type=int, help="Output tokens per request."),
         click.option("--concurrency", type=int, help="Concurrent users (closed loop of clients)."),
@@ -125,7 +129,7 @@ def scenario_from_options(scenario_file, options: dict):
         "frameworks": options.get("frameworks") or None, "kv_cache_dtypes": options.get("kv_cache_dtypes") or None,
         "max_gpus": options.get("max_gpus"), "objective": options.get("objective"),
         "max_configurations": options.get("max_configurations"), "time_limit_s": options.get("time_limit"),
-        "solver": options.get("solver"), "margin": options.get("margin"),
+        "solver": options.get("solver"), "margin": options.get("margin"), "provider": options.get("provider"),
         "max_cost_per_hour": options.get("max_cost_per_hour"), "gpu_class": options.get("gpu_class"),
     }
     if options.get("gpu_count"):
@@ -411,11 +415,13 @@ def fit(devices, write_to, as_json):
 @click.option("--simulate", is_flag=True, help="Also run the step-by-step scheduler simulation.")
 @click.option("--gpu-layers", type=int, help="llama.cpp: layers on the GPU (the rest in host RAM).")
 @click.option("--price", multiple=True, help="Override a price, DEV=USD.")
+@provider_option
 @catalog_option
 @json_option
 @click.pass_context
 def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency, rate, prompt_tokens, output_tokens,
-             kv_cache_dtype, max_num_seqs, requests_per_client, simulate, gpu_layers, price, catalogs, as_json):
+             kv_cache_dtype, max_num_seqs, requests_per_client, simulate, gpu_layers, price, provider, catalogs,
+             as_json):
     """Predictions for one configuration under load, with every term and the plugin that gave it."""
     from quantplan.solver.api import estimate as run
     from quantplan.solver.report import render_estimate
@@ -424,7 +430,8 @@ def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency
         raise QuantplanError("give exactly one of --model or --model-config")
     result = run(model, method, gpu, framework, gpus, concurrency, prompt_tokens, output_tokens, kv_cache_dtype,
                  gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs), rate=rate,
-                 max_num_seqs=max_num_seqs, requests_per_client=requests_per_client, simulate=simulate)
+                 max_num_seqs=max_num_seqs, requests_per_client=requests_per_client, simulate=simulate,
+                 provider=provider)
     _emit(result.model_dump(), as_json, lambda console: render_estimate(result, console))
     if not result.compatible:
         ctx.exit(1)
@@ -472,22 +479,28 @@ def memory(models, methods, gpus, batch, context_tokens, framework, kv_cache_dty
 
 @cli.command(name="list")
 @click.argument("what", type=click.Choice(("gpus", "methods", "frameworks", "models")))
+@provider_option
 @catalog_option
 @json_option
-def list_(what, catalogs, as_json):
+def list_(what, provider, catalogs, as_json):
     """List devices, methods, frameworks or models."""
     from quantplan.solver.registry import load_world
     from quantplan.solver.report import render_rows
     from quantplan.solver.shapes import active_linear_params, parameter_counts
 
     world = load_world(catalogs)
+    prices = world.with_prices({}, provider)
     if what == "gpus":
         columns = ["id", "kind", "memory (GB)", "bandwidth (TB/s)", "fp16 (TFLOPS)", "fp8 (TFLOPS)",
-                   "int8 (TOPS)", "fp4 (TFLOPS)", "cc", "$/h"]
+                   "int8 (TOPS)", "fp4 (TFLOPS)", "cc", "$/h", "provider"]
         rows = [[g.id, g.kind, f"{g.usable_gb:g}", f"{g.bandwidth_tb_s:g}", f"{g.tflops_fp16:g}", f"{g.tflops_fp8:g}",
                  f"{g.tops_int8:g}", f"{g.tflops_fp4:g}", f"{g.compute_capability or '-'}",
-                 f"{world.prices[g.id].usd_per_hour:g}" if g.id in world.prices else "-"] for g in world.gpus]
-        data = [dict(g.model_dump(), price=world.prices.get(g.id).model_dump() if g.id in world.prices else None)
+                 f"{prices[g.id].usd_per_hour:g}" if g.id in prices else "-",
+                 prices[g.id].provider if g.id in prices else "-"] for g in world.gpus]
+        data = [dict(g.model_dump(), price_per_hour=prices[g.id].usd_per_hour if g.id in prices else None,
+                     provider=prices[g.id].provider if g.id in prices else None,
+                     price=prices[g.id].model_dump() if g.id in prices else None,
+                     offers=[o.model_dump() for o in world.offers.get(g.id, [])])
                 for g in world.gpus]
     elif what == "methods":
         columns = ["id", "kind", "bits/weight (linear)", "compute", "kernel", "min cc"]

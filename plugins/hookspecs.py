@@ -48,7 +48,8 @@ def quantplan_prices() -> list[PriceSpec]:
     """Declare default on-demand prices ($ per device-hour) for devices.
 
     Called once when the registry is built; `--price DEV=USD` overrides them afterwards.
-    :return: prices; an empty list means none. Two prices for one device is an error.
+    :return: prices; an empty list means none. Several providers may price one device (its default
+        is their median); one provider pricing a device twice is an error.
     """
 
 

@@ -14,9 +14,10 @@ from .errors import InfeasibleError, QuantplanError
 from .explain import binding_constraints, infeasibility, workload
 from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, replica_group,
                    served_tokens_per_s, summary)
+from .prices import PricesUsed, prices_used
 from .registry import World, load_world
 from .scenario import Scenario, TrafficClass, make_scenario
-from .space import Option, build_space, free_if_owned, pool
+from .space import Option, build_space, candidate_devices, free_if_owned, pool
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
@@ -121,7 +122,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
         from .fleet import solve_fleet
 
         return solve_fleet(scenario, world)
-    prices = world.with_prices(scenario.prices)
+    prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
     space = build_space(world, scenario, prices)
     space.options = free_if_owned(space.options, owned)
@@ -155,6 +156,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
         tokens_per_s=tokens, replicas=groups,
         binding=binding_constraints(world, scenario, solution, groups, space),
         alternatives=alternatives, reasons=[], notes=notes, workload=workload(world, scenario, model_id),
+        prices=prices_used(prices, scenario.provider, [g.gpu for g in groups], candidate_devices(world, scenario)),
         stats=SolveStats(configurations=space.configurations, candidates=len(space.options),
                          candidates_after_pruning=len(options), solve_seconds=solution.solve_seconds,
                          gap=None if solution.status == "optimal" else solution.gap),
@@ -404,6 +406,7 @@ class EstimateResult(BaseModel):
     error_bars: dict = {}
     coverage_warnings: list[str] = []
     terms: list[dict] = []
+    prices: PricesUsed | None = None  # the price this estimate used: provider (or median) and date
 
 
 def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, batch: int = 1,
@@ -411,7 +414,8 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
              gpu_layers: int | None = None, prices: dict[str, float] | None = None,
              model_config: str | None = None, world: World | None = None,
              catalogs: tuple[str, ...] = (), rate: float | None = None, max_num_seqs: int | None = None,
-             requests_per_client: float = 10.0, simulate: bool = False) -> EstimateResult:
+             requests_per_client: float = 10.0, simulate: bool = False,
+             provider: str | None = None) -> EstimateResult:
     """Predict memory, TTFT/TPOT (means and percentiles), quality and cost: a closed loop of `batch`
     clients (the engine runs at most `max_num_seqs`, default its own limit, the rest queue), or with
     `rate`, Poisson arrivals of that many requests/s at this replica. `kv_cache_dtype` None: the
@@ -441,6 +445,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     if not (math.isfinite(requests_per_client) and requests_per_client >= 0):
         raise QuantplanError(f"--requests-per-client {requests_per_client}: give 0 (steady state) or more")
     world = world or load_world(catalogs)
+    priced = world.with_prices(prices or {}, provider)  # an unknown provider fails before any work
     spec = model_from_config(model_config) if model_config else world.models.get(model)
     m, g, f = world.methods.get(method), world.gpus.get(gpu), world.frameworks.get(framework)
     kv_note = None
@@ -499,7 +504,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     found = memory_terms(world, config, traffic.context_tokens)
     used = memory(world, config, traffic.context_tokens, found)
     assessed = quality(world, config)
-    costs = cost_terms(world, config, world.with_prices(prices or {}))
+    costs = cost_terms(world, config, priced)
     cost = sum(t.value for t in costs) if costs else None
     speed = (step_terms(world, config, Step("decode", running, running, prompt_tokens + output_tokens / 2))
              + step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)))
@@ -532,4 +537,5 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         execution=execution.note or f"{execution.compute_dtype} compute, {execution.kernel} kernel",
         error_bars=bars, coverage_warnings=warnings,
         terms=[t.as_dict() for t in found + speed + assessed.terms + costs],
+        prices=prices_used(priced, provider, [g.id], [g.id]),
     )

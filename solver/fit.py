@@ -166,7 +166,8 @@ class Problem:
 def problem(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tuple[str, ...] = (),
             rows: list[Row] | None = None) -> Problem:
     world = world or validation_world()
-    rows = [r for r in (load_rows() if rows is None else rows) if GROUPS.get(r.metric) in ("decode", "ttft")]
+    rows = [r for r in (load_rows(held_out=False) if rows is None else rows)
+            if GROUPS.get(r.metric) in ("decode", "ttft")]
     known = sorted({r.gpu for r in rows})
     missing = [d for d in devices if d not in known]
     if missing:

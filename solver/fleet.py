@@ -18,7 +18,8 @@ from .explain import binding_constraints, infeasibility, workload
 from .plan import Plan, SolveStats, served_tokens_per_s
 from .registry import World
 from .scenario import Scenario
-from .space import Space, build_space, free_if_owned, pool
+from .prices import prices_used
+from .space import Space, build_space, candidate_devices, free_if_owned, pool
 
 
 def member_scenario(scenario: Scenario, index: int) -> Scenario:
@@ -32,7 +33,7 @@ def member_scenario(scenario: Scenario, index: int) -> Scenario:
 def solve_fleet(scenario: Scenario, world: World) -> Plan:
     from .api import _solve, prune_dominated, settle_sharing
 
-    prices = world.with_prices(scenario.prices)
+    prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
     members = [member_scenario(scenario, i) for i in range(len(scenario.models))]
     spaces = [build_space(world, member, prices) for member in members]
@@ -61,6 +62,7 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
         binding=binding_constraints(world, whole, solution, groups, merged),
         alternatives=[], reasons=[], notes=notes + ["a fleet plan: no per-restriction alternatives"],
         workload=lines, pool=pool_use(solution, availability), traffic=whole.classes,
+        prices=prices_used(prices, scenario.provider, [g.gpu for g in groups], candidate_devices(world, scenario)),
         stats=SolveStats(configurations=merged.configurations, candidates=len(merged.options),
                          candidates_after_pruning=len(options), solve_seconds=solution.solve_seconds,
                          gap=None if solution.status == "optimal" else solution.gap),

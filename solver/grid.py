@@ -33,7 +33,7 @@ def vary(scenario: Scenario, axis: str, value: float, world: World) -> Scenario:
     """The scenario with `axis` set to `value` (price axes take 'price:<device>')."""
     data = scenario.model_dump()
     if axis == "price-factor":
-        base = world.with_prices(scenario.prices)
+        base = world.with_prices(scenario.prices, scenario.provider)
         data["prices"] = {gpu: price.usd_per_hour * value for gpu, price in base.items()}
     elif axis.startswith("price:"):
         data["prices"] = {**scenario.prices, axis.split(":", 1)[1]: value}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from . import errorbars
+from .prices import PricesUsed
 from .program import Solution
 from .scenario import TrafficClass
 from . import serving
@@ -107,6 +108,7 @@ class Plan(Out):
     workload: list[str] = []  # the problem as understood
     pool: list[dict] = []  # a fleet: per device, GPUs used and available
     traffic: tuple[TrafficClass, ...] = ()  # the traffic classes planned for (launch: lengths, load, SLOs)
+    prices: PricesUsed | None = None  # which prices the plan used (provider or median) and what was left out
 
 
 def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -9,6 +10,7 @@ from typing import Iterable
 from .candidates import QualityBook
 from .catalog import Registry
 from .errors import QuantplanError
+from .prices import defaults, for_provider, group_offers
 from .specs import (
     PLAUSIBLE_BOUNDS,
     FamilyQualitySpec,
@@ -33,7 +35,7 @@ def collect_specs(plugins, hook_name: str, kind: str, record_type: type) -> list
             if not isinstance(record, record_type):
                 raise QuantplanError(f"plugin {plugin_name!r} returned a {type(record).__name__} from "
                                      f"{hook_name}; expected {record_type.__name__}")
-            key = getattr(record, "id", None) or getattr(record, "gpu", None)
+            key = getattr(record, "id", None) or f"{record.gpu} from {record.provider}"  # prices: one per provider
             if key in owner:
                 raise QuantplanError(f"{kind} {key!r} is provided by both {owner[key]!r} and {plugin_name!r}")
             owner[key] = plugin_name
@@ -51,17 +53,21 @@ class World:
     kv_caches: Registry[KVCacheSpec]
     frameworks: Registry[FrameworkSpec]
     models: Registry[ModelSpec]
-    prices: dict[str, PriceSpec]
+    prices: dict[str, PriceSpec]  # each device's default: the median of its providers' prices
     quality: QualityBook
     providers: dict[str, str] = field(default_factory=dict)
+    offers: dict[str, list[PriceSpec]] = field(default_factory=dict)  # every provider's price, by device
 
-    def with_prices(self, overrides: dict[str, float]) -> dict[str, PriceSpec]:
-        """Default prices with `--price DEV=USD` applied (ids or aliases accepted)."""
-        prices = dict(self.prices)
+    def with_prices(self, overrides: dict[str, float], provider: str | None = None) -> dict[str, PriceSpec]:
+        """Default prices, or `provider`'s (`--provider NAME`), with `--price DEV=USD` applied (ids or aliases)."""
+        if provider:
+            prices = for_provider(self.offers, self.prices, self.gpus, provider)
+        else:
+            prices = dict(self.prices)
         for name, usd in overrides.items():
             gpu = self.gpus.get(name)
-            if not usd > 0:
-                raise QuantplanError(f"--price {name}={usd}: a price must be positive")
+            if not (usd > 0 and math.isfinite(usd)):
+                raise QuantplanError(f"--price {name}={usd}: a price must be positive and finite")
             lowest, highest, _ = PLAUSIBLE_BOUNDS["PriceSpec"]["usd_per_hour"]
             if not lowest <= usd <= highest:
                 raise QuantplanError(f"--price {name}={usd:g}: give {lowest:g} to {highest:g} $ per device-hour")
@@ -91,9 +97,11 @@ def build_world(plugins) -> World:
                                                            KVCacheSpec)),
         frameworks=Registry("framework", collect_specs(plugins, "quantplan_frameworks", "framework", FrameworkSpec)),
         models=Registry("model", collect_specs(plugins, "quantplan_models", "model", ModelSpec)),
-        prices={p.gpu: p for p in collect_specs(plugins, "quantplan_prices", "price for", PriceSpec)},
+        prices={},
         quality=quality,
+        offers=group_offers(collect_specs(plugins, "quantplan_prices", "price for", PriceSpec)),
     )
+    world.prices = defaults(world.offers)
     for gpu_id in world.prices:
         if gpu_id not in world.gpus.by_id:
             raise QuantplanError(f"a price is given for unknown device {gpu_id!r}")

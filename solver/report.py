@@ -51,6 +51,8 @@ def render_plan(plan: Plan, console: Console) -> None:
         console.print("Pool: " + ", ".join(f"{p['gpu']} {p['used']}" + (f" of {p['available']}" if p["available"]
                                                                         is not None else " (rented)")
                                            for p in plan.pool))
+    if plan.prices:
+        console.print(plan.prices.line())
     if any(len(g.classes) > 1 for g in plan.replicas):
         per_class = _table("Per traffic class (a shared replica: each class under the combined load)",
                            ["group / class", "share", "TTFT mean/p90 (ms)", "TPOT mean/p90 (ms)", "capacity"])
@@ -125,6 +127,7 @@ def render_estimate(result: EstimateResult, console: Console) -> None:
         ("prefill tokens/s", _f(result.prefill_tokens_per_s, 0)), ("decode bound", result.decode_bound or "-"),
         ("ppl Δ / ppl Δ (%)", f"{_f(result.ppl_delta, 3)} / {_f(result.ppl_delta_pct, 2)}"),
         ("$/h, $/1M output tokens", f"{_f(result.cost_per_hour, 3)}, {_f(result.cost_per_million_tokens, 3)}"),
+        ("prices", result.prices.line().removeprefix("Prices: ") if result.prices else "-"),
         ("execution", result.execution or "-"),
     ]
     if result.simulated:

@@ -130,6 +130,7 @@ class Scenario(Input):
     max_gpus: int = Field(default=8, ge=1, le=64)
     gpu_count: dict[str, Annotated[int, Field(ge=0, le=MAX_DEVICES)]] = Field(default_factory=dict)
     prices: dict[str, Annotated[float, Field(le=MAX_PRICE)]] = Field(default_factory=dict)
+    provider: str | None = None  # plan with this provider's prices (catalogs/prices.toml); None: the median
     objective: Objective = "cost"
     max_configurations: int | None = Field(default=None, ge=1, le=10_000)
     batch_sizes: tuple[Annotated[int, Field(le=100_000)], ...] = DEFAULT_BATCH_SIZES

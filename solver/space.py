@@ -101,12 +101,18 @@ def objections(world: World, config: Config) -> list[str]:
     return [reason for found in world.plugins.call_for("quantplan_incompatibility", config) for reason in found]
 
 
+def candidate_devices(world: World, scenario: Scenario) -> list[str]:
+    """Device ids a scenario considers: those it names, else every rentable one plus owned ones it counts."""
+    if scenario.gpus:
+        return [world.gpus.get(n).id for n in scenario.gpus]
+    counted = {world.gpus.get(n).id for n in (*scenario.gpu_count, *scenario.owned)}
+    return [g.id for g in world.gpus if g.rentable or g.id in counted]  # owned devices only when named
+
+
 def configurations(world: World, scenario: Scenario, model: ModelSpec, incompatible: Counter):
     """Compatible (device, method, framework, GPUs, KV) configurations at batch 1, in a fixed order."""
     pick = lambda registry, names: [registry.get(n) for n in names] if names else list(registry)  # noqa: E731
-    counted = {world.gpus.get(n).id for n in (*scenario.gpu_count, *scenario.owned)}
-    gpus = pick(world.gpus, scenario.gpus) if scenario.gpus else [
-        g for g in world.gpus if g.rentable or g.id in counted]  # owned devices only when named
+    gpus = [world.gpus.get(g) for g in candidate_devices(world, scenario)]
     if scenario.gpu_class != "all":
         gpus = [g for g in gpus if gpu_class_of(g) == scenario.gpu_class]
     methods = pick(world.methods, scenario.methods)
@@ -171,16 +177,20 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     count = 0
     qualities: dict[tuple, Quality] = {}
     for config in configurations(world, scenario, model, incompatible):
+        found_cost = cost_terms(world, config, prices)  # an unpriced device is no configuration at all
+        if not any(t.quantity == q.COST for t in found_cost):
+            if scenario.provider:
+                incompatible[f"{config.gpu.id} is not offered by provider {scenario.provider}: give "
+                             f"--price {config.gpu.id}=USD to plan it"] += 1
+            else:
+                incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
+            continue
         count += 1
         placed = fit_placement(world, config, scenario.classes)
         if placed is None:
             for traffic in scenario.classes:
                 need = memory(world, config, traffic.context_tokens)
                 per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
-            continue
-        found_cost = cost_terms(world, config, prices)
-        if not any(t.quantity == q.COST for t in found_cost):
-            incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
             continue
         cost = sum(t.value for t in found_cost if t.quantity == q.COST)
         # quality does not depend on GPUs per replica or batch: assess once per the rest

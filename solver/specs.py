@@ -122,11 +122,26 @@ def _nvidia_arch(cc: float) -> str:
 
 
 class PriceSpec(Record):
+    """One provider's on-demand price for one device, per device-hour (see catalogs/prices.toml)."""
+
     gpu: str
-    usd_per_hour: float = Field(gt=0)
-    provider: str
+    usd_per_hour: float = Field(gt=0, allow_inf_nan=False)
+    provider: str = Field(min_length=1)
     as_of: str
     source: str = Field(min_length=3)
+    offering: str = ""  # the instance or product the price is for
+    gpus_per_instance: int = Field(default=1, ge=1)
+    instance_usd_per_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    url: str = ""
+
+    @model_validator(mode="after")
+    def _per_device_matches_instance(self) -> PriceSpec:
+        if self.instance_usd_per_hour is not None:
+            derived = self.instance_usd_per_hour / self.gpus_per_instance
+            if abs(derived - self.usd_per_hour) > 0.005 * self.usd_per_hour:
+                raise ValueError(f"usd_per_hour {self.usd_per_hour:g} is not instance_usd_per_hour / "
+                                 f"gpus_per_instance = {derived:.4g}")
+        return self
 
 
 class MethodSpec(Identified):

@@ -130,7 +130,7 @@ def price_sweep(scenario, device: str, start: float, end: float, world: World | 
         raise QuantplanError(f"--price-range {device}={start}:{end}: need 0 < from < to")
     world = world or load_world(scenario.catalogs)
     gpu = world.gpus.get(device)
-    prices = world.with_prices({**scenario.prices, gpu.id: start})
+    prices = world.with_prices({**scenario.prices, gpu.id: start}, scenario.provider)
     space = build_space(world, scenario.model_copy(update={"alternatives": False}), prices)
     # prune_dominated compares options of one device only, and keeps b over a only if b needs no
     # more GPUs: as the price rises from `start`, b's cost grows no faster than a's, so the pruning
@@ -209,7 +209,7 @@ def price_grid(scenario, device: str, prices: list[float], world: World | None =
     world = world or load_world(scenario.catalogs)
     gpu = world.gpus.get(device)
     prices = sorted(prices)  # pruned at the lowest price, valid above it
-    space = build_space(world, scenario, world.with_prices({**scenario.prices, gpu.id: prices[0]}))
+    space = build_space(world, scenario, world.with_prices({**scenario.prices, gpu.id: prices[0]}, scenario.provider))
     options = prune_dominated(space.options, scenario.classes)
     availability = {world.gpus.get(n).id: c for n, c in scenario.gpu_count.items()}
     problem = PriceProblem(options, scenario, availability, gpu.id, prices[0])

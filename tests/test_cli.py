@@ -40,8 +40,14 @@ def run_json(argv: list[str], code: int = 0):
 
 
 def prices() -> dict[str, float]:
+    """Each device's default price: the median of its providers' rows in prices.toml (README, Prices)."""
+    import statistics
+
     rows = tomllib.loads((CATALOGS / "prices.toml").read_text())["price"]
-    return {row["gpu"]: row["usd_per_hour"] for row in rows}
+    by_gpu: dict[str, list[float]] = {}
+    for row in rows:
+        by_gpu.setdefault(row["gpu"], []).append(row["usd_per_hour"])
+    return {gpu: statistics.median(listed) for gpu, listed in by_gpu.items()}
 
 
 _solved: dict[str, dict] = {}

@@ -256,12 +256,22 @@ def test_extra_plugin_redeclaring_a_builtin_device():
     assert str(raised.value) == "device 'h100-sxm' is provided by both 'nvidia-gpus' and 'h100-again'"
 
 
-def test_two_prices_for_one_device():
-    plugin = DevicePlugin("second-price", [], [price_for("h100-sxm", 1.0)])
+def test_two_prices_for_one_device_from_one_provider():
+    second = PriceSpec(gpu="h100-sxm", usd_per_hour=1.0, provider="lambda", as_of="2026-01", source="test fixture")
+    plugin = DevicePlugin("second-price", [], [second])
     with pytest.raises(QuantplanError) as raised:
         build_world(make_plugin_set(extra=[plugin], entry_points=False))
     message = str(raised.value)
-    assert "'h100-sxm'" in message and "'nvidia-gpus'" in message and "'second-price'" in message
+    assert "'h100-sxm from lambda'" in message and "'nvidia-gpus'" in message and "'second-price'" in message
+
+
+def test_a_price_from_another_provider_is_one_more_offer():
+    """Seven h100-sxm prices: 1.0 (test) and the six built-in ones; the median is the 4th, 6.155."""
+    plugin = DevicePlugin("second-price", [], [price_for("h100-sxm", 1.0)])
+    world = build_world(make_plugin_set(extra=[plugin], entry_points=False))
+    assert len(world.offers["h100-sxm"]) == 7
+    assert world.prices["h100-sxm"].usd_per_hour == pytest.approx(6.155)
+    assert world.with_prices({}, "test")["h100-sxm"].usd_per_hour == 1.0
 
 
 def test_price_for_unknown_device():
@@ -394,36 +404,36 @@ def test_execution_hook_is_firstresult():
 MY_GPUS = EXAMPLES / "my-gpus.toml"
 
 
-def test_example_catalog_registers_rtx_pro_6000():
+def test_example_catalog_registers_rtx_pro_6000_maxq():
     plugins = make_plugin_set(catalogs=[MY_GPUS], entry_points=False)
     assert plugins.origins["catalog:my-gpus.toml"] == "user catalog"
     world = build_world(plugins)
-    assert world.gpus.get("RTX PRO 6000").id == "rtx-pro-6000"
-    assert world.prices["rtx-pro-6000"].usd_per_hour == 1.8
+    assert world.gpus.get("RTX PRO 6000 Max-Q").id == "rtx-pro-6000-maxq"
+    assert world.prices["rtx-pro-6000-maxq"].usd_per_hour == 1.8
 
 
 def test_list_gpus_with_catalog():
     result = CliRunner().invoke(cli, ["list", "gpus", "--catalog", str(MY_GPUS), "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["id"]: row for row in json.loads(result.stdout)}
-    row = rows["rtx-pro-6000"]
+    row = rows["rtx-pro-6000-maxq"]
     assert row["memory_gb"] == 96
     assert row["bandwidth_tb_s"] == 1.792
     assert row["price"]["usd_per_hour"] == 1.8
     assert "h100-sxm" in rows  # the built-ins are still there
     plain = CliRunner().invoke(cli, ["list", "gpus", "--json"])
-    assert "rtx-pro-6000" not in {row["id"] for row in json.loads(plain.stdout)}
+    assert "rtx-pro-6000-maxq" not in {row["id"] for row in json.loads(plain.stdout)}
     assert len(rows) == len(json.loads(plain.stdout)) + 1
 
 
 def test_solve_on_a_catalog_device_uses_its_price():
     result = CliRunner().invoke(cli, ["solve", "--catalog", str(MY_GPUS), "--model", "llama-2-7b",
-                                      "--gpu", "rtx-pro-6000", "--max-gpus", "1", "--method", "fp16",
+                                      "--gpu", "rtx-pro-6000-maxq", "--max-gpus", "1", "--method", "fp16",
                                       "--concurrency", "1", "--no-alternatives", "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["status"] == "optimal"
-    assert plan["replicas"][0]["gpu"] == "rtx-pro-6000"
+    assert plan["replicas"][0]["gpu"] == "rtx-pro-6000-maxq"
     assert plan["cost_per_hour"] == pytest.approx(1.8, rel=1e-12)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quantplan.plugins.builtin import (
+    amd,
     apple,
     cpus,
     exllamav2,
@@ -22,7 +23,7 @@ from quantplan.plugins.builtin import (
 )
 
 BUILTIN_PLUGINS = (
-    nvidia, apple, cpus,
+    nvidia, amd, apple, cpus,
     float_methods, w8a8, int4_weight_only, gguf, fp4, kv_cache,
     vllm, tensorrt_llm, sglang, llama_cpp, exllamav2,
     models, quality,
