@@ -34,6 +34,7 @@ class Coverage(BaseModel):
     max_batch: int
     max_gpus: int
     rows: int
+    vendor: str = "nvidia"  # lower-case GPU vendor of the rows (an engine measured on NVIDIA says nothing of AMD)
 
 
 class ErrorBars(BaseModel):
@@ -53,11 +54,16 @@ class ErrorBars(BaseModel):
                 return bar, f"no {framework} rows: all {bar.rows} {group} rows"
         return None, "no validation rows"
 
-    def coverage(self, framework: str, device_class: str, batch: int, gpus: int) -> list[str]:
+    def coverage(self, framework: str, device_class: str, batch: int, gpus: int, vendor: str = "nvidia") -> list[str]:
         """Reasons the configuration lies outside the validation data; empty when it is inside."""
-        rows = [c for c in self.covered if c.framework == framework and c.device_class == device_class]
+        rows = [c for c in self.covered if c.framework == framework and c.device_class == device_class
+                and c.vendor in (vendor.lower(), "*")]
+        if device_class in ("apple", "cpu"):  # the vendor is the class there
+            rows = [c for c in self.covered if c.framework == framework and c.device_class == device_class]
         if not rows:
-            return [f"no speed measurements of {framework} on {device_class} devices"]
+            where = f"{vendor} {device_class}" if device_class not in ("apple", "cpu") and vendor.lower() != "nvidia" \
+                else device_class
+            return [f"no speed measurements of {framework} on {where} devices"]
         found = []
         if batch > max(c.max_batch for c in rows):
             found.append(f"batch {batch} above the largest measured for {framework} ({max(c.max_batch for c in rows)})")
@@ -75,8 +81,9 @@ class ErrorBars(BaseModel):
         return 1.0 + (bar.median_ape if margin == "median" else bar.p90_ape)
 
 
-def compute(checks: list, devices: dict[str, str]) -> ErrorBars:
-    """Error bars and coverage from validation checks (`devices`: gpu id -> device class)."""
+def compute(checks: list, devices: dict[str, str], vendors: dict[str, str] | None = None) -> ErrorBars:
+    """Error bars and coverage from validation checks (`devices`: gpu id -> device class; `vendors`: gpu id ->
+    lower-case vendor, NVIDIA where not given)."""
     import numpy as np
 
     from .validate import TARGETS
@@ -94,13 +101,14 @@ def compute(checks: list, devices: dict[str, str]) -> ErrorBars:
     for check in scored:
         if check.group == "memory":
             continue
-        key = (check.framework, devices.get(check.gpu, check.device_class))
+        key = (check.framework, devices.get(check.gpu, check.device_class), (vendors or {}).get(check.gpu, "nvidia"))
         entry = covered.setdefault(key, {"max_batch": 1, "max_gpus": 1, "rows": 0})
         entry["max_batch"] = max(entry["max_batch"], check.batch or 1024)
         entry["max_gpus"] = max(entry["max_gpus"], check.gpus)
         entry["rows"] += 1
     return ErrorBars(generated_by="quantplan validate --write-error-bars catalogs/error_bars.toml", bar=bars,
-                     covered=[Coverage(framework=f, device_class=d, **v) for (f, d), v in sorted(covered.items())])
+                     covered=[Coverage(framework=f, device_class=d, vendor=w, **v)
+                              for (f, d, w), v in sorted(covered.items())])
 
 
 def to_toml(bars: ErrorBars) -> str:
@@ -112,7 +120,8 @@ def to_toml(bars: ErrorBars) -> str:
                   f"median_ape = {bar.median_ape}", f"p90_ape = {bar.p90_ape}", ""]
     for item in bars.covered:
         lines += ["[[covered]]", f'framework = "{item.framework}"', f'device_class = "{item.device_class}"',
-                  f"max_batch = {item.max_batch}", f"max_gpus = {item.max_gpus}", f"rows = {item.rows}", ""]
+                  f"max_batch = {item.max_batch}", f"max_gpus = {item.max_gpus}", f"rows = {item.rows}",
+                  f'vendor = "{item.vendor}"', ""]
     return "\n".join(lines)
 
 
@@ -122,7 +131,8 @@ def shipped() -> ErrorBars:
         return ErrorBars(**tomllib.load(handle))
 
 
-def describe(framework: str, device_class: str, batch: int, gpus: int) -> tuple[dict, list[str]]:
+def describe(framework: str, device_class: str, batch: int, gpus: int,
+             vendor: str = "nvidia") -> tuple[dict, list[str]]:
     """Error bars for the figures a plan or estimate reports, and coverage warnings."""
     try:
         bars = shipped()
@@ -134,4 +144,4 @@ def describe(framework: str, device_class: str, batch: int, gpus: int) -> tuple[
         if bar is not None:
             table[figure] = {"median_pct": round(bar.median_ape * 100, 1), "p90_pct": round(bar.p90_ape * 100, 1),
                              "basis": basis}
-    return table, bars.coverage(framework, device_class, batch, gpus)
+    return table, bars.coverage(framework, device_class, batch, gpus, vendor)

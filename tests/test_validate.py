@@ -99,7 +99,8 @@ def test_every_row_names_its_source():
 
 def test_shipped_error_bars_match_a_fresh_validation(checks):
     world = validate.validation_world()
-    fresh = errorbars.compute(checks, {g.id: g.device_class for g in world.gpus})
+    fresh = errorbars.compute(checks, {g.id: g.device_class for g in world.gpus},
+                              {g.id: g.vendor.lower() for g in world.gpus})
     with resources.files("quantplan.catalogs").joinpath("error_bars.toml").open("rb") as handle:
         shipped = errorbars.ErrorBars(**tomllib.load(handle))
     assert [(b.group, b.framework, b.rows) for b in shipped.bar] == [(b.group, b.framework, b.rows) for b in fresh.bar]
