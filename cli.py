@@ -73,8 +73,11 @@ def workload_options(function):
                      help="Closed loop: requests each client sends after warm-up, as your benchmark runs "
                           "(default 10; 0: steady state only)."),
         click.option("--max-ppl-delta", type=float, help="Quality floor: largest perplexity increase."),
-        click.option("--use-case", help="Quality floor by use case: chat_general, code_generation, "
-                                        "medical_legal, summarization."),
+        click.option("--use-case", help="Quality floor by use case (its ppl and KL thresholds): chat_general, "
+                                        "code_generation, medical_legal, summarization."),
+        click.option("--min-recovery", "min_recovery_pct", type=float,
+                     help="Accuracy-recovery floor, % of the base model's score on every task kind (knowledge, "
+                          "math, code, chat); per kind: min_recovery_pct = {code = 99} in the scenario."),
         click.option("--objective", type=click.Choice(OBJECTIVES), help="cost (default), latency or balanced."),
         click.option("--max-configurations", type=int, help="At most this many distinct configurations."),
         click.option("--time-limit", type=float, help="Solver time limit, seconds."),
@@ -89,7 +92,8 @@ def workload_options(function):
 
 
 WORKLOAD_KEYS = ("prompt_tokens", "output_tokens", "concurrency", "rate", "ttft_ms", "tpot_ms",
-                 "min_tokens_per_s", "max_ppl_delta", "use_case", "slo_statistic", "requests_per_client")
+                 "min_tokens_per_s", "max_ppl_delta", "use_case", "slo_statistic", "requests_per_client",
+                 "min_recovery_pct")
 
 
 def scenario_from_options(scenario_file, options: dict):

@@ -119,7 +119,7 @@ class PriceProblem:
             return option
         delta = (price - self.base_price) * option.config.gpus
         return Option(option.config, option.cost_per_hour + delta, option.quality, option.memory,
-                      option.performance)
+                      option.performance, quality_bounds=option.quality_bounds)
 
 
 def price_sweep(scenario, device: str, start: float, end: float, world: World | None = None,
