@@ -163,9 +163,15 @@ class QualityModel:
         for kind in TASK_KINDS:
             loss = self.accuracy_loss(case, kind, relative, notes)
             below, above = self.bands[kind]  # residual points (measured - predicted loss) at 10% and 90%
-            recovery[kind] = Band(100.0 - loss, 100.0 - loss - above, 100.0 - loss - below)
-        return Prediction(Band(relative, relative * math.exp(low), relative * math.exp(high)),
-                          Band(kl, kl * math.exp(kl_low), kl * math.exp(kl_high)), recovery, sorted(set(notes)))
+            recovery[kind] = _hull(100.0 - loss, 100.0 - loss - above, 100.0 - loss - below)
+        return Prediction(_hull(relative, relative * math.exp(low), relative * math.exp(high)),
+                          _hull(kl, kl * math.exp(kl_low), kl * math.exp(kl_high)), recovery, sorted(set(notes)))
+
+
+def _hull(value: float, low: float, high: float) -> Band:
+    """The band of the out-of-sample residuals, widened to hold the central value (where the model was
+    biased out of sample, e.g. KL under-predicted, its band alone would lie on one side)."""
+    return Band(value, min(value, low), max(value, high))
 
 
 def from_document(document: dict) -> QualityModel:

@@ -347,6 +347,15 @@ def summary(checks: list[Check]) -> dict:
     return out
 
 
+def quality_table() -> dict:
+    """Quality model v2 out of sample: fitted without each source in turn, errors on the rows of the
+    source left out, per metric (ppl, KL, recovery) overall, by family, by method and by task kind."""
+    from . import quality_data, quality_fit
+
+    points, _ = quality_data.load()
+    return quality_fit.table(quality_fit.out_of_sample(points))
+
+
 def latency_table(checks: list[Check]) -> dict:
     """TTFT and TPOT errors of rows under load: all, by regime and by engine, against the targets
     (a regime may be at most twice the target)."""
