@@ -95,7 +95,12 @@ class Step:
 
 
 # quantplan method ids whose quality rows sit under another key, with the options that tell them apart.
-QUALITY_KEYS: dict[str, tuple[str, dict]] = {"gptq-int4-actorder": ("gptq-int4", {"act_order": True})}
+# FP8 W8A8 has accuracy rows but no perplexity row: its perplexity is taken from INT8 W8A8 (both quantize
+# weights and activations to 8 bits; the bits line alone would treat it as weight-only).
+QUALITY_KEYS: dict[str, tuple[str, dict]] = {"gptq-int4-actorder": ("gptq-int4", {"act_order": True}),
+                                             "fp8": ("int8-w8a8", {})}
+QUALITY_PROXIES = {"fp8": "fp8 has no perplexity rows: its figures are INT8 W8A8's (both 8-bit weights and "
+                          "activations)"}
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from . import terms as q
-from .candidates import Config, Step
+from .candidates import QUALITY_PROXIES, Config, Step
 from .quality_model import LOSSLESS, Case, Prediction
 from .shapes import parameter_counts
 from .registry import World
@@ -193,6 +193,7 @@ def quality(world: World, config: Config) -> Quality:
         notes: list[str] = []
         if case is not None:
             world.quality.model.log_relative(case, notes)  # the fallbacks it takes, flagged
+            notes += [QUALITY_PROXIES[config.method.id]] if config.method.id in QUALITY_PROXIES else []
         else:  # a 16-bit method with a lossy KV cache: the reference family at the model's size
             case = Case(config.model.family, parameter_counts(config.model).total / 1e9, "fp16", 16.0)
         prediction = world.quality.model.bands_for(case, relative, notes)
