@@ -11,7 +11,6 @@ import numpy as np
 from . import errorbars
 from . import terms as q
 from .candidates import Config, Execution
-from .errors import QuantplanError
 from .estimator import Memory, Quality, cost_terms, memory, quality
 from .gates import gate
 from .registry import World
