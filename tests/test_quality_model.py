@@ -210,3 +210,24 @@ def test_bad_recovery_floor_is_one_line_exit_2():
     assert out.exit_code == 2 and "min_recovery_pct" in out.output
     out = CliRunner().invoke(cli, ["fit-quality", "--write", "/nonexistent/folder"])
     assert out.exit_code == 2 and "no such folder" in out.output
+
+
+def test_solve_and_estimate_flag_a_family_without_rows(tmp_path):
+    """A config.json of an unknown family (Llama-3-8B shapes, model_type 'phi3'): estimate and solve carry
+    the fallback note, and the estimate equals the most sensitive fitted family's (llama-3) at 8.03 B."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "model_type": "phi3", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+        "max_position_embeddings": 8192, "tie_word_embeddings": False}))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["estimate", "--model-config", str(config), "--method", "gguf-q4_k_m", "--gpu",
+                              "rtx4090", "--framework", "llama.cpp", "--kv-cache-dtype", "fp16", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert any("family phi3 has no quality rows" in note for note in data["quality_notes"])
+    assert data["ppl_delta_pct"] / 100 == pytest.approx(0.029842, rel=2e-5)  # = llama-3 at 8.03 B
+    out = runner.invoke(cli, ["solve", "--model-config", str(config), "--method", "gguf-q4_k_m", "--gpu", "rtx4090",
+                              "--concurrency", "1", "--no-alternatives", "--json"])
+    assert out.exit_code == 0, out.output
+    assert any("phi3" in note for note in json.loads(out.output)["replicas"][0]["quality_notes"])
