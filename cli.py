@@ -95,8 +95,11 @@ def workload_options(function):
                      help="Closed loop: requests each client sends after warm-up, as your benchmark runs "
                           "(default 10; 0: steady state only)."),
         click.option("--max-ppl-delta", type=float, help="Quality floor: largest perplexity increase."),
-        click.option("--use-case", help="Quality floor by use case: chat_general, code_generation, "
-                                        "medical_legal, summarization."),
+        click.option("--use-case", help="Quality floor by use case (its ppl and KL thresholds): chat_general, "
+                                        "code_generation, medical_legal, summarization."),
+        click.option("--min-recovery", "min_recovery_pct", type=float,
+                     help="Accuracy-recovery floor, % of the base model's score on every task kind (knowledge, "
+                          "math, code, chat); per kind: min_recovery_pct = {code = 99} in the scenario."),
         click.option("--objective", type=click.Choice(OBJECTIVES), help="cost (default), latency or balanced."),
         click.option("--max-configurations", type=int, help="At most this many distinct configurations."),
         click.option("--time-limit", type=float, help="Solver time limit, seconds."),
@@ -116,7 +119,8 @@ def workload_options(function):
 
 
 WORKLOAD_KEYS = ("prompt_tokens", "output_tokens", "concurrency", "rate", "ttft_ms", "tpot_ms",
-                 "min_tokens_per_s", "max_ppl_delta", "use_case", "slo_statistic", "requests_per_client")
+                 "min_tokens_per_s", "max_ppl_delta", "use_case", "slo_statistic", "requests_per_client",
+                 "min_recovery_pct")
 
 
 def scenario_from_options(scenario_file, options: dict):
@@ -320,6 +324,7 @@ def validate(filters, show_rows, write_error_bars, as_json):
     world = checks_module.validation_world()
     checks = checks_module.run(world, where=where)
     result = checks_module.summary(checks)
+    result["quality_model"] = checks_module.quality_table()
     if write_error_bars:
         devices = {g.id: g.device_class for g in world.gpus}
         vendors = {g.id: g.vendor.lower() for g in world.gpus}
@@ -359,9 +364,62 @@ def validate(filters, show_rows, write_error_bars, as_json):
         q = result["quality"]
         console.print(f"quality: {q['within']} of {q['rows']} rows within max(0.05 ppl, 25%); misses: "
                       f"{', '.join(q['misses']) or 'none'}")
+    _render_quality_model(result["quality_model"], console)
     if result["unpredicted"]:
         console.print(f"not predicted: {len(result['unpredicted'])} rows (" +
                       "; ".join(f"{u['id']}: {u['reason']}" for u in result["unpredicted"][:6]) + " ...)")
+
+
+@cli.command(name="fit-quality")
+@click.option("--write", "write_to", type=click.Path(file_okay=False),
+              help="Write quality_model.toml into this folder (the shipped one: catalogs).")
+@json_option
+def fit_quality(write_to, as_json):
+    """Fit quality model v2 (ppl, KL, task recovery) on catalogs/quality_measurements.csv; print the family
+    parameters and the out-of-sample errors (leave one source out)."""
+    from quantplan.solver import quality_data, quality_fit
+    from quantplan.solver.report import render_rows
+
+    points, skipped = quality_data.load()
+    outcomes = quality_fit.out_of_sample(points)
+    model = quality_fit.fit(points, quality_fit.bands(outcomes))
+    table = quality_fit.table(outcomes)
+    if write_to:
+        if not Path(write_to).is_dir():
+            raise QuantplanError(f"--write {write_to}: no such folder")
+        Path(write_to, "quality_model.toml").write_text(quality_fit.to_toml(model, outcomes, skipped, points))
+    if as_json:
+        click.echo(json.dumps({"ppl": model.ppl, "kl": model.kl, "accuracy": model.accuracy, "bands": model.bands,
+                               "rows": len(points), "skipped": skipped, "out_of_sample": table}, indent=2))
+        return
+    console = _console()
+    families = sorted(model.rows)
+    render_rows(f"Quality model v2 fitted on {len(points)} rows", ["family", "rows", "ppl offset (ln)",
+                                                                    "ppl size slope", "accuracy offset (ln)"],
+                [[f, model.rows[f], f"{model.ppl.get('family.' + f, 0.0):+.3f}",
+                  f"{model.ppl.get('size.' + f, 0.0):+.3f}", f"{model.accuracy.get('family.' + f, float('nan')):+.3f}"]
+                 for f in families], console)
+    console.print(f"KL = exp({model.kl['intercept']:.3f}) x rel^{model.kl['slope']:.3f}; accuracy loss = "
+                  f"exp(task + {model.accuracy['damage']:.3f} ln rel {model.accuracy['size']:+.3f} ln(N/8B) + ...)")
+    _render_quality_model(table, console)
+
+
+def _render_quality_model(table: dict, console) -> None:
+    """Quality model v2 out of sample (leave one source out), per metric: overall, by family, by task
+    kind, and the methods with under 5 rows (thin)."""
+    from quantplan.solver.report import render_rows
+
+    for metric, entry in table.items():
+        lines = [["all", entry["rows"], entry["sources"], f"{entry['share_within']:.0%}",
+                  f"{entry['median_abs_residual']:.3g}",
+                  f">= {entry['target_share']:.0%} {entry['target']}: " + ("met" if entry["meets"] else "MISSED")]]
+        for group in ("by_family", "by_kind"):
+            lines += [[key, v["rows"], v["sources"], f"{v['share_within']:.0%}", f"{v['median_abs_residual']:.3g}",
+                       group.removeprefix("by_")] for key, v in entry.get(group, {}).items()]
+        render_rows(f"Quality model out of sample (leave one source out): {metric}",
+                    ["rows", "n", "sources", "within", "median |resid|", "target / group"], lines, console)
+        thin = sorted(k for k, v in entry["by_method"].items() if v["rows"] < 5)
+        console.print(f"{metric}: methods with under 5 rows: {', '.join(thin) or 'none'}")
 
 
 @cli.command()

@@ -400,6 +400,10 @@ class EstimateResult(BaseModel):
     simulated: dict | None = None
     ppl_delta: float | None = None
     ppl_delta_pct: float | None = None
+    kl_divergence: float | None = None  # mean KL divergence to the base model, nats per token
+    accuracy_recovery_pct: dict[str, float] | None = None  # knowledge, math, code, chat
+    quality_error_bars: dict = {}  # 10th-90th percentile band of each quality figure
+    quality_notes: list[str] = []  # conservative fallbacks taken (a family or method without rows)
     cost_per_hour: float | None = None
     cost_per_million_tokens: float | None = None
     execution: str | None = None
@@ -531,6 +535,8 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
                         kv_cache_tokens=times.scheduling.kv_tokens if math.isfinite(times.scheduling.kv_tokens)
                         else None, source=times.scheduling.source),
         ppl_delta=assessed.ppl_delta, ppl_delta_pct=assessed.ppl_delta_pct,
+        kl_divergence=assessed.kl_divergence, accuracy_recovery_pct=assessed.recovery_pct,
+        quality_error_bars=assessed.error_bars(), quality_notes=assessed.notes,
         cost_per_hour=cost,
         cost_per_million_tokens=cost / (result.output_tokens_per_s * 3600) * 1e6
         if cost and result.output_tokens_per_s else None,

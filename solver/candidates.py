@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
+from .quality_model import Case, QualityModel, shipped
 from .specs import (
     FamilyQualitySpec,
     FrameworkSpec,
@@ -93,20 +95,49 @@ class Step:
     passes: int = 1  # engine passes the work is split into (prefill chunks): weights are read once per pass
 
 
+# quantplan method ids whose quality rows sit under another key, with the options that tell them apart.
+# FP8 W8A8 has accuracy rows but no perplexity row: its perplexity is taken from INT8 W8A8 (both quantize
+# weights and activations to 8 bits; the bits line alone would treat it as weight-only).
+QUALITY_KEYS: dict[str, tuple[str, dict]] = {"gptq-int4-actorder": ("gptq-int4", {"act_order": True}),
+                                             "fp8": ("int8-w8a8", {})}
+QUALITY_PROXIES = {"fp8": "fp8 has no perplexity rows: its figures are INT8 W8A8's (both 8-bit weights and "
+                          "activations)"}
+
+
 @dataclass
 class QualityBook:
-    """Published quality points collected from plugins, looked up by method, family and KV format."""
+    """Quality data collected from plugins (per-method points, KV formats, use cases) and the fitted
+    quality model v2 (catalogs/quality_model.toml)."""
 
     methods: dict[str, MethodQualitySpec] = field(default_factory=dict)
     families: dict[str, FamilyQualitySpec] = field(default_factory=dict)
     kv: dict[str, KVQualitySpec] = field(default_factory=dict)
     use_cases: dict[str, UseCaseSpec] = field(default_factory=dict)
+    model: QualityModel = field(default_factory=shipped)
+
+    def case_for(self, config: Config) -> Case | None:
+        """What quality model v2 needs to know about `config`; None for a 16-bit (reference) method."""
+        from .shapes import parameter_counts
+
+        method = config.method
+        if method.linear_bits_per_weight >= 16:
+            return None
+        key, options = QUALITY_KEYS.get(method.id, (method.id, {}))
+        size_b = parameter_counts(config.model).total / 1e9
+        return Case(config.model.family, size_b, key, method.linear_bits_per_weight, **options)
 
     def family_sensitivity(self, family: str) -> tuple[float, str]:
+        """How much more than llama-2 a family loses at the same size and method: a plugin's
+        [[family_quality]] row, else exp(family offset) of quality model v2 (the most sensitive fitted
+        family for one without rows)."""
         spec = self.families.get(family)
-        if spec is None:
-            fallback = max(self.families.values(), key=lambda f: f.sensitivity, default=None)
-            if fallback is None:
-                return 1.0, "no family data: sensitivity 1.0"
-            return fallback.sensitivity, f"family {family!r} unknown: most sensitive known family ({fallback.family})"
-        return spec.sensitivity, spec.source
+        if spec is not None:
+            return spec.sensitivity, spec.source
+        offsets = {k.split(".", 1)[1]: v for k, v in self.model.ppl.items() if k.startswith("family.")}
+        if family == "llama-2":
+            return 1.0, "quality model v2 reference family"
+        if family in offsets:
+            return float(math.exp(offsets[family])), "quality model v2 family offset"
+        worst = max(offsets, key=offsets.get)
+        return float(math.exp(offsets[worst])), (f"family {family!r} has no quality rows: the "
+                                                               f"most sensitive fitted family ({worst})")

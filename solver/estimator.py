@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from . import terms as q
-from .candidates import Config, Step
+from .candidates import QUALITY_PROXIES, Config, Step
+from .quality_model import LOSSLESS, Case, Prediction
+from .shapes import parameter_counts
 from .registry import World
 from .terms import Term, totals
 
@@ -143,9 +146,13 @@ def _ratio(amount, rate):
 
 @dataclass(frozen=True)
 class Quality:
+    """Predicted quality of one configuration: relative ppl increase (weights and KV cache) on the model's
+    baseline, and quality model v2's KL divergence and task recovery with their bands."""
+
     relative: float
     baseline_ppl: float
     terms: list[Term] = field(default_factory=list)
+    prediction: Prediction = LOSSLESS
 
     @property
     def ppl_delta(self) -> float:
@@ -155,11 +162,42 @@ class Quality:
     def ppl_delta_pct(self) -> float:
         return self.relative * 100.0
 
+    @property
+    def kl_divergence(self) -> float:
+        return self.prediction.kl_divergence.value
+
+    @property
+    def recovery_pct(self) -> dict[str, float]:
+        return {kind: band.value for kind, band in self.prediction.recovery_pct.items()}
+
+    @property
+    def notes(self) -> list[str]:
+        return self.prediction.notes
+
+    def error_bars(self) -> dict:
+        """10th-90th percentile bands of every figure (out-of-sample errors of quality model v2)."""
+        p, base = self.prediction, self.baseline_ppl
+        return {"ppl_delta": [round(p.relative.low * base, 6), round(p.relative.high * base, 6)],
+                "ppl_delta_pct": [round(p.relative.low * 100, 4), round(p.relative.high * 100, 4)],
+                "kl_divergence": [round(p.kl_divergence.low, 6), round(p.kl_divergence.high, 6)],
+                "accuracy_recovery_pct": {k: [round(b.low, 2), round(b.high, 2)] for k, b in p.recovery_pct.items()}}
+
 
 def quality(world: World, config: Config) -> Quality:
     found = _flatten(world.plugins.call_for("quantplan_quality_terms", config, quality=world.quality))
     total = totals(found)
-    return Quality(total[q.PPL_RELATIVE], total[q.PPL_BASELINE] or config.model.wikitext2_ppl, found)
+    relative = total[q.PPL_RELATIVE]
+    case = world.quality.case_for(config)
+    prediction = LOSSLESS
+    if math.isfinite(relative) and (case is not None or relative > 0):
+        notes: list[str] = []
+        if case is not None:
+            world.quality.model.log_relative(case, notes)  # the fallbacks it takes, flagged
+            notes += [QUALITY_PROXIES[config.method.id]] if config.method.id in QUALITY_PROXIES else []
+        else:  # a 16-bit method with a lossy KV cache: the reference family at the model's size
+            case = Case(config.model.family, parameter_counts(config.model).total / 1e9, "fp16", 16.0)
+        prediction = world.quality.model.bands_for(case, relative, notes)
+    return Quality(relative, total[q.PPL_BASELINE] or config.model.wikitext2_ppl, found, prediction)
 
 
 def cost_terms(world: World, config: Config, prices: dict) -> list[Term]:

@@ -7,7 +7,8 @@ import math
 from .plan import ReplicaGroup
 from .program import Solution
 from .scenario import Scenario
-from .space import Space, quality_limit
+from .gates import gate
+from .space import Space
 
 BINDING_SHARE = 0.9  # a figure within 10% of its limit is reported as binding
 
@@ -29,9 +30,8 @@ def binding_constraints(world, scenario: Scenario, solution: Solution, groups: l
             limit = traffic.tpot_limit_ms
             if limit and tpot >= BINDING_SHARE * limit:
                 found.append(f"{name}: TPOT{stat} {tpot:.1f} of {limit:.1f} ms ({label})")
-            floor = quality_limit(world, traffic)
-            if floor and group.ppl_delta >= BINDING_SHARE * floor:
-                found.append(f"{name}: quality, ppl +{group.ppl_delta:.3f} of +{floor:g} ({label})")
+            if figures.quality_headroom is not None and figures.quality_headroom <= 1 - BINDING_SHARE:
+                found.append(f"{name}: quality, {figures.quality_bound} ({label})")
         if group.memory_gb_per_gpu >= BINDING_SHARE * group.memory_capacity_gb_per_gpu:
             found.append(f"memory: {group.memory_gb_per_gpu:.1f} of {group.memory_capacity_gb_per_gpu:.1f} GB "
                          f"per GPU ({label})")
@@ -78,15 +78,13 @@ def infeasibility(world, scenario: Scenario, space: Space, model_id: str, uncons
                            f"of context: the smallest need is {smallest.value:.1f} GB per GPU ({smallest.what}); "
                            f"allow more GPUs per replica (--max-gpus), a lower-bit method or a larger device")
             continue
-        floor = quality_limit(world, traffic)
+        quality_gate = gate(world, traffic)
         best_ppl = diagnostics.best_ppl
-        if floor is not None and best_ppl.value > floor:
-            reasons.append(f"{prefix}no fitting configuration meets the quality floor ppl +{floor:g}: "
-                           f"the best is +{best_ppl.value:.3f} ({best_ppl.what})")
-            continue
-        if floor is not None and not math.isfinite(diagnostics.best_tpot.value):
-            reasons.append(f"{prefix}no configuration that fits memory meets the quality floor ppl +{floor:g}: "
-                           f"the best is +{best_ppl.value:.3f} ({best_ppl.what})")
+        if quality_gate.bounds and not diagnostics.meets_quality:
+            asked = ", ".join(f"{b.figure.replace('recovery.', '')} {'<=' if b.ceiling else '>='} {b.limit:g}"
+                              + ("%" if not b.ceiling else "") for b in quality_gate.bounds)
+            reasons.append(f"{prefix}no fitting configuration meets the quality gate ({asked}): the closest is "
+                           f"{diagnostics.best_quality.what}")
             continue
         if traffic.tpot_limit_ms is not None and diagnostics.best_tpot.value > traffic.tpot_limit_ms:
             best = diagnostics.best_tpot
@@ -162,9 +160,11 @@ def workload(world, scenario: Scenario, model_id: str) -> list[str]:
             slos.append(f"TTFT{stat} <= {traffic.ttft_ms:g} ms")
         if traffic.tpot_limit_ms is not None:
             slos.append(f"TPOT{stat} <= {traffic.tpot_limit_ms:.4g} ms")
-        floor = quality_limit(world, traffic)
-        if floor is not None:
-            slos.append(f"ppl increase <= {floor:g}" + (f" ({traffic.use_case})" if traffic.use_case else ""))
+        bounds = gate(world, traffic).bounds
+        if bounds:
+            slos.append(", ".join(f"{b.figure.replace('recovery.', 'recovery ')} {'<=' if b.ceiling else '>='} "
+                                  f"{b.limit:g}{'' if b.ceiling else '%'}" for b in bounds)
+                        + (f" ({traffic.use_case})" if traffic.use_case else ""))
         lines.append(f"{model_id}, class {traffic.name}: {load}, {traffic.prompt_tokens} prompt + "
                      f"{traffic.output_tokens} output tokens; " + (", ".join(slos) if slos else "no SLO"))
     devices = ", ".join(scenario.gpus) if scenario.gpus else f"{scenario.gpu_class} devices"

@@ -37,6 +37,8 @@ class ClassFigures(Out):
     ttft_at_statistic_ms: float | None = None  # the figure the SLO bounds (at `statistic`)
     tpot_at_statistic_ms: float | None = None
     shared_with: list[str] = []  # other classes on the same replica, whose load these figures include
+    quality_bound: str | None = None  # the class's tightest quality bound, with its headroom
+    quality_headroom: float | None = None  # share of that bound's allowance left
 
 
 class ReplicaGroup(Out):
@@ -62,6 +64,9 @@ class ReplicaGroup(Out):
     kv_cache_gb: float
     ppl_delta: float
     ppl_delta_pct: float
+    kl_divergence: float
+    accuracy_recovery_pct: dict[str, float]
+    quality_notes: list[str]  # conservative fallbacks of the quality model (family or method without rows)
     cost_per_hour: float
     execution: str
     classes: list[ClassFigures]
@@ -128,7 +133,8 @@ def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1)
                                                    and result.capacity else 1.0),
         statistic=result.statistic, ttft_p90_ms=result.ttft_percentiles_ms.get(90),
         tpot_p90_ms=result.tpot_percentiles_ms.get(90), ttft_at_statistic_ms=result.ttft_at(result.statistic),
-        tpot_at_statistic_ms=result.tpot_at(result.statistic),
+        tpot_at_statistic_ms=result.tpot_at(result.statistic), quality_bound=option.quality_bounds.get(traffic.name, (None, None))[0],
+        quality_headroom=option.quality_bounds.get(traffic.name, (None, None))[1],
     )
 
 
@@ -157,6 +163,9 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         weights_gb=memory.weights_per_gpu * memory.memory_divisor / 1e9,
         kv_cache_gb=headline.kv_cache_gb,
         ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
+        kl_divergence=round(option.quality.kl_divergence, 6),
+        accuracy_recovery_pct={k: round(v, 3) for k, v in option.quality.recovery_pct.items()},
+        quality_notes=option.quality.notes,
         cost_per_hour=option.cost_per_hour, execution=note, classes=per_class,
         error_bars=bars,
         coverage_warnings=warnings, key=option.key, model=config.model.id,

@@ -72,6 +72,8 @@ def render_plan(plan: Plan, console: Console) -> None:
                       + "".join(f"; [yellow]outside validated range: {w}[/yellow]" for w in group.coverage_warnings)
                       + (f"; [yellow]extrapolated: its TTFT/TPOT include the {group.margin} validation error[/yellow]"
                          if group.margin != "none" and group.basis == "extrapolated" else ""))
+    for group in plan.replicas:
+        console.print(_quality_line(group))
     best = {"cost": "cheapest", "latency": "fastest", "balanced": "best balanced"}.get(plan.objective, "best")
     why = f"[bold]Why this plan[/bold]: the {best} that meets every SLO and quality floor"
     rivals = [a for a in plan.alternatives if not a.label.startswith("unquantized")]
@@ -125,7 +127,7 @@ def render_estimate(result: EstimateResult, console: Console) -> None:
         ("decode tokens/s per replica", _f(result.decode_tokens_per_s, 0)),
         ("output tokens/s per replica", _f(result.tokens_per_s, 0)),
         ("prefill tokens/s", _f(result.prefill_tokens_per_s, 0)), ("decode bound", result.decode_bound or "-"),
-        ("ppl Δ / ppl Δ (%)", f"{_f(result.ppl_delta, 3)} / {_f(result.ppl_delta_pct, 2)}"),
+        *_quality_rows(result),
         ("$/h, $/1M output tokens", f"{_f(result.cost_per_hour, 3)}, {_f(result.cost_per_million_tokens, 3)}"),
         ("prices", result.prices.line().removeprefix("Prices: ") if result.prices else "-"),
         ("execution", result.execution or "-"),
@@ -155,6 +157,33 @@ def render_estimate(result: EstimateResult, console: Console) -> None:
     for term in result.terms:
         terms.add_row(term["plugin"], term["quantity"], term["phase"] or "-", f"{term['value']:.4g}", term["detail"])
     console.print(terms)
+
+
+def _quality_line(group) -> str:
+    """'Quality (h100-sxm/awq-int4): KL 0.021, recovery knowledge 99.3% ...; bound: ...'."""
+    recovery = ", ".join(f"{k} {v:.1f}%" for k, v in group.accuracy_recovery_pct.items())
+    bounds = "; ".join(f"{f.name}: {f.quality_bound}" for f in group.classes if f.quality_bound)
+    line = f"Quality ({group.gpu}/{group.method}): KL {group.kl_divergence:.4f}, recovery {recovery}"
+    line += f"; tightest bound {bounds}" if bounds else ""
+    return line + "".join(f"; [yellow]{note}[/yellow]" for note in group.quality_notes)
+
+
+def _quality_rows(result: EstimateResult) -> list[tuple[str, str]]:
+    """ppl, KL and recovery lines with their 10th-90th percentile bands, and any fallback taken."""
+    bars = result.quality_error_bars or {}
+    span = lambda key, digits: (f" ({_f(bars[key][0], digits)}-{_f(bars[key][1], digits)})"  # noqa: E731
+                                if key in bars else "")
+    rows = [("ppl Δ / ppl Δ (%)", f"{_f(result.ppl_delta, 3)}{span('ppl_delta', 3)} / "
+                                  f"{_f(result.ppl_delta_pct, 2)}{span('ppl_delta_pct', 2)}")]
+    if result.kl_divergence is not None:
+        rows.append(("KL divergence (nats/token)", f"{result.kl_divergence:.4f}{span('kl_divergence', 4)}"))
+    if result.accuracy_recovery_pct:
+        recovery = bars.get("accuracy_recovery_pct", {})
+        rows.append(("accuracy recovery (%)", ", ".join(
+            f"{kind} {value:.1f}" + (f" ({recovery[kind][0]:.1f}-{recovery[kind][1]:.1f})" if kind in recovery else "")
+            for kind, value in result.accuracy_recovery_pct.items())))
+    rows += [("quality fallback", note) for note in result.quality_notes]
+    return rows
 
 
 def _bars(bars: dict) -> str:

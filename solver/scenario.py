@@ -11,6 +11,7 @@ from .catalog import read_toml
 from .errors import QuantplanError, validation_problem
 from .specs import scalar_types
 
+RECOVERY_KINDS = ("knowledge", "math", "code", "chat")  # the task kinds of quality_data.TASK_KINDS
 Objective = Literal["cost", "latency", "balanced"]
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -47,6 +48,7 @@ class TrafficClass(Input):
     min_tokens_per_s: float | None = Field(default=None, gt=0, le=1_000_000)
     max_ppl_delta: float | None = Field(default=None, ge=0, le=1_000_000)
     use_case: str | None = None
+    min_recovery_pct: float | dict[str, float] | None = None  # accuracy-recovery floor, all or per task kind
     slo_statistic: Literal["mean", "p50", "p90", "p99"] | None = None
     requests_per_client: float = Field(default=10.0, ge=0, le=1e6)
 
@@ -58,6 +60,11 @@ class TrafficClass(Input):
             raise ValueError("give tpot_ms or min_tokens_per_s, not both")
         if self.max_ppl_delta is not None and self.use_case is not None:
             raise ValueError("give max_ppl_delta or use_case, not both")
+        floors = self.min_recovery_pct
+        for kind, floor in (floors.items() if isinstance(floors, dict) else [("all", floors)]):
+            if kind not in RECOVERY_KINDS + ("all",) or (floor is not None and not 0 < floor <= 100):
+                raise ValueError(f"min_recovery_pct {kind}={floor}: give a percentage in (0, 100] for all "
+                                 f"task kinds or per kind ({', '.join(RECOVERY_KINDS)})")
         return self
 
     @property

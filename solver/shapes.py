@@ -225,10 +225,16 @@ class _ConfigReader:
 
 
 def _family_of(model_type: str) -> str:
+    """The quality family of a config.json's model_type: llama is taken as llama-3 (the more sensitive of
+    Llama-2/3); a type without quality rows keeps its own name, so the quality model flags its fallback."""
     if model_type.startswith("qwen3"):
         return "qwen3"
     if model_type.startswith("qwen2"):
         return "qwen2"
     if model_type.startswith(("mistral", "mixtral")):
         return "mistral"
-    return "llama-3"
+    if model_type.startswith("gemma2"):
+        return "gemma-2"
+    if model_type.startswith("llama") or model_type == "custom":
+        return "llama-3"
+    return model_type

@@ -11,8 +11,8 @@ import numpy as np
 from . import errorbars
 from . import terms as q
 from .candidates import Config, Execution
-from .errors import QuantplanError
 from .estimator import Memory, Quality, cost_terms, memory, quality
+from .gates import gate
 from .registry import World
 from .scenario import Scenario, TrafficClass
 from .serving import Performance, Timing, performances, timing
@@ -33,7 +33,7 @@ class Option:
     timings: dict[str, Timing] = field(default_factory=dict)  # step times behind the figures, by class
     margin: str = "none"  # the validation error the figures were made pessimistic by
     extrapolated: bool = False  # outside the validation data (framework x device class, GPUs per replica)
-
+    quality_bounds: dict[str, tuple[str, float]] = field(default_factory=dict)  # by class: tightest bound, headroom
     owner: str = ""  # in a fleet: the model whose classes it serves (keys stay unique across models)
 
     @property
@@ -60,6 +60,8 @@ class ClassDiagnostics:
     best_tpot: Best = field(default_factory=Best)
     best_ttft_meeting_tpot: Best = field(default_factory=Best)
     best_ppl: Best = field(default_factory=Best)
+    best_quality: Best = field(default_factory=Best)  # least shortfall of headroom on the class's gate
+    meets_quality: int = 0  # fitting configurations that pass the class's quality gate
     smallest_memory: Best = field(default_factory=Best)
 
 
@@ -81,13 +83,8 @@ def resolve_model(world: World, scenario: Scenario) -> ModelSpec:
 
 
 def quality_limit(world: World, traffic: TrafficClass) -> float | None:
-    if traffic.use_case is not None:
-        use_case = world.quality.use_cases.get(traffic.use_case)
-        if use_case is None:
-            known = ", ".join(sorted(world.quality.use_cases))
-            raise QuantplanError(f"unknown use case {traffic.use_case!r}; known: {known}")
-        return use_case.max_ppl_delta
-    return traffic.max_ppl_delta
+    """The class's perplexity ceiling (a use case's or max_ppl_delta); its whole gate: gates.gate."""
+    return gate(world, traffic).ppl_ceiling
 
 
 def execution_of(world: World, method, gpu, framework) -> Execution:
@@ -169,7 +166,7 @@ def hybrid_fraction(world: World, config: Config, context_tokens: int) -> float:
 
 def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     model = resolve_model(world, scenario)
-    limits = {c.name: quality_limit(world, c) for c in scenario.classes}
+    limits = {c.name: gate(world, c) for c in scenario.classes}
     incompatible: Counter = Counter()
     per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
     options: list[Option] = []
@@ -256,7 +253,7 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
             bars = errorbars.shipped()
             times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
                                       bars.factor("ttft", config.framework.id, applied))
-        limit = limits[traffic.name]
+        quality_gate = limits[traffic.name]
         fitting = [b for b, ok in zip(batches, fits) if ok]
         evaluated = performances(config, traffic, times, fitting)  # every batch size in one pass
         for index, batch in enumerate(batches):
@@ -268,8 +265,12 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
             what = _describe(sized)
             ttft, tpot = result.ttft_at(traffic.statistic), result.tpot_at(traffic.statistic)
             diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
-            if limit is not None and assessed.ppl_delta > limit:
-                break  # the best-reachable figures below only name configurations that meet the floor
+            if not quality_gate.passes(assessed):  # the best-reachable figures only name those that pass
+                tightest = quality_gate.tightest(assessed)
+                diagnostics.best_quality.offer(-tightest.headroom(assessed), f"{config.method.id} with "
+                                               f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
+                break
+            diagnostics.meets_quality += 1
             diagnostics.best_ttft.offer(ttft, what)
             diagnostics.best_tpot.offer(tpot, what)
             if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
@@ -287,8 +288,15 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
                                 {name: memories[name].at(index) for name in served},
                                 {name: pair[0] for name, pair in served.items()},
                                 {name: pair[1] for name, pair in served.items()},
-                                applied_margin(margin, config), outside_coverage(config)))
+                                margin=applied_margin(margin, config), extrapolated=outside_coverage(config),
+                                quality_bounds={name: _tightest(limits[name], assessed) for name in served
+                                                if limits[name].bounds}))
     return found
+
+
+def _tightest(quality_gate, assessed: Quality) -> tuple[str, float]:
+    bound = quality_gate.tightest(assessed)
+    return bound.describe(assessed), bound.headroom(assessed)
 
 
 def outside_coverage(config: Config) -> bool:

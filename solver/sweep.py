@@ -9,7 +9,7 @@ cost lines of the plans at the two ends of an interval and solving once more at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field
 from typing import Callable
 
 from pydantic import BaseModel, ConfigDict
@@ -118,8 +118,7 @@ class PriceProblem:
         if option.config.gpu.id != self.device:
             return option
         delta = (price - self.base_price) * option.config.gpus
-        return Option(option.config, option.cost_per_hour + delta, option.quality, option.memory,
-                      option.performance)
+        return replace(option, cost_per_hour=option.cost_per_hour + delta)
 
 
 def price_sweep(scenario, device: str, start: float, end: float, world: World | None = None,

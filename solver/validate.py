@@ -8,6 +8,7 @@ for perplexity, where the target is absolute: within max(0.05 ppl, 25%) on the m
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, replace
 from importlib import resources
 
@@ -230,9 +231,21 @@ def predict(world: World, row: Row) -> float:
             return total / 1e9
         return total * 8 / parameter_counts(config.model).total
     if metric == "ppl_delta_pct":
-        return quality(world, config).ppl_delta_pct
+        return _ppl_delta_pct(world, config, row)
     probes, rule = speed_probes(world, row)
     return float(reduce(Batch(probes).evaluate(), [list(range(len(probes)))], [rule])[0])
+
+
+def _ppl_delta_pct(world: World, config: Config, row: Row) -> float:
+    """The relative ppl increase under the row's protocol: rows measured at 2048+ tokens of context
+    (papers) take quality model v2's long-context offset; llama.cpp's 512 is the planning protocol."""
+    assessed = quality(world, config)
+    case = world.quality.case_for(config)
+    if case is None or row.prompt_tokens < 2048:
+        return assessed.ppl_delta_pct
+    weights = math.exp(world.quality.model.log_relative(case))
+    at_length = math.exp(world.quality.model.log_relative(replace(case, long_context=True)))
+    return (assessed.relative - weights + at_length) * 100.0
 
 
 def _check(world: World, row: Row, predicted: float | None, reason: str = "") -> Check:
@@ -351,6 +364,15 @@ def summary(checks: list[Check]) -> dict:
     out["worst"] = [{"id": c.id, "metric": c.metric, "framework": c.framework, "gpu": c.gpu, "error": c.error}
                     for c in sorted(scored, key=lambda c: -abs(c.error))[:8]]
     return out
+
+
+def quality_table() -> dict:
+    """Quality model v2 out of sample: fitted without each source in turn, errors on the rows of the
+    source left out, per metric (ppl, KL, recovery) overall, by family, by method and by task kind."""
+    from . import quality_data, quality_fit
+
+    points, _ = quality_data.load()
+    return quality_fit.table(quality_fit.out_of_sample(points))
 
 
 def latency_table(checks: list[Check]) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import shapes
 from quantplan.solver import terms as q
@@ -10,6 +12,17 @@ from quantplan.solver.catalog import builtin_catalog
 from quantplan.solver.specs import MethodSpec
 from quantplan.solver.terms import Term
 
+
+
+def _published_point(config: Config, quality: QualityBook, point, plugin: str) -> Term:
+    """A plugin's [[method_quality]] point: its 7B increase x family sensitivity x a size power."""
+    sensitivity, _ = quality.family_sensitivity(config.model.family)
+    size_b = shapes.parameter_counts(config.model).total / 1e9
+    relative = point.relative_ppl_increase_at_7b * sensitivity * (size_b / 7.0) ** (-point.size_exponent)
+    return Term(q.PPL_RELATIVE, relative, plugin,
+                f"{config.method.id}: {point.relative_ppl_increase_at_7b:.4f} at 7B x family "
+                f"{config.model.family} {sensitivity:g} x ({size_b:.1f}B/7B)^-{point.size_exponent:g} "
+                f"[{point.fitted_on}]")
 
 
 def kernels() -> dict:
@@ -126,14 +139,14 @@ class MethodPlugin:
         if not self.owns(config):
             return []
         point = quality.methods.get(config.method.id)
-        if point is None:
-            return [Term(q.PPL_RELATIVE, float("inf"), self.name,
-                         f"no published quality point for {config.method.id}: excluded from plans")]
-        sensitivity, family_source = quality.family_sensitivity(config.model.family)
-        size_b = shapes.parameter_counts(config.model).total / 1e9
-        scale = (size_b / 7.0) ** (-point.size_exponent)
-        relative = point.relative_ppl_increase_at_7b * sensitivity * scale
-        return [Term(q.PPL_RELATIVE, relative, self.name,
-                     f"{config.method.id}: {point.relative_ppl_increase_at_7b:.4f} at 7B x family "
-                     f"{config.model.family} {sensitivity:g} x ({size_b:.1f}B/7B)^-{point.size_exponent:g} "
-                     f"[{point.fitted_on}]")]
+        if point is not None:  # a plugin's own published point wins over the fitted model
+            return [_published_point(config, quality, point, self.name)]
+        case = quality.case_for(config)
+        if case is None:
+            return []  # 16-bit: the reference precision
+        notes: list[str] = []
+        relative = math.exp(quality.model.log_relative(case, notes))
+        options = ", ".join(o for o in ("calibrated", "per_channel", "act_order") if getattr(case, o))
+        detail = (f"{case.method}{f' ({options})' if options else ''}: quality model v2, family {case.family} "
+                  f"at {case.params_b:.1f}B (catalogs/quality_model.toml)")
+        return [Term(q.PPL_RELATIVE, relative, self.name, "; ".join([detail] + notes))]
