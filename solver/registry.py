@@ -66,11 +66,10 @@ class World:
             prices = dict(self.prices)
         for name, usd in overrides.items():
             gpu = self.gpus.get(name)
-            if not (usd > 0 and math.isfinite(usd)):
-                raise QuantplanError(f"--price {name}={usd}: a price must be positive and finite")
             lowest, highest, _ = PLAUSIBLE_BOUNDS["PriceSpec"]["usd_per_hour"]
-            if not lowest <= usd <= highest:
-                raise QuantplanError(f"--price {name}={usd:g}: give {lowest:g} to {highest:g} $ per device-hour")
+            if not (math.isfinite(usd) and lowest <= usd <= highest):
+                raise QuantplanError(f"--price {name}={usd:g}: give a finite price, {lowest:g} to {highest:g} $ "
+                                     f"per device-hour")
             prices[gpu.id] = PriceSpec(gpu=gpu.id, usd_per_hour=usd, provider="user", as_of="given",
                                        source="--price on the command line or [prices] in the scenario")
         return prices

@@ -220,7 +220,7 @@ CATALOG_ROWS = {
     "number-as-boolean": (('kind = "gpu"', 'kind = "gpu"\nrentable = 1'), "field 'rentable': expected true or false"),
     "typo": (("bandwidth_tb_s = 1.792", "bandwith_tb_s = 1.792"),
              "unknown field 'bandwith_tb_s' (did you mean 'bandwidth_tb_s'?)"),
-    "price-inf": (("usd_per_hour = 1.8", "usd_per_hour = inf"), "[[price]] #1 (rtx-pro-6000): field 'usd_per_hour'"),
+    "price-inf": (("usd_per_hour = 1.8", "usd_per_hour = inf"), "[[price]] #1 (rtx-pro-6000-maxq): field 'usd_per_hour'"),
     "price-huge": (("usd_per_hour = 1.8", "usd_per_hour = 1e300"), "field 'usd_per_hour': 1e+300 is outside"),
     "nan-rate": (("tflops_fp16 = 250.0", "tflops_fp16 = nan"), "field 'tflops_fp16'"),
     "schema-version-true": (("schema_version = 1", "schema_version = true"), "schema_version True is not supported"),
@@ -240,11 +240,11 @@ def test_two_catalogs_with_one_file_name_in_different_folders(tmp_path, capsys):
     first.parent.mkdir()
     second.parent.mkdir()
     first.write_text(MY_GPUS)
-    second.write_text(MY_GPUS.replace("rtx-pro-6000", "other-card").replace('"RTX PRO 6000"', '"Other card"'))
+    second.write_text(MY_GPUS.replace("rtx-pro-6000", "other-card").replace('"RTX PRO 6000 Max-Q"', '"Other card"'))
     code, lines, out = outcome(["list", "gpus", "--json", "--catalog", first, "--catalog", second], capsys)
     assert code == 0, lines
     ids = {row["id"] for row in json.loads(out)}
-    assert {"rtx-pro-6000", "other-card"} <= ids
+    assert {"rtx-pro-6000-maxq", "other-card-maxq"} <= ids
     code, lines, out = outcome(["plugins", "--json", "--catalog", first, "--catalog", second], capsys)
     names = {p["name"] for p in json.loads(out)["loaded"]}
     assert {"catalog:gpus.toml", f"catalog:{second}"} <= names
@@ -255,7 +255,7 @@ def test_one_catalog_named_twice_is_loaded_once(tmp_path, capsys):
     path.write_text(MY_GPUS)
     code, lines, out = outcome(["list", "gpus", "--json", "--catalog", path, "--catalog", path], capsys)
     assert code == 0, lines
-    assert [row["id"] for row in json.loads(out)].count("rtx-pro-6000") == 1
+    assert [row["id"] for row in json.loads(out)].count("rtx-pro-6000-maxq") == 1
 
 
 def test_unknown_id_list_says_how_many_more(capsys):

@@ -489,3 +489,24 @@ def test_missing_catalog_file(tmp_path, capsys):
     argv = ["list", "gpus", "--catalog", str(missing)]
     assert CliRunner().invoke(cli, argv).exit_code == 2
     assert one_line_error(capsys, argv) == f"error: --catalog {missing}: no such file"
+
+
+def test_a_catalog_model_on_a_built_in_device_counts_the_device_once(tmp_path):
+    """A user catalog that adds a [[model]] (a copy of llama-3.1-8b under another id) is planned on a
+    built-in GPU with the device's terms given once: the same memory and TPOT as the built-in model."""
+    import re
+
+    source = (Path(__file__).resolve().parent.parent / "catalogs" / "models.toml").read_text()
+    start = source.index('[[model]]\nid = "llama-3.1-8b"')
+    end = source.find("\n[[", start + 1)
+    block = re.sub(r"aliases = \[.*?\]\n", "", source[start:end], flags=re.S).replace(
+        'id = "llama-3.1-8b"', 'id = "my-llama"')
+    path = tmp_path / "models.toml"
+    path.write_text("schema_version = 1\n\n" + block + "\n")
+    args = ["--method", "fp16", "--gpu", "h100-sxm", "--framework", "vllm", "--concurrency", "8", "--json"]
+    mine = CliRunner().invoke(cli, ["estimate", "--model", "my-llama", "--catalog", str(path), *args])
+    built_in = CliRunner().invoke(cli, ["estimate", "--model", "llama-3.1-8b", *args])
+    assert mine.exit_code == 0, mine.output
+    ours, theirs = json.loads(mine.stdout), json.loads(built_in.stdout)
+    assert ours["memory_gb_per_gpu"] == pytest.approx(theirs["memory_gb_per_gpu"])
+    assert ours["tpot_ms"] == pytest.approx(theirs["tpot_ms"])

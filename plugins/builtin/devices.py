@@ -20,6 +20,10 @@ class DevicePlugin:
         self._ids = {d.id for d in self.devices}
 
     def owns(self, config: Config) -> bool:
+        return self.owns_device(config)
+
+    def owns_device(self, config: Config) -> bool:
+        """The device terms apply (a subclass may own more configurations for other reasons)."""
         return config.gpu.id in self._ids
 
     @hookimpl
@@ -33,13 +37,13 @@ class DevicePlugin:
     @hookimpl
     def quantplan_incompatibility(self, config: Config) -> list[str]:
         gpu = config.gpu
-        if not self.owns(config) or config.gpus <= gpu.max_devices_per_node:
+        if not self.owns_device(config) or config.gpus <= gpu.max_devices_per_node:
             return []
         return [f"{gpu.id} has at most {gpu.max_devices_per_node} per node; asked for {config.gpus}"]
 
     @hookimpl
     def quantplan_memory_terms(self, config: Config, context_tokens: int) -> list[Term]:
-        if not self.owns(config):
+        if not self.owns_device(config):
             return []
         gpu = config.gpu
         found = [Term(q.CAPACITY, gpu.usable_gb * 1e9, self.name,
@@ -51,7 +55,7 @@ class DevicePlugin:
 
     @hookimpl
     def quantplan_step_terms(self, config: Config, step: Step) -> list[Term]:
-        if not self.owns(config):
+        if not self.owns_device(config):
             return []
         gpu, dtype = config.gpu, config.execution.compute_dtype
         found = [
@@ -67,7 +71,7 @@ class DevicePlugin:
 
     @hookimpl
     def quantplan_cost_terms(self, config: Config, prices: dict[str, PriceSpec]) -> list[Term]:
-        if not self.owns(config):
+        if not self.owns_device(config):
             return []
         price = prices.get(config.gpu.id)
         if price is None:
