@@ -29,7 +29,7 @@ th,td{border-bottom:1px solid #e4e4e4;padding:4px 8px;text-align:left;vertical-a
 td.num{text-align:right}
 .scroll{overflow-x:auto}th{background:#f4f4f4}
 .muted{color:#666}.headline{font-size:16px}.warn{color:#a15c00}
-pre{background:#f6f6f6;padding:8px;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
+pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}
 svg{max-width:100%;height:auto;display:block;margin:8px 0}
 """
 
@@ -72,7 +72,7 @@ def build(scenario: Scenario | dict, world: World | None = None, price_range: tu
                                                                                            scenario)),
         _section("memory", "Memory per GPU", _memory(plan, options)),
         _section("sweep", "Price sweep", sweep_html),
-        _section("launch", "Launch commands", launch_section(plan, world)),
+        _section("launch", "Launch commands", launch_section(plan, world, scenario)),
     ]
     stats = plan.stats
     footer = (f"quantplan {_version()}; {stats.configurations} configurations, {stats.candidates} candidates, "
@@ -285,11 +285,11 @@ def _sweep(scenario: Scenario, world: World, plan: Plan, price_range) -> tuple[s
 
 # ---------------------------------------------------------------- launch commands
 # Filled in by quantplan.solver.launch (`quantplan launch PLAN.json`) when this build has it; otherwise the
-# page says how to get them. The lead's integration point: launch(plan_dict, world) -> replicas with
+# page says how to get them. Integration point: launch(plan_dict, world, model_config=...) -> replicas with
 # .name, .framework, .gpu, .count, .command, .checkpoint (kind, path, steps) and .benchmarks[].command.
 
 
-def launch_section(plan: Plan, world: World) -> str:
+def launch_section(plan: Plan, world: World, scenario: Scenario | None = None) -> str:
     how = ("quantplan solve SCENARIO.toml --json > plan.json && quantplan launch plan.json "
            "(engine commands, the checkpoint or the recipe that makes it, Kubernetes and compose manifests, and "
            "the benchmark that checks the SLOs)")
@@ -297,19 +297,29 @@ def launch_section(plan: Plan, world: World) -> str:
         from .launch import launch  # type: ignore[import-not-found]
     except ImportError:
         return _p("This build of quantplan has no launch module. To get the commands: " + how + ".")
+    data = plan.model_dump()
+    if scenario is not None and all(isinstance(line, str) for line in data.get("workload", [])):
+        # launch reads the planned traffic classes; a plan whose `workload` is its human lines gets them here
+        data["workload"] = [k.model_dump() for k in scenario.classes]
     try:
-        replicas = launch(plan.model_dump(), world)
+        replicas = launch(data, world, model_config=scenario.model_config_path if scenario else None)
     except QuantplanError as error:
         return _p(f"Launch commands unavailable for this plan ({error}). Try: {how}.", "warn")
     html = ""
     for replica in replicas:
         checkpoint = getattr(replica, "checkpoint", None)
-        steps = list(getattr(checkpoint, "steps", []) or [])
-        benchmarks = [b.command for b in getattr(replica, "benchmarks", []) or []]
         html += (f"<h3>{escape(str(getattr(replica, 'name', '')))}: {getattr(replica, 'count', 1)} x "
                  f"{escape(str(getattr(replica, 'framework', '')))} on {escape(str(getattr(replica, 'gpu', '')))}"
                  "</h3>")
         if checkpoint is not None:
-            html += _p(f"checkpoint ({getattr(checkpoint, 'kind', '')}): {getattr(checkpoint, 'path', '')}")
-        html += "".join(f"<pre>{escape(text)}</pre>" for text in steps + [replica.command] + benchmarks)
+            source = getattr(checkpoint, "source", "")
+            html += _p(f"Checkpoint ({getattr(checkpoint, 'kind', '')}): {getattr(checkpoint, 'path', '')}"
+                       + (f" (source: {source})" if source else ""))
+            if getattr(checkpoint, "recipe", ""):
+                html += _p(f"Recipe ({getattr(checkpoint, 'tool', '')}):") + f"<pre>{escape(checkpoint.recipe)}</pre>"
+            html += "".join(f"<pre>{escape(step)}</pre>" for step in getattr(checkpoint, "steps", []) or [])
+        html += _p("Start the engine:") + f"<pre>{escape(replica.command)}</pre>"
+        benchmarks = [b.command for b in getattr(replica, "benchmarks", []) or []]
+        if benchmarks:
+            html += _p("Check the SLOs:") + "".join(f"<pre>{escape(command)}</pre>" for command in benchmarks)
     return html or _p("The launch module returned no replicas.")

@@ -105,6 +105,31 @@ def test_launch_section_says_how_without_a_launch_module(chat_report):
         assert "<pre>" in section or "unavailable" in section
 
 
+def test_launch_section_shows_what_the_launch_module_gives(monkeypatch, chat_report):
+    """With a launch module present (a stand-in here, with launch's interface), its commands appear escaped,
+    and it receives the planned traffic classes as the plan's workload."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def launch(plan, world, model_config=None):
+        seen.update(plan=plan, model_config=model_config)
+        checkpoint = SimpleNamespace(kind="recipe", path="/models/x", source="", tool="llm-compressor",
+                                     recipe="scheme: FP8 <dynamic>", steps=["python quantize.py"])
+        return [SimpleNamespace(name="r0", count=2, framework="vllm", gpu="a100-80gb", checkpoint=checkpoint,
+                                command="vllm serve /models/x --max-num-seqs 8 && echo '<b>'",
+                                benchmarks=[SimpleNamespace(command="vllm bench serve --max-concurrency 8")])]
+
+    monkeypatch.setitem(__import__("sys").modules, "quantplan.solver.launch", SimpleNamespace(launch=launch))
+    scenario = load_scenario(CHAT)
+    section = html_report.launch_section(chat_report.plan, None, scenario)
+    assert seen["plan"]["workload"] == [k.model_dump() for k in scenario.classes] and seen["model_config"] is None
+    assert "<h3>r0: 2 x vllm on a100-80gb</h3>" in section
+    assert "<pre>vllm serve /models/x --max-num-seqs 8 &amp;&amp; echo &#x27;&lt;b&gt;&#x27;</pre>" in section
+    assert "<pre>scheme: FP8 &lt;dynamic&gt;</pre>" in section and "<pre>python quantize.py</pre>" in section
+    assert "<pre>vllm bench serve --max-concurrency 8</pre>" in section
+
+
 def test_cli_writes_the_page_and_json_summary(tmp_path):
     out = tmp_path / "plan.html"
     result = CliRunner().invoke(cli, ["report", CHAT, "-o", str(out), "--no-sweep", "--json"])
