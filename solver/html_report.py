@@ -136,16 +136,18 @@ def _with_bar(value: float, bars: dict, name: str, digits: int) -> str:
             f"p90 {value * (1 - p90):,.{digits}f}-{value * (1 + p90):,.{digits}f})")
 
 
-def _configuration(group: ReplicaGroup) -> str:
+def _configuration(group: ReplicaGroup, fleet: bool = False) -> str:
+    owner = f"{group.model}: " if fleet else ""
     marks = "".join(f" ({m})" for m, on in (("consumer", group.gpu_class == "consumer"),
                                              ("extrapolated", group.basis == "extrapolated")) if on)
     offload = f", {group.gpu_layers} layers on GPU" if group.gpu_layers is not None else ""
-    return (f"{group.gpus_per_replica}x {group.gpu} {group.method} {group.framework} kv={group.kv_cache_dtype}"
-            f"{offload}{marks}")
+    return (f"{owner}{group.gpus_per_replica}x {group.gpu} {group.method} {group.framework} "
+            f"kv={group.kv_cache_dtype}{offload}{marks}")
 
 
 def _plan_table(plan: Plan) -> str:
-    rows = [[_configuration(g), g.count, g.batch_size, _with_bar(g.ttft_ms, g.error_bars, "ttft_ms", 0),
+    fleet = bool(plan.pool) or "," in plan.model
+    rows = [[_configuration(g, fleet), g.count, g.batch_size, _with_bar(g.ttft_ms, g.error_bars, "ttft_ms", 0),
              _with_bar(g.tpot_ms, g.error_bars, "tpot_ms", 1), f"{g.tokens_per_s_per_user:,.1f}",
              _with_bar(g.tokens_per_s, g.error_bars, "tokens_per_s", 0),
              f"{g.memory_gb_per_gpu:.1f} / {g.memory_capacity_gb_per_gpu:.1f}", f"+{g.ppl_delta:.3f}",
@@ -160,6 +162,10 @@ def _plan_table(plan: Plan) -> str:
                          f"{f.ttft_ms:,.0f} / {f.ttft_p90_ms or f.ttft_ms:,.0f}",
                          f"{f.tpot_ms:.1f} / {f.tpot_p90_ms or f.tpot_ms:.1f}", f.statistic,
                          ", ".join(f.shared_with) or "-"] for g in plan.replicas for f in g.classes])
+    if plan.pool:
+        html += _p("Device pool: " + ", ".join(f"{p['gpu']} {p['used']}" + (f" of {p['available']}" if p["available"]
+                                                                          is not None else " (rented)")
+                                                for p in plan.pool))
     bars = {(g.framework, k): v for g in plan.replicas for k, v in g.error_bars.items()}
     html += _p("Ranges are each figure's median and 90th-percentile error on the validation rows: "
                + "; ".join(f"{framework} {name}: ±{v['median_pct']:g}% / ±{v['p90_pct']:g}% ({v['basis']})"
@@ -177,6 +183,9 @@ def _why(plan: Plan) -> str:
 
 
 def _alternatives(plan: Plan, found: list[pareto.Candidate], scenario: Scenario) -> str:
+    if scenario.fleet:
+        return _p("A fleet (several models sharing one device pool): the per-restriction and single-configuration "
+                  "comparisons are per model; run quantplan report on one model's scenario for them.")
     html = _p("The cheapest plan under each restriction, solved exactly:")
     html += _table(["restriction", "plan", "$/h", "difference $/h", "ratio", "mean latency difference ms"],
                    [[a.label, "; ".join(a.replicas), f"{a.cost_per_hour:,.2f}", f"{a.cost_difference_per_hour:+,.2f}",
@@ -196,8 +205,10 @@ def _alternatives(plan: Plan, found: list[pareto.Candidate], scenario: Scenario)
 
 
 def _pareto(plan: Plan, found: list[pareto.Candidate], options, scenario: Scenario) -> str:
+    if scenario.fleet:
+        return _p("A fleet plan: candidates are per model; run quantplan report on one model's scenario.")
     if not found:
-        return _p("No single configuration serves every class alone (or this is a fleet plan): nothing to draw.")
+        return _p("No single configuration serves every class alone within the devices available: nothing to draw.")
     chosen = pareto.plan_point(plan, options, scenario.classes)
     ppl = [c.ppl_delta for c in found]
     lo, hi = min(ppl), max(ppl)

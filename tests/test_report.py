@@ -95,6 +95,52 @@ def test_text_is_escaped(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&amp;" in page
 
 
+FLEET = """
+gpus = ["a100-80gb"]
+owned = { a100-80gb = 2 }
+max_gpus = 1
+
+[[model]]
+id = "llama-3.2-1b"
+use_case = "chat_general"
+
+[[model.class]]
+name = "classify"
+prompt_tokens = 512
+output_tokens = 8
+rate_per_s = 2
+ttft_ms = 500
+
+[[model]]
+id = "llama-2-7b"
+use_case = "chat_general"
+
+[[model.class]]
+name = "chat"
+prompt_tokens = 128
+output_tokens = 128
+concurrency = 4
+ttft_ms = 1000
+tpot_ms = 50
+"""
+
+
+def test_fleet_page_names_each_model_and_the_pool(tmp_path):
+    """Two models on two owned A100s: a row per model, named; the pool line; memory from the plan's totals;
+    no candidate chart or price sweep (owned devices have no hourly price), each saying why."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET)
+    report = html_report.build(load_scenario(str(path)))
+    rows = re.findall(r'<tr class="plan-row"><td>([^<]*)</td>', report.html)
+    assert sorted(row.split(":")[0] for row in rows) == ["llama-2-7b", "llama-3.2-1b"]
+    assert "Device pool: a100-80gb 2 of 2" in report.html
+    assert (report.candidates, report.sweep) == (0, "none")
+    assert "A fleet plan: candidates are per model" in report.html
+    memory = re.search(r'<section id="memory">(.*?)</section>', report.html).group(1)
+    for group in report.plan.replicas:  # one GPU per replica: the replica's weights are the GPU's
+        assert f'<td class="num">{group.weights_gb:.2f}</td>' in memory
+
+
 def test_launch_section_says_how_without_a_launch_module(chat_report):
     section = re.search(r'<section id="launch">(.*?)</section>', chat_report.html).group(1)
     try:
