@@ -1,4 +1,4 @@
-"""Every feasible candidate as a single-configuration plan (cost, latency, quality) and which lie on the Pareto front."""
+"""Every feasible candidate as a plan of its own (cost, latency, quality), and which lie on the Pareto front."""
 
 from __future__ import annotations
 

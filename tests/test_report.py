@@ -259,14 +259,21 @@ def _pixels(path: Path) -> list[tuple[int, ...]]:
 
 
 def test_png_decoder_on_a_known_image(tmp_path):
-    """2 x 2 RGB, one row with filter Sub and one with Up: decodes to the pixels written."""
-    rows = b"\x01" + bytes([10, 20, 30, 5, 5, 5]) + b"\x02" + bytes([1, 1, 1, 0, 0, 0])
-    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
-    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+    """2 x 4 RGB, rows filtered Sub, Up, Average and Paeth, decoded by hand: Average adds floor((left + up) / 2)
+    (row 3: 2 + 5, 2 + 10, 2 + 15; then 1 + (7 + 15) // 2 ...); Paeth adds whichever of left, up, upper-left
+    is nearest left + up - upper-left (here up each time)."""
+    rows = (b"\x01" + bytes([10, 20, 30, 5, 5, 5]) + b"\x02" + bytes([1, 1, 1, 0, 0, 0])
+            + b"\x03" + bytes([2, 2, 2, 1, 1, 1]) + b"\x04" + bytes([0, 0, 0, 3, 3, 3]))
+    header = struct.pack(">IIBBBBB", 2, 4, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     path = tmp_path / "tiny.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
                      + chunk(b"IEND", b""))
-    assert png_pixels(path) == [(10, 20, 30), (15, 25, 35), (11, 21, 31), (15, 25, 35)]
+    assert png_pixels(path) == [(10, 20, 30), (15, 25, 35), (11, 21, 31), (15, 25, 35),
+                                (7, 12, 17), (12, 19, 27), (7, 12, 17), (15, 22, 30)]
 
 
 def test_error_probe_catches_a_broken_script(tmp_path):
