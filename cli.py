@@ -515,6 +515,8 @@ def report(ctx, scenario_file, output, price_range, no_sweep, as_json, **options
         target.write_text(page.html, encoding="utf-8")
     except OSError as error:
         raise QuantplanError(f"-o {output}: cannot write: {error.strerror or error}") from None
+    if page.infeasible is not None:  # the page says why; the exit code and stderr say infeasible
+        raise page.infeasible
     summary = {"output": str(target), "status": page.plan.status, "cost_per_hour": page.plan.cost_per_hour,
                "replica_groups": len(page.plan.replicas), "candidates": page.candidates,
                "pareto_front": page.front, "price_sweep": page.sweep}

@@ -46,10 +46,11 @@ document.addEventListener('DOMContentLoaded', function () { document.body.setAtt
 @dataclass(frozen=True)
 class Report:
     html: str
-    plan: Plan
+    plan: Plan | None  # None when infeasible
     candidates: int  # single-configuration candidates drawn
     front: int  # of them on the Pareto front
     sweep: str  # the price axis swept, or why none
+    infeasible: InfeasibleError | None = None  # no plan: the page says why, and the caller exits 1
 
 
 def build(scenario: Scenario | dict, world: World | None = None, price_range: tuple[str, float, float] | None = None,
@@ -58,7 +59,10 @@ def build(scenario: Scenario | dict, world: World | None = None, price_range: tu
     sweep, else the plan's costliest device from half to twice its price."""
     scenario = as_scenario(scenario)
     world = world or load_world(scenario.catalogs)
-    plan, space = solve_with_space(scenario, world)
+    try:
+        plan, space = solve_with_space(scenario, world)
+    except InfeasibleError as error:
+        return _infeasible(scenario, world, error)
     options = space.options if space is not None else []
     availability, _ = pool(world, scenario)
     found = pareto.candidates(options, scenario.classes, availability)
@@ -77,13 +81,31 @@ def build(scenario: Scenario | dict, world: World | None = None, price_range: tu
     stats = plan.stats
     footer = (f"quantplan {_version()}; {stats.configurations} configurations, {stats.candidates} candidates, "
               f"{stats.candidates_after_pruning} after pruning" if stats else f"quantplan {_version()}")
-    title = f"quantplan plan: {plan.model}"
-    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+    page = _page(f"quantplan plan: {plan.model}", _headline(plan), sections, footer)
+    return Report(page, plan, len(found), sum(c.front for c in found), swept)
+
+
+def _page(title: str, headline: str, sections: list[str], footer: str) -> str:
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>{escape(title)}</title>"
             f"<style>{STYLE}</style>{ERROR_PROBE}</head><body>"
-            f"<h1>{escape(title)}</h1>{_headline(plan)}<pre id=\"page-errors\" hidden></pre>"
+            f"<h1>{escape(title)}</h1>{headline}<pre id=\"page-errors\" hidden></pre>"
             + "".join(sections) + f"<p class=\"muted\">{escape(footer)}</p></body></html>\n")
-    return Report(page, plan, len(found), sum(c.front for c in found), swept)
+
+
+def _infeasible(scenario: Scenario, world: World, error: InfeasibleError) -> Report:
+    """No plan: the workload as understood and what cannot be met (and what could)."""
+    from .explain import workload
+    from .space import resolve_model
+
+    lines = [] if scenario.fleet else workload(world, scenario, resolve_model(world, scenario).id)
+    name = "fleet" if scenario.fleet else resolve_model(world, scenario).id
+    sections = [_section("workload", "The workload as understood", _list(lines)),
+                _section("why", "Why there is no plan", _list(error.reasons or [str(error)]))]
+    page = _page(f"quantplan plan: {name}", '<p class="headline"><b>infeasible</b>: no plan meets every SLO and '
+                                            "quality floor with the devices allowed</p>", sections,
+                 f"quantplan {_version()}")
+    return Report(page, None, 0, 0, "none", infeasible=error)
 
 
 def _version() -> str:

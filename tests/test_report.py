@@ -186,6 +186,18 @@ def test_cli_writes_the_page_and_json_summary(tmp_path):
     assert '<tr class="plan-row">' in out.read_text()
 
 
+def test_infeasible_scenario_writes_why_and_exits_1(tmp_path):
+    """The blog's 50 ms TTFT for 8 users on one A100 has no plan: the page says what cannot be met (one A100
+    is not enough; the cheapest plan that meets the SLOs needs 8), stderr says infeasible, exit code 1."""
+    out = tmp_path / "plan.html"
+    result = CliRunner().invoke(cli, ["report", str(EXAMPLES / "blog-1-7b-chat-a100.toml"), "-o", str(out)])
+    assert result.exit_code == 1 and result.stderr.startswith("infeasible:")
+    page = out.read_text()
+    assert "<b>infeasible</b>" in page and "TTFT &lt;= 50 ms" in page
+    why = re.search(r'<section id="why">(.*?)</section>', page).group(1)
+    assert "not within the devices available (a100-80gb=1)" in why and "needs 8 a100-80gb" in why
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["-o", "/nonexistent-folder/plan.html"], "no such folder"),
     (["-o", "{tmp}/plan.html", "--price-range", "a100-80gb=3"], "expected NAME=FROM:TO"),
