@@ -70,7 +70,7 @@ def build(scenario: Scenario | dict, world: World | None = None, price_range: tu
     swept, sweep_html = _sweep(scenario, world, plan, price_range) if sweep else ("none", _p("Not run (--no-sweep)."))
     sections = [
         _section("workload", "The workload as understood", _list(plan.workload)),
-        _section("plan", "The plan", _plan_table(plan)),
+        _section("plan", "The plan", _plan_table(plan, scenario)),
         _section("why", "Why it won", _why(plan)),
         _section("alternatives", "Why the alternatives lost", _alternatives(plan, found, scenario)),
         _section("pareto", "Cost, latency and quality of every feasible candidate", _pareto(plan, found, options,
@@ -168,7 +168,28 @@ def _configuration(group: ReplicaGroup, fleet: bool = False) -> str:
             f"kv={group.kv_cache_dtype}{offload}{marks}")
 
 
-def _plan_table(plan: Plan) -> str:
+def _slo_whiskers(plan: Plan, scenario: Scenario) -> str:
+    """TTFT and TPOT of every class on every group at the SLO's statistic, with error ranges, against the SLO."""
+    limits = {k.name: k for k in scenario.classes}
+    limits.update({f"{m.label}/{k.name}": k for m in scenario.models for k in m.classes})  # a fleet's names
+    charts = ""
+    for metric, quantity, slo in (("ttft_ms", "TTFT", "ttft_ms"), ("tpot_ms", "TPOT", "tpot_limit_ms")):
+        rows = []
+        for group in plan.replicas:
+            bar = group.error_bars.get(metric, {"median_pct": 0.0, "p90_pct": 0.0})
+            for figures in group.classes:
+                value = getattr(figures, metric.replace("_ms", "_at_statistic_ms")) or getattr(figures, metric)
+                traffic = limits.get(figures.name)
+                stat = "" if figures.statistic == "mean" else f" {figures.statistic}"
+                rows.append(svg.Whisker(f"{figures.name}{stat} on {group.gpu}/{group.method}/b{group.batch_size}",
+                                        value, bar["median_pct"] / 100, bar["p90_pct"] / 100,
+                                        getattr(traffic, slo) if traffic else None))
+        if rows:
+            charts += svg.whiskers(rows, quantity, "ms", f"{quantity} against the SLO")
+    return charts
+
+
+def _plan_table(plan: Plan, scenario: Scenario) -> str:
     fleet = bool(plan.pool) or "," in plan.model
     rows = [[_configuration(g, fleet), g.count, g.batch_size, _with_bar(g.ttft_ms, g.error_bars, "ttft_ms", 0),
              _with_bar(g.tpot_ms, g.error_bars, "tpot_ms", 1), f"{g.tokens_per_s_per_user:,.1f}",
@@ -189,6 +210,7 @@ def _plan_table(plan: Plan) -> str:
         html += _p("Device pool: " + ", ".join(f"{p['gpu']} {p['used']}" + (f" of {p['available']}" if p["available"]
                                                                           is not None else " (rented)")
                                                 for p in plan.pool))
+    html += _slo_whiskers(plan, scenario)
     bars = {(g.framework, k): v for g in plan.replicas for k, v in g.error_bars.items()}
     html += _p("Ranges are each figure's median and 90th-percentile error on the validation rows: "
                + "; ".join(f"{framework} {name}: ±{v['median_pct']:g}% / ±{v['p90_pct']:g}% ({v['basis']})"

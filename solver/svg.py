@@ -207,3 +207,41 @@ def stacked_bars(rows: list[tuple[str, list[tuple[str, float, str]]]], unit: str
                     f'<text x="{_n(left + 16)}" y="{bottom + 10}">{escape(part)}</text>')
         left += 24 + 6.5 * len(part)
     return _frame(width, height, title, body)
+
+
+@dataclass(frozen=True)
+class Whisker:
+    name: str
+    value: float
+    median_error: float  # share, e.g. 0.084: the thick bar spans value x (1 -/+ it)
+    p90_error: float  # the thin whisker
+    limit: float | None  # the SLO, drawn as a red tick
+
+
+def whiskers(rows: list[Whisker], quantity: str, unit: str, title: str, width: int = 900) -> str:
+    """Predicted figures with their median and p90 error ranges, against their SLO."""
+    height = 30 + 26 * len(rows) + 40
+    ends = [r.value * (1 + r.p90_error) for r in rows] + [r.limit for r in rows if r.limit]
+    x = Axis(0.0, max(ends) * 1.05, 260, width - 30)
+    y_bottom = 20 + 26 * len(rows)
+    body = [f'<line x1="{_n(x.at(t))}" y1="14" x2="{_n(x.at(t))}" y2="{y_bottom}" stroke="#e5e5e5"/>'
+            f'<text x="{_n(x.at(t))}" y="{y_bottom + 14}" text-anchor="middle">{label(t)}</text>' for t in x.ticks()]
+    for index, row in enumerate(rows):
+        middle = 27 + index * 26
+        low, high = max(row.value * (1 - row.p90_error), 0.0), row.value * (1 + row.p90_error)
+        box_low, box_high = x.at(row.value * (1 - row.median_error)), x.at(row.value * (1 + row.median_error))
+        tip = (f"{row.name}: {quantity} {row.value:,.1f} {unit}; median error {row.median_error:.1%}, "
+               f"p90 {row.p90_error:.1%}" + (f"; SLO {row.limit:g} {unit}" if row.limit else ""))
+        body.append(f'<text x="252" y="{middle + 4}" text-anchor="end">{escape(row.name)}</text><g>'
+                    f"<title>{escape(tip)}</title>"
+                    f'<line x1="{_n(x.at(low))}" y1="{middle}" x2="{_n(x.at(high))}" y2="{middle}" stroke="#555"/>'
+                    f'<rect x="{_n(box_low)}" y="{middle - 6}" width="{_n(box_high - box_low)}" height="12" '
+                    f'fill="{PALETTE[0]}" fill-opacity="0.45"/><line x1="{_n(x.at(row.value))}" y1="{middle - 8}" '
+                    f'x2="{_n(x.at(row.value))}" y2="{middle + 8}" stroke="#111" stroke-width="2"/></g>')
+        if row.limit:
+            body.append(f'<line x1="{_n(x.at(row.limit))}" y1="{middle - 10}" x2="{_n(x.at(row.limit))}" '
+                        f'y2="{middle + 10}" stroke="#d62728" stroke-width="3"><title>SLO {row.limit:g} {unit}'
+                        "</title></line>")
+    body.append(f'<text x="260" y="{y_bottom + 32}">{escape(quantity)} ({escape(unit)}): black = predicted, '
+                "box = median error, whisker = p90 error, red = SLO</text>")
+    return _frame(width, height, title, body)

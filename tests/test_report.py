@@ -64,7 +64,10 @@ def test_page_holds_every_section_and_the_plan_row(chat_report):
     assert "120 (110-130; p90 81-158)" in rows[0]
     assert "availability: all 1 a100-80gb in use" in page  # the binding constraint
     assert "128 prompt + 256 output tokens" in page  # the workload as understood
-    assert page.count("<svg") == 3  # Pareto scatter, memory bars, price sweep
+    assert page.count("<svg") == 5  # TTFT and TPOT against the SLO, Pareto scatter, memory bars, price sweep
+    # the mean TTFT (a concurrency class) with sglang's error bars, against the 150 ms SLO; TPOT against 25 ms
+    assert "chat on a100-80gb/bf16/b8: TTFT 119.7 ms; median error 8.4%, p90 32.1%; SLO 150 ms" in page
+    assert "chat on a100-80gb/bf16/b8: TPOT 11.1 ms; median error 7.4%, p90 18.6%; SLO 25 ms" in page
     assert "chosen plan" in page
     # memory of one A100 for Llama-2-7B bf16 at batch 8: 13.48 GB of weights, 1.61 GB of KV cache
     assert "<td class=\"num\">13.48</td><td class=\"num\">1.61</td>" in page
