@@ -17,6 +17,7 @@ from .scenario import Scenario
 from .space import pool
 
 NUMBER = re.compile(r"^[+\-$]?[\d,]+(\.\d+)?x?( \(|$)")
+FIGURES = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "tokens_per_s": "tokens/s", "memory_gb_per_gpu": "memory"}
 SWEEP_SPAN = (0.5, 2.0)  # default price sweep: half to twice the price planned at
 FRONT_ROWS = 20
 MEMORY_PARTS = (("weights", "#1f77b4"), ("KV cache", "#ff7f0e"), ("activations", "#2ca02c"),
@@ -213,7 +214,8 @@ def _plan_table(plan: Plan, scenario: Scenario) -> str:
     html += _slo_whiskers(plan, scenario)
     bars = {(g.framework, k): v for g in plan.replicas for k, v in g.error_bars.items()}
     html += _p("Ranges are each figure's median and 90th-percentile error on the validation rows: "
-               + "; ".join(f"{framework} {name}: ±{v['median_pct']:g}% / ±{v['p90_pct']:g}% ({v['basis']})"
+               + "; ".join(f"{framework} {FIGURES.get(name, name)}: ±{v['median_pct']:g}% / ±{v['p90_pct']:g}% "
+                           f"({v['basis']})"
                            for (framework, name), v in sorted(bars.items())), "muted")
     warnings = [w for g in plan.replicas for w in g.coverage_warnings]
     return html + "".join(_p(f"outside the validation data: {w}", "warn") for w in dict.fromkeys(warnings)) + \
