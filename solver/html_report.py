@@ -122,7 +122,7 @@ def _section(anchor: str, title: str, body: str) -> str:
 
 
 def _p(text: str, css: str = "") -> str:
-    return f"<p{f' class={chr(34)}{css}{chr(34)}' if css else ''}>{escape(text)}</p>"
+    return f'<p class="{css}">{escape(text)}</p>' if css else f"<p>{escape(text)}</p>"
 
 
 def _list(lines: list[str]) -> str:
