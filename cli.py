@@ -45,7 +45,8 @@ def _emit(data, as_json: bool, render) -> None:
 
 
 catalog_option = click.option("--catalog", "catalogs", multiple=True, type=click.Path(dir_okay=False),
-                              help="TOML file registering more devices, prices and models (repeatable).")
+                              help="TOML file registering more devices, prices, models and calibrations "
+                                   "(repeatable).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 
 
@@ -179,9 +180,11 @@ def cli():
 @workload_options
 @click.option("--no-alternatives", is_flag=True, help="Skip the runner-up plans (faster).")
 @click.option("--write-lp", type=click.Path(dir_okay=False), help="Also write the integer program to an LP file.")
+@click.option("--emit", type=click.Choice(("launch",)), help="launch: also the engine commands, checkpoints, "
+                                                              "manifests and benchmarks (as `quantplan launch`).")
 @json_option
 @click.pass_context
-def solve(ctx, scenario_file, no_alternatives, write_lp, as_json, **options):
+def solve(ctx, scenario_file, no_alternatives, write_lp, emit, as_json, **options):
     """Cheapest deployment for a scenario file and/or options."""
     from quantplan.solver.api import solve as run
     from quantplan.solver.report import render_plan
@@ -191,6 +194,9 @@ def solve(ctx, scenario_file, no_alternatives, write_lp, as_json, **options):
     if no_alternatives or write_lp:
         scenario = scenario.model_copy(update={"alternatives": not no_alternatives, "write_lp": write_lp})
     plan = run(scenario)
+    if emit == "launch":
+        _solve_and_launch(plan, scenario, as_json)
+        return
     _emit(plan.model_dump(), as_json, lambda console: render_plan(plan, console))
 
 
@@ -485,6 +491,199 @@ def plugins(catalogs, as_json):
                         console)
 
     _emit({"loaded": loaded, "failed": failed}, as_json, render)
+
+
+# --- From plan to production: launch and check ------------------------------------------------------
+
+
+def _launch_replicas(plan: dict, catalogs, calibration_data: str, model_config: str | None = None):
+    from quantplan.solver.launch import launch as build
+    from quantplan.solver.registry import load_world
+
+    return build(plan, load_world(tuple(catalogs)), calibration_data, model_config)
+
+
+def _solve_and_launch(plan, scenario, as_json: bool) -> None:
+    """`solve --emit launch`: the plan, then its launch (JSON: the plan with a `launch` field)."""
+    from quantplan.solver.launch_text import as_json as launch_json, as_text
+    from quantplan.solver.report import render_plan
+
+    replicas = _launch_replicas(json.loads(plan.model_dump_json()), scenario.catalogs, "calibration.jsonl",
+                                scenario.model_config_path)
+    if as_json:
+        click.echo(json.dumps({**plan.model_dump(), "launch": launch_json(replicas)}, indent=2, default=str))
+        return
+    render_plan(plan, _console())
+    click.echo(as_text(replicas))
+
+
+@cli.command(name="launch")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--calibration-data", default="calibration.jsonl", show_default=True,
+              help="Your domain's calibration samples, as recipes name them (one text per line).")
+@click.option("--model-config", type=click.Path(dir_okay=False),
+              help="The config.json a plan for a model outside the catalog was solved with.")
+@catalog_option
+@json_option
+def launch_(plan_file, calibration_data, model_config, catalogs, as_json):
+    """Engine commands, checkpoints or recipes, manifests and SLO benchmarks for a `solve --json` plan."""
+    from quantplan.solver.launch import read_plan
+    from quantplan.solver.launch_text import as_json as launch_json, as_text
+
+    replicas = _launch_replicas(read_plan(plan_file), catalogs, calibration_data, model_config)
+    if as_json:
+        click.echo(json.dumps(launch_json(replicas), indent=2))
+    else:
+        click.echo(as_text(replicas))
+
+
+@cli.command(name="check")
+@click.option("--model", help="Model id or alias.")
+@click.option("--method", help="Quantization method id or alias.")
+@click.option("--gpu", help="Device id or alias.")
+@click.option("--framework", help="Serving engine id or alias.")
+@click.option("--gpus", type=int, help="GPUs per replica (default 1).")
+@click.option("--batch", type=int, help="Peak concurrent sequences.")
+@click.option("--prompt-tokens", type=int, help="Peak prompt tokens per request.")
+@click.option("--output-tokens", type=int, help="Peak output tokens per request.")
+@click.option("--kv-cache-dtype", help="KV-cache precision (default: the engine's default).")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Check every replica group of a plan.")
+@click.option("--command", "command_line", help='An engine command, e.g. "vllm serve M --quantization gptq_marlin".')
+@click.option("--recipe", type=click.Path(dir_okay=False), help="The quantization recipe used (YAML or Python).")
+@click.option("--checkpoint-config", type=click.Path(dir_okay=False),
+              help="The checkpoint's config.json or quantize_config.json (quant_method, desc_act).")
+@click.option("--quality-record", type=click.Path(dir_okay=False),
+              help="Quality measured on your own data (JSON or TOML); without it, domain validation is missing.")
+@catalog_option
+@json_option
+@click.pass_context
+def check_(ctx, model, method, gpu, framework, gpus, batch, prompt_tokens, output_tokens, kv_cache_dtype, plan_file,
+           command_line, recipe, checkpoint_config, quality_record, catalogs, as_json):
+    """Which of the seed guide's common mistakes and checklist items a deployment runs into.
+    Exit 0: none; 1: findings; 2: bad input."""
+    from quantplan.solver import check_inputs
+    from quantplan.solver.check import read_quality_record, run
+    from quantplan.solver.launch import read_plan
+    from quantplan.solver.registry import load_world
+
+    sources = [name for name, given in (("--plan", plan_file), ("--command", command_line),
+                                        ("--method/--gpu/--framework", method or framework)) if given]
+    if len(sources) != 1:
+        raise QuantplanError("give one of --plan, --command, or --model --method --gpu --framework"
+                             + (f" (got {' and '.join(sources)})" if sources else ""))
+    world = load_world(tuple(catalogs))
+    extra = {"recipe": check_inputs.read_text(recipe, "--recipe")} if recipe else {}
+    if quality_record:
+        read_quality_record(quality_record)
+    if plan_file:
+        deployments = check_inputs.from_plan(world, read_plan(plan_file))
+    elif command_line:
+        config = check_inputs.read_checkpoint_config(checkpoint_config) if checkpoint_config else None
+        deployments = [check_inputs.from_command(world, command_line, model, gpu, batch, prompt_tokens,
+                                                 output_tokens, config, **extra)]
+    else:
+        if not (model and method and gpu and framework):
+            raise QuantplanError("a deployment needs --model, --method, --gpu and --framework")
+        deployments = [check_inputs.from_options(world, model, method, gpu, framework, gpus,
+                                                 1 if batch is None else batch,
+                                                 512 if prompt_tokens is None else prompt_tokens,
+                                                 256 if output_tokens is None else output_tokens, kv_cache_dtype,
+                                                 **extra)]
+    findings, skipped = run(world, deployments, quality_record)
+    if as_json:
+        click.echo(json.dumps({"findings": [f.model_dump() for f in findings], "not_checked": skipped,
+                               "deployments": [d.model_dump(exclude={"recipe"}) for d in deployments]}, indent=2))
+    else:
+        for f in findings:
+            item = f" (checklist {f.checklist_item})" if f.checklist_item else ""
+            click.echo(f"{f.where}: {f.item}{item}\n  evidence: {f.evidence}\n  fix: {f.fix}")
+        for line in skipped:
+            click.echo(f"not checked: {line}")
+        if not findings:
+            click.echo("no common mistake found")
+    if findings:
+        ctx.exit(1)
+
+
+@cli.command(name="traffic")
+@click.argument("log_file", type=click.Path(dir_okay=False))
+@click.option("--model", help="Model id to write into the scenario.")
+@click.option("--peak", is_flag=True, help="Rates of the busiest minute instead of the mean over the log.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="Write the scenario TOML here.")
+@json_option
+def traffic_(log_file, model, peak, output, as_json):
+    """Traffic classes (length clusters, rates, burstiness) from a request log, as a scenario TOML."""
+    from quantplan.solver.traffic import profile, read_log, scenario_toml
+
+    classes = profile(read_log(log_file))
+    text = scenario_toml(classes, Path(log_file).name, model, peak)
+    if output:
+        Path(output).write_text(text)
+    if as_json:
+        click.echo(json.dumps({"classes": [c.model_dump() for c in classes], "scenario": text}, indent=2))
+    elif not output:
+        click.echo(text)
+
+
+# --- quantplan calibrate: fit a device/framework/method's efficiencies to the user's own benchmark runs ---
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", help="Model id or alias the results were measured with.")
+@click.option("--method", help="Quantization method.")
+@click.option("--gpu", help="Device id (a new one: give its datasheet with --catalog).")
+@click.option("--framework", help="Serving framework.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs per replica.")
+@click.option("--kv-cache-dtype", help="KV-cache precision (default: the engine's default for the checkpoint).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="A quantplan solve --json output: match each result to one of its replica groups instead.")
+@click.option("--concurrency", type=float, help="Load of results that record none (AIPerf CSV): clients.")
+@click.option("--rate", type=float, help="Load of results that record none: requests/s.")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="Overlay catalog to write (use it with --catalog).")
+@catalog_option
+@json_option
+def calibrate(results, model, method, gpu, framework, gpus, kv_cache_dtype, plan_path, concurrency, rate, output,
+              catalogs, as_json):
+    """Fit efficiencies to your own measurements (vllm bench serve, AIPerf/genai-perf, SGLang bench_serving,
+    llama-bench, trtllm-bench) and write an overlay catalog; prints the error before and after."""
+    from quantplan.solver import calibrate as calibration
+    from quantplan.solver import results as reading
+    from quantplan.solver.registry import load_world
+    from quantplan.solver.report import render_rows
+
+    flags = {"--model": model, "--method": method, "--gpu": gpu, "--framework": framework}
+    if plan_path and any(flags.values()):
+        raise QuantplanError("give --plan or --model/--method/--gpu/--framework, not both")
+    if not plan_path and not all(flags.values()):
+        missing = ", ".join(k for k, v in flags.items() if not v)
+        raise QuantplanError(f"missing {missing} (or give --plan PLAN.json)")
+    world = load_world(catalogs)
+    if plan_path:
+        targets = calibration.targets_from_plan(world, plan_path)
+    else:
+        targets = [calibration.target_from_options(world, model, method, gpu, framework, gpus, kv_cache_dtype)]
+    found = calibration.calibrate(world, reading.read(results, concurrency, rate), targets, catalogs)
+    Path(output).write_text(found.overlay)
+    if as_json:
+        click.echo(json.dumps({"overlay": output, "calibrations": found.scopes, "errors": found.errors,
+                               "rows": found.rows, "skipped": found.skipped}, indent=2))
+        return
+    console = _console()
+    render_rows("Calibrated efficiencies", ["device / framework / method", "figure", "catalog", "calibrated", "fitted"],
+                [[f"{s['gpu']} / {s['framework']} / {s['method']}", name, f"{s['catalog'][name]:.4g}",
+                  f"{s['values'][name]:.4g}", ("yes, at its bound: check the runs" if name in s["at_bound"] else "yes")
+                  if name in s["fitted"] else "no (data cannot inform it)"]
+                 for s in found.scopes for name in s["values"]], console)
+    render_rows("Error (|predicted / measured - 1|)", ["metric", "statistic", "n", "median before", "p90 before",
+                                                        "median after", "p90 after"],
+                [[e["metric"], e["statistic"] + ("" if e["fitted"] else " (not fitted)"), e["rows"],
+                  f"{e['before_median']:.1%}", f"{e['before_p90']:.1%}", f"{e['after_median']:.1%}",
+                  f"{e['after_p90']:.1%}"] for e in found.errors], console)
+    for skipped in found.skipped:
+        console.print(f"skipped {skipped['record']}: {skipped['reason']}")
+    console.print(f"wrote {output}: use it with --catalog {output}")
 
 
 # ---------------------------------------------------------------- quantplan report

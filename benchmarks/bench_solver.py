@@ -70,17 +70,62 @@ def sweep_figures(world, grid_points: int) -> None:
           f"same cost: {same_cost}/{grid_points}")
 
 
+TARGETS_S = {"3 classes": 1.0, "10 classes": 3.0, "fleet example": 5.0, "list gpus": 0.3, "estimate": 0.3}
+
+
+def ten_classes() -> list[dict]:
+    """THREE_CLASSES and seven more at other lengths and loads (distinct names)."""
+    more = []
+    for i, (prompt, output, load) in enumerate([(256, 128, 16), (2048, 512, 8), (4096, 256, 1.0), (512, 64, 4.0),
+                                                (8000, 500, 4), (128, 1024, 32), (1024, 1024, 0.5)]):
+        traffic = {"name": f"extra{i}", "prompt_tokens": prompt, "output_tokens": output, "ttft_ms": 5000,
+                   "tpot_ms": 80}
+        traffic["concurrency" if isinstance(load, int) else "rate_per_s"] = load
+        more.append(traffic)
+    return THREE_CLASSES + more
+
+
+def process_seconds(argv: list[str], repeats: int) -> float:
+    """Whole-process wall time of a quantplan command (median)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "quantplan.cli", *argv]
+    return timed(lambda: subprocess.run(command, capture_output=True, check=False), repeats)[0]
+
+
+def whole_figures(repeats: int) -> None:
+    """The figures users feel: whole processes, as `quantplan` runs them (median of `repeats`)."""
+    rows = [
+        ("list gpus", ["list", "gpus"]),
+        ("estimate", ["estimate", "--model", "llama-3.1-8b", "--method", "fp8", "--gpu", "h100-sxm",
+                      "--framework", "vllm", "--concurrency", "8"]),
+        ("fleet example", ["solve", "examples/fleet-five-models.toml", "--json"]),
+    ]
+    for label, argv in rows:
+        seconds = process_seconds(argv, repeats if label != "fleet example" else 1)
+        target = TARGETS_S.get(label)
+        print(f"  {label}: {seconds:.2f} s" + (f" (target {target:g} s: {'met' if seconds <= target else 'missed'})"
+                                               if target else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--grid", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="Skip the 10-class solve and the price sweep.")
     args = parser.parse_args()
     world = load_world()
     print("Full built-in catalog, llama-3.1-70b:")
     solve_figures(world, ONE_CLASS, args.repeats)
     solve_figures(world, THREE_CLASSES, args.repeats)
-    print("Price sweep:")
-    sweep_figures(world, args.grid)
+    if not args.quick:
+        solve_figures(world, ten_classes(), 1)
+    print("Whole processes:")
+    whole_figures(args.repeats)
+    if not args.quick:
+        print("Price sweep:")
+        sweep_figures(world, args.grid)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,8 @@ def make_plugin_set(catalogs: Iterable[Path | str] = (), extra: Iterable[object]
     for path in catalogs:
         plugin = UserCatalogPlugin(path)
         _register(plugins, plugin, plugin.name, "user catalog")
+        if plugin.calibration is not None:  # [[calibration]] rows: a plugin of their own (calibration.py)
+            _register(plugins, plugin.calibration, plugin.calibration.name, "user catalog")
     for plugin in extra:
         name = getattr(plugin, "name", None) or type(plugin).__name__
         _register(plugins, plugin, name, "registered in code")

@@ -27,24 +27,69 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
     more, serves every class a serves with at least a's capacity, no higher request latency, no
     more quality loss, and lies inside the validation data if a does; on a full tie the
     alphabetically first key survives. Any plan using a can use b instead at no extra cost.
+
+    Sort-filter skyline: per device, options in an order that puts every dominator before what it
+    dominates (lexicographic on cost, GPUs, loss, outside-the-data, total capacity, classes served, total
+    latency, rank); each is kept unless a kept one dominates it (dominance is transitive, so the kept set is
+    enough). `_prune_pairwise` is the all-pairs definition the tests compare it with.
     """
+    keep: list[int] = []
+    for members, crit in _criteria(options, classes, with_latency):
+        cost, gpus, loss, outside, capacity, latency, position = crit
+        if latency is not None:  # a dominator serves every class its victim serves, at no higher latency
+            finite = np.isfinite(latency)
+            served, total = -finite.sum(axis=1), np.where(finite, latency, 0.0).sum(axis=1)
+        else:
+            served = total = np.zeros(len(members))
+        order = np.lexsort((position, total, served, -capacity.sum(axis=1), outside, loss, gpus, cost))
+        kept = np.empty(len(members), dtype=int)
+        count = 0
+        for i in order:
+            k = kept[:count]
+            no_worse = ((cost[k] <= cost[i]) & (gpus[k] <= gpus[i]) & (loss[k] <= loss[i])
+                        & (outside[k] <= outside[i]) & (capacity[k] >= capacity[i]).all(axis=1))
+            if latency is not None:
+                no_worse &= (latency[k] <= latency[i]).all(axis=1)
+            if no_worse.any():
+                strictly = ((cost[k] < cost[i]) | (gpus[k] < gpus[i]) | (loss[k] < loss[i])
+                            | (outside[k] < outside[i]) | (capacity[k] > capacity[i]).any(axis=1)
+                            | (position[k] < position[i]))
+                if latency is not None:
+                    strictly |= (latency[k] < latency[i]).any(axis=1)
+                if (no_worse & strictly).any():
+                    continue
+            kept[count] = i
+            count += 1
+        keep += [members[i] for i in kept[:count]]
+    return [options[i] for i in sorted(keep)]
+
+
+def _criteria(options: list[Option], classes, with_latency: bool):
+    """Per device type: member indices and the arrays dominance compares (position: rank order)."""
     groups: dict[str, list[int]] = {}
     for index, option in enumerate(options):
         groups.setdefault(option.config.gpu.id, []).append(index)
-    keep: list[int] = []
     for members in groups.values():
         cost = np.array([options[i].cost_per_hour for i in members])
         capacity = np.array([[options[i].performance[k.name].capacity if k.name in options[i].performance else 0.0
-                              for k in classes] for i in members])
+                              for k in classes] for i in members]).reshape(len(members), len(classes))
         latency = np.array([[program.request_latency_ms(options[i], k) if k.name in options[i].performance
-                             else np.inf for k in classes] for i in members]) if with_latency else None
+                             else np.inf for k in classes] for i in members]).reshape(
+            len(members), len(classes)) if with_latency else None
         loss = np.array([options[i].quality.relative for i in members])
-        outside = np.array([options[i].extrapolated for i in members])
+        outside = np.array([options[i].extrapolated for i in members], dtype=int)
         gpus = np.array([options[i].config.gpus for i in members])
         ranks = [program.rank(options[i]) for i in members]
-        order = sorted(range(len(members)), key=lambda i: ranks[i])
-        earlier = np.empty(len(members), dtype=int)
-        earlier[order] = np.arange(len(members))  # position of each member in rank order
+        position = np.empty(len(members), dtype=int)
+        position[sorted(range(len(members)), key=lambda i: ranks[i])] = np.arange(len(members))
+        yield members, (cost, gpus, loss, outside, capacity, latency, position)
+
+
+def _prune_pairwise(options: list[Option], classes: tuple[TrafficClass, ...],
+                    with_latency: bool = False) -> list[Option]:
+    """The all-pairs definition of `prune_dominated` (blocks of 256 rows), kept to test it against."""
+    keep: list[int] = []
+    for members, (cost, gpus, loss, outside, capacity, latency, earlier) in _criteria(options, classes, with_latency):
         for start in range(0, len(members), 256):  # rows a (the dominated), in blocks to bound memory
             a = slice(start, start + 256)
             extra = capacity[None, :, :] - capacity[a, None, :]  # b's capacity over a's, per class
@@ -120,6 +165,7 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
         stats=SolveStats(configurations=space.configurations, candidates=len(space.options),
                          candidates_after_pruning=len(options), solve_seconds=solution.solve_seconds,
                          gap=None if solution.status == "optimal" else solution.gap),
+        traffic=scenario.classes,
     )
     return plan, space
 
@@ -131,7 +177,7 @@ def _solve(options: list[Option], scenario: Scenario, availability: dict[str, in
 
 
 ALTERNATIVES_PER_KIND = 3
-MAX_SHARING_ROUNDS = 4
+MAX_SHARING_ROUNDS = 8
 
 
 def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve):

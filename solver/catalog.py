@@ -29,9 +29,10 @@ TABLES: dict[str, type[BaseModel]] = {
     "family_quality": specs.FamilyQualitySpec,
     "kv_quality": specs.KVQualitySpec,
     "use_case": specs.UseCaseSpec,
+    "calibration": specs.CalibrationSpec,
 }
 
-USER_TABLES = ("gpu", "price", "model")
+USER_TABLES = ("gpu", "price", "model", "calibration")
 
 
 def read_toml(path: Path | str, label: str | None = None) -> dict:
@@ -94,7 +95,7 @@ def builtin_catalog(name: str) -> dict[str, list[BaseModel]]:
 
 
 def user_catalog(path: Path | str) -> dict[str, list[BaseModel]]:
-    """Load a user's `--catalog FILE`: GPUs, prices and models, no code."""
+    """Load a user's `--catalog FILE`: GPUs, prices, models and calibrations, no code."""
     return parse_tables(read_toml(path, f"--catalog {path}"), f"--catalog {path}", USER_TABLES)
 
 

@@ -60,7 +60,7 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
         tokens_per_s=tokens, replicas=groups,
         binding=binding_constraints(world, whole, solution, groups, merged),
         alternatives=[], reasons=[], notes=notes + ["a fleet plan: no per-restriction alternatives"],
-        workload=lines, pool=pool_use(solution, availability),
+        workload=lines, pool=pool_use(solution, availability), traffic=whole.classes,
         stats=SolveStats(configurations=merged.configurations, candidates=len(merged.options),
                          candidates_after_pruning=len(options), solve_seconds=solution.solve_seconds,
                          gap=None if solution.status == "optimal" else solution.gap),

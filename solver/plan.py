@@ -106,6 +106,7 @@ class Plan(Out):
     stats: SolveStats | None = None
     workload: list[str] = []  # the problem as understood
     pool: list[dict] = []  # a fleet: per device, GPUs used and available
+    traffic: tuple[TrafficClass, ...] = ()  # the traffic classes planned for (launch: lengths, load, SLOs)
 
 
 def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:

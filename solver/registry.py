@@ -93,6 +93,11 @@ def build_world(plugins) -> World:
     for gpu_id in world.prices:
         if gpu_id not in world.gpus.by_id:
             raise QuantplanError(f"a price is given for unknown device {gpu_id!r}")
+    from quantplan.plugins.builtin.calibration import CalibrationPlugin  # [[calibration]] rows name known ids
+
+    for _, plugin in plugins.manager.list_name_plugin():
+        if isinstance(plugin, CalibrationPlugin):
+            plugin.check(world)
     return world
 
 

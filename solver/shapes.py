@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 from pydantic import ValidationError
 
 from .errors import QuantplanError
@@ -74,6 +73,8 @@ def experts_touched_fraction(model: ModelSpec, tokens):
     `tokens` may be a numpy array (several batch sizes at once)."""
     if not model.is_moe:
         return 1.0
+    import numpy as np
+
     miss = (1.0 - model.experts_per_token / model.num_experts) ** np.maximum(tokens, 1)
     return 1.0 - miss
 

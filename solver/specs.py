@@ -264,3 +264,19 @@ class UseCaseSpec(Record):
     max_ppl_delta: float = Field(gt=0)
     max_kl_divergence: float = Field(gt=0)
     source: str = Field(min_length=3)
+
+
+class CalibrationSpec(Record):
+    """A framework's efficiencies on one device for one method, fitted to the user's own benchmark runs
+    (`quantplan calibrate`). Each given figure replaces the framework's catalog value for this device,
+    framework and method only; a figure left out keeps the catalog's."""
+
+    gpu: str
+    framework: str
+    method: str
+    bandwidth_efficiency: float | None = Field(default=None, gt=0, le=1.2)  # share of datasheet bandwidth
+    prefill_efficiency: float | None = Field(default=None, gt=0, le=1)  # share of dense tensor peak, prompts
+    step_overhead_ms: float | None = Field(default=None, ge=0)  # per engine step
+    request_overhead_ms: float | None = Field(default=None, ge=0)  # per request, added to TTFT
+    fitted_on: str = ""
+    source: str = Field(min_length=3)

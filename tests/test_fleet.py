@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -90,3 +91,29 @@ def test_a_fleet_model_needs_an_id_or_a_config(tmp_path):
     result = CliRunner().invoke(cli, ["solve", str(path)])
     assert result.exit_code == 2
     assert "needs an id or a model_config" in result.output
+
+
+def test_the_example_fleet_is_planned_within_its_pool_and_budget():
+    """examples/fleet-five-models.toml: five models, twelve classes; every class fully served by replicas
+    of its own model, every device within the pool, owned H100s at no price, the total within budget."""
+    from quantplan.solver.api import solve as plan_for
+    from quantplan.solver.scenario import load_scenario
+
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "examples" / "fleet-five-models.toml")
+    plan = plan_for(scenario)
+    names = {f"{m.id}/{c.name}" for m in scenario.models for c in m.classes}
+    assert len(names) == 12
+    served: dict[str, float] = {}
+    for group in plan.replicas:
+        for figures in group.classes:
+            assert figures.name.startswith(group.model + "/")
+            served[figures.name] = served.get(figures.name, 0.0) + figures.share
+        if group.gpu == "h100-sxm":
+            assert group.cost_per_hour == 0.0
+    assert served.keys() == names and all(abs(share - 1.0) < 1e-6 for share in served.values())
+    limits = {"h100-sxm": 8, "h200": 8, "l40s": 8, "l4": 16}
+    for row in plan.pool:
+        assert row["used"] <= limits[row["gpu"]] == row["available"]
+    assert plan.cost_per_hour <= 120
+    rented = sum(g.count * g.cost_per_hour for g in plan.replicas)
+    assert plan.cost_per_hour == pytest.approx(rented)

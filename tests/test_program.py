@@ -132,3 +132,25 @@ def test_rate_class_load_divides_by_requests_per_second(world):
     traffic = TrafficClass(name="api", rate_per_s=4.0)
     one = option(world, "l40s", 1.0, {"api": 1.5})
     assert program.solve([one], (traffic,), {}).assignments[0].replicas == 3
+
+
+def test_skyline_pruning_keeps_exactly_what_the_pairwise_comparison_keeps():
+    """Full built-in catalog, 70B, three classes (capacities per class), with and without latency."""
+    from quantplan.solver.api import _prune_pairwise, prune_dominated
+    from quantplan.solver.registry import load_world
+    from quantplan.solver.scenario import make_scenario
+    from quantplan.solver.space import build_space
+
+    classes = [{"name": "chat", "prompt_tokens": 1024, "output_tokens": 256, "concurrency": 64, "ttft_ms": 2000,
+                "tpot_ms": 50},
+               {"name": "rag", "prompt_tokens": 6000, "output_tokens": 300, "rate_per_s": 2.0, "ttft_ms": 3000},
+               {"name": "batch", "prompt_tokens": 512, "output_tokens": 512, "concurrency": 256}]
+    world = load_world()
+    scenario = make_scenario({"model": "llama-3.1-70b", "classes": classes, "max_gpus": 4,
+                              "gpus": ["h100-sxm", "l40s", "a100-80gb", "rtx4090"]})
+    options = build_space(world, scenario, world.with_prices({})).options
+    assert len(options) > 500
+    for latency in (False, True):
+        skyline = [o.key for o in prune_dominated(options, scenario.classes, latency)]
+        pairwise = [o.key for o in _prune_pairwise(options, scenario.classes, latency)]
+        assert skyline == pairwise and len(skyline) < len(options)

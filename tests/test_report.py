@@ -144,39 +144,40 @@ def test_fleet_page_names_each_model_and_the_pool(tmp_path):
         assert f'<td class="num">{group.weights_gb:.2f}</td>' in memory
 
 
-def test_launch_section_says_how_without_a_launch_module(chat_report):
+def test_launch_section_gives_what_quantplan_launch_gives(chat_report):
+    """The page shows, escaped, the commands `quantplan launch` makes for the same plan: SGLang on one A100
+    with the plan's batch (8) as its running limit, the base checkpoint, and the benchmark at 8 clients."""
+    from html import escape
+
+    from quantplan.solver.launch import launch
+    from quantplan.solver.registry import load_world
+
     section = re.search(r'<section id="launch">(.*?)</section>', chat_report.html).group(1)
-    try:
-        import quantplan.solver.launch  # noqa: F401
-    except ImportError:
-        assert "quantplan launch plan.json" in section
-    else:  # pragma: no cover - once the launch module is merged
-        assert "<pre>" in section or "unavailable" in section
+    [replica] = launch(json.loads(chat_report.plan.model_dump_json()), load_world())
+    assert f"<pre>{escape(replica.command)}</pre>" in section
+    assert replica.command.startswith("python -m sglang.launch_server")
+    assert "--max-running-requests 8" in replica.command
+    assert f"Checkpoint ({replica.checkpoint.kind}): {escape(replica.checkpoint.path)}" in section
+    [benchmark] = replica.benchmarks
+    assert f"<pre>{escape(benchmark.command)}</pre>" in section and "--max-concurrency 8" in benchmark.command
 
 
-def test_launch_section_shows_what_the_launch_module_gives(monkeypatch, chat_report):
-    """With a launch module present (a stand-in here, with launch's interface), its commands appear escaped,
-    and it receives the planned traffic classes as the plan's workload."""
+def test_launch_section_escapes_what_it_shows(monkeypatch, chat_report):
+    """Commands and recipes are text: shell operators and angle brackets reach the page escaped."""
     from types import SimpleNamespace
 
-    seen = {}
+    from quantplan.solver import html_launch
 
-    def launch(plan, world, model_config=None):
-        seen.update(plan=plan, model_config=model_config)
-        checkpoint = SimpleNamespace(kind="recipe", path="/models/x", source="", tool="llm-compressor",
-                                     recipe="scheme: FP8 <dynamic>", steps=["python quantize.py"])
-        return [SimpleNamespace(name="r0", count=2, framework="vllm", gpu="a100-80gb", checkpoint=checkpoint,
-                                command="vllm serve /models/x --max-num-seqs 8 && echo '<b>'",
-                                benchmarks=[SimpleNamespace(command="vllm bench serve --max-concurrency 8")])]
-
-    monkeypatch.setitem(__import__("sys").modules, "quantplan.solver.launch", SimpleNamespace(launch=launch))
-    scenario = load_scenario(CHAT)
-    section = html_report.launch_section(chat_report.plan, None, scenario)
-    assert seen["plan"]["workload"] == [k.model_dump() for k in scenario.classes] and seen["model_config"] is None
+    checkpoint = SimpleNamespace(kind="recipe", path="/models/x", source="", tool="llm-compressor",
+                                 recipe="scheme: FP8 <dynamic>", steps=["python quantize.py"])
+    replica = SimpleNamespace(name="r0", count=2, framework="vllm", gpu="a100-80gb", checkpoint=checkpoint,
+                              command="vllm serve /models/x && echo '<b>'",
+                              benchmarks=[SimpleNamespace(command="vllm bench serve --max-concurrency 8")])
+    monkeypatch.setattr(html_launch, "launch", lambda plan, world, model_config=None: [replica])
+    section = html_launch.launch_section(chat_report.plan, None, load_scenario(CHAT))
     assert "<h3>r0: 2 x vllm on a100-80gb</h3>" in section
-    assert "<pre>vllm serve /models/x --max-num-seqs 8 &amp;&amp; echo &#x27;&lt;b&gt;&#x27;</pre>" in section
+    assert "<pre>vllm serve /models/x &amp;&amp; echo &#x27;&lt;b&gt;&#x27;</pre>" in section
     assert "<pre>scheme: FP8 &lt;dynamic&gt;</pre>" in section and "<pre>python quantize.py</pre>" in section
-    assert "<pre>vllm bench serve --max-concurrency 8</pre>" in section
 
 
 def test_cli_writes_the_page_and_json_summary(tmp_path):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, Execution, Step
 from quantplan.solver.catalog import builtin_catalog
-from quantplan.solver.serving import Scheduling
 from quantplan.solver.specs import FrameworkSpec, GPUSpec, MethodSpec
 from quantplan.solver.terms import Term
+
+if TYPE_CHECKING:  # pragma: no cover - the load models (numpy) load when a solve needs them
+    from quantplan.solver.serving import Scheduling
 
 # Achieved host-to-device copy rate over PCIe Gen4 x16 (32 GB/s per direction theoretical).
 PCIE_COPY_BYTES_PER_S = 25e9
@@ -115,6 +118,8 @@ class FrameworkPlugin:
         ffn = max(model.intermediate_size if model.dense_layers or not model.is_moe else 0,
                   model.moe_intermediate_size * max(model.experts_per_token, 1))
         divisor = config.gpus if framework.parallelism == "tensor" else 1
+        import numpy as np
+
         tokens = np.minimum(framework.max_batched_tokens, max(context_tokens, 1) * config.batch)
         activations = tokens * (2 * ffn / divisor + 4 * model.hidden_size) * 2
         return [
@@ -156,6 +161,8 @@ class FrameworkPlugin:
         """The engine's documented scheduler defaults (catalog row), the token budget by device memory."""
         if not self.owns(config):
             return None
+        from quantplan.solver.serving import Scheduling
+
         framework, gpu = config.framework, config.gpu
         budget = framework.token_budget_exceptions.get(
             gpu.id, _tier(framework.token_budget_by_memory_gb, gpu.memory_gb, framework.max_batched_tokens))

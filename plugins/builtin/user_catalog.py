@@ -1,9 +1,10 @@
-"""A user's TOML catalog (`--catalog FILE`): more devices, prices and models, no code."""
+"""A user's TOML catalog (`--catalog FILE`): more devices, prices, models and calibrations, no code."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from quantplan.plugins.builtin.calibration import CalibrationPlugin
 from quantplan.plugins.builtin.devices import DevicePlugin
 from quantplan.plugins.builtin.models import ModelPlugin
 from quantplan.plugins.hookspecs import hookimpl
@@ -22,6 +23,8 @@ class UserCatalogPlugin(DevicePlugin):
         self.models = tables.get("model", [])
         self._model_ids = {m.id for m in self.models}
         self._baselines = ModelPlugin(self.name, self.models)
+        rows = tables.get("calibration", [])
+        self.calibration = CalibrationPlugin(f"calibration:{Path(path).name}", rows) if rows else None
 
     def owns(self, config: Config) -> bool:
         return super().owns(config) or config.model.id in self._model_ids
