@@ -31,7 +31,8 @@ def launch_section(plan: Plan, world: World, scenario: Scenario | None = None) -
                           model_config=scenario.model_config_path if scenario else None)
     except QuantplanError as error:
         return _p(f"Launch commands unavailable for this plan ({error}). Try: {HOW}.", "warn")
-    html = _p(f"For the Kubernetes and compose manifests: {HOW}.", "muted")
+    html = _p("Kubernetes and compose manifests, and all of this as JSON: quantplan solve SCENARIO.toml --json > "
+              "plan.json && quantplan launch plan.json [--json].", "muted")
     for replica in replicas:
         checkpoint = replica.checkpoint
         html += (f"<h3>{escape(replica.name)}: {replica.count} x {escape(replica.framework)} on "
@@ -40,7 +41,9 @@ def launch_section(plan: Plan, world: World, scenario: Scenario | None = None) -
                    + (f" (source: {checkpoint.source})" if checkpoint.source else ""))
         if checkpoint.recipe:
             html += _p(f"Recipe ({checkpoint.tool}):") + _pre(checkpoint.recipe)
-        html += "".join(_pre(step) for step in checkpoint.steps)
+        if checkpoint.steps:
+            html += _p("Make the checkpoint:" if not checkpoint.recipe else "Then run:")
+            html += "".join(_pre(step) for step in checkpoint.steps)
         html += _p("Start the engine:") + _pre(replica.command)
         if replica.benchmarks:
             html += _p("Check the SLOs:") + "".join(_pre(b.command) for b in replica.benchmarks)
