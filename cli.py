@@ -27,6 +27,23 @@ def _pairs(values: tuple[str, ...], option: str, kind: type) -> dict:
     return parsed
 
 
+def check_output_path(path: str | None, option: str) -> None:
+    """Fail before any work when `path` cannot be written: its folder missing or read-only, or a folder
+    in its place (nothing is solved, and nothing written, for an answer that cannot be saved)."""
+    import os
+
+    if not path:
+        return
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise QuantplanError(f"{option} {path}: is a folder, not a file")
+    if not folder.is_dir():
+        raise QuantplanError(f"{option} {path}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise QuantplanError(f"{option} {path}: not writable")
+
+
 def _console() -> Console:
     """A console as wide as the terminal, or $COLUMNS; 160 columns when output goes to a file or pipe."""
     import os
@@ -123,7 +140,7 @@ def scenario_from_options(scenario_file, options: dict):
     workload = {k: v for k, v in workload.items() if v is not None}
     base: dict = {}
     if scenario_file:
-        base = load_scenario(scenario_file).model_dump()
+        base = load_scenario(scenario_file, require_class=not workload).model_dump()
         base = {k: v for k, v in base.items()}
     fields = {**base, **{k: v for k, v in top.items() if v is not None}}
     if options.get("model"):
@@ -161,13 +178,25 @@ class QuantplanGroup(click.Group):
         try:
             return super().invoke(ctx)
         except InfeasibleError as error:
+            _report_plugin_failures()  # warnings first, then the one line that ends the command
             if ctx.meta.get("as_json"):
                 click.echo(json.dumps({"status": "infeasible", "reasons": error.reasons}, indent=2))
             click.echo(f"infeasible: {error}", err=True)
             ctx.exit(error.exit_code)
         except QuantplanError as error:
+            _report_plugin_failures()
             click.echo(f"error: {error}", err=True)
             ctx.exit(error.exit_code)
+        finally:
+            _report_plugin_failures()
+
+
+def _report_plugin_failures() -> None:
+    """Name each plugin that failed to load, or was dropped for raising or answering with junk, once on stderr."""
+    from quantplan.plugins.manager import take_failures
+
+    for failure in take_failures():
+        click.echo(f"warning: {failure.line()}", err=True)
 
 
 @click.group(cls=QuantplanGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -190,6 +219,7 @@ def solve(ctx, scenario_file, no_alternatives, write_lp, emit, as_json, **option
     from quantplan.solver.report import render_plan
 
     ctx.meta["as_json"] = as_json
+    check_output_path(write_lp, "--write-lp")
     scenario = scenario_from_options(scenario_file, options)
     if no_alternatives or write_lp:
         scenario = scenario.model_copy(update={"alternatives": not no_alternatives, "write_lp": write_lp})
@@ -244,6 +274,8 @@ def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv
     from quantplan.solver.report import render_rows
 
     ctx.meta["as_json"] = as_json
+    check_output_path(csv_path, "--csv")
+    check_output_path(plot_path, "--plot")
     scenario = scenario_from_options(scenario_file, options)
     axes = [("price:" + n, lo, hi) for n, lo, hi in (_range(t, "--price-range") for t in price_ranges)]
     axes += [_range(t, "--vary") for t in varies]
@@ -280,6 +312,7 @@ def validate(filters, show_rows, write_error_bars, as_json):
     from quantplan.solver.report import render_rows
 
     where = _pairs(filters, "--filter", str)
+    check_output_path(write_error_bars, "--write-error-bars")
     world = checks_module.validation_world()
     checks = checks_module.run(world, where=where)
     result = checks_module.summary(checks)
@@ -339,6 +372,10 @@ def fit(devices, write_to, as_json):
     from quantplan.solver.report import render_rows
 
     chosen = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
+    for name in ("frameworks.toml", "methods.toml") if write_to else ():
+        if not (Path(write_to) / name).is_file():
+            raise QuantplanError(f"--write {write_to}: no {name} there to update (give a copy of catalogs/)")
+        check_output_path(str(Path(write_to) / name), "--write")
     setup, values, report = fitting.fit(devices=chosen)
     errors = fitting.errors(setup, values, chosen)
     if write_to:
@@ -411,6 +448,11 @@ def memory(models, methods, gpus, batch, context_tokens, framework, kv_cache_dty
 
     if batch <= 0 or context_tokens <= 0:
         raise QuantplanError("--batch and --context-tokens must be positive")
+    from quantplan.solver.scenario import MAX_CONCURRENCY, MAX_TOKENS
+
+    if batch > MAX_CONCURRENCY or context_tokens > 2 * MAX_TOKENS:
+        raise QuantplanError(f"--batch {batch} / --context-tokens {context_tokens}: at most {MAX_CONCURRENCY} "
+                             f"sequences of {2 * MAX_TOKENS} tokens")
     world = load_world(catalogs)
     rows = tables.memory_table(world, models or tables.BLOG_MODELS, methods or tables.BLOG_METHODS,
                                gpus or tables.BLOG_DEVICES, batch, context_tokens, framework, kv_cache_dtype)

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import pluggy
 from quantplan.plugins import hookspecs
+from quantplan.plugins.results import DECLARATIONS, problem_with
 from quantplan.plugins.builtin import builtin_plugins
 from quantplan.solver.errors import PluginError, QuantplanError
 
@@ -25,7 +26,8 @@ class PluginFailure:
 
     def line(self) -> str:
         where = f"{self.distribution} {self.version}".strip()
-        return f"plugin {self.name!r} ({where or 'unknown distribution'}) failed: {self.error}"
+        error = " ".join(self.error.split())  # one line, whatever the exception's message holds
+        return f"plugin {self.name!r} ({where or 'unknown distribution'}) failed: {error}"
 
 
 @dataclass
@@ -46,32 +48,46 @@ class PluginSet:
         if self.strict:
             raise PluginError(failure.line())
         self.failures.append(failure)
+        _REPORTED.setdefault(failure.line(), failure)
 
     def collect(self, hook_name: str, **kwargs: Any) -> list[tuple[str, list]]:
         """Call a declaration hook plugin by plugin, so one broken plugin cannot sink the rest."""
         results = []
         for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
             try:
-                value = impl.function(**kwargs)
+                value = _call(impl, kwargs)
             except Exception as error:  # a third-party plugin's bug: report it, carry on
                 self._drop(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}")
+                continue
+            problem = problem_with(hook_name, value)
+            if problem:
+                self._drop(impl.plugin_name, f"{hook_name} {problem}")
                 continue
             results.append((impl.plugin_name, list(value or [])))
         return results
 
-    def call(self, hook_name: str, **kwargs: Any) -> list:
-        """Call a per-candidate hook; if it raises, find and drop the culprit, then call again."""
-        hook = getattr(self.manager.hook, hook_name)
-        try:
-            return hook(**kwargs)
-        except Exception:
-            for impl in hook.get_hookimpls():
-                try:
-                    impl.function(**kwargs)
-                except Exception as error:
-                    self._drop(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}")
-                    return self.call(hook_name, **kwargs)
-            raise
+    def check_declarations(self) -> None:
+        """Call every declaration hook once, dropping plugins that raise or answer with junk, so that
+        nothing a dropped plugin declared is used (its devices without its terms)."""
+        for hook_name in DECLARATIONS:
+            self.collect(hook_name)
+
+    def call(self, hook_name: str, **kwargs: Any):
+        """Call a first-result hook as pluggy would (last registered first); a plugin that raises or
+        answers with junk is dropped and the next one asked."""
+        for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+            try:
+                value = _call(impl, kwargs)
+            except Exception as error:
+                self._drop(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}")
+                return self.call(hook_name, **kwargs)
+            problem = problem_with(hook_name, value)
+            if problem:
+                self._drop(impl.plugin_name, f"{hook_name} {problem}")
+                return self.call(hook_name, **kwargs)
+            if value is not None:
+                return value
+        return None
 
     def call_for(self, hook_name: str, config, **kwargs: Any) -> list:
         """Call a per-candidate hook on the plugins involved in `config` only.
@@ -89,11 +105,17 @@ class PluginSet:
         results = []
         for impl in impls:
             try:
-                results.append(impl.function(**kwargs))
+                value = _call(impl, kwargs)
             except Exception as error:  # a plugin's bug: drop that plugin, report it, start again
-                self._drop(impl.plugin_name, f"{hook_name} raised {type(error).__name__}: {error}")
-                kwargs.pop("config")
-                return self.call_for(hook_name, config, **kwargs)
+                problem = f"raised {type(error).__name__}: {error}"
+            else:
+                problem = problem_with(hook_name, value)
+                if not problem:
+                    results.append(value)
+                    continue
+            self._drop(impl.plugin_name, f"{hook_name} {problem}")
+            kwargs.pop("config")
+            return self.call_for(hook_name, config, **kwargs)
         return results
 
     def _drop(self, name: str, error: str) -> None:
@@ -103,6 +125,28 @@ class PluginSet:
         plugin = self.manager.get_plugin(name)
         if plugin is not None:
             self.manager.unregister(plugin)
+
+
+def _call(impl, kwargs: dict):
+    """Call one hook implementation with the arguments it declares (pluggy lets it take fewer)."""
+    return impl.function(*(kwargs[name] for name in impl.argnames))
+
+
+# Failures seen in this process, each once, for the command line to print on stderr (take_failures).
+_REPORTED: dict[str, PluginFailure] = {}
+
+
+def take_failures() -> list[PluginFailure]:
+    """Plugin failures recorded since the last call, each once, in the order they happened."""
+    found = list(_REPORTED.values())
+    _REPORTED.clear()
+    return found
+
+
+def record_failures(failures: Iterable[PluginFailure]) -> None:
+    """Add failures seen elsewhere (a sweep's worker processes) to those the command line names."""
+    for failure in failures:
+        _REPORTED.setdefault(failure.line(), failure)
 
 
 def make_plugin_set(catalogs: Iterable[Path | str] = (), extra: Iterable[object] = (),
@@ -120,16 +164,55 @@ def make_plugin_set(catalogs: Iterable[Path | str] = (), extra: Iterable[object]
         load_entry_points(plugins)
     from quantplan.plugins.builtin.user_catalog import UserCatalogPlugin
 
-    for path in catalogs:
-        plugin = UserCatalogPlugin(path)
-        _register(plugins, plugin, plugin.name, "user catalog")
+    for path in _distinct_paths(catalogs):
+        name = f"catalog:{Path(path).name}"
+        if manager.has_plugin(name):  # another folder's file of the same name
+            name = f"catalog:{path}"
+        plugin = UserCatalogPlugin(path, name)
+        _register(plugins, plugin, name, "user catalog")
         if plugin.calibration is not None:  # [[calibration]] rows: a plugin of their own (calibration.py)
             _register(plugins, plugin.calibration, plugin.calibration.name, "user catalog")
     for plugin in extra:
         name = getattr(plugin, "name", None) or type(plugin).__name__
         _register(plugins, plugin, name, "registered in code")
-    manager.check_pending()
+    _drop_unknown_hooks(plugins)
+    plugins.check_declarations()
     return plugins
+
+
+def _distinct_paths(paths: Iterable[Path | str]) -> list[Path | str]:
+    """Each catalog file once, however often it is named (a scenario's `catalogs` and `--catalog`)."""
+    seen, result = set(), []
+    for path in paths:
+        key = Path(path).resolve()
+        if key not in seen:
+            seen.add(key)
+            result.append(path)
+    return result
+
+
+def _drop_unknown_hooks(plugins: PluginSet) -> None:
+    """pluggy's check_pending, plugin by plugin: a misspelled hook (`quantplan_gpu`) drops its plugin,
+    named with the closest real hook, instead of failing every command."""
+    import difflib
+
+    known = [name for name in dir(hookspecs) if name.startswith(hookspecs.PROJECT + "_")]
+    while True:
+        try:
+            plugins.manager.check_pending()
+            return
+        except pluggy.PluginValidationError as error:
+            name = plugins.manager.get_name(error.plugin)
+            hook = next((h for h in _hook_names(error.plugin) if h not in known), "?")
+            close = difflib.get_close_matches(hook, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            plugins.manager.unregister(error.plugin)
+            distribution, version = plugins.distributions.get(name, (plugins.origins.get(name, ""), ""))
+            plugins.fail(PluginFailure(name, distribution, version, f"unknown hook {hook!r}{hint}"))
+
+
+def _hook_names(plugin: object) -> list[str]:
+    return sorted(name for name in dir(plugin) if name.startswith(hookspecs.PROJECT + "_"))
 
 
 def _register(plugins: PluginSet, plugin: object, name: str, origin: str) -> None:

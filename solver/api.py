@@ -436,6 +436,16 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         raise QuantplanError("--max-num-seqs must be positive")
     if rate is not None and not math.isfinite(rate):
         raise QuantplanError(f"--rate {rate}: give a finite number of requests/s")
+    from .scenario import MAX_CONCURRENCY, MAX_RATE_PER_S, MAX_TOKENS
+
+    if batch > MAX_CONCURRENCY:
+        raise QuantplanError(f"--concurrency {batch}: at most {MAX_CONCURRENCY} clients")
+    if rate is not None and rate > MAX_RATE_PER_S:
+        raise QuantplanError(f"--rate {rate:g}: at most {MAX_RATE_PER_S:g} requests/s")
+    if max(prompt_tokens, output_tokens) > MAX_TOKENS:
+        raise QuantplanError(f"--prompt-tokens / --output-tokens: at most {MAX_TOKENS} tokens each")
+    if max_num_seqs is not None and max_num_seqs > MAX_CONCURRENCY:
+        raise QuantplanError(f"--max-num-seqs {max_num_seqs}: at most {MAX_CONCURRENCY}")
     if not (math.isfinite(requests_per_client) and requests_per_client >= 0):
         raise QuantplanError(f"--requests-per-client {requests_per_client}: give 0 (steady state) or more")
     world = world or load_world(catalogs)

@@ -12,7 +12,7 @@ from typing import Generic, Iterable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from . import specs
-from .errors import QuantplanError
+from .errors import QuantplanError, validation_problem
 
 SCHEMA_VERSION = 1
 
@@ -54,7 +54,7 @@ def parse_tables(document: dict, label: str, allowed: Iterable[str] = TABLES) ->
     """Validate each `[[table]]` row into its record; the error names file, table, row and field."""
     allowed = tuple(allowed)
     version = document.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise QuantplanError(f"{label}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
     result: dict[str, list[BaseModel]] = {}
     for key, rows in document.items():
@@ -68,14 +68,16 @@ def parse_tables(document: dict, label: str, allowed: Iterable[str] = TABLES) ->
         parsed = []
         for index, row in enumerate(rows):
             where = f"{label}: [[{key}]] #{index + 1}"
-            if isinstance(row, dict) and "id" in row:
-                where += f" ({row['id']})"
+            if isinstance(row, dict) and ("id" in row or "gpu" in row):
+                where += f" ({row.get('id', row.get('gpu'))})"
             try:
                 parsed.append(record(**row))
             except ValidationError as error:
-                first = error.errors()[0]
-                field = ".".join(str(p) for p in first["loc"]) or key
-                raise QuantplanError(f"{where}: field '{field}': {first['msg'].lower()}") from None
+                location, message = validation_problem(error, record.model_fields)
+                if message.startswith("unknown field"):
+                    raise QuantplanError(f"{where}: {message}") from None
+                field = ".".join(str(p) for p in location) or key
+                raise QuantplanError(f"{where}: field '{field}': {message}") from None
             except TypeError as error:
                 raise QuantplanError(f"{where}: {error}") from None
         result[key] = parsed
@@ -141,5 +143,15 @@ class Registry(Generic[T]):
             return self.by_id[self._names[key]]
         close = difflib.get_close_matches(key, list(self._names), n=5, cutoff=0.5)
         suggestions = sorted({self._names[c] for c in close})
-        hint = f"; closest: {', '.join(suggestions)}" if suggestions else f"; known: {', '.join(self.ids()[:12])}"
+        hint = f"; closest: {', '.join(suggestions)}" if suggestions else f"; known: {known_ids(self.ids())}"
         raise QuantplanError(f"unknown {self.kind} {name!r}{hint}")
+
+
+KNOWN_SHOWN = 12
+
+
+def known_ids(ids: list[str], shown: int = KNOWN_SHOWN) -> str:
+    """The first `shown` ids, then how many more there are (a list that stops silently looks complete)."""
+    head = ", ".join(ids[:shown])
+    rest = len(ids) - shown
+    return head + (f" and {rest} more" if rest > 0 else "")

@@ -8,6 +8,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable
 
+from quantplan.plugins.manager import record_failures, take_failures
+
 from .api import as_scenario, solve
 from .errors import InfeasibleError, QuantplanError
 from .registry import World, load_world
@@ -70,13 +72,14 @@ def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float,
         plan = solve(scenario, world)
     except InfeasibleError as error:
         return {"values": list(values), "status": "infeasible", "plan": "; ".join(error.reasons)[:300],
-                "cost_per_hour": None}
+                "cost_per_hour": None, "plugin_failures": take_failures()}
     label = " + ".join(f"{g.count}x[{g.gpus_per_replica}x {g.gpu} {g.method} {g.framework} b{g.batch_size} "
                        f"kv-{g.kv_cache_dtype}]" for g in sorted(plan.replicas, key=lambda g: (g.gpu, g.method,
                                                                                                g.framework,
                                                                                                g.gpus_per_replica,
                                                                                                g.batch_size)))
-    return {"values": list(values), "status": plan.status, "plan": label, "cost_per_hour": plan.cost_per_hour}
+    return {"values": list(values), "status": plan.status, "plan": label, "cost_per_hour": plan.cost_per_hour,
+            "plugin_failures": take_failures()}  # a worker's failures, for the command to name
 
 
 def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float, ...]], engine: str = "processes",
@@ -102,6 +105,7 @@ def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float
 def _collect(results: Iterable[dict], progress) -> list[dict]:
     found = []
     for result in results:
+        record_failures(result.pop("plugin_failures", ()))
         found.append(result)
         if progress:
             progress(len(found))

@@ -10,6 +10,7 @@ from .candidates import QualityBook
 from .catalog import Registry
 from .errors import QuantplanError
 from .specs import (
+    PLAUSIBLE_BOUNDS,
     FamilyQualitySpec,
     FrameworkSpec,
     GPUSpec,
@@ -61,6 +62,9 @@ class World:
             gpu = self.gpus.get(name)
             if not usd > 0:
                 raise QuantplanError(f"--price {name}={usd}: a price must be positive")
+            lowest, highest, _ = PLAUSIBLE_BOUNDS["PriceSpec"]["usd_per_hour"]
+            if not lowest <= usd <= highest:
+                raise QuantplanError(f"--price {name}={usd:g}: give {lowest:g} to {highest:g} $ per device-hour")
             prices[gpu.id] = PriceSpec(gpu=gpu.id, usd_per_hour=usd, provider="user", as_of="given",
                                        source="--price on the command line or [prices] in the scenario")
         return prices

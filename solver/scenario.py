@@ -3,33 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .catalog import read_toml
-from .errors import QuantplanError
+from .errors import QuantplanError, validation_problem
+from .specs import scalar_types
 
 Objective = Literal["cost", "latency", "balanced"]
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+# Generous but finite limits on what a user asks: beyond them a number is a typo, and the integer
+# program's coefficients would lose precision (a million clients already needs ~2,000 H100 replicas).
+MAX_CONCURRENCY = 1_000_000
+MAX_RATE_PER_S = 1_000_000.0
+MAX_SLO_MS = 10_000_000.0  # about 2.8 hours
+MAX_PRICE = 1_000.0  # $ per device-hour (the shipped catalogs' highest is under $10)
+MAX_DEVICES = 1_000_000
+MAX_TOKENS = 2_000_000  # per request, prompt or output
+
+
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _scalar_types(cls, value, info: ValidationInfo):
+        return scalar_types(cls, value, info)
 
 
 class TrafficClass(Input):
     """One kind of traffic: lengths, load and the SLOs and quality floor it must meet."""
 
     name: str = "default"
-    prompt_tokens: int = Field(default=512, gt=0, le=2_000_000)
-    output_tokens: int = Field(default=256, gt=0, le=2_000_000)
-    concurrency: int | None = Field(default=None, gt=0)
-    rate_per_s: float | None = Field(default=None, gt=0)
-    ttft_ms: float | None = Field(default=None, gt=0)
-    tpot_ms: float | None = Field(default=None, gt=0)
-    min_tokens_per_s: float | None = Field(default=None, gt=0)
-    max_ppl_delta: float | None = Field(default=None, ge=0)
+    prompt_tokens: int = Field(default=512, gt=0, le=MAX_TOKENS)
+    output_tokens: int = Field(default=256, gt=0, le=MAX_TOKENS)
+    concurrency: int | None = Field(default=None, gt=0, le=MAX_CONCURRENCY)
+    rate_per_s: float | None = Field(default=None, gt=0, le=MAX_RATE_PER_S)
+    ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    min_tokens_per_s: float | None = Field(default=None, gt=0, le=1_000_000)
+    max_ppl_delta: float | None = Field(default=None, ge=0, le=1_000_000)
     use_case: str | None = None
     slo_statistic: Literal["mean", "p50", "p90", "p99"] | None = None
     requests_per_client: float = Field(default=10.0, ge=0, le=1e6)
@@ -112,13 +128,13 @@ class Scenario(Input):
     frameworks: tuple[str, ...] = ()
     kv_cache_dtypes: tuple[str, ...] = ()
     max_gpus: int = Field(default=8, ge=1, le=64)
-    gpu_count: dict[str, int] = Field(default_factory=dict)
-    prices: dict[str, float] = Field(default_factory=dict)
+    gpu_count: dict[str, Annotated[int, Field(ge=0, le=MAX_DEVICES)]] = Field(default_factory=dict)
+    prices: dict[str, Annotated[float, Field(le=MAX_PRICE)]] = Field(default_factory=dict)
     objective: Objective = "cost"
-    max_configurations: int | None = Field(default=None, ge=1)
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    max_configurations: int | None = Field(default=None, ge=1, le=10_000)
+    batch_sizes: tuple[Annotated[int, Field(le=100_000)], ...] = DEFAULT_BATCH_SIZES
     catalogs: tuple[str, ...] = ()
-    time_limit_s: float = Field(default=60.0, gt=0)
+    time_limit_s: float = Field(default=60.0, gt=0, le=1_000_000)
     solver: Literal["highs", "cbc"] = "highs"
     alternatives: bool = True
     # auto: a configuration outside the validation data's coverage is planned at its p90 error, others as predicted
@@ -158,27 +174,52 @@ class Scenario(Input):
         return self
 
 
-def load_scenario(path: str | Path, **overrides) -> Scenario:
-    """Read a scenario TOML file; relative catalog and config paths are relative to the file."""
+def load_scenario(path: str | Path, require_class: bool = True, **overrides) -> Scenario:
+    """Read a scenario TOML file; relative catalog and config paths are relative to the file.
+
+    `require_class`: a file without a [[class]] is an error (False when the command line gives the workload).
+    """
     path = Path(path)
-    document = read_toml(path, f"scenario {path}")
-    document = dict(document)
+    label = f"scenario {path}"
+    document = dict(read_toml(path, label))
     base = path.parent
     if isinstance(document.get("model"), list):  # [[model]] tables: a fleet
         document["models"] = [_fleet_model(entry, base) for entry in document.pop("model")]
     if "budget_per_hour" in document:
         document["max_cost_per_hour"] = document.pop("budget_per_hour")
     if "class" in document:
-        document["classes"] = document.pop("class")
+        classes = document.pop("class")
+        if not isinstance(classes, list) or not all(isinstance(c, dict) for c in classes):
+            raise QuantplanError(f"{label}: 'class' must be an array of tables ([[class]])")
+        document["classes"] = classes
     elif "workload" in document:
-        document["classes"] = [document.pop("workload")]
+        workload = document.pop("workload")
+        if not isinstance(workload, dict):
+            raise QuantplanError(f"{label}: 'workload' must be a table ([workload])")
+        document["classes"] = [workload]
+    elif require_class and "models" not in document:  # a fleet's classes live in its [[model]] tables
+        raise QuantplanError(f"{label}: no [[class]]: give at least one traffic class (prompt_tokens, "
+                             f"output_tokens, concurrency or rate_per_s, SLOs) or the workload options")
     if "model_config" in document:
         document["model_config_path"] = document.pop("model_config")
-    if document.get("model_config_path"):
-        document["model_config_path"] = str((base / document["model_config_path"]).resolve())
-    document["catalogs"] = [str((base / c).resolve()) for c in document.get("catalogs", [])]
+    config = document.get("model_config_path")
+    if config is not None and not isinstance(config, str):
+        raise QuantplanError(f"{label}: model_config must be a path to a config.json (a string), not {config!r}")
+    if config:
+        document["model_config_path"] = str((base / config).resolve())
+    catalogs = document.get("catalogs", [])
+    if not isinstance(catalogs, list) or not all(isinstance(c, str) for c in catalogs):
+        raise QuantplanError(f"{label}: catalogs must be a list of paths (strings), not {catalogs!r}")
+    document["catalogs"] = [str((base / c).resolve()) for c in catalogs]
     document.update({k: v for k, v in overrides.items() if v is not None})
-    return make_scenario(document, f"scenario {path}")
+    return make_scenario(document, label)
+
+
+# Scenario fields as the command line spells them (the rest: --name-with-dashes).
+CLI_NAMES = {"model_config_path": "--model-config", "gpus": "--gpu", "methods": "--method",
+             "frameworks": "--framework", "kv_cache_dtypes": "--kv-cache-dtype", "prices": "--price",
+             "catalogs": "--catalog", "rate_per_s": "--rate", "time_limit_s": "--time-limit"}
+FILE_NAMES = {"model_config_path": "model_config"}
 
 
 def _fleet_model(entry, base: Path) -> dict:
@@ -193,13 +234,62 @@ def _fleet_model(entry, base: Path) -> dict:
 
 
 def make_scenario(fields: dict, label: str = "options") -> Scenario:
-    """Validate fields into a Scenario; the error names the field in one line."""
+    """Validate fields into a Scenario; the error names the field in one line, as the user wrote it:
+    `--concurrency` for command-line options, `[[class]] #1 (chat) concurrency` in a scenario file."""
     try:
         return Scenario(**fields)
     except ValidationError as error:
-        first = error.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise QuantplanError(f"{label}: {loc + ': ' if loc else ''}{message}") from None
+        location, message = validation_problem(error, set(Scenario.model_fields) | set(TrafficClass.model_fields))
+        command_line = label == "options"
+        where = _field_name(location, fields, command_line)
+        given = _given(fields, location)
+        if given is not None and where and not message.startswith("unknown field"):
+            shown = _toml(given) if not command_line else str(given).lower() if isinstance(given, bool) else given
+            where += f"{shown}" if where.endswith("=") else f" {shown}" if command_line else f" = {shown}"
+        if command_line:
+            raise QuantplanError(f"{where}: {message}" if where else message) from None
+        raise QuantplanError(f"{label}: {where + ': ' if where else ''}{message}") from None
     except TypeError as error:
         raise QuantplanError(f"{label}: {error}") from None
+
+
+def _field_name(location: tuple, fields: dict, command_line: bool) -> str:
+    """('classes', 0, 'rate_per_s') -> '--rate' or '[[class]] #1 (chat) rate_per_s'."""
+    if not location:
+        return ""
+    head, *rest = location
+    if head == "classes" and rest and isinstance(rest[0], int):
+        name = str(rest[1]) if len(rest) > 1 else ""
+        if command_line:
+            return CLI_NAMES.get(name, "--" + name.replace("_", "-")) if name else "workload"
+        entry = (fields.get("classes") or [{}])[rest[0]] if rest[0] < len(fields.get("classes") or []) else {}
+        title = f" ({entry['name']})" if isinstance(entry, dict) and "name" in entry else ""
+        return f"[[class]] #{rest[0] + 1}{title}" + (f" {name}" if name else "")
+    key = str(head)
+    if command_line:
+        spelled = CLI_NAMES.get(key, "--" + key.replace("_", "-"))
+        return f"{spelled} {rest[0]}=" if rest and isinstance(rest[0], str) else spelled
+    spelled = FILE_NAMES.get(key, key)
+    return spelled + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest)
+
+
+def _toml(value) -> str:
+    """A scalar as a TOML file spells it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _given(fields: dict, location: tuple):
+    """The value the user gave at `location`, or None when it cannot be found."""
+    value = fields
+    for part in location:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            return None
+    if isinstance(value, dict):
+        return None
+    return value if isinstance(value, (int, float, str)) else None

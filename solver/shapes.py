@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .errors import QuantplanError
+from .errors import QuantplanError, validation_problem
 from .specs import ModelSpec
 
 
@@ -109,52 +109,119 @@ _CONFIG_FIELDS = {
 
 
 def model_from_config(path: str | Path, model_id: str | None = None) -> ModelSpec:
-    """Read a Hugging Face config.json (dense or MoE, GQA, tied embeddings) into a ModelSpec."""
+    """Read a Hugging Face config.json (dense or MoE, GQA, tied embeddings) into a ModelSpec.
+
+    Every field is checked for its type (a whole number is not `true` or `"32"`) and the result against
+    the model record's bounds; a present but zero count (KV heads, head_dim, experts per token) is an
+    error, not a default. The error names the file and the config.json key.
+    """
     path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QuantplanError(f"--model-config: no such file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise QuantplanError(f"--model-config {path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise QuantplanError(f"--model-config {path}: expected a JSON object")
-    config = config.get("text_config", config) if "num_hidden_layers" not in config else config
+    label = f"--model-config {path}"
+    config = _read_json(path, label)
+    if "num_hidden_layers" not in config and "text_config" in config:
+        config = config["text_config"]
+        if not isinstance(config, dict):
+            raise QuantplanError(f"{label}: text_config must be a JSON object")
+        label += " text_config"
     missing = [key for key in _CONFIG_FIELDS if key not in config]
     if missing:
-        raise QuantplanError(f"--model-config {path}: missing field {missing[0]!r}")
-    fields = {ours: config[theirs] for theirs, ours in _CONFIG_FIELDS.items()}
-    heads = config["num_attention_heads"]
-    fields["kv_heads"] = config.get("num_key_value_heads") or heads
-    fields["head_dim"] = config.get("head_dim") or config["hidden_size"] // heads
-    fields["tie_word_embeddings"] = bool(config.get("tie_word_embeddings", False))
-    model_type = str(config.get("model_type", "custom"))
-    fields["qkv_bias"] = bool(config.get("attention_bias", model_type.startswith("qwen2")))
+        raise QuantplanError(f"{label}: missing field {missing[0]!r}")
+    read = _ConfigReader(config, label)
+    fields = {ours: read.count(theirs) for theirs, ours in _CONFIG_FIELDS.items()}
+    heads = fields["attention_heads"]
+    fields["kv_heads"] = read.count("num_key_value_heads", default=heads)
+    fields["head_dim"] = read.count("head_dim", default=fields["hidden_size"] // heads or 1)
+    fields["tie_word_embeddings"] = read.flag("tie_word_embeddings", False)
+    model_type = read.text("model_type", "custom")
+    fields["qkv_bias"] = read.flag("attention_bias", model_type.startswith("qwen2"))
     fields["qk_norm"] = model_type.startswith("qwen3")
-    experts = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts") or 0
+    experts = read.first_count(("num_local_experts", "num_experts", "n_routed_experts"), minimum=0)
     if experts:
         fields["num_experts"] = experts
-        fields["experts_per_token"] = config.get("num_experts_per_tok") or config.get("num_experts_per_token") or 2
-        fields["moe_intermediate_size"] = config.get("moe_intermediate_size") or config["intermediate_size"]
-        fields["shared_expert_intermediate_size"] = config.get("shared_expert_intermediate_size") or 0
-        fields["dense_layers"] = config.get("first_k_dense_replace") or 0
-    fields["max_position_embeddings"] = config.get("max_position_embeddings") or 4096
-    name = model_id or config.get("_name_or_path") or path.parent.name or "custom"
+        fields["experts_per_token"] = read.first_count(("num_experts_per_tok", "num_experts_per_token"), default=2)
+        fields["moe_intermediate_size"] = read.count("moe_intermediate_size", default=fields["intermediate_size"])
+        fields["shared_expert_intermediate_size"] = read.count("shared_expert_intermediate_size", default=0,
+                                                               minimum=0)
+        fields["dense_layers"] = read.count("first_k_dense_replace", default=0, minimum=0)
+    fields["max_position_embeddings"] = read.count("max_position_embeddings", default=4096)
+    name = model_id or read.text("_name_or_path", "") or path.parent.name or "custom"
     slug = "".join(c if c.isalnum() or c in ".-" else "-" for c in str(name).lower()).strip("-") or "custom"
     family = _family_of(model_type)
     try:
         return ModelSpec(
-            id=slug, name=str(name), family=family, wikitext2_ppl=6.0,
+            id=slug[:100], name=str(name), family=family, wikitext2_ppl=6.0,
             ppl_source=("estimate: no baseline for a config.json model; 6.0 is a typical 7-8B WikiText-2 "
                         "ppl at ctx 512, so ppl_delta is indicative only (ppl_delta_pct is not affected)"),
             source=f"config.json at {path}", **fields,
         )
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise QuantplanError(f"--model-config {path}: {where}: {first['msg']}") from None
-    except TypeError as error:
-        raise QuantplanError(f"--model-config {path}: {error}") from None
+        location, message = validation_problem(error)
+        where = _CONFIG_KEYS.get(str(location[0]), str(location[0])) if location else ""
+        raise QuantplanError(f"{label}: {where + ': ' if where else ''}{message}") from None
+
+
+# ModelSpec fields -> the config.json keys they come from (for error messages).
+_CONFIG_KEYS = {**{ours: theirs for theirs, ours in _CONFIG_FIELDS.items()}, "kv_heads": "num_key_value_heads",
+                "experts_per_token": "num_experts_per_tok", "dense_layers": "first_k_dense_replace"}
+
+
+def _read_json(path: Path, label: str) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise QuantplanError(f"--model-config: no such file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise QuantplanError(f"{label}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise QuantplanError(f"{label}: not a config.json (JSON nested too deeply)") from None
+    except OSError as error:
+        raise QuantplanError(f"{label}: cannot read: {error.strerror or error}") from None
+    if not isinstance(config, dict):
+        raise QuantplanError(f"{label}: expected a JSON object")
+    return config
+
+
+class _ConfigReader:
+    """Typed access to config.json keys; a wrong type or a count below its minimum is an error naming the key."""
+
+    def __init__(self, config: dict, label: str) -> None:
+        self.config, self.label = config, label
+
+    def count(self, key: str, default: int | None = None, minimum: int = 1) -> int:
+        value = self.config.get(key)
+        if value is None:
+            if default is None:
+                raise QuantplanError(f"{self.label}: {key}: missing or null")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            shown = json.dumps(value)[:40]
+            raise QuantplanError(f"{self.label}: {key}: expected a whole number, got {shown}")
+        if value < minimum:
+            raise QuantplanError(f"{self.label}: {key}: {value} is below {minimum}")
+        return value
+
+    def first_count(self, keys: tuple[str, ...], default: int = 0, minimum: int = 1) -> int:
+        """The first of `keys` present (other names of one field across model families)."""
+        for key in keys:
+            if self.config.get(key) is not None:
+                return self.count(key, minimum=minimum)
+        return default
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.config.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise QuantplanError(f"{self.label}: {key}: expected true or false, got {json.dumps(value)[:40]}")
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        value = self.config.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise QuantplanError(f"{self.label}: {key}: expected a string, got {json.dumps(value)[:40]}")
+        return value
 
 
 def _family_of(model_type: str) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
+import types
+import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -17,9 +20,20 @@ MethodKind = Literal["float", "w8a8", "weight-only", "gguf", "fp4"]
 
 
 class Record(BaseModel):
-    """Frozen, strict base: unknown fields are errors, ids are lower-case."""
+    """Frozen, strict base: unknown fields are errors, ids are lower-case, numbers are numbers, finite and
+    within the plausible bounds below."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _scalar_types(cls, value, info: ValidationInfo):
+        return scalar_types(cls, value, info)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _plausible(cls, value, info: ValidationInfo):
+        return within_bounds(cls.__name__, value, info.field_name)
 
 
 class Identified(Record):
@@ -230,6 +244,9 @@ class ModelSpec(Identified):
             raise ValueError("experts_per_token must be between 1 and num_experts")
         if self.num_experts and not self.moe_intermediate_size:
             raise ValueError("an MoE model needs moe_intermediate_size")
+        if self.dense_layers >= self.layers and self.num_experts:
+            raise ValueError(f"dense_layers (first_k_dense_replace) {self.dense_layers} leaves no MoE layer "
+                             f"of {self.layers}")
         return self
 
     @property
@@ -280,3 +297,84 @@ class CalibrationSpec(Record):
     request_overhead_ms: float | None = Field(default=None, ge=0)  # per request, added to TTFT
     fitted_on: str = ""
     source: str = Field(min_length=3)
+
+
+# ---------------------------------------------------------------- plausible physical bounds
+
+# Generous but finite: a value beyond its bound is a typo or a unit slip (3350 TB/s for 3.35 TB/s,
+# 8e10 GB for 80 GB), not hardware. The largest shipped values (catalogs/*.toml, 2026) are far inside:
+# 512 GB and 8 TB/s per device, 9,000 dense FP4 TFLOPS, 900 GB/s NVLink, $8.60 per device-hour.
+PLAUSIBLE_BOUNDS: dict[str, dict[str, tuple[float, float, str]]] = {
+    "GPUSpec": {
+        "memory_gb": (0, 16_384, "GB per device"),
+        "usable_memory_gb": (0, 16_384, "GB per device"),
+        "bandwidth_tb_s": (0, 100, "TB/s per device"),
+        "tflops_fp16": (0, 100_000, "dense TFLOPS per device"),
+        "tflops_bf16": (0, 100_000, "dense TFLOPS per device"),
+        "tflops_fp8": (0, 100_000, "dense TFLOPS per device"),
+        "tops_int8": (0, 100_000, "dense TOPS per device"),
+        "tflops_fp4": (0, 100_000, "dense TFLOPS per device"),
+        "compute_capability": (0.1, 20, "(CUDA compute capability, e.g. 9.0)"),
+        "interconnect_gb_s": (0, 10_000, "GB/s per direction per device"),
+        "max_devices_per_node": (1, 1024, "devices per node"),
+        "host_memory_gb": (0, 65_536, "GB of host memory"),
+        "host_bandwidth_tb_s": (0, 100, "TB/s of host bandwidth"),
+    },
+    "PriceSpec": {"usd_per_hour": (0.0001, 1_000, "$ per device-hour")},
+    "ModelSpec": {
+        "layers": (1, 10_000, "layers"),
+        "hidden_size": (1, 1_000_000, ""),
+        "attention_heads": (1, 100_000, "heads"),
+        "kv_heads": (1, 100_000, "heads"),
+        "head_dim": (1, 100_000, ""),
+        "intermediate_size": (1, 10_000_000, ""),
+        "vocab_size": (1, 100_000_000, "tokens"),
+        "num_experts": (0, 100_000, "experts"),
+        "experts_per_token": (0, 100_000, "experts"),
+        "moe_intermediate_size": (0, 10_000_000, ""),
+        "shared_expert_intermediate_size": (0, 10_000_000, ""),
+        "dense_layers": (0, 10_000, "layers"),
+        "max_position_embeddings": (1, 1_000_000_000, "tokens"),
+        "wikitext2_ppl": (1, 10_000, ""),
+        "params_reported_b": (0, 1_000_000, "billion parameters"),
+    },
+}
+
+
+def within_bounds(record: str, value, field: str | None):
+    """`value` unchanged when finite and inside its PLAUSIBLE_BOUNDS entry; else a ValueError saying so."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    bounds = PLAUSIBLE_BOUNDS.get(record, {}).get(field or "")
+    if bounds is None or value is None:
+        return value
+    low, high, unit = bounds
+    if not low <= value <= high:
+        hint = " (a unit slip?)" if value > high else ""
+        raise ValueError(f"{value:g} is outside the plausible range {low:g} to {high:g} {unit}".rstrip() + hint)
+    return value
+
+
+def _allowed_types(annotation) -> set[type]:
+    """The scalar types an annotation admits (unions and Optionals flattened)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return set().union(*(_allowed_types(a) for a in typing.get_args(annotation)))
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def scalar_types(cls, value, info: ValidationInfo):
+    """Reject a boolean where a number is declared, a number where a boolean is, and a string where a
+    number is: TOML's and JSON's `true` is not 1, `1` is not true, and `"512"` is not 512."""
+    field = cls.model_fields.get(info.field_name or "")
+    if field is None:
+        return value
+    allowed = _allowed_types(field.annotation)
+    numeric = bool(allowed & {int, float})
+    if isinstance(value, bool):
+        if numeric and bool not in allowed:
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+    elif bool in allowed and not numeric and isinstance(value, (int, float, str)) and str not in allowed:
+        raise ValueError(f"expected true or false, got {value!r}")
+    elif numeric and isinstance(value, str) and str not in allowed:
+        raise ValueError(f"expected a number, got the string {value!r}")
+    return value

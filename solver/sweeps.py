@@ -32,6 +32,7 @@ def run(scenario: Scenario, axes: list[Axis], points: int = 11, engine: str = "p
     for name, lo, hi in axes:
         if not lo < hi:
             raise QuantplanError(f"sweep {name}: FROM must be below TO")
+    check_axes(scenario, axes, points)
     if plot_path:
         plots.check_path(plot_path)  # a bad file name is bad input: say so before any solving
     title = f"{scenario.model or scenario.model_config_path}: " + " x ".join(a[0] for a in axes)
@@ -53,6 +54,30 @@ def run(scenario: Scenario, axes: list[Axis], points: int = 11, engine: str = "p
     data = {"axis": name, "from": lo, "to": hi, "solves": len(values), "points": [p.model_dump() for p in found]}
     rows = [[f"{p.value:.4g}", p.status, _cost(p.cost_per_hour), p.plan] for p in found]
     return SweepTable(data, [name, "status", "plan $/h", "plan"], rows, title)
+
+
+MAX_POINTS = 1_000
+
+
+def check_axes(scenario: Scenario, axes: list[Axis], points: int) -> None:
+    """Bad input before any solving: non-finite ends, too many points, and ends that make an invalid
+    scenario (a rate above the limit, a price factor that pushes a price past the plausible bound)."""
+    import math
+
+    from .registry import load_world
+
+    if not 2 <= points <= MAX_POINTS:
+        raise QuantplanError(f"--points {points}: give 2 to {MAX_POINTS} points per axis")
+    world = None
+    for name, lo, hi in axes:
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise QuantplanError(f"sweep {name}={lo:g}:{hi:g}: give finite numbers")
+        if name.startswith("price") and world is None:
+            world = load_world(scenario.catalogs)
+        for value in (lo, hi):
+            varied = grid.vary(scenario, name, value, world)
+            if name.startswith("price"):
+                world.with_prices(varied.prices)
 
 
 def _region(scenario, axes, points, engine, address, plot_path, progress, title) -> SweepTable:

@@ -53,6 +53,7 @@ class Term:
     plugin: str
     detail: str
     phase: str = ""
+    correction: bool = False  # an additive correction of another plugin's term: may be negative
 
     def as_dict(self) -> dict:
         return {"quantity": self.quantity, "phase": self.phase, "value": self.value,

@@ -342,9 +342,8 @@ def test_declaration_hook_raising_is_dropped_and_reported(monkeypatch):
 
 
 def test_declaration_hook_raising_in_strict_mode():
-    plugins = make_plugin_set(extra=[BrokenDeclarationPlugin()], entry_points=False, strict=True)
-    with pytest.raises(PluginError, match="cannot read my device list"):
-        build_world(plugins)
+    with pytest.raises(PluginError, match="cannot read my device list"):  # declarations are checked up front
+        build_world(make_plugin_set(extra=[BrokenDeclarationPlugin()], entry_points=False, strict=True))
 
 
 # ---------------------------------------------------------------- 5. the hook contract itself

@@ -84,7 +84,7 @@ class CalibrationPlugin:
             delta = (row.step_overhead_ms - framework.step_overhead_ms) / 1e3
             found.append(Term(q.OVERHEAD, delta * step.passes, self.name,
                               f"{where}: per-step overhead {row.step_overhead_ms:.4g} ms "
-                              f"(catalog {framework.step_overhead_ms:g} ms)", step.phase))
+                              f"(catalog {framework.step_overhead_ms:g} ms)", step.phase, correction=True))
         return found
 
     @hookimpl(tryfirst=True)

@@ -17,9 +17,9 @@ from quantplan.solver.terms import Term
 class UserCatalogPlugin(DevicePlugin):
     """Devices from the file get the same terms as built-in ones; models bring their baseline."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, name: str | None = None) -> None:
         tables = user_catalog(path)
-        super().__init__(f"catalog:{Path(path).name}", tables.get("gpu", []), tables.get("price", []))
+        super().__init__(name or f"catalog:{Path(path).name}", tables.get("gpu", []), tables.get("price", []))
         self.models = tables.get("model", [])
         self._model_ids = {m.id for m in self.models}
         self._baselines = ModelPlugin(self.name, self.models)
