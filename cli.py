@@ -733,7 +733,7 @@ def calibrate(results, model, method, gpu, framework, gpus, kv_cache_dtype, plan
 
 @cli.command()
 @workload_options
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "output", required=True,
               help="Write the page here (one self-contained HTML file: inline CSS and SVG, no network).")
 @click.option("--price-range", "price_range", help="DEV=FROM:TO: the price sweep to show (default: the plan's "
                                                    "costliest device, half to twice its price).")
@@ -746,9 +746,8 @@ def report(ctx, scenario_file, output, price_range, no_sweep, as_json, **options
     from quantplan.solver.html_report import build
 
     ctx.meta["as_json"] = as_json
+    check_output_path(output, "-o")
     target = Path(output)
-    if not target.parent.is_dir():
-        raise QuantplanError(f"-o {output}: no such folder {str(target.parent)!r}")
     scenario = scenario_from_options(scenario_file, options)
     page = build(scenario, price_range=_range(price_range, "--price-range") if price_range else None,
                  sweep=not no_sweep)

@@ -203,7 +203,8 @@ def test_infeasible_scenario_writes_why_and_exits_1(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["-o", "/nonexistent-folder/plan.html"], "no such folder"),
+    (["-o", "/nonexistent-folder/plan.html"], "folder '/nonexistent-folder' does not exist"),
+    (["-o", "{tmp}"], "is a folder, not a file"),
     (["-o", "{tmp}/plan.html", "--price-range", "a100-80gb=3"], "expected NAME=FROM:TO"),
     (["-o", "{tmp}/plan.html", "--price-range", "a100-80gb=4:2"], "need 0 < from < to"),
 ])
