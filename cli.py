@@ -800,6 +800,45 @@ def calibrate(results, model, method, gpu, framework, gpus, kv_cache_dtype, plan
     console.print(f"wrote {output}: use it with --catalog {output}")
 
 
+# ---------------------------------------------------------------- quantplan report
+
+
+@cli.command()
+@workload_options
+@click.option("-o", "--output", "output", required=True,
+              help="Write the page here (one self-contained HTML file: inline CSS and SVG, no network).")
+@click.option("--price-range", "price_range", help="DEV=FROM:TO: the price sweep to show (default: the plan's "
+                                                   "costliest device, half to twice its price).")
+@click.option("--no-sweep", is_flag=True, help="Leave the price sweep out (faster).")
+@json_option
+@click.pass_context
+def report(ctx, scenario_file, output, price_range, no_sweep, as_json, **options):
+    """One HTML page: the workload, the plan with error bars, why it won, the alternatives, a cost-latency-quality
+    chart of every candidate, memory per GPU, a price sweep and the launch commands."""
+    from quantplan.solver.html_report import build
+
+    ctx.meta["as_json"] = as_json
+    check_output_path(output, "-o")
+    target = Path(output)
+    scenario = scenario_from_options(scenario_file, options)
+    page = build(scenario, price_range=_range(price_range, "--price-range") if price_range else None,
+                 sweep=not no_sweep)
+    try:
+        target.write_text(page.html, encoding="utf-8")
+    except OSError as error:
+        raise QuantplanError(f"-o {output}: cannot write: {error.strerror or error}") from None
+    if page.infeasible is not None:  # the page says why; the exit code and stderr say infeasible
+        raise page.infeasible
+    summary = {"output": str(target), "status": page.plan.status, "cost_per_hour": page.plan.cost_per_hour,
+               "replica_groups": len(page.plan.replicas), "candidates": page.candidates,
+               "pareto_front": page.front, "price_sweep": page.sweep}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"wrote {target}: {summary['replica_groups']} replica group(s), ${page.plan.cost_per_hour:,.2f}/h; "
+                   f"{page.candidates} candidates, {page.front} on the Pareto front; price sweep: {page.sweep}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: click's usage errors also become one line and exit code 2."""
     try:

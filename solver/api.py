@@ -17,7 +17,7 @@ from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, repli
 from .prices import PricesUsed, prices_used
 from .registry import World, load_world
 from .scenario import Scenario, TrafficClass, make_scenario
-from .space import Option, build_space, candidate_devices, free_if_owned, pool
+from .space import Option, Space, build_space, candidate_devices, free_if_owned, pool
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
@@ -116,12 +116,19 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     Returns a Plan whose status is 'optimal' or 'time_limit'; raises InfeasibleError (with reasons
     saying what cannot be met and what could) when no plan exists.
     """
+    return solve_with_space(scenario, world)[0]
+
+
+def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
+                     world: World | None = None) -> tuple[Plan, Space | None]:
+    """solve(), and the candidate space it chose from (options priced as planned, owned devices free);
+    the space is None for a fleet (several models), whose candidates are per model."""
     scenario = as_scenario(scenario)
     world = world or load_world(scenario.catalogs)
     if scenario.fleet:
         from .fleet import solve_fleet
 
-        return solve_fleet(scenario, world)
+        return solve_fleet(scenario, world), None
     prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
     space = build_space(world, scenario, prices)
@@ -149,7 +156,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     notes += [f"{g.key} lies outside the validation data ({'; '.join(g.coverage_warnings)}): planned against its "
               f"{g.margin} error (--margin median or none overrides)" for g in groups if g.margin != "none"
               and scenario.margin == "auto"]
-    return Plan(
+    plan = Plan(
         status=solution.status, objective=scenario.objective, model=model_id,
         cost_per_hour=solution.cost_per_hour,
         cost_per_million_tokens=solution.cost_per_hour / (tokens * 3600) * 1e6 if tokens > 0 else None,
@@ -162,6 +169,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
                          gap=None if solution.status == "optimal" else solution.gap),
         traffic=scenario.classes,
     )
+    return plan, space
 
 
 def _solve(options: list[Option], scenario: Scenario, availability: dict[str, int]) -> program.Solution:
