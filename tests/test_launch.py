@@ -55,6 +55,7 @@ def plans():
     found["exllamav2"] = _restricted("llama-2-7b", "rtx4090", "exllamav2", "gptq-int4")
     found["llama-cpp-gpu"] = _restricted("llama-3.1-8b", "rtx4090", "llama.cpp", "gguf-q5_k_m")
     found["llama-cpp-q8"] = _restricted("llama-3.1-8b", "rtx4090", "llama.cpp", "gguf-q8_0")
+    found["laptop-q4km"] = _restricted("llama-2-7b", "m2-max", "llama.cpp", "gguf-q4_k_m", concurrency=1)
     return found
 
 
@@ -163,7 +164,7 @@ def test_checkpoints_and_recipes_follow_the_seed_rules(launched):
     assert gguf.checkpoint.steps[-1].endswith("Q5_K_M") and "-m /models/Llama-3.1-8B-Q5_K_M.gguf" in gguf.command
     [q8] = launched["llama-cpp-q8"]
     assert [s.split()[0] for s in q8.checkpoint.steps] == ["python", "llama-quantize"]
-    [laptop] = launched["blog-3-7b-m2max-laptop"]
+    [laptop] = launched["laptop-q4km"]  # TheBloke's Q4_K_M file is in catalogs/checkpoints.toml
     assert laptop.checkpoint.path == "/models/llama-2-7b.Q4_K_M.gguf"
     assert laptop.checkpoint.steps == ["huggingface-cli download TheBloke/Llama-2-7B-GGUF llama-2-7b.Q4_K_M.gguf "
                                        "--local-dir /models"]

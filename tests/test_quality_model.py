@@ -156,22 +156,25 @@ def test_gate_headroom_by_hand(world):
 
 
 def scenario(**traffic):
+    # margin none: these tests are about quality gates; llama.cpp on an L40S lies outside the speed
+    # validation data, and the default auto margin would plan it at its p90 error
     return make_scenario({"model": "llama-3-70b", "gpus": ["l40s"], "max_gpus": 2, "alternatives": False,
-                          "classes": [{"concurrency": 1, "tpot_ms": 200, **traffic}]})
+                          "margin": "none", "classes": [{"concurrency": 1, "tpot_ms": 200, **traffic}]})
 
 
 def test_recovery_floor_moves_the_plan_off_4_bit(world):
     """Llama-3-70B, one user, TPOT <= 200 ms, L40S only: the cheapest plan is one L40S at Q4_K_M (math
     recovery 98.76%). A 98% floor keeps it (38% headroom: (98.76 - 98) / 2); 99% rules it out and the
     plan moves to two L40S at twice the cost: Q6_K (math 99.81%, ppl +0.53%) ties FP8 (99.71%, +0.84% as
-    INT8 W8A8) on cost, and the tie-break takes the smaller quality loss."""
+    INT8 W8A8) on cost, and the tie-break takes the configuration inside the speed validation data (FP8
+    on an engine measured on data-center GPUs) before the smaller quality loss."""
     kept = solve(scenario(min_recovery_pct=98), world=world)
     moved = solve(scenario(min_recovery_pct=99), world=world)
     assert [g.method for g in kept.replicas] == ["gguf-q4_k_m"]
     figures = kept.replicas[0].classes[0]
     assert figures.quality_bound.startswith("math recovery 98.76% of at least 98%")
     assert figures.quality_headroom == pytest.approx((98.758 - 98) / 2, abs=1e-3)
-    assert [(g.method, g.gpus_per_replica) for g in moved.replicas] == [("gguf-q6_k", 2)]
+    assert [(g.method, g.gpus_per_replica) for g in moved.replicas] == [("fp8", 2)]
     assert moved.cost_per_hour == pytest.approx(2 * kept.cost_per_hour)
 
 

@@ -1,0 +1,34 @@
+"""Human output an engineer reads: the workload first, why the plan won, labels, widths."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from quantplan.cli import cli
+
+
+def human(*argv: str, width: int = 100) -> str:
+    result = CliRunner().invoke(cli, list(argv), env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_a_plan_starts_with_the_workload_and_says_why_it_won():
+    text = human("solve", "examples/chat-7b-a100.toml")
+    lines = text.splitlines()
+    assert lines[0].startswith("Workload: llama-2-7b, class chat: 8 concurrent users")
+    assert "TTFT <= 150 ms" in text and "TPOT <= 25 ms" in text
+    assert any(line.startswith("Why this plan: the cheapest that meets every SLO and quality floor") for line in lines)
+
+
+def test_human_output_fits_the_terminal_width():
+    for width in (80, 120):
+        text = human("solve", "examples/chat-7b-a100.toml", "--no-alternatives", width=width)
+        assert max(len(line) for line in text.splitlines()) <= width
+
+
+def test_consumer_and_extrapolated_groups_are_labelled():
+    text = human("solve", "--model", "llama-3.1-8b", "--concurrency", "4", "--gpu", "rtx4090", "--method",
+                 "awq-int4", "--framework", "sglang", "--max-gpus", "1", "--no-alternatives", width=200)
+    assert "(consumer)" in text and "(extrapolated)" in text
+    assert "include the p90 validation error" in text
