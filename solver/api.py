@@ -106,6 +106,7 @@ def solve(scenario: Scenario | dict | "DeploymentConstraints", world: World | No
     alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
     notes += sharing_notes
+    notes += sorted({g.ppl_measured for g in groups if g.ppl_measured})
     if scenario.margin != "none":
         notes.append(f"planned against {scenario.margin} validation error: TTFT and TPOT figures include that margin")
     return Plan(

@@ -67,6 +67,7 @@ class ReplicaGroup(Out):
     error_bars: dict
     coverage_warnings: list[str]
     key: str = ""  # the configuration's id (device/method/framework/tp/batch/kv)
+    ppl_measured: str = ""  # non-empty: ppl_delta comes from a measured quality record (solve --quality)
 
 
 class Alternative(Out):
@@ -145,7 +146,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         ppl_delta=option.quality.ppl_delta, ppl_delta_pct=option.quality.ppl_delta_pct,
         cost_per_hour=option.cost_per_hour, execution=note, classes=per_class,
         error_bars=bars,
-        coverage_warnings=warnings, key=config.key,
+        coverage_warnings=warnings, key=config.key, ppl_measured=option.quality.measured,
     )
 
 

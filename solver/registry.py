@@ -53,6 +53,7 @@ class World:
     prices: dict[str, PriceSpec]
     quality: QualityBook
     providers: dict[str, str] = field(default_factory=dict)
+    measured_quality: dict = field(default_factory=dict)  # (model id, method id) -> MeasuredQuality (solve --quality)
 
     def with_prices(self, overrides: dict[str, float]) -> dict[str, PriceSpec]:
         """Default prices with `--price DEV=USD` applied (ids or aliases accepted)."""
