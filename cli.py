@@ -504,6 +504,14 @@ def _solve_with_measured(scenario, paths, run):
     return plan.model_copy(update={"notes": plan.notes + unused}) if unused else plan
 
 
+def _unfinished(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("complete") is False
+
+
 def _render_quality(record: dict, use_case: str | None, console) -> None:
     from quantplan.solver.report import render_rows
 
@@ -582,6 +590,9 @@ def quality(ctx, baseline, candidate, data, engine, use_case, top_k, max_tokens_
                 raise QuantplanError("give --baseline URL[#MODEL], --candidate URL[#MODEL] and --data FILE "
                                      "(or --resume RECORD, or --from-llama-perplexity LOG)")
             check.read_documents(data)  # bad data fails before any server is asked
+            if target.exists() and _unfinished(target):
+                raise QuantplanError(f"-o {target} holds an unfinished run: carry it on with --resume {target}, "
+                                     f"or choose another -o")
             run = check.Run(connect(baseline, engine, "baseline"), connect(candidate, engine, "candidate"),
                             Path(data), top_k, max_tokens_per_doc, model, method, kv_cache_dtype)
             saved = None
@@ -592,7 +603,8 @@ def quality(ctx, baseline, candidate, data, engine, use_case, top_k, max_tokens_
         finally:
             if bar:
                 bar.stop()
-    _emit(record, as_json, lambda console: _render_quality(record, use_case, console))
+    shown = {k: v for k, v in record.items() if k != "results"} | {"record": str(target)}
+    _emit(shown, as_json, lambda console: _render_quality(record, use_case, console))
     if use_case is not None and not record["summary"]["verdicts"][use_case]["pass"]:
         ctx.exit(1)
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .quality_engines import Endpoint, Scored, ServerError, connect, score
 RECORD_KIND = "quantplan-quality-record"
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 20240601
+SAVE_EVERY_S = 1.0  # rewrite the record at most this often while documents finish
 FLOOR = 1e-12  # probability floor for the lumped bucket (rounded logprobs can sum above 1)
 KL_NOTE = ("KL(baseline || candidate) over the baseline's top-k tokens that the candidate also returned, the "
            "document's own token, and one bucket for the rest of the vocabulary: a lower bound of the "
@@ -191,15 +193,22 @@ def new_record(run: Run, documents: int, digest: str) -> dict:
     return {"kind": RECORD_KIND, "version": 1, "source": "quantplan quality", "model": run.model,
             "method": run.method, "kv_cache_dtype": run.kv_cache_dtype,
             "baseline": vars(run.baseline), "candidate": vars(run.candidate),
-            "data": {"path": str(run.data), "sha256": digest, "documents": documents},
+            "data": {"path": str(run.data.resolve()), "sha256": digest, "documents": documents},
             "top_k": run.top_k, "max_tokens_per_doc": run.max_tokens, "kl_estimator": KL_NOTE,
             "complete": False, "results": [], "summary": None}
 
 
-def measure(run: Run, record_path: Path, use_cases: dict, resume: dict | None = None, tick=None) -> dict:
-    """Score every document not yet in the record on both servers; save after each; summarise at the end.
+class Interrupted(QuantplanError):
+    """Ctrl-C during a run: the finished documents are saved."""
 
-    A server that stops answering raises ServerError after the finished documents are saved; the
+    exit_code = 130
+
+
+def measure(run: Run, record_path: Path, use_cases: dict, resume: dict | None = None, tick=None) -> dict:
+    """Score every document not yet in the record on both servers, saving as they finish; summarise at the end.
+
+    The record is rewritten at most every SAVE_EVERY_S seconds, and always when the run stops: a server
+    that stops answering, a tokenizer mismatch or Ctrl-C leave every finished document saved, and the
     message says how to resume.
     """
     texts, digest = read_documents(run.data)
@@ -209,19 +218,27 @@ def measure(run: Run, record_path: Path, use_cases: dict, resume: dict | None = 
                              f"start a new record")
     done = {r["index"] for r in record["results"]}
     write_record(record_path, record)
-    for index, text in enumerate(texts):
-        if index in done:
-            continue
-        try:
+    saved_at = time.monotonic()
+    resume_hint = (f"{{}} of {len(texts)} documents saved in {record_path}: resume with "
+                   f"quantplan quality --resume {record_path}")
+    try:
+        for index, text in enumerate(texts):
+            if index in done:
+                continue
             base = score(run.baseline, text, run.top_k, run.max_tokens)
             cand = score(run.candidate, text, run.top_k, run.max_tokens)
-        except ServerError as error:
-            raise ServerError(f"{error}; {len(record['results'])} of {len(texts)} documents saved in "
-                              f"{record_path}: resume with quantplan quality --resume {record_path}") from None
-        record["results"].append(document_figures(index, base, cand))
+            record["results"].append(document_figures(index, base, cand))
+            if time.monotonic() - saved_at >= SAVE_EVERY_S:
+                write_record(record_path, record)
+                saved_at = time.monotonic()
+            if tick:
+                tick(len(record["results"]), len(texts))
+    except QuantplanError as error:
         write_record(record_path, record)
-        if tick:
-            tick(len(record["results"]), len(texts))
+        raise type(error)(f"{error}; {resume_hint.format(len(record['results']))}") from None
+    except KeyboardInterrupt:
+        write_record(record_path, record)
+        raise Interrupted(f"interrupted; {resume_hint.format(len(record['results']))}") from None
     record["results"].sort(key=lambda r: r["index"])
     record["summary"] = summarise(record["results"], use_cases)
     record["complete"] = True
@@ -279,8 +296,9 @@ def from_llama_perplexity(path: str | Path, use_cases: dict, confidence: float =
                     raise QuantplanError(f"--from-llama-perplexity {path}: cannot read {stripped!r}") from None
     missing = [LOG_FIELDS[k] for k in ("ppl_candidate", "ppl_baseline", "kl_divergence") if k not in found]
     if missing:
-        raise QuantplanError(f"--from-llama-perplexity {path}: no {' / '.join(missing)} line: not the log of a finished llama-perplexity --kl-divergence run "
-                             f"(it prints its summary only over 100 tokens or more)")
+        raise QuantplanError(f"--from-llama-perplexity {path}: no {' / '.join(missing)} line: not the log of a "
+                             f"finished llama-perplexity --kl-divergence run (it prints its summary only over "
+                             f"100 tokens or more)")
     z = 1.959963984540054
     point = {k: v for k, (v, _) in found.items()}
     if "top1_agreement" in point:

@@ -237,9 +237,31 @@ def test_a_server_that_dies_mid_run_leaves_the_finished_part_and_resume_complete
     assert "resume" in message
     cand.die_after = None
     out = json.loads(quality(["--resume", str(record_path), "--json"]).stdout)
-    assert out["complete"] is True and [r["index"] for r in out["results"]] == [0, 1]
+    assert out["complete"] is True and out["record"] == str(record_path)
+    assert [r["index"] for r in json.loads(record_path.read_text())["results"]] == [0, 1]
     assert out["summary"]["ppl_candidate"] == pytest.approx(PPL_CANDIDATE, rel=1e-12)
     assert cand.scored == 3  # document 0 once, the dropped request, document 1: nothing scored twice
+
+
+def test_a_new_run_does_not_overwrite_an_unfinished_record(engines, data, tmp_path):
+    base, cand = engines(BASELINE), engines(CANDIDATE, die_after=1)
+    record_path = tmp_path / "r.json"
+    argv = ["--baseline", base.url, "--candidate", cand.url, "--data", str(data), "-o", str(record_path)]
+    quality(argv, 2)
+    before = record_path.read_text()
+    one_line_error(argv, "unfinished run", "--resume")
+    assert record_path.read_text() == before
+
+
+def test_mismatch_midway_keeps_the_documents_before_it(engines, tmp_path):
+    """The tokenizers agree on 'ab' (a, b at the same ids) and differ on 'cd': the first document is saved."""
+    base, cand = engines(BASELINE), engines(CANDIDATE, alphabet="abdc")
+    path = tmp_path / "d.txt"
+    path.write_text("abab\n\ncd\n")
+    record_path = tmp_path / "r.json"
+    one_line_error(["--baseline", base.url, "--candidate", cand.url, "--data", str(path), "-o", str(record_path)],
+                   "tokenize document 2 differently", "1 of 2 documents saved")
+    assert [r["index"] for r in json.loads(record_path.read_text())["results"]] == [0]
 
 
 def test_unreachable_server(data, engines, tmp_path):
