@@ -504,6 +504,22 @@ def _solve_with_measured(scenario, paths, run):
     return plan.model_copy(update={"notes": plan.notes + unused}) if unused else plan
 
 
+def _new_quality_run(baseline, candidate, data, engine, top_k, max_tokens, model, method, kv_cache_dtype, target):
+    """Check the data, the output and both servers before anything is scored."""
+    from quantplan.solver import quality_check as check
+    from quantplan.solver.quality_engines import connect
+
+    if not (baseline and candidate and data):
+        raise QuantplanError("give --baseline URL[#MODEL], --candidate URL[#MODEL] and --data FILE "
+                             "(or --resume RECORD, or --from-llama-perplexity LOG)")
+    check.read_documents(data)
+    if target.exists() and _unfinished(target):
+        raise QuantplanError(f"-o {target} holds an unfinished run: carry it on with --resume {target}, "
+                             f"or choose another -o")
+    return check.Run(connect(baseline, engine, "baseline"), connect(candidate, engine, "candidate"),
+                     Path(data), top_k, max_tokens, model, method, kv_cache_dtype)
+
+
 def _unfinished(path: Path) -> bool:
     try:
         record = json.loads(path.read_text())
@@ -561,7 +577,6 @@ def quality(ctx, baseline, candidate, data, engine, use_case, top_k, max_tokens_
             kv_cache_dtype, output, resume, perplexity_log, catalogs, as_json):
     """Perplexity, KL divergence and top-1 agreement of a candidate against a baseline, on your text."""
     from quantplan.solver import quality_check as check
-    from quantplan.solver.quality_engines import connect
     from quantplan.solver.registry import load_world
 
     world = load_world(catalogs)
@@ -582,24 +597,16 @@ def quality(ctx, baseline, candidate, data, engine, use_case, top_k, max_tokens_
         record = check.record_from_log(perplexity_log, summary, model, method, kv_cache_dtype)
         check.write_record(target, record)
     else:
-        if resume:
+        if resume:  # the run's settings come from the record; servers that moved may be given again
             saved = check.read_record(resume)
             run = check.resume_run(saved, data, baseline, candidate, engine)
         else:
-            if not (baseline and candidate and data):
-                raise QuantplanError("give --baseline URL[#MODEL], --candidate URL[#MODEL] and --data FILE "
-                                     "(or --resume RECORD, or --from-llama-perplexity LOG)")
-            check.read_documents(data)  # bad data fails before any server is asked
-            if target.exists() and _unfinished(target):
-                raise QuantplanError(f"-o {target} holds an unfinished run: carry it on with --resume {target}, "
-                                     f"or choose another -o")
-            run = check.Run(connect(baseline, engine, "baseline"), connect(candidate, engine, "candidate"),
-                            Path(data), top_k, max_tokens_per_doc, model, method, kv_cache_dtype)
             saved = None
+            run = _new_quality_run(baseline, candidate, data, engine, top_k, max_tokens_per_doc, model, method,
+                                   kv_cache_dtype, target)
         bar, tick = _progress(len(check.read_documents(run.data)[0]), not as_json)
         try:
-            record = check.measure(run, target, use_cases, saved,
-                                   (lambda done, total: tick(done)) if tick else None)
+            record = check.measure(run, target, use_cases, saved, (lambda done, total: tick(done)) if tick else None)
         finally:
             if bar:
                 bar.stop()
