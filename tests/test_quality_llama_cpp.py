@@ -88,6 +88,13 @@ class Server:
         return code
 
 
+def _tokenize(url: str, text: str) -> list[int]:
+    request = urllib.request.Request(f"{url}/tokenize", json.dumps({"content": text.strip(), "add_special": True})
+                                     .encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())["tokens"]
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
@@ -112,6 +119,8 @@ def measured(models, tmp_path_factory):
     try:
         baseline = Server(models["f16"], folder / "baseline.log")
         servers.append(baseline)
+        results["expected_tokens"] = sum(min(len(_tokenize(baseline.url, text)), MAX_TOKENS) - 1
+                                         for text in data.read_text().split("\n\n"))
         for kind in ("f16", "q8_0", "q4_0"):
             candidate = Server(models[kind], folder / f"{kind}.log")
             servers.append(candidate)
@@ -132,7 +141,7 @@ def measured(models, tmp_path_factory):
 def test_the_engine_is_llama_cpp_and_every_token_is_scored(measured):
     summary = measured["f16"]["summary"]
     assert measured["f16"]["baseline"]["engine"] == "llama.cpp"
-    assert summary["documents"] == DOCUMENTS and summary["tokens"] == DOCUMENTS * (MAX_TOKENS - 1)
+    assert summary["documents"] == DOCUMENTS and summary["tokens"] == measured["expected_tokens"]
 
 
 def test_kl_of_f16_against_itself_is_zero_within_noise(measured):
@@ -161,3 +170,29 @@ def test_verdicts_follow_the_thresholds(measured):
 
 def test_servers_are_stopped_afterwards(measured):
     assert all(process.poll() is not None for process in measured["processes"])
+
+
+PERPLEXITY = _binary("llama-perplexity")
+
+
+@pytest.mark.skipif(PERPLEXITY is None, reason="llama-perplexity not built here")
+def test_reads_a_real_llama_perplexity_kl_divergence_log(models, tmp_path):
+    """llama-perplexity's own log (F16 logits saved, then Q4_0 against them) read by --from-llama-perplexity:
+    the figures are the ones the log prints."""
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(WORDS[(i * 7) % len(WORDS)] for i in range(300)))
+    base = tmp_path / "base.kld"
+    for argv in ([str(models["f16"]), "-f", str(text)], [str(models["q4_0"]), "--kl-divergence"]):
+        done = subprocess.run([PERPLEXITY, "-m", *argv, "-c", "128", "-t", "2", "--kl-divergence-base", str(base)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    log = tmp_path / "q4.log"
+    log.write_text(done.stdout + done.stderr)
+    printed = {line.split(":", 1)[0].strip(): float(line.split(":", 1)[1].split("±")[0])
+               for line in log.read_text().splitlines() if line.startswith(("Mean PPL(Q) ", "Mean    KLD:"))}
+    result = CliRunner().invoke(cli, ["quality", "--from-llama-perplexity", str(log), "-o", str(tmp_path / "r.json"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["ppl_candidate"] == printed["Mean PPL(Q)"]
+    assert summary["kl_divergence"] == printed["Mean    KLD"] > 0
