@@ -402,3 +402,24 @@ def test_solve_rejects_an_unfinished_or_anonymous_record(engines, data, tmp_path
     for path, words in ((unfinished, "unfinished"), (anonymous, "no model or method")):
         result = CliRunner().invoke(cli, ["solve", "--model", "llama-3.1-8b", "--quality", str(path)])
         assert result.exit_code == 2 and words in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_record_measured_at_fp16_kv_adds_the_predicted_kv_difference_elsewhere(tmp_path):
+    """Measured +0.5% with a 16-bit KV cache; a plan at fp8 KV gets 0.5% + (predicted fp8 - predicted fp16)."""
+    log = tmp_path / "kld.log"
+    log.write_text(PERPLEXITY_LOG.replace("6.407115", "6.265139"))
+    record = tmp_path / "awq.json"
+    quality(["--from-llama-perplexity", str(log), "--model", "llama-3.1-8b", "--method", "awq-int4",
+             "-o", str(record)])
+    base = ["solve", "--model", "llama-3.1-8b", "--method", "awq-int4", "--gpu", "h100-sxm", "--framework", "vllm",
+            "--concurrency", "4", "--no-alternatives", "--json"]
+
+    def pct(kv, *extra):
+        result = CliRunner().invoke(cli, base + ["--kv-cache-dtype", kv, *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["replicas"][0]["ppl_delta_pct"]
+
+    predicted_fp8, predicted_fp16 = pct("fp8"), pct("fp16")
+    assert predicted_fp8 > predicted_fp16
+    measured = 6.265139 / 6.233969 * 100 - 100
+    assert pct("fp8", "--quality", str(record)) == pytest.approx(measured + predicted_fp8 - predicted_fp16, rel=1e-9)
