@@ -41,13 +41,16 @@ def load_measured(paths, world) -> dict[tuple[str, str], MeasuredQuality]:
                                  f"quantplan quality --model ID --method ID")
         model, method = world.models.get(record["model"]).id, world.methods.get(record["method"]).id
         kv = world.kv_caches.get(record.get("kv_cache_dtype") or "fp16").id
-        pct = summary.get("ci", {}).get("ppl_delta_pct")
         key = (model, method)
         if key in found:
             raise QuantplanError(f"--quality: two records for {model} / {method}")
-        found[key] = MeasuredQuality(
-            model, method, kv, summary["ppl_delta_pct"] / 100.0,
-            (pct[0] / 100.0, pct[1] / 100.0) if pct else None, summary["kl_divergence"],
-            f"{summary.get('documents') or 'llama-perplexity'} documents, {path}"
-            if summary.get("documents") else f"llama-perplexity log, {path}")
+        try:
+            pct = summary.get("ci", {}).get("ppl_delta_pct")
+            found[key] = MeasuredQuality(
+                model, method, kv, float(summary["ppl_delta_pct"]) / 100.0,
+                (pct[0] / 100.0, pct[1] / 100.0) if pct else None, float(summary["kl_divergence"]),
+                f"{summary['documents']} documents, {path}" if summary.get("documents")
+                else f"llama-perplexity log, {path}")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise QuantplanError(f"--quality {path}: the summary lacks {error} (edited by hand?)") from None
     return found

@@ -248,16 +248,21 @@ def measure(run: Run, record_path: Path, use_cases: dict, resume: dict | None = 
 
 def resume_run(record: dict, data: str | None, baseline: str | None, candidate: str | None, engine: str) -> Run:
     """The run a record was started with; a server that moved can be given again (same model names)."""
-    ends = []
-    for role, given in (("baseline", baseline), ("candidate", candidate)):
-        saved = record[role]
-        if given is None:
-            ends.append(connect(f"{saved['url']}#{saved['model']}", saved["engine"], role))
-        else:
-            ends.append(connect(given, engine, role))
-    return Run(ends[0], ends[1], Path(data or record["data"]["path"]), int(record["top_k"]),
-               record.get("max_tokens_per_doc"), record.get("model"), record.get("method"),
-               record.get("kv_cache_dtype", "fp16"))
+    if record.get("source") != "quantplan quality":
+        raise QuantplanError(f"--resume: the record came from {record.get('source')!r}: nothing to resume")
+    try:
+        ends = []
+        for role, given in (("baseline", baseline), ("candidate", candidate)):
+            saved = record[role]
+            if given is None:
+                ends.append(connect(f"{saved['url']}#{saved['model']}", saved["engine"], role))
+            else:
+                ends.append(connect(given, engine, role))
+        return Run(ends[0], ends[1], Path(data or record["data"]["path"]), int(record["top_k"]),
+                   record.get("max_tokens_per_doc"), record.get("model"), record.get("method"),
+                   record.get("kv_cache_dtype", "fp16"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise QuantplanError(f"--resume: the record lacks {error} (edited by hand?): start a new one") from None
 
 
 # ---- llama-perplexity --kl-divergence logs ----------------------------------------------------------

@@ -423,3 +423,16 @@ def test_a_record_measured_at_fp16_kv_adds_the_predicted_kv_difference_elsewhere
     assert predicted_fp8 > predicted_fp16
     measured = 6.265139 / 6.233969 * 100 - 100
     assert pct("fp8", "--quality", str(record)) == pytest.approx(measured + predicted_fp8 - predicted_fp16, rel=1e-9)
+
+
+def test_resume_of_a_log_record_or_a_damaged_record_is_one_line(tmp_path):
+    log = tmp_path / "kld.log"
+    log.write_text(PERPLEXITY_LOG)
+    record = tmp_path / "r.json"
+    quality(["--from-llama-perplexity", str(log), "-o", str(record)])
+    one_line_error(["--resume", str(record)], "nothing to resume")
+    damaged = json.loads(record.read_text()) | {"source": "quantplan quality"}
+    record.write_text(json.dumps(damaged))
+    one_line_error(["--resume", str(record)], "lacks")
+    record.write_text("{not json")
+    one_line_error(["--resume", str(record)], "not a quality record")
