@@ -4,7 +4,7 @@
 # download). Source and build stay in $QUANTPLAN_CACHE (default ~/.cache/quantplan); the folder holding the
 # binaries is printed on stdout, everything else goes to stderr.
 # Usage: bash .ci/llama_cpp.sh [PIP]   (PIP: the pip to download with; default .venv/bin/pip)
-# Cost measured on this project's 2-core machine: 12.3 CPU-minutes (33 min wall while shared with
+# Cost measured on this project's 2-core machine: 12.3-12.7 CPU-minutes (25-33 min wall while shared with
 # other work, so about 7 min alone); a cached build returns at once.
 set -euo pipefail
 VERSION=0.3.36  # llama-cpp-python release whose vendored llama.cpp is built
