@@ -219,9 +219,12 @@ def cli():
 @click.option("--write-lp", type=click.Path(dir_okay=False), help="Also write the integer program to an LP file.")
 @click.option("--emit", type=click.Choice(("launch",)), help="launch: also the engine commands, checkpoints, "
                                                               "manifests and benchmarks (as `quantplan launch`).")
+@click.option("--quality", "quality_records", multiple=True, type=click.Path(dir_okay=False),
+              help="Measured quality record (quantplan quality -o FILE): its ppl increase replaces the "
+                   "prediction for that model and method (repeatable).")
 @json_option
 @click.pass_context
-def solve(ctx, scenario_file, no_alternatives, write_lp, emit, as_json, **options):
+def solve(ctx, scenario_file, no_alternatives, write_lp, emit, quality_records, as_json, **options):
     """Cheapest deployment for a scenario file and/or options."""
     from quantplan.solver.api import solve as run
     from quantplan.solver.report import render_plan
@@ -231,7 +234,10 @@ def solve(ctx, scenario_file, no_alternatives, write_lp, emit, as_json, **option
     scenario = scenario_from_options(scenario_file, options)
     if no_alternatives or write_lp:
         scenario = scenario.model_copy(update={"alternatives": not no_alternatives, "write_lp": write_lp})
-    plan = run(scenario)
+    if quality_records:
+        plan = _solve_with_measured(scenario, quality_records, run)
+    else:
+        plan = run(scenario)
     if emit == "launch":
         _solve_and_launch(plan, scenario, as_json)
         return
@@ -837,6 +843,137 @@ def report(ctx, scenario_file, output, price_range, no_sweep, as_json, **options
     else:
         click.echo(f"wrote {target}: {summary['replica_groups']} replica group(s), ${page.plan.cost_per_hour:,.2f}/h; "
                    f"{page.candidates} candidates, {page.front} on the Pareto front; price sweep: {page.sweep}")
+
+
+
+
+# ---- quantplan quality: measured perplexity, KL and agreement against running engines -----------------
+
+def _solve_with_measured(scenario, paths, run):
+    """solve with measured quality records in place of predicted ppl; the plan notes records it did not use."""
+    from quantplan.solver.measured_quality import load_measured
+    from quantplan.solver.registry import load_world
+
+    world = load_world(scenario.catalogs)
+    world.measured_quality = load_measured(paths, world)
+    plan = run(scenario, world)
+    used = {(plan.model, g.method) for g in plan.replicas if g.ppl_measured}
+    unused = [f"measured record for {model} / {method} not used: "
+              + (f"the plan is for {plan.model}" if model != plan.model else "the plan chose another method")
+              for model, method in sorted(world.measured_quality) if (model, method) not in used]
+    return plan.model_copy(update={"notes": plan.notes + unused}) if unused else plan
+
+
+def _new_quality_run(baseline, candidate, data, engine, top_k, max_tokens, model, method, kv_cache_dtype, target):
+    """Check the data, the output and both servers before anything is scored."""
+    from quantplan.solver import quality_check as check
+    from quantplan.solver.quality_engines import connect
+
+    if not (baseline and candidate and data):
+        raise QuantplanError("give --baseline URL[#MODEL], --candidate URL[#MODEL] and --data FILE "
+                             "(or --resume RECORD, or --from-llama-perplexity LOG)")
+    check.read_documents(data)
+    if target.exists() and _unfinished(target):
+        raise QuantplanError(f"-o {target} holds an unfinished run: carry it on with --resume {target}, "
+                             f"or choose another -o")
+    return check.Run(connect(baseline, engine, "baseline"), connect(candidate, engine, "candidate"),
+                     Path(data), top_k, max_tokens, model, method, kv_cache_dtype)
+
+
+def _unfinished(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("complete") is False
+
+
+def _render_quality(record: dict, use_case: str | None, console) -> None:
+    from quantplan.solver.report import render_rows
+
+    summary = record["summary"]
+    names = {"ppl_baseline": "perplexity, baseline", "ppl_candidate": "perplexity, candidate",
+             "ppl_delta": "ppl increase", "ppl_delta_pct": "ppl increase (%)", "kl_divergence": "KL divergence",
+             "top1_agreement": "top-1 agreement"}
+    level = f"{summary['ci_level']:.0%} interval"
+    render_rows(f"{record.get('model') or 'model'} / {record.get('method') or 'candidate'}: "
+                f"{summary['documents'] or '-'} documents, {summary['tokens'] or '-'} tokens",
+                ["figure", "value", level],
+                [[label, f"{summary[key]:.5g}", "{:.5g} .. {:.5g}".format(*summary["ci"][key])
+                  if key in summary["ci"] else "-"] for key, label in names.items() if key in summary], console)
+    verdicts = {k: v for k, v in summary["verdicts"].items() if use_case in (None, k)}
+    render_rows("Use cases (seed VALIDATION_THRESHOLDS: ppl increase < max and KL < max)",
+                ["use case", "max ppl increase", "max KL", "ppl", "KL", "verdict", "at interval's upper end"],
+                [[name, f"{v['max_ppl_delta']:g}", f"{v['max_kl_divergence']:g}", "pass" if v["ppl_pass"] else "FAIL",
+                  "pass" if v["kl_pass"] else "FAIL", "pass" if v["pass"] else "FAIL",
+                  "pass" if v["pass_at_ci_upper"] else "FAIL"] for name, v in verdicts.items()], console)
+    console.print(f"KL: {record['kl_estimator']}.")
+    console.print(f"intervals: {summary['ci_method']}.")
+
+
+@cli.command()
+@click.option("--baseline", help="Baseline server, URL[#MODEL] (the OpenAI-compatible server's base URL).")
+@click.option("--candidate", help="Candidate (quantized) server, URL[#MODEL].")
+@click.option("--data", type=click.Path(dir_okay=False), help="Your text: plain text (documents split at blank "
+                                                              "lines) or .jsonl with a \"text\" field.")
+@click.option("--engine", type=click.Choice(("auto", "vllm", "llama.cpp", "sglang")), default="auto",
+              show_default=True, help="Engine API to use (auto: from /v1/models owned_by).")
+@click.option("--use-case", help="Show and gate on one use case: chat_general, code_generation, medical_legal, "
+                                 "summarization (exit 1 when it fails).")
+@click.option("--top-k", type=int, default=20, show_default=True, help="Top tokens per position for KL and agreement.")
+@click.option("--max-tokens-per-doc", type=int, help="Score at most this many tokens of each document.")
+@click.option("--model", help="Model id the record is for (quantplan list models): solve --quality uses it.")
+@click.option("--method", help="Method id of the candidate (quantplan list methods).")
+@click.option("--kv-cache-dtype", default="fp16", show_default=True, help="KV-cache format the candidate ran with.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="quantplan-quality.json", show_default=True,
+              help="Quality record, rewritten after every document.")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Carry on an unfinished record.")
+@click.option("--from-llama-perplexity", "perplexity_log", type=click.Path(dir_okay=False),
+              help="Read a llama-perplexity --kl-divergence log instead of querying servers.")
+@catalog_option
+@json_option
+@click.pass_context
+def quality(ctx, baseline, candidate, data, engine, use_case, top_k, max_tokens_per_doc, model, method,
+            kv_cache_dtype, output, resume, perplexity_log, catalogs, as_json):
+    """Perplexity, KL divergence and top-1 agreement of a candidate against a baseline, on your text."""
+    from quantplan.solver import quality_check as check
+    from quantplan.solver.registry import load_world
+
+    world = load_world(catalogs)
+    use_cases = world.quality.use_cases
+    if use_case is not None and use_case not in use_cases:
+        raise QuantplanError(f"--use-case {use_case!r}: known use cases are {', '.join(sorted(use_cases))}")
+    model = world.models.get(model).id if model else None
+    method = world.methods.get(method).id if method else None
+    kv_cache_dtype = world.kv_caches.get(kv_cache_dtype).id
+    if top_k < 1 or (max_tokens_per_doc is not None and max_tokens_per_doc < 2):
+        raise QuantplanError("--top-k must be at least 1 and --max-tokens-per-doc at least 2")
+    target = Path(resume or output)
+    if perplexity_log:
+        if baseline or candidate or data or resume:
+            raise QuantplanError("--from-llama-perplexity reads a log: give no --baseline, --candidate, --data "
+                                 "or --resume")
+        summary = check.from_llama_perplexity(perplexity_log, use_cases)
+        record = check.record_from_log(perplexity_log, summary, model, method, kv_cache_dtype)
+        check.write_record(target, record)
+    else:
+        if resume:  # the run's settings come from the record; servers that moved may be given again
+            saved = check.read_record(resume)
+            run = check.resume_run(saved, data, baseline, candidate, engine)
+        else:
+            saved = None
+            run = _new_quality_run(baseline, candidate, data, engine, top_k, max_tokens_per_doc, model, method,
+                                   kv_cache_dtype, target)
+        bar, tick = _progress(len(check.read_documents(run.data)[0]), not as_json)
+        try:
+            record = check.measure(run, target, use_cases, saved, (lambda done, total: tick(done)) if tick else None)
+        finally:
+            if bar:
+                bar.stop()
+    shown = {k: v for k, v in record.items() if k != "results"} | {"record": str(target)}
+    _emit(shown, as_json, lambda console: _render_quality(record, use_case, console))
+    if use_case is not None and not record["summary"]["verdicts"][use_case]["pass"]:
+        ctx.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,6 +151,7 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
     notes += sharing_notes
+    notes += sorted({g.ppl_measured for g in groups if g.ppl_measured})
     if scenario.margin not in ("none", "auto"):
         notes.append(f"planned against {scenario.margin} validation error: TTFT and TPOT figures include that margin")
     notes += [f"{g.key} lies outside the validation data ({'; '.join(g.coverage_warnings)}): planned against its "

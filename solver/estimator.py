@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -153,6 +153,7 @@ class Quality:
     baseline_ppl: float
     terms: list[Term] = field(default_factory=list)
     prediction: Prediction = LOSSLESS
+    measured: str = ""  # non-empty: `relative` is a measured figure (solve --quality), and where it came from
 
     @property
     def ppl_delta(self) -> float:
@@ -184,6 +185,19 @@ class Quality:
 
 
 def quality(world: World, config: Config) -> Quality:
+    assessed = predicted_quality(world, config)
+    measured = world.measured_quality.get((config.model.id, config.method.id))
+    if measured is None:
+        return assessed
+    # the record covers the method at the KV-cache format it was served with; another format adds the
+    # predicted difference between the two formats
+    at_measured_kv = predicted_quality(world, replace(config, kv=world.kv_caches.get(measured.kv_cache_dtype)))
+    relative = measured.relative + assessed.relative - at_measured_kv.relative
+    return Quality(relative, assessed.baseline_ppl, assessed.terms, prediction=assessed.prediction,
+                   measured=measured.describe())
+
+
+def predicted_quality(world: World, config: Config) -> Quality:
     found = _flatten(world.plugins.call_for("quantplan_quality_terms", config, quality=world.quality))
     total = totals(found)
     relative = total[q.PPL_RELATIVE]

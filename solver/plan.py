@@ -77,6 +77,7 @@ class ReplicaGroup(Out):
     basis: str = "measured-near"  # or "extrapolated": outside the validation data (coverage_warnings)
     margin: str = "none"  # validation error the TTFT/TPOT figures include (none, median, p90)
     gpu_class: str = "datacenter"  # or "consumer" (GeForce, Apple laptops)
+    ppl_measured: str = ""  # non-empty: ppl_delta comes from a measured quality record (solve --quality)
 
 
 class Alternative(Out):
@@ -170,7 +171,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         error_bars=bars,
         coverage_warnings=warnings, key=option.key, model=config.model.id,
         basis="extrapolated" if warnings else "measured-near", margin=option.margin,
-        gpu_class=gpu_class_of(config.gpu),
+        gpu_class=gpu_class_of(config.gpu), ppl_measured=option.quality.measured,
     )
 
 

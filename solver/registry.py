@@ -57,6 +57,7 @@ class World:
     quality: QualityBook
     providers: dict[str, str] = field(default_factory=dict)
     offers: dict[str, list[PriceSpec]] = field(default_factory=dict)  # every provider's price, by device
+    measured_quality: dict = field(default_factory=dict)  # (model id, method id) -> MeasuredQuality (solve --quality)
 
     def with_prices(self, overrides: dict[str, float], provider: str | None = None) -> dict[str, PriceSpec]:
         """Default prices, or `provider`'s (`--provider NAME`), with `--price DEV=USD` applied (ids or aliases)."""
