@@ -168,7 +168,7 @@ def workload(world, scenario: Scenario, model_id: str) -> list[str]:
         lines.append(f"{model_id}, class {traffic.name}: {load}, {traffic.prompt_tokens} prompt + "
                      f"{traffic.output_tokens} output tokens; " + (", ".join(slos) if slos else "no SLO"))
     devices = ", ".join(scenario.gpus) if scenario.gpus else f"{scenario.gpu_class} devices"
-    limits = [f"at most {scenario.max_gpus} GPUs per replica"]
+    limits = [f"at most {scenario.max_gpus} GPU{'' if scenario.max_gpus == 1 else 's'} per replica"]
     if scenario.gpu_count:
         limits.append("available " + ", ".join(f"{n} {d}" for d, n in sorted(scenario.gpu_count.items())))
     if scenario.max_cost_per_hour is not None:
