@@ -2,8 +2,8 @@
 
 A log is JSONL or CSV, one request per line, with its prompt and output token counts and its time:
 OpenAI-compatible fields (`usage.prompt_tokens`, `usage.completion_tokens`, `created`) or flat
-columns (`prompt_tokens`, `output_tokens` or `completion_tokens`, `timestamp` or `time`; seconds since
-the epoch or ISO 8601). Requests are clustered by length (k-means on log2 prompt and output tokens,
+columns (`prompt_tokens`, `output_tokens` or `completion_tokens`, `timestamp` or `time`; seconds or
+milliseconds since the epoch, or ISO 8601). Requests are clustered by length (k-means on log2 prompt and output tokens,
 deterministic), and each cluster becomes a class with its arrival rate and burstiness.
 """
 
@@ -24,6 +24,9 @@ from .errors import QuantplanError
 PROMPT_FIELDS = ("prompt_tokens", "input_tokens", "prompt_len", "input_len")
 OUTPUT_FIELDS = ("completion_tokens", "output_tokens", "output_len", "generated_tokens")
 TIME_FIELDS = ("timestamp", "created", "time", "arrival_time", "start_time")
+# Times above this are epoch milliseconds: as seconds they would fall after the year 5000, while every
+# epoch-millisecond time since March 1973 is above it.
+EPOCH_MILLISECONDS = 1e11
 MAX_CLASSES = 4
 SPLIT_GAIN = 0.5  # one more class only when it removes at least half the remaining spread in log2 lengths
 MIN_SEPARATION = 1.0  # ... and its clusters' mean lengths differ at least 2x (1 in log2) in prompt or output
@@ -62,6 +65,8 @@ def read_log(path: str) -> list[Request]:
     rows = _jsonl(path, text) if stripped.startswith("{") else _csv(path, text)
     if len(rows) < 2:
         raise QuantplanError(f"{path}: {len(rows)} request(s); a log needs at least 2 to give a rate")
+    if min(r.time_s for r in rows) > EPOCH_MILLISECONDS:  # epoch milliseconds, as many loggers write them
+        rows = [r.model_copy(update={"time_s": r.time_s / 1000.0}) for r in rows]
     return sorted(rows, key=lambda r: r.time_s)
 
 

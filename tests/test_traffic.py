@@ -33,6 +33,15 @@ def test_two_length_clusters_with_their_rates(tmp_path):
         assert c.interarrival_cv == pytest.approx(0.0)
 
 
+def test_epoch_milliseconds_give_the_same_rates_as_seconds(tmp_path):
+    """The six requests of CSV at epoch 1,733,200,000 s written in milliseconds: still 0.6 requests/s."""
+    start = 1_733_200_000_000
+    rows = CSV.splitlines()
+    text = "\n".join([rows[0]] + [f"{start + int(r.split(',')[0]) * 1000},{r.split(',', 1)[1]}" for r in rows[1:]])
+    short, long_ = profile(read_log(_write(tmp_path, "log.csv", text + "\n")))
+    assert short.rate_per_s == pytest.approx(0.6) and long_.rate_per_s == pytest.approx(0.6)
+
+
 def test_openai_usage_jsonl_with_iso_times(tmp_path):
     """OpenAI-compatible records (usage.prompt_tokens / completion_tokens) with ISO 8601 times: one class
     of similar requests, 4 requests over 30 s = 0.1333/s; lengths are the means (200, 101)."""
@@ -74,3 +83,16 @@ def test_bad_logs_name_the_line_and_field(tmp_path, text, message):
 def test_missing_log_exits_2():
     result = CliRunner().invoke(cli, ["traffic", "/nonexistent/requests.jsonl"])
     assert result.exit_code == 2 and "/nonexistent/requests.jsonl" in result.stderr
+
+
+def test_the_written_scenario_solves(tmp_path):
+    """traffic -> solve: the scenario written for the two-cluster log plans both classes (one L40S type)."""
+    log = _write(tmp_path, "log.csv", CSV)
+    scenario = tmp_path / "traffic.toml"
+    written = CliRunner().invoke(cli, ["traffic", log, "--model", "llama-3.1-8b", "-o", str(scenario)])
+    assert written.exit_code == 0, written.output
+    solved = CliRunner().invoke(cli, ["solve", str(scenario), "--gpu", "l40s", "--no-alternatives", "--json"])
+    assert solved.exit_code == 0, solved.output
+    plan = json.loads(solved.stdout)
+    served = {c["name"] for g in plan["replicas"] for c in g["classes"]}
+    assert served == {"p100-o50", "p4000-o400"}
