@@ -133,7 +133,7 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     availability, owned = pool(world, scenario)
     space = build_space(world, scenario, prices)
     space.options = free_if_owned(space.options, owned)
-    options = prune_dominated(space.options, scenario.classes, scenario.objective != "cost")
+    options = pruned = prune_dominated(space.options, scenario.classes, scenario.objective != "cost")
     model_id = space.model.id
     try:
         solution = _solve(options, scenario, availability)
@@ -148,7 +148,8 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     solution, groups, options, sharing_notes = settle_sharing(
         solution, options, scenario.classes, lambda chosen: _solve(chosen, scenario, availability))
     tokens = served_tokens_per_s(solution, scenario.classes)
-    alternatives = _alternatives(space.options, scenario, availability, solution) if scenario.alternatives else []
+    alternatives = (_alternatives(space.options, scenario, availability, solution, pruned)
+                    if scenario.alternatives else [])
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
     notes += sharing_notes
     notes += sorted({g.ppl_measured for g in groups if g.ppl_measured})
@@ -262,9 +263,12 @@ def _single_bound(options: list[Option], classes: tuple[TrafficClass, ...]) -> f
     return best
 
 
-def _alternatives(options, scenario, availability, chosen: program.Solution) -> list[Alternative]:
+def _alternatives(options, scenario, availability, chosen: program.Solution, pruned=None) -> list[Alternative]:
     """Cheapest plans under other choices: unquantized weights, and the most promising other devices
-    and methods (ranked by their best single-configuration plan, then solved exactly)."""
+    and methods (ranked by their best single-configuration plan, then solved exactly).
+
+    `pruned`: the options already pruned for the main solve. Pruning compares options on one device
+    only, so a one-device restriction takes its part of that set as it is; the others prune again."""
     used_methods = {a.option.config.method.id for a in chosen.assignments}
     used_gpus = {a.option.config.gpu.id for a in chosen.assignments}
     filters = []
@@ -275,10 +279,14 @@ def _alternatives(options, scenario, availability, chosen: program.Solution) -> 
         ranked = sorted(names, key=lambda n: (_single_bound([o for o in options if getattr(o.config, attribute).id == n],
                                                             scenario.classes), n))
         for name in ranked[:ALTERNATIVES_PER_KIND]:
-            filters.append((kind.format(name), lambda o, a=attribute, n=name: getattr(o.config, a).id == n))
+            filters.append((kind.format(name), lambda o, a=attribute, n=name: getattr(o.config, a).id == n,
+                            attribute == "gpu"))
     found = []
-    for label, keep in filters:
-        subset = prune_dominated([o for o in options if keep(o)], scenario.classes, scenario.objective != "cost")
+    for label, keep, *one_device in filters:
+        if one_device and one_device[0] and pruned is not None:
+            subset = [o for o in pruned if keep(o)]
+        else:
+            subset = prune_dominated([o for o in options if keep(o)], scenario.classes, scenario.objective != "cost")
         if not subset:
             continue
         try:
