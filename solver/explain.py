@@ -171,6 +171,8 @@ def workload(world, scenario: Scenario, model_id: str) -> list[str]:
     limits = [f"at most {scenario.max_gpus} GPU{'' if scenario.max_gpus == 1 else 's'} per replica"]
     if scenario.gpu_count:
         limits.append("available " + ", ".join(f"{n} {d}" for d, n in sorted(scenario.gpu_count.items())))
+    if scenario.owned:
+        limits.append("owned (no hourly price) " + ", ".join(f"{n} {d}" for d, n in sorted(scenario.owned.items())))
     if scenario.max_cost_per_hour is not None:
         limits.append(f"budget ${scenario.max_cost_per_hour:g}/h")
     restricted = [f"{label} {', '.join(values)}" for label, values in (
