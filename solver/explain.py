@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from .plan import ReplicaGroup
+from .serving import distinct
 from .program import Solution
 from .scenario import Scenario
 from .gates import gate
@@ -138,14 +139,6 @@ def _plan_text(solution) -> str:
 def _stat(traffic) -> str:
     return "" if traffic.statistic == "mean" else f" {traffic.statistic}"
 
-
-def distinct(value: float, limit: float, decimals: int) -> tuple[str, str]:
-    """`value` and `limit` printed with enough decimals (up to 4) that they read differently."""
-    for places in range(decimals, 5):
-        shown, bound = f"{value:.{places}f}", f"{limit:.{places}f}"
-        if shown != bound:
-            return shown, bound
-    return f"{value:.4g}", f"{limit:.4g}"
 
 
 def workload(world, scenario: Scenario, model_id: str) -> list[str]:

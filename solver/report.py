@@ -35,7 +35,7 @@ def render_plan(plan: Plan, console: Console) -> None:
         "mem/GPU (GB)", "ppl Δ", "ppl Δ (%)", "$/h"])
     for group in plan.replicas:
         offload = f", ngl {group.gpu_layers}" if group.gpu_layers is not None else ""
-        owner = f"{group.model}: " if len(plan.pool) or "," in plan.model else ""
+        owner = f"{group.model}: " if plan.pool else ""  # a fleet plan (several models) has a pool
         name = (f"{owner}{group.gpus_per_replica}x {group.gpu} {group.method} {group.framework} "
                 f"kv={group.kv_cache_dtype}{offload}"
                 + (" (consumer)" if group.gpu_class == "consumer" else "")
@@ -94,6 +94,7 @@ def render_plan(plan: Plan, console: Console) -> None:
         latency = plan.objective != "cost"
         table = _table(f"Alternatives ({best} plan under each restriction)",
                        ["restriction", "$/h", "Δ $/h", "x"] + (["latency (ms)", "Δ ms"] if latency else []) + ["plan"])
+        table.columns[-1].no_wrap = False  # the plan text wraps; the figures keep their columns
         for alt in plan.alternatives:
             extra = [_f(alt.latency_ms, 0), f"{alt.latency_difference_ms:+,.0f}"] if latency else []
             table.add_row(alt.label, _f(alt.cost_per_hour, 2), f"{alt.cost_difference_per_hour:+,.2f}",

@@ -585,20 +585,20 @@ def slo_violations(traffic: TrafficClass, ttft_ms: float, tpot_ms: float, name: 
     found = []
     label = "" if name == "mean" else f" {name}"
     if traffic.ttft_ms is not None and not ttft_ms <= traffic.ttft_ms:
-        found.append(f"TTFT{label} {_digits(ttft_ms, traffic.ttft_ms)} ms > {traffic.ttft_ms:g} ms")
+        found.append(f"TTFT{label} {distinct(ttft_ms, traffic.ttft_ms)[0]} ms > {traffic.ttft_ms:g} ms")
     limit = traffic.tpot_limit_ms
     if limit is not None and not tpot_ms <= limit:
-        found.append(f"TPOT{label} {_digits(tpot_ms, limit)} ms > {limit:.4g} ms")
+        found.append(f"TPOT{label} {distinct(tpot_ms, limit)[0]} ms > {limit:.4g} ms")
     return found
 
 
-def _digits(value: float, limit: float) -> str:
-    """Enough digits that the value reads differently from the limit it breaks."""
-    for digits in range(1, 6):
-        text = f"{value:.{digits}f}"
-        if float(text) != float(f"{limit:.{digits}f}") or digits == 5:
-            return text
-    return f"{value:g}"
+def distinct(value: float, limit: float, decimals: int = 1) -> tuple[str, str]:
+    """`value` and `limit` printed with enough decimals (from `decimals`, up to 5) that they read differently."""
+    for places in range(decimals, 6):
+        shown, bound = f"{value:.{places}f}", f"{limit:.{places}f}"
+        if shown != bound:
+            return shown, bound
+    return f"{value:.5g}", f"{limit:.5g}"
 
 
 # ---------------------------------------------------------------------------------------------

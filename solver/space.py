@@ -234,6 +234,9 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
     """
     sizes = np.array(batches, dtype=float)
     vector = config.with_batch(sizes)
+    outside = outside_coverage(config)  # one answer for every batch size and class of this configuration
+    # auto: p90 outside the validation data (an unmeasured combination cannot win on an optimistic guess)
+    applied = ("p90" if outside else "none") if margin == "auto" else margin
     memories: dict[str, Memory] = {}
     results: dict[str, list[Performance | None]] = {}
     for traffic in classes:
@@ -248,7 +251,6 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
         if not fits.any():
             continue
         times = timing(world, config, traffic)
-        applied = applied_margin(margin, config)
         if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
             bars = errorbars.shipped()
             times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
@@ -288,7 +290,7 @@ def _batches(world, config, batches, classes, limits, cost, assessed, per_class,
                                 {name: memories[name].at(index) for name in served},
                                 {name: pair[0] for name, pair in served.items()},
                                 {name: pair[1] for name, pair in served.items()},
-                                margin=applied_margin(margin, config), extrapolated=outside_coverage(config),
+                                margin=applied, extrapolated=outside,
                                 quality_bounds={name: _tightest(limits[name], assessed) for name in served
                                                 if limits[name].bounds}))
     return found
@@ -305,13 +307,6 @@ def outside_coverage(config: Config) -> bool:
     return not config.execution.measured or bool(
         errorbars.shipped().coverage(config.framework.id, config.gpu.device_class, 1, config.gpus, config.gpu.vendor))
 
-
-def applied_margin(margin: str, config: Config) -> str:
-    """'auto': p90 for a configuration outside the validation data, so an unmeasured combination cannot
-    win on an optimistic guess; none inside it."""
-    if margin != "auto":
-        return margin
-    return "p90" if outside_coverage(config) else "none"
 
 
 def _describe(config: Config) -> str:
