@@ -506,7 +506,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         from .serving import rate_capacity
 
         most = rate_capacity(times, traffic)
-        if not rate <= most:
+        if not rate <= most * (1 + 1e-9):  # a plan may load a replica to its capacity exactly
             return EstimateResult(**head, compatible=False, reasons=[
                 f"{rate:g} requests/s is more than one replica carries: at most {most:.4g} requests/s with "
                 f"{times.scheduling.max_sequences} running and prefill below 90% busy; beyond that the queue "

@@ -86,6 +86,8 @@ class Parameter:
             return ("peaks", 1.0) if config.execution.kernel == "ggml-cuda-mmq" else None
         if field == "step_overhead_ms":
             return "overhead", 1e-3
+        if field == "sequence_overhead_us":
+            return "sequence", 1e-6
         if field == "request_overhead_ms":
             return ("request", 1e-3) if probe.served else None
         if field == "wave_persistence":
@@ -104,7 +106,8 @@ DEFAULT_PARAMETERS = tuple(
      for field, low, high, initial in (
          ("bandwidth_efficiency.datacenter", 0.4, 0.95, 0.75), ("decode_compute_efficiency", 0.15, 0.95, 0.5),
          ("prefill_efficiency", 0.2, 0.9, 0.6), ("step_overhead_ms", 0.05, 8.0, 1.0),
-         ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0))]
+         ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0),
+         ("sequence_overhead_us", 0.0, 200.0, 10.0))]
     + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
     + [Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95, 0.6),
        Parameter("framework", "llama.cpp", "bandwidth_efficiency.apple", 0.3, 0.95, 0.7),
@@ -142,6 +145,8 @@ class Problem:
                     adjust.prefill_peak[mask] *= ratio
             elif kind == "overhead":
                 adjust.overhead_s[mask] += (value - start) * coefficient[mask]
+            elif kind == "sequence":
+                adjust.overhead_per_sequence_s[mask] += (value - start) * coefficient[mask]
             elif kind == "waves":
                 adjust.wave_persistence[mask] += value - start
             else:

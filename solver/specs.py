@@ -192,6 +192,9 @@ class FrameworkSpec(Identified):
     max_batch: int = Field(default=512, ge=1)
     step_overhead_ms: float = Field(ge=0)
     layer_overhead_us: float = Field(default=0.0, ge=0)
+    # host time per decoding sequence per step (scheduler bookkeeping, sampling, detokenizing and
+    # streaming each new token): grows with the batch whatever the GPUs do. Fitted (solver/fit.py).
+    sequence_overhead_us: float = Field(default=0.0, ge=0)
     bandwidth_efficiency: dict[DeviceClass, float]
     prefill_efficiency: float = Field(gt=0, le=1)
     prefill_efficiency_by_class: dict[DeviceClass, float] = Field(default_factory=dict)

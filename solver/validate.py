@@ -21,7 +21,7 @@ from .estimator import memory, quality
 from .registry import World, load_world
 from .scenario import TrafficClass
 from .probes import Batch, Probe, probe, reduce
-from .serving import timing
+from .serving import Scheduling, timing
 from .shapes import parameter_counts
 from .space import execution_of, fit_placement, objections
 
@@ -201,6 +201,7 @@ def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
         if placed is None:
             raise ValueError("does not fit")
         times = timing(world, placed, traffic)
+        times = replace(times, scheduling=benchmark_limits(row, times.scheduling))
         kind = "rate" if row.mode == "rate" else "closed"
         load = row.rate if kind == "rate" else float(max(row.batch, 1))
         return [probe(times, placed, row.prompt_tokens, row.output_tokens, kind, load, metric,
@@ -209,6 +210,30 @@ def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
     if one is None:
         raise ValueError("does not fit")
     return [one], "one"
+
+
+AICONFIGURATOR = "ai-dynamo/aiconfigurator"
+
+
+def benchmark_limits(row: Row, sched: Scheduling) -> Scheduling:
+    """The engine limits a benchmark set, where its protocol sets them (else the engine's defaults).
+
+    AIConfigurator's benchmark generator (aic-core rule_plugin/benchmark/{trtllm,vllm,sglang}.rule)
+    starts one aggregated worker per run with max_batch_size = the concurrency it then benchmarks
+    (BenchConfig.estimated_concurrency = workers x max_batch_size) and a token budget of
+    max_batch_size + ISL + 1500 (TensorRT-LLM and vLLM max_num_tokens, rounded up to TensorRT-LLM's
+    32-token KV block; SGLang max_prefill_tokens = ISL + 1500). TensorRT-LLM keeps its template's
+    enable_chunked_prefill = false."""
+    if not row.source.startswith(AICONFIGURATOR) or row.mode != "concurrency":
+        return sched
+    clients = max(row.batch, 1)
+    if row.framework == "sglang":
+        budget = row.prompt_tokens + 1500
+    else:
+        budget = clients + row.prompt_tokens + 1500
+        if row.framework == "tensorrt-llm":
+            budget = -(-budget // 32) * 32
+    return replace(sched, max_sequences=min(clients, sched.max_sequences), token_budget=budget)
 
 
 def _steady(world: World, config: Config, row: Row, metric: str, waves: float = 0.0) -> Probe | None:

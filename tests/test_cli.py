@@ -68,7 +68,11 @@ def test_solve_blog_example_1_is_infeasible_and_says_why():
     result = CliRunner().invoke(cli, ["solve", str(EXAMPLES / "blog-1-7b-chat-a100.toml"), "--json"])
     assert result.exit_code == 1
     data = json.loads(result.output.split("\ninfeasible:")[0])
-    assert data["status"] == "infeasible" and "a100-80gb=1" in data["reasons"][0]
+    assert data["status"] == "infeasible"
+    # either no configuration reaches 50 ms, or none does within the one A100 on hand: the reason
+    # names the device and the figure that falls short
+    reason = data["reasons"][0]
+    assert "a100-80gb" in reason and ("the SLO is 50 ms" in reason or "a100-80gb=1" in reason)
 
 
 def test_solve_chat_example_json():

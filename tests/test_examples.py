@@ -88,7 +88,7 @@ def test_example_3_m2_max_llama_cpp_4_bit(plans):
 
 def test_deployment_constraints_take_the_blog_field_names():
     constraints = DeploymentConstraints(
-        model_params_B=7, available_gpu_memory_GB=80, num_gpus=1, gpu_type="A100", target_latency_ms=50,
+        model_params_B=7, available_gpu_memory_GB=80, num_gpus=1, gpu_type="A100", target_latency_ms=60,
         target_throughput_tps=40, max_batch_size=8, quality_floor_ppl=0.3, cost_priority="minimize_cost",
         prompt_tokens=128, output_tokens=256, model="Llama-2 7B")
     scenario = constraints.to_scenario()

@@ -143,6 +143,7 @@ class FrameworkPlugin:
             compute = framework.prefill_efficiency_by_class.get(gpu.device_class, framework.prefill_efficiency)
         overhead = (framework.step_overhead_ms / 1e3 + framework.layer_overhead_us * config.model.layers / 1e6) \
             * step.passes
+        per_sequence = framework.sequence_overhead_us / 1e6 * step.sequences if step.phase == "decode" else 0.0
         found = [
             Term(q.BANDWIDTH_EFFICIENCY, efficiency, self.name,
                  f"{framework.id} reaches {efficiency:.0%} of {gpu.device_class} bandwidth", step.phase),
@@ -153,6 +154,10 @@ class FrameworkPlugin:
                  + (f" + {framework.layer_overhead_us:g} us/layer" if framework.layer_overhead_us else ""),
                  step.phase),
         ]
+        if framework.sequence_overhead_us:
+            found.append(Term(q.OVERHEAD, per_sequence, self.name,
+                              f"{framework.id} host time {framework.sequence_overhead_us:g} us per decoding "
+                              "sequence per step", step.phase))
         found += self.communication_terms(config, step)
         return found
 
