@@ -433,13 +433,22 @@ def _render_quality_model(table: dict, console) -> None:
                                 "as out-of-sample.")
 @click.option("--write", "write_to", type=click.Path(file_okay=False),
               help="Write the fitted values into the catalogs in this folder (frameworks.toml, methods.toml).")
+@click.option("--cross-validate", "fold_key", type=click.Choice(["device", "model", "source", "engine"]),
+              help="Leave one device (model, source, engine) out at a time: fit on the rest, predict it; "
+                   "print the pooled out-of-sample errors by metric and load regime, and each fold.")
 @json_option
-def fit(devices, write_to, as_json):
+def fit(devices, write_to, fold_key, as_json):
     """Fit engine and kernel efficiencies to the validation rows; print them and the error before and after,
     in-sample and (with --devices) out-of-sample."""
     from quantplan.solver import fit as fitting
     from quantplan.solver.report import render_rows
 
+    if fold_key:
+        if devices or write_to:
+            raise QuantplanError("--cross-validate stands alone: it fits once per fold and writes nothing "
+                                 "(drop --devices and --write)")
+        _cross_validate(fitting, fold_key, as_json)
+        return
     chosen = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
     for name in ("frameworks.toml", "methods.toml") if write_to else ():
         if not (Path(write_to) / name).is_file():
@@ -459,6 +468,32 @@ def fit(devices, write_to, as_json):
                                                         "median after", "p90 after"],
                 [[e["sample"], e["metric"], e["rows"], f"{e['before_median']:.1%}", f"{e['before_p90']:.1%}",
                   f"{e['after_median']:.1%}", f"{e['after_p90']:.1%}"] for e in errors], console)
+
+
+def _cross_validate(fitting, key: str, as_json: bool) -> None:
+    from quantplan.solver.report import render_rows
+
+    console = _console()
+    report = lambda done, total, group: console.print(  # noqa: E731
+        f"fold {done}/{total}: {group} held out", style="dim") if not as_json else None
+    found = fitting.cross_validate(key, progress=report)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+
+    def cell(stats):
+        if stats is None or stats["median"] is None:
+            return "-"
+        return f"{stats['median']:.1%} / {stats['p90']:.1%} ({stats['rows']})"
+
+    lines = [[metric, regime, stats["rows"], f"{stats['median']:.1%}" if stats["median"] is not None else "-",
+              f"{stats['p90']:.1%}" if stats["p90"] is not None else "-"]
+             for metric, by_regime in found["pooled"].items() for regime, stats in by_regime.items()]
+    render_rows(f"Out of sample, one {key} left out at a time (|predicted / measured - 1|)",
+                ["metric", "regime", "rows", "median", "p90"], lines, console)
+    render_rows(f"Each fold: the {key} held out (median / p90 (rows))", [key, "TPOT", "TTFT", "other"],
+                [[f["group"], cell(f.get("tpot_ms")), cell(f.get("ttft_ms")), cell(f.get("other"))]
+                 for f in found["folds"]], console)
 
 
 @cli.command()

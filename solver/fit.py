@@ -198,11 +198,12 @@ def problem(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: 
 
 
 def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tuple[str, ...] = (),
-        rows: list[Row] | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
-    """Least-squares fit; returns the problem, the fitted values and a report per parameter."""
+        rows: list[Row] | None = None, setup: Problem | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
+    """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
+    `setup` (its rows' probes already built) is fitted on its `fitted_rows`."""
     from scipy.optimize import least_squares
 
-    setup = problem(parameters, world, devices, rows)
+    setup = setup or problem(parameters, world, devices, rows)
     fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
     for row in setup.fitted_rows:
         fitted_probes[setup.prepared.members[row]] = True
@@ -288,3 +289,87 @@ def errors(setup: Problem, values: np.ndarray, devices: tuple[str, ...] = ()) ->
                           "before_median": float(np.median(b)), "before_p90": float(np.percentile(b, 90)),
                           "after_median": float(np.median(a)), "after_p90": float(np.percentile(a, 90))})
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-validation: fit without a group of rows, predict that group
+
+
+FOLD_KEYS = ("device", "model", "source", "engine")
+
+
+def source_of(row: Row) -> str:
+    """The publication a row comes from: its source up to the first space or comma (a repository, a
+    documentation site), so that every row of one benchmark campaign falls in one fold."""
+    return re.split(r"[ ,]", row.source.strip(), maxsplit=1)[0].rstrip("/:;")
+
+
+def _fold_of(row: Row, key: str) -> str:
+    if key == "device":
+        return row.gpu
+    if key == "model":
+        return row.model
+    if key == "engine":
+        return row.framework
+    return source_of(row)
+
+
+def cross_validate(key: str, parameters=DEFAULT_PARAMETERS, world: World | None = None,
+                   rows: list[Row] | None = None, progress=None) -> dict:
+    """Leave one group out: for each device (model, source, engine) with speed rows, fit every parameter
+    on the other groups' rows and predict this group's. Returns the pooled out-of-sample errors by metric
+    and load regime, and one line per fold. A parameter no remaining row touches keeps its catalog
+    value (`fit` leaves unused parameters alone), which is what a user on that group would get."""
+    if key not in FOLD_KEYS:
+        raise QuantplanError(f"--cross-validate {key}: choose one of {', '.join(FOLD_KEYS)}")
+    setup = problem(parameters, world, rows=rows)
+    every = setup.fitted_rows
+    labels = np.array([_fold_of(r, key) for r in setup.prepared.rows])
+    predicted = np.full(len(setup.prepared.rows), np.nan)
+    folds = []
+    groups = sorted(set(labels[every]))
+    for number, group in enumerate(groups):
+        held = every[labels[every] == group]
+        setup.fitted_rows = every[labels[every] != group]
+        _, values, _ = fit(parameters, setup=setup)
+        predicted[held] = setup.predictions(values)[held]
+        folds.append({"group": group, **_summary(setup, predicted, held)})
+        if progress:
+            progress(number + 1, len(groups), group)
+    setup.fitted_rows = every
+    pooled = {}
+    for metric in ("tpot_ms", "ttft_ms", "other"):
+        for regime in ("all", "c=1", "c=2-16", "c=17-64", "c>64", "rate", "offline"):
+            chosen = [i for i in every if _metric_kind(setup.prepared.rows[i]) == metric
+                      and (regime == "all" or _regime_kind(setup.prepared.rows[i]) == regime)]
+            if chosen:
+                pooled.setdefault(metric, {})[regime] = _stats(setup, predicted, chosen)
+    return {"key": key, "folds": folds, "pooled": pooled}
+
+
+def _metric_kind(row: Row) -> str:
+    return row.metric if row.metric in ("tpot_ms", "ttft_ms") else "other"
+
+
+def _regime_kind(row: Row) -> str:
+    return row.regime if row.under_load else "offline"
+
+
+def _summary(setup: Problem, predicted: np.ndarray, held) -> dict:
+    found = {}
+    for metric in ("tpot_ms", "ttft_ms", "other"):
+        chosen = [i for i in held if _metric_kind(setup.prepared.rows[i]) == metric]
+        if chosen:
+            found[metric] = _stats(setup, predicted, chosen)
+    return found
+
+
+def _stats(setup: Problem, predicted: np.ndarray, chosen) -> dict:
+    chosen = np.asarray(chosen)
+    value = predicted[chosen]
+    finite = np.isfinite(value)
+    error = np.abs(value[finite] / setup.measured[chosen][finite] - 1)
+    if not error.size:
+        return {"rows": int(len(chosen)), "predicted": 0, "median": None, "p90": None}
+    return {"rows": int(len(chosen)), "predicted": int(finite.sum()),
+            "median": float(np.median(error)), "p90": float(np.percentile(error, 90))}
