@@ -155,3 +155,18 @@ def test_cli_validate_json_with_filter():
     data = json.loads(result.output)
     assert {row["framework"] for row in data["rows"]} == {"exllamav2"}
     assert all(abs(row["error"]) < 0.3 for row in data["rows"])
+
+
+def test_cross_validation_predicts_each_device_from_a_fit_without_it():
+    """Leave one device out on llama.cpp's speed rows: one fold per device, every held-out row appears in
+    exactly one fold, and the pooled row count is the sum of the folds' (each row predicted once)."""
+    from quantplan.solver import fit as fitting
+    from quantplan.solver.validate import load_rows
+
+    rows = [r for r in load_rows(held_out=False) if r.framework == "llama.cpp"
+            and fitting.GROUPS.get(r.metric) in ("decode", "ttft")]
+    found = fitting.cross_validate("device", rows=rows)
+    assert [f["group"] for f in found["folds"]] == sorted({r.gpu for r in rows})
+    per_fold = sum(stats["rows"] for f in found["folds"] for stats in f.values() if isinstance(stats, dict))
+    pooled = sum(by_regime["all"]["rows"] for by_regime in found["pooled"].values())
+    assert per_fold == pooled == len(rows)
