@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -295,18 +295,21 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
         diagnostics = per_class[traffic.name]
         figures, job = evaluated[traffic.name]
         quality_gate = limits[traffic.name]
-        results[traffic.name] = served = [None] * len(batches)
-        for index in range(len(entry.jobs[traffic.name].batches)):  # larger batches need more memory still
+        sizes = len(entry.jobs[traffic.name].batches)  # the fitting batch sizes: larger ones need more memory still
+        # the quality gate does not depend on the batch size: it passes at all or at none
+        diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
+        if not quality_gate.passes(assessed):  # the best-reachable figures only name those that pass
             diagnostics.fits += 1
+            tightest = quality_gate.tightest(assessed)
+            diagnostics.best_quality.offer(-tightest.headroom(assessed), f"{config.method.id} with "
+                                           f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
+            continue
+        results[traffic.name] = served = [None] * len(batches)
+        for index in range(sizes):
+            diagnostics.fits += 1
+            diagnostics.meets_quality += 1
             element = figures.element(job, index)
             ttft, tpot = float(figures.ttft_stat[element]), float(figures.tpot_stat[element])
-            diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
-            if not quality_gate.passes(assessed):  # the best-reachable figures only name those that pass
-                tightest = quality_gate.tightest(assessed)
-                diagnostics.best_quality.offer(-tightest.headroom(assessed), f"{config.method.id} with "
-                                               f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
-                break
-            diagnostics.meets_quality += 1
             what = lambda: _describe(config.with_batch(batches[index]))  # noqa: E731
             _offer(diagnostics.best_ttft, ttft, what)
             _offer(diagnostics.best_tpot, tpot, what)
@@ -317,18 +320,38 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
                     break  # more clients per replica only lengthen TTFT and TPOT
                 continue
             served[index] = (figures.performance(element), entry.jobs[traffic.name].times)
+    bounds = {name: _tightest(limits[name], assessed) for name in results if limits[name].bounds}
+    records = {name: _split(entry.memories[name], len(batches)) for name in results}
     found = []
     for index, batch in enumerate(batches):
         served = {name: r[index] for name, r in results.items() if r[index] is not None}
         if served:
             found.append(Option(config.with_batch(batch), entry.cost, assessed,
-                                {name: entry.memories[name].at(index) for name in served},
+                                {name: records[name][index] for name in served},
                                 {name: pair[0] for name, pair in served.items()},
                                 {name: pair[1] for name, pair in served.items()},
                                 margin=entry.applied, extrapolated=entry.outside,
-                                quality_bounds={name: _tightest(limits[name], assessed) for name in served
-                                                if limits[name].bounds}))
+                                quality_bounds={name: bounds[name] for name in served if name in bounds}))
     return found
+
+
+MEMORY_FIELDS = tuple(f.name for f in fields(Memory))
+
+
+def _split(used: Memory, count: int) -> list[Memory]:
+    """Memory.at for every batch size of an array evaluation at once."""
+    if not np.ndim(used.used_per_gpu):
+        return [used] * count
+    columns = []
+    for name in MEMORY_FIELDS:
+        value = getattr(used, name)
+        if name in ("gpus", "memory_divisor"):
+            columns.append([value] * count)
+        elif isinstance(value, np.ndarray) and value.ndim:
+            columns.append(value.astype(float).tolist())
+        else:
+            columns.append([float(value)] * count)
+    return [Memory(*values) for values in zip(*columns)]
 
 
 def _offer(best: Best, value: float, what) -> None:
