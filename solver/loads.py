@@ -65,6 +65,7 @@ class Figures:
         groups: dict[tuple, list[int]] = {}
         for index, s in enumerate(scheds):
             groups.setdefault((s.policy, s.chunked), []).append(index)
+        bounds = search_bounds(traffic, jobs) if traffic.load_kind == "rate" else ()
         for (policy, chunked), members in sorted(groups.items()):
             elements = np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in members])
             for first in range(0, len(elements), BLOCK):
@@ -77,8 +78,7 @@ class Figures:
                                    wave_persistence=settings["wave_persistence"][owner])
                 timing = Timing(block, sched)
                 if traffic.load_kind == "rate":
-                    self.capacity[part] = rate_capacities_stacked(
-                        timing, traffic, [jobs[i].times.steps for i in owner])
+                    self.capacity[part] = rate_capacities_stacked(timing, traffic, *(b[owner] for b in bounds))
                     at = np.maximum(np.minimum(self.capacity[part], traffic.rate_per_s), 1e-9)
                     self.at[part] = at
                     load = poisson(timing, traffic.prompt_tokens, traffic.output_tokens, at)
@@ -148,26 +148,33 @@ class Figures:
         )
 
 
-def rate_capacities_stacked(times: Timing, traffic: TrafficClass, steps: list[StepModel]) -> np.ndarray:
+def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, np.ndarray]:
+    """Per job: the prefill-bound rate and the idle step time that serving.rate_capacities starts its
+    search from, computed as it computes them (on the job's own step model)."""
+    prompt = traffic.prompt_tokens
+    prefill_bound, idle = np.empty(len(jobs)), np.empty(len(jobs))
+    for i, job in enumerate(jobs):
+        steps = job.times.steps
+        budget = max(job.times.scheduling.token_budget, prompt)
+        prefill_bound[i] = 1.0 / (prompt / budget * steps.seconds(0.0, min(prompt, budget)) + 1e-12)
+        idle[i] = steps.seconds(0.0, 0.0)
+    return prefill_bound, idle
+
+
+def rate_capacities_stacked(times: Timing, traffic: TrafficClass, prefill_bound: np.ndarray,
+                            idle: np.ndarray) -> np.ndarray:
     """serving.rate_capacities for stacked elements: element i's step model and scheduler (arrays in
-    `times`, its running limit in max_sequences), `steps[i]` its own scalar step model (the bounds of the
-    search are taken from it exactly as rate_capacities takes them)."""
-    prompt, output = traffic.prompt_tokens, traffic.output_tokens
+    `times`, its running limit in max_sequences) and its search bounds (`search_bounds`)."""
+    output = traffic.output_tokens
     column = lambda x: np.asarray(x, dtype=float)[:, None]  # noqa: E731
     stacked = StepModel(*(column(getattr(times.steps, name)) for name in StepModel.__dataclass_fields__))
-    budgets = times.scheduling.token_budget
-    limits = column(times.scheduling.max_sequences)
     sched = times.scheduling
-    limited = Timing(stacked, Scheduling(sched.policy, column(budgets), limits, sched.chunked,
+    limits = column(sched.max_sequences)
+    limited = Timing(stacked, Scheduling(sched.policy, column(sched.token_budget), limits, sched.chunked,
                                          column(sched.reserve_full).astype(bool), column(sched.kv_tokens),
                                          request_overhead_s=column(sched.request_overhead_s),
                                          wave_persistence=column(sched.wave_persistence)))
-    prefill_bound = np.empty((len(steps), 1))
-    idle = np.empty((len(steps), 1))
-    for i, (one, budget) in enumerate(zip(steps, budgets.tolist())):
-        budget = max(budget, prompt)
-        prefill_bound[i] = 1.0 / (prompt / budget * one.seconds(0.0, min(prompt, budget)) + 1e-12)
-        idle[i] = one.seconds(0.0, 0.0)
+    prefill_bound, idle = column(prefill_bound), column(idle)
     high = np.minimum(limits / ((output - 1) * idle + 1e-12), prefill_bound)
     low = np.zeros_like(high)
     for round_ in range(3):
