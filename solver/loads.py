@@ -85,12 +85,11 @@ class Figures:
                 else:
                     load = closed_loop(timing, traffic.prompt_tokens, traffic.output_tokens, self.running[part],
                                        _protocol(traffic))
-                shape = lambda x: np.broadcast_to(np.asarray(x, dtype=float), part.shape)  # noqa: E731
-                self.ttft[part], self.tpot[part] = shape(load.ttft), shape(load.tpot)
-                self.throughput[part], self.decoding[part] = shape(load.throughput), shape(load.decoding)
+                self.ttft[part], self.tpot[part] = load.ttft, load.tpot  # numpy broadcasts a scalar figure
+                self.throughput[part], self.decoding[part] = load.throughput, load.decoding
                 for p in PERCENTILES:
-                    self.ttft_p[p][part] = shape(load.ttft_percentiles[p])
-                    self.tpot_p[p][part] = shape(load.tpot_percentiles[p])
+                    self.ttft_p[p][part] = load.ttft_percentiles[p]
+                    self.tpot_p[p][part] = load.tpot_percentiles[p]
 
     def _decide(self) -> None:
         """Milliseconds at the class's statistic, and which elements meet the SLOs (as _figures decides)."""

@@ -293,9 +293,9 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
         if traffic.name not in entry.jobs:
             continue
         diagnostics = per_class[traffic.name]
-        figures, job = evaluated[traffic.name]
+        figures, position = evaluated[traffic.name]  # the class's figures and this configuration's place in them
         quality_gate = limits[traffic.name]
-        sizes = len(entry.jobs[traffic.name].batches)  # the fitting batch sizes: larger ones need more memory still
+        sizes = len(entry.jobs[traffic.name].batches)  # those that fit: larger batches need more memory still
         # the quality gate does not depend on the batch size: it passes at all or at none
         diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
         if not quality_gate.passes(assessed):  # the best-reachable figures only name those that pass
@@ -308,13 +308,12 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
         for index in range(sizes):
             diagnostics.fits += 1
             diagnostics.meets_quality += 1
-            element = figures.element(job, index)
+            element = figures.element(position, index)
             ttft, tpot = float(figures.ttft_stat[element]), float(figures.tpot_stat[element])
-            what = lambda: _describe(config.with_batch(batches[index]))  # noqa: E731
-            _offer(diagnostics.best_ttft, ttft, what)
-            _offer(diagnostics.best_tpot, tpot, what)
+            _offer(diagnostics.best_ttft, ttft, config, batches[index])
+            _offer(diagnostics.best_tpot, tpot, config, batches[index])
             if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
-                _offer(diagnostics.best_ttft_meeting_tpot, ttft, what)
+                _offer(diagnostics.best_ttft_meeting_tpot, ttft, config, batches[index])
             if not figures.meets[element]:
                 if traffic.load_kind == "concurrency":
                     break  # more clients per replica only lengthen TTFT and TPOT
@@ -354,10 +353,10 @@ def _split(used: Memory, count: int) -> list[Memory]:
     return [Memory(*values) for values in zip(*columns)]
 
 
-def _offer(best: Best, value: float, what) -> None:
-    """best.offer(value, what()), naming the candidate only when it could win (naming costs more)."""
+def _offer(best: Best, value: float, config: Config, batch: int) -> None:
+    """best.offer for `config` at `batch`, described only when it could win (describing costs more)."""
     if value <= best.value:
-        best.offer(value, what())
+        best.offer(value, _describe(config.with_batch(batch)))
 
 
 def _tightest(quality_gate, assessed: Quality) -> tuple[str, float]:
