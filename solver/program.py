@@ -23,11 +23,24 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import pulp
-
 from .errors import QuantplanError
 from .scenario import TrafficClass
 from .space import Option
+
+
+class _Pulp:
+    """PuLP (and HiGHS behind it), imported on first use: `estimate` imports this module but never builds
+    a program, and importing PuLP costs about 30 ms of its start-up."""
+
+    def __getattr__(self, name: str):
+        global pulp
+        import pulp as module
+
+        pulp = module
+        return getattr(module, name)
+
+
+pulp = _Pulp()
 
 OPTIMALITY_TOLERANCE = 1e-6
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -13,9 +13,10 @@ from . import terms as q
 from .candidates import Config, Execution
 from .estimator import Memory, Quality, cost_terms, memory, quality
 from .gates import gate
+from .loads import Figures, Job
 from .registry import World
 from .scenario import Scenario, TrafficClass
-from .serving import Performance, Timing, performances, timing
+from .serving import Performance, Timing, timing
 from .specs import ModelSpec
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
@@ -165,14 +166,17 @@ def hybrid_fraction(world: World, config: Config, context_tokens: int) -> float:
 
 
 def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
+    """Every configuration's options in three passes: per configuration the plugin calls (cost, memory,
+    quality, step model and scheduler per class); per class the load models for all configurations at
+    once (solver/loads.py); per configuration again, the options and the diagnostics, in a fixed order."""
     model = resolve_model(world, scenario)
     limits = {c.name: gate(world, c) for c in scenario.classes}
     incompatible: Counter = Counter()
     per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
-    options: list[Option] = []
     batches = useful_batches(scenario)
     count = 0
     qualities: dict[tuple, Quality] = {}
+    prepared: list[Prepared] = []
     for config in configurations(world, scenario, model, incompatible):
         found_cost = cost_terms(world, config, prices)  # an unpriced device is no configuration at all
         if not any(t.quantity == q.COST for t in found_cost):
@@ -196,8 +200,18 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
         if not math.isfinite(assessed.relative):
             incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
             continue
-        options += _batches(world, placed, batches, scenario.classes, limits, cost, assessed, per_class,
-                            scenario.margin)
+        prepared.append(_prepare(world, placed, batches, scenario.classes, cost, assessed, per_class,
+                                 scenario.margin))
+    figures = {traffic.name: Figures(traffic, [p.jobs[traffic.name] for p in prepared if traffic.name in p.jobs])
+               for traffic in scenario.classes}
+    positions = {name: 0 for name in figures}  # the next job of each class
+    options: list[Option] = []
+    for entry in prepared:
+        evaluated = {}
+        for name in entry.jobs:
+            evaluated[name] = (figures[name], positions[name])
+            positions[name] += 1
+        options += _options(entry, batches, scenario.classes, limits, evaluated, per_class)
     return Space(model, options, incompatible, per_class, count)
 
 
@@ -225,75 +239,124 @@ def fit_placement(world: World, config: Config, classes) -> Config | None:
     return None
 
 
-def _batches(world, config, batches, classes, limits, cost, assessed, per_class, margin="none") -> list[Option]:
-    """Evaluate every batch size of `config` (memory as numpy arrays through the plugin terms; the load
-    models on one step model per class).
+@dataclass
+class Prepared:
+    """A configuration at every batch size, before the load models: what its plugins said."""
 
-    Memory only grows with batch, and at a fixed per-replica concurrency so do TTFT and TPOT: once a
-    concurrency class fails at some batch size, larger ones are not offered for it.
-    """
+    config: Config
+    cost: float
+    assessed: Quality
+    outside: bool
+    applied: str  # the margin its figures are planned at
+    memories: dict[str, Memory]  # by class: arrays over the batch sizes
+    jobs: dict[str, Job]  # by class with at least one fitting batch size: the load models' work
+
+
+def _prepare(world, config, batches, classes, cost, assessed, per_class, margin="none") -> Prepared:
+    """Memory (numpy arrays over the batch sizes, through the plugin terms) and, per class that fits at
+    some batch size, the step model and scheduler the load models need."""
     sizes = np.array(batches, dtype=float)
     vector = config.with_batch(sizes)
     outside = outside_coverage(config)  # one answer for every batch size and class of this configuration
     # auto: p90 outside the validation data (an unmeasured combination cannot win on an optimistic guess)
     applied = ("p90" if outside else "none") if margin == "auto" else margin
     memories: dict[str, Memory] = {}
-    results: dict[str, list[Performance | None]] = {}
+    jobs: dict[str, Job] = {}
     for traffic in classes:
-        diagnostics = per_class[traffic.name]
         used = memory(world, vector, traffic.context_tokens)
         fits = np.atleast_1d(used.fits)
         memories[traffic.name] = used
-        results[traffic.name] = [None] * len(batches)
         if not fits[0]:
-            diagnostics.smallest_memory.offer(float(np.atleast_1d(used.used_per_gpu)[0]) / 1e9,
-                                              _describe(config.with_batch(batches[0])))
-        if not fits.any():
+            per_class[traffic.name].smallest_memory.offer(float(np.atleast_1d(used.used_per_gpu)[0]) / 1e9,
+                                                          _describe(config.with_batch(batches[0])))
+        leading = len(fits) if fits.all() else int(np.argmin(fits))  # fitting sizes up to the first that does not
+        if not leading:
             continue
         times = timing(world, config, traffic)
         if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
             bars = errorbars.shipped()
             times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
                                       bars.factor("ttft", config.framework.id, applied))
+        jobs[traffic.name] = Job(config, times, tuple(batches[:leading]))
+    return Prepared(config, cost, assessed, outside, applied, memories, jobs)
+
+
+def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) -> list[Option]:
+    """The options of one prepared configuration from its classes' load-model figures, with the diagnostics.
+
+    Memory only grows with batch, and at a fixed per-replica concurrency so do TTFT and TPOT: once a
+    concurrency class fails at some batch size, larger ones are not offered for it.
+    """
+    config, assessed = entry.config, entry.assessed
+    results: dict[str, list] = {}
+    for traffic in classes:
+        if traffic.name not in entry.jobs:
+            continue
+        diagnostics = per_class[traffic.name]
+        figures, position = evaluated[traffic.name]  # the class's figures and this configuration's place in them
         quality_gate = limits[traffic.name]
-        fitting = [b for b, ok in zip(batches, fits) if ok]
-        evaluated = performances(config, traffic, times, fitting)  # every batch size in one pass
-        for index, batch in enumerate(batches):
-            if not fits[index]:
-                break  # larger batches need more memory still
+        sizes = len(entry.jobs[traffic.name].batches)  # those that fit: larger batches need more memory still
+        # the quality gate does not depend on the batch size: it passes at all or at none
+        diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
+        if not quality_gate.passes(assessed):  # the best-reachable figures only name those that pass
             diagnostics.fits += 1
-            sized = config.with_batch(batch)
-            result = evaluated[index]
-            what = _describe(sized)
-            ttft, tpot = result.ttft_at(traffic.statistic), result.tpot_at(traffic.statistic)
-            diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
-            if not quality_gate.passes(assessed):  # the best-reachable figures only name those that pass
-                tightest = quality_gate.tightest(assessed)
-                diagnostics.best_quality.offer(-tightest.headroom(assessed), f"{config.method.id} with "
-                                               f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
-                break
+            tightest = quality_gate.tightest(assessed)
+            diagnostics.best_quality.offer(-tightest.headroom(assessed), f"{config.method.id} with "
+                                           f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
+            continue
+        results[traffic.name] = served = [None] * len(batches)
+        for index in range(sizes):
+            diagnostics.fits += 1
             diagnostics.meets_quality += 1
-            diagnostics.best_ttft.offer(ttft, what)
-            diagnostics.best_tpot.offer(tpot, what)
+            element = figures.element(position, index)
+            ttft, tpot = float(figures.ttft_stat[element]), float(figures.tpot_stat[element])
+            _offer(diagnostics.best_ttft, ttft, config, batches[index])
+            _offer(diagnostics.best_tpot, tpot, config, batches[index])
             if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
-                diagnostics.best_ttft_meeting_tpot.offer(ttft, what)
-            if not result.meets:
+                _offer(diagnostics.best_ttft_meeting_tpot, ttft, config, batches[index])
+            if not figures.meets[element]:
                 if traffic.load_kind == "concurrency":
                     break  # more clients per replica only lengthen TTFT and TPOT
                 continue
-            results[traffic.name][index] = (result, times)
+            served[index] = (figures.performance(element), entry.jobs[traffic.name].times)
+    bounds = {name: _tightest(limits[name], assessed) for name in results if limits[name].bounds}
+    records = {name: _split(entry.memories[name], len(batches)) for name in results}
     found = []
     for index, batch in enumerate(batches):
         served = {name: r[index] for name, r in results.items() if r[index] is not None}
         if served:
-            found.append(Option(config.with_batch(batch), cost, assessed,
-                                {name: memories[name].at(index) for name in served},
+            found.append(Option(config.with_batch(batch), entry.cost, assessed,
+                                {name: records[name][index] for name in served},
                                 {name: pair[0] for name, pair in served.items()},
                                 {name: pair[1] for name, pair in served.items()},
-                                margin=applied, extrapolated=outside,
-                                quality_bounds={name: _tightest(limits[name], assessed) for name in served
-                                                if limits[name].bounds}))
+                                margin=entry.applied, extrapolated=entry.outside,
+                                quality_bounds={name: bounds[name] for name in served if name in bounds}))
     return found
+
+
+MEMORY_FIELDS = tuple(f.name for f in fields(Memory))
+
+
+def _split(used: Memory, count: int) -> list[Memory]:
+    """Memory.at for every batch size of an array evaluation at once."""
+    if not np.ndim(used.used_per_gpu):
+        return [used] * count
+    columns = []
+    for name in MEMORY_FIELDS:
+        value = getattr(used, name)
+        if name in ("gpus", "memory_divisor"):
+            columns.append([value] * count)
+        elif isinstance(value, np.ndarray) and value.ndim:
+            columns.append(value.astype(float).tolist())
+        else:
+            columns.append([float(value)] * count)
+    return [Memory(*values) for values in zip(*columns)]
+
+
+def _offer(best: Best, value: float, config: Config, batch: int) -> None:
+    """best.offer for `config` at `batch`, described only when it could win (describing costs more)."""
+    if value <= best.value:
+        best.offer(value, _describe(config.with_batch(batch)))
 
 
 def _tightest(quality_gate, assessed: Quality) -> tuple[str, float]:

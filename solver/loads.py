@@ -1,0 +1,191 @@
+"""One traffic class's load models for many configurations at once.
+
+`serving.performances` evaluates the batch sizes of one configuration in one array pass; the candidate
+space has thousands of configurations, and calling it once per configuration costs more in Python
+than in arithmetic. Here every (configuration, batch size) pair of a class is one element: the step
+models are stacked into arrays (stepmodel.stack, as solver/probes.py does for validation rows), the
+scheduler's settings become arrays too, and the closed forms of solver/serving.py run once per
+scheduler kind (policy x chunking) over blocks of elements. The figures are those `performances`
+gives element by element (tests/test_loads.py holds the two equal); a Performance record is built
+only for the elements the caller asks for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .candidates import Config
+from .scenario import TrafficClass
+from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, _rate_ok, closed_loop, poisson,
+                      slo_violations)
+from .stepmodel import StepModel, stack
+
+BLOCK = 2048  # elements per numpy pass: bounds the closed loop's percentile grids (BLOCK x 400 floats)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One configuration's batch sizes for the class, on the step model and scheduler it runs."""
+
+    config: Config
+    times: Timing
+    batches: tuple[int, ...]
+
+
+class Figures:
+    """The load models' results for every element (the jobs' batch sizes, job after job)."""
+
+    def __init__(self, traffic: TrafficClass, jobs: list[Job]):
+        self.traffic, self.jobs = traffic, jobs
+        counts = [len(j.batches) for j in jobs]
+        self.start = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        self.owner = np.repeat(np.arange(len(jobs)), counts)
+        n = int(self.start[-1])
+        self.running = np.array([b for j in jobs for b in j.batches], dtype=float)
+        nan = lambda: np.full(n, np.nan)  # noqa: E731
+        self.ttft, self.tpot, self.throughput, self.decoding = nan(), nan(), nan(), nan()
+        self.ttft_p = {p: nan() for p in PERCENTILES}
+        self.tpot_p = {p: nan() for p in PERCENTILES}
+        self.capacity = self.running.copy()  # a concurrency class: the clients; a rate class: found below
+        self.at = np.zeros(n)
+        if n:
+            self._evaluate()
+        self._decide()
+
+    def _evaluate(self) -> None:
+        traffic, jobs = self.traffic, self.jobs
+        steps = stack([j.times.steps for j in jobs])
+        scheds = [j.times.scheduling for j in jobs]
+        settings = {name: np.array([getattr(s, name) for s in scheds], dtype=kind) for name, kind in (
+            ("token_budget", float), ("kv_tokens", float), ("reserve_full", bool), ("request_overhead_s", float),
+            ("wave_persistence", float))}
+        groups: dict[tuple, list[int]] = {}
+        for index, s in enumerate(scheds):
+            groups.setdefault((s.policy, s.chunked), []).append(index)
+        bounds = search_bounds(traffic, jobs) if traffic.load_kind == "rate" else ()
+        for (policy, chunked), members in sorted(groups.items()):
+            elements = np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in members])
+            for first in range(0, len(elements), BLOCK):
+                part = elements[first:first + BLOCK]
+                owner = self.owner[part]
+                block = StepModel(*(np.asarray(getattr(steps, name))[owner] for name in StepModel.__dataclass_fields__))
+                sched = Scheduling(policy, settings["token_budget"][owner], self.running[part], chunked,
+                                   settings["reserve_full"][owner], settings["kv_tokens"][owner],
+                                   request_overhead_s=settings["request_overhead_s"][owner],
+                                   wave_persistence=settings["wave_persistence"][owner])
+                timing = Timing(block, sched)
+                if traffic.load_kind == "rate":
+                    self.capacity[part] = rate_capacities_stacked(timing, traffic, *(b[owner] for b in bounds))
+                    at = np.maximum(np.minimum(self.capacity[part], traffic.rate_per_s), 1e-9)
+                    self.at[part] = at
+                    load = poisson(timing, traffic.prompt_tokens, traffic.output_tokens, at)
+                else:
+                    load = closed_loop(timing, traffic.prompt_tokens, traffic.output_tokens, self.running[part],
+                                       _protocol(traffic))
+                self.ttft[part], self.tpot[part] = load.ttft, load.tpot  # numpy broadcasts a scalar figure
+                self.throughput[part], self.decoding[part] = load.throughput, load.decoding
+                for p in PERCENTILES:
+                    self.ttft_p[p][part] = load.ttft_percentiles[p]
+                    self.tpot_p[p][part] = load.tpot_percentiles[p]
+
+    def _decide(self) -> None:
+        """Milliseconds at the class's statistic, and which elements meet the SLOs (as _figures decides)."""
+        traffic = self.traffic
+        name = traffic.statistic
+        self.ttft_ms, self.tpot_ms = self.ttft * 1e3, self.tpot * 1e3
+        self.ttft_stat = self.ttft_ms if name == "mean" else self.ttft_p[int(name[1:])] * 1e3
+        self.tpot_stat = self.tpot_ms if name == "mean" else self.tpot_p[int(name[1:])] * 1e3
+        ok = np.ones(len(self.running), dtype=bool)
+        if traffic.ttft_ms is not None:
+            ok &= self.ttft_stat <= traffic.ttft_ms
+        if traffic.tpot_limit_ms is not None:
+            ok &= self.tpot_stat <= traffic.tpot_limit_ms
+        limits = np.array([j.config.framework.max_batch for j in self.jobs], dtype=float)[self.owner] \
+            if self.jobs else np.zeros(0)
+        self.meets = ok & (self.capacity > 0) & (self.running <= limits)
+
+    def element(self, job: int, position: int) -> int:
+        return int(self.start[job]) + position
+
+    def performance(self, index: int) -> Performance:
+        """The record `serving.performances` gives for element `index` (serving._figures's fields)."""
+        traffic, job = self.traffic, self.jobs[int(self.owner[index])]
+        times = job.times
+        limit = int(self.running[index])
+        ttft_p = {p: float(v[index]) * 1e3 for p, v in self.ttft_p.items()}
+        tpot_p = {p: float(v[index]) * 1e3 for p, v in self.tpot_p.items()}
+        ttft, tpot = float(self.ttft[index]) * 1e3, float(self.tpot[index]) * 1e3
+        capacity = float(self.capacity[index])
+        budget = times.scheduling.token_budget
+        if traffic.load_kind == "rate":
+            described = (f"Poisson arrivals at {self.at[index]:.4g} requests/s per replica, at most {limit} "
+                         f"running")
+        else:
+            protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
+                        if traffic.requests_per_client >= 1 else "steady state")
+            described = f"closed loop, {capacity:g} clients, at most {limit} running, {protocol}"
+        name = traffic.statistic
+        at_ttft = ttft if name == "mean" else ttft_p.get(int(name[1:]), math.inf)
+        at_tpot = tpot if name == "mean" else tpot_p.get(int(name[1:]), math.inf)
+        violations = slo_violations(traffic, at_ttft, at_tpot, name)
+        if traffic.load_kind == "rate" and capacity <= 0 and not violations:
+            violations = [f"batch {limit} cannot hold one request within the SLOs"]
+        if limit > job.config.framework.max_batch:
+            violations.append(f"batch {limit} > {job.config.framework.id} max batch {job.config.framework.max_batch}")
+        return Performance(
+            ttft_ms=ttft, ttft_max_ms=ttft_p.get(99, ttft), tpot_ms=tpot, capacity=capacity,
+            output_tokens_per_s=float(self.throughput[index]) * traffic.output_tokens,
+            decode_tokens_per_s=float(self.decoding[index]) / (tpot / 1e3) if tpot > 0 and math.isfinite(tpot)
+            else 0.0,
+            prefill_tokens_per_s=traffic.prompt_tokens / (times.steps.seconds(0.0, min(traffic.prompt_tokens, budget))
+                                                          * max(1.0, traffic.prompt_tokens / budget)),
+            violations=tuple(violations), ttft_percentiles_ms=ttft_p, tpot_percentiles_ms=tpot_p,
+            statistic=traffic.statistic, load_model=described,
+        )
+
+
+def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, np.ndarray]:
+    """Per job: the prefill-bound rate and the idle step time that serving.rate_capacities starts its
+    search from, computed as it computes them (on the job's own step model)."""
+    prompt = traffic.prompt_tokens
+    prefill_bound, idle = np.empty(len(jobs)), np.empty(len(jobs))
+    for i, job in enumerate(jobs):
+        steps = job.times.steps
+        budget = max(job.times.scheduling.token_budget, prompt)
+        prefill_bound[i] = 1.0 / (prompt / budget * steps.seconds(0.0, min(prompt, budget)) + 1e-12)
+        idle[i] = steps.seconds(0.0, 0.0)
+    return prefill_bound, idle
+
+
+def rate_capacities_stacked(times: Timing, traffic: TrafficClass, prefill_bound: np.ndarray,
+                            idle: np.ndarray) -> np.ndarray:
+    """serving.rate_capacities for stacked elements: element i's step model and scheduler (arrays in
+    `times`, its running limit in max_sequences) and its search bounds (`search_bounds`)."""
+    output = traffic.output_tokens
+    column = lambda x: np.asarray(x, dtype=float)[:, None]  # noqa: E731
+    stacked = StepModel(*(column(getattr(times.steps, name)) for name in StepModel.__dataclass_fields__))
+    sched = times.scheduling
+    limits = column(sched.max_sequences)
+    limited = Timing(stacked, Scheduling(sched.policy, column(sched.token_budget), limits, sched.chunked,
+                                         column(sched.reserve_full).astype(bool), column(sched.kv_tokens),
+                                         request_overhead_s=column(sched.request_overhead_s),
+                                         wave_persistence=column(sched.wave_persistence)))
+    prefill_bound, idle = column(prefill_bound), column(idle)
+    high = np.minimum(limits / ((output - 1) * idle + 1e-12), prefill_bound)
+    low = np.zeros_like(high)
+    for round_ in range(3):
+        if round_ == 0:
+            grid = high * np.geomspace(1e-4, 1.0, 32)[None, :]
+        else:
+            grid = low + (high - low) * np.linspace(0.0, 1.0, 33)[None, 1:]
+        good = _rate_ok(limited, traffic, grid)
+        found = good.any(axis=1, keepdims=True)
+        last = np.where(found, good.shape[1] - 1 - np.argmax(good[:, ::-1], axis=1)[:, None], -1)
+        at_last = np.take_along_axis(grid, np.maximum(last, 0), axis=1)
+        after = np.take_along_axis(grid, np.minimum(last + 1, grid.shape[1] - 1), axis=1)
+        first_bad = np.where(last + 1 < grid.shape[1], after, at_last)
+        low, high = np.where(found, at_last, low), np.where(found, first_bad, grid[:, :1])
+    return low[:, 0]
