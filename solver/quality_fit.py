@@ -192,7 +192,7 @@ def predict_point(model: QualityModel, point: Point) -> float:
         return central
     if point.kind == "kl":
         return model.kl_divergence(central)
-    return 100.0 - model.accuracy_loss(case, point.kind, central)
+    return 100.0 - model.accuracy_loss(case, point.kind, central, conservative=False)
 
 
 def out_of_sample(points: list[Point]) -> list[Outcome]:

@@ -176,15 +176,18 @@ class QualityModel:
             return 0.0
         return math.exp(self.kl["intercept"] + self.kl["slope"] * math.log(math.log1p(relative)))
 
-    def accuracy_loss(self, case: Case, kind: str, relative: float, notes: list[str] | None = None) -> float:
-        """Points of recovery lost on a task kind (100 - recovery %)."""
+    def accuracy_loss(self, case: Case, kind: str, relative: float, notes: list[str] | None = None,
+                      conservative: bool = True) -> float:
+        """Points of recovery lost on a task kind (100 - recovery %). A family without accuracy rows takes
+        the most sensitive fitted family's offset (conservative) or 0, the prior's centre (central)."""
         if relative <= 0:
             return 0.0
         fitted = self.accuracy
         family = fitted.get(f"family.{case.family}")
         if family is None:
-            family = max((v for k, v in fitted.items() if k.startswith("family.")), default=0.0)
-            if notes is not None:
+            offsets = [v for k, v in fitted.items() if k.startswith("family.")]
+            family = max(offsets, default=0.0) if conservative else 0.0
+            if notes is not None and conservative:
                 notes.append(f"family {case.family} has no accuracy rows: the most sensitive fitted family's "
                              f"offset ({family:+.2f} in ln)")
         task = fitted.get(f"task.{kind}")

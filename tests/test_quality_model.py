@@ -45,11 +45,11 @@ def test_llama3_8b_q4_k_m_by_hand(world):
 
 def test_error_bars_are_the_shipped_residual_quantiles(world):
     """ppl band = rel x exp(p10 -0.782361 .. p90 0.824915): 0.029948 x 0.45733 = 0.013696 .. x 2.28168 = 0.068332
-    (in %: 1.3696 .. 6.8332); knowledge band = 100 - (1.16092 + p90 3.45201) .. 100 - (1.16092 - 1.25588)."""
+    (in %: 1.3696 .. 6.8332); knowledge band = 100 - (1.16092 + p90 3.45333) .. 100 - (1.16092 - p10 -1.23096)."""
     result = estimate("llama-3-8b", "gguf-q4_k_m", "rtx4090", "llama.cpp", kv_cache_dtype="fp16", world=world)
     bars = result.quality_error_bars
     assert bars["ppl_delta_pct"] == pytest.approx([1.3696, 6.8332], abs=2e-3)
-    assert bars["accuracy_recovery_pct"]["knowledge"] == pytest.approx([95.387, 100.095], abs=0.01)
+    assert bars["accuracy_recovery_pct"]["knowledge"] == pytest.approx([95.386, 100.070], abs=0.01)
     low, high = bars["kl_divergence"]
     assert low == pytest.approx(result.kl_divergence, abs=1e-6)  # KL p10 +0.081 lies above 0: widened to hold the value
     assert high == pytest.approx(0.033774 * math.exp(0.865258), rel=1e-4)  # KL p90: under-predicted out of sample
@@ -218,7 +218,8 @@ def test_use_case_gates_on_kl_as_well_as_ppl(world):
     fields = {"model": "llama-3-70b", "gpus": ["h100-sxm"], "methods": ["fp8"], "alternatives": False}
     ppl_only = solve(make_scenario({**fields, "classes": [{"concurrency": 4, "max_ppl_delta": 0.034}]}), world=world)
     group = ppl_only.replicas[0]
-    assert group.ppl_delta == pytest.approx(0.0312, abs=1e-4) and group.kl_divergence == pytest.approx(0.01317, abs=1e-5)
+    assert group.ppl_delta == pytest.approx(0.0312, abs=1e-4)
+    assert group.kl_divergence == pytest.approx(0.01317, abs=1e-5)
     assert group.classes[0].quality_bound.startswith("ppl 0.0312 of at most 0.034 (max_ppl_delta): 8% headroom")
     assert any("quality, ppl 0.0312" in b for b in ppl_only.binding)  # within 10% of its limit
     with pytest.raises(InfeasibleError, match=r"kl_divergence <= 0.01.*KL 0.0132 of at most 0.01"):
@@ -307,3 +308,19 @@ def test_planned_bits_are_the_bits_the_model_was_fitted_on():
     assert quality_bits("gguf-q2_k", 2.943) == 2.625
     assert quality_bits("gguf-q4_k_m", 4.798) == pytest.approx(4.8)
     assert quality_bits("some-new-format", 3.3) == 3.3
+
+
+def test_recovery_of_a_family_without_accuracy_rows_is_scored_at_the_prior_centre():
+    """Planning takes the most sensitive fitted family's accuracy offset (qwen3 +0.458); out-of-sample
+    scoring takes 0, the prior's centre. Knowledge at rel 0.029948 (dce 0.0295084, ln -3.523081), 8 B, a
+    method without an accuracy term: exp(task 3.84899 + 0.964186 x -3.523081) = exp(0.452080) = 1.57159
+    points lost (central) and x exp(offset) with the offset (conservative)."""
+    model = shipped()
+    offset = max(v for k, v in model.accuracy.items() if k.startswith("family."))
+    case = Case("phi-3", 8.0, "gguf-q6_k", 6.5625)
+    central = model.accuracy_loss(case, "knowledge", 0.029948, conservative=False)
+    assert central == pytest.approx(1.57159, rel=1e-4)
+    notes: list[str] = []
+    planned = model.accuracy_loss(case, "knowledge", 0.029948, notes)
+    assert planned == pytest.approx(central * math.exp(offset), rel=1e-6)
+    assert offset == pytest.approx(model.accuracy["family.qwen3"]) and "phi-3 has no accuracy rows" in notes[0]
