@@ -401,12 +401,16 @@ def fit_quality(write_to, as_json):
     console = _console()
     families = sorted(model.rows)
     render_rows(f"Quality model v2 fitted on {len(points)} rows", ["family", "rows", "ppl offset (ln)",
-                                                                    "ppl size slope", "accuracy offset (ln)"],
+                                                                    "ppl bits slope", "ppl size slope",
+                                                                    "accuracy offset (ln)"],
                 [[f, model.rows[f], f"{model.ppl.get('family.' + f, 0.0):+.3f}",
-                  f"{model.ppl.get('size.' + f, 0.0):+.3f}", f"{model.accuracy.get('family.' + f, float('nan')):+.3f}"]
+                  f"{model.ppl.get('family_slope.' + f, 0.0):+.3f}", f"{model.ppl.get('size.' + f, 0.0):+.3f}",
+                  f"{model.accuracy.get('family.' + f, float('nan')):+.3f}"]
                  for f in families], console)
-    console.print(f"KL = exp({model.kl['intercept']:.3f}) x rel^{model.kl['slope']:.3f}; accuracy loss = "
-                  f"exp(task + {model.accuracy['damage']:.3f} ln rel {model.accuracy['size']:+.3f} ln(N/8B) + ...)")
+    console.print(f"ln dce = {model.ppl['bits.intercept']:.3f} {model.ppl['bits.slope']:+.3f} (bits - 4.5) "
+                  f"{model.ppl.get('size', 0.0):+.3f} ln(N/8B) + kind + method + family (dce = ln(1 + rel)); "
+                  f"KL = exp({model.kl['intercept']:.3f}) x dce^{model.kl['slope']:.3f}; accuracy loss = "
+                  f"exp(task + {model.accuracy['damage']:.3f} ln dce {model.accuracy['size']:+.3f} ln(N/8B) + ...)")
     _render_quality_model(table, console)
 
 

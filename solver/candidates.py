@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from .quality_data import method_bits
 from .quality_model import Case, QualityModel, shipped
 from .specs import (
     FamilyQualitySpec,
@@ -104,6 +105,16 @@ QUALITY_PROXIES = {"fp8": "fp8 has no perplexity rows: its figures are INT8 W8A8
                           "activations)"}
 
 
+def quality_bits(key: str, linear_bits: float) -> float:
+    """Bits per weight on the axis quality model v2 was fitted on (solver/quality_data.py: block
+    bits of a GGUF type, g128 scales), so that a method's fitted offset applies at the bits it was
+    fitted at; a method key it does not know keeps the method's own linear bits."""
+    try:
+        return method_bits(key)
+    except (KeyError, ValueError):
+        return linear_bits
+
+
 @dataclass
 class QualityBook:
     """Quality data collected from plugins (per-method points, KV formats, use cases) and the fitted
@@ -124,16 +135,17 @@ class QualityBook:
             return None
         key, options = QUALITY_KEYS.get(method.id, (method.id, {}))
         size_b = parameter_counts(config.model).total / 1e9
-        return Case(config.model.family, size_b, key, method.linear_bits_per_weight, **options)
+        return Case(config.model.family, size_b, key, quality_bits(key, method.linear_bits_per_weight), **options)
 
     def family_sensitivity(self, family: str) -> tuple[float, str]:
         """How much more than llama-2 a family loses at the same size and method: a plugin's
-        [[family_quality]] row, else exp(family offset) of quality model v2 (the most sensitive fitted
-        family for one without rows)."""
+        [[family_quality]] row, else exp(family offset - llama-2's offset) of quality model v2 at its
+        4.5-bit, 8 B pivot (the most sensitive fitted family for one without rows)."""
         spec = self.families.get(family)
         if spec is not None:
             return spec.sensitivity, spec.source
-        offsets = {k.split(".", 1)[1]: v for k, v in self.model.ppl.items() if k.startswith("family.")}
+        reference = self.model.ppl.get("family.llama-2", 0.0)
+        offsets = {k.split(".", 1)[1]: v - reference for k, v in self.model.ppl.items() if k.startswith("family.")}
         if family == "llama-2":
             return 1.0, "quality model v2 reference family"
         if family in offsets:

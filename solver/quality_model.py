@@ -1,14 +1,23 @@
 """Quality model v2: perplexity increase, KL divergence and task recovery of a quantized model.
 
-Three figures, all from the parameters `quantplan fit-quality` writes to catalogs/quality_model.toml:
+Three figures, all from the parameters `quantplan fit-quality` writes to catalogs/quality_model.toml.
+The perplexity model works on the mean cross-entropy increase in nats per token, dce = ln(1 + rel)
+(rel: relative perplexity increase), which is the quantity a weight perturbation moves (it grows with
+the quantization noise power, ~4^-bits, and is what the KL divergence to the base model tracks: on the
+llama.cpp Llama-3-8B scoreboard KL / dce stays within 0.98-1.22 from Q6_K to IQ1_S):
 
-  relative ppl increase  rel = exp(m[method] + f[family] + s[family] * ln(N / 8B) + options)
-  mean KL divergence      kl = exp(k0 + k1 * ln(rel))                      (nats per token)
-  task recovery (%)      100 - exp(t[task] + g * ln(rel) + h * ln(N / 8B) + a[family] + d[method])
+  ln dce = c0 + c1 (b - 4.5)                          global bits curve (b: bits per weight)
+         + k[kind(method)] + m[method]                 method kind (gguf, weight-only, weight+activation)
+         + f[family] + fs[family] (b - 4.5)            family offset and its own bits slope
+         + (s + ss[family]) ln(N / 8B) + options       size slope, global and per family
+  mean KL divergence  kl = exp(k0 + k1 ln dce)          (nats per token)
+  task recovery (%)   100 - exp(t[task] + g ln dce + h ln(N / 8B) + a[family] + d[method])
 
-m[method] of a method without perplexity rows sits on the fitted bits line c0 + c1 * (bits - 4.5) plus
-a conservative margin; a family without rows takes the most sensitive fitted family. Either is flagged.
-Each figure carries a 10th-90th percentile band from the out-of-sample (leave-one-source-out) errors.
+Every family, method and kind term is a deviation shrunk toward 0 (the global curve) by a Gaussian
+prior, so a family or method the fit never saw is predicted on the global curve. For planning, a
+method without rows gets its kind's curve plus a conservative margin and a family without rows takes
+the most sensitive fitted family; either is flagged. Each figure carries a 10th-90th percentile band
+from the out-of-sample (leave-one-source-out) errors.
 """
 
 from __future__ import annotations
@@ -21,9 +30,22 @@ from importlib import resources
 
 from .quality_data import TASK_KINDS
 
-REFERENCE_FAMILY = "llama-2"
+REFERENCE_FAMILY = "llama-2"  # family_sensitivity() is relative to it
 SIZE_PIVOT_B = 8.0
+BITS_PIVOT = 4.5
 OPTIONS = ("calibrated", "per_channel", "act_order", "long_context")
+MAX_DCE = 50.0  # nats per token: beyond any measured collapse (SmoothQuant W4A4 on Llama-3-8B: 6.6)
+
+
+def method_kind(method: str) -> str:
+    """The family of quantizers a method key belongs to: llama.cpp block formats (gguf), weight-only
+    integer or float formats with 16-bit activations (weight), formats that also quantize activations
+    (activation: W8A8, SmoothQuant, FP8, W4A8)."""
+    if method.startswith("gguf-"):
+        return "gguf"
+    if method in ("int8-w8a8", "fp8", "w4a8-awq") or method.startswith("smoothquant-"):
+        return "activation"
+    return "weight"
 
 
 @dataclass(frozen=True)
@@ -41,19 +63,26 @@ class Case:
 
 
 def ppl_features(case: Case) -> dict[str, float]:
-    """Names and values of the terms of ln(rel) for `case` (parameter name -> multiplier)."""
-    found = {f"method.{case.method}": 1.0, f"size.{case.family}": math.log(case.params_b / SIZE_PIVOT_B)}
-    if case.family != REFERENCE_FAMILY:
-        found[f"family.{case.family}"] = 1.0
+    """Names and values of the terms of ln dce for `case` (parameter name -> multiplier)."""
+    bits, size = case.bits - BITS_PIVOT, math.log(case.params_b / SIZE_PIVOT_B)
+    found = {"bits.intercept": 1.0, "bits.slope": bits, f"kind.{method_kind(case.method)}": 1.0,
+             f"method.{case.method}": 1.0, f"family.{case.family}": 1.0, f"family_slope.{case.family}": bits,
+             "size": size, f"size.{case.family}": size}
     for option in OPTIONS:
         if getattr(case, option):
             found[f"option.{option}"] = 1.0
     return found
 
 
-def accuracy_features(case: Case, kind: str, log_rel: float) -> dict[str, float]:
+
+def relative_of(dce: float) -> float:
+    """Relative perplexity increase of a cross-entropy increase in nats per token: exp(dce) - 1."""
+    return math.expm1(min(dce, MAX_DCE))
+
+
+def accuracy_features(case: Case, kind: str, log_dce: float) -> dict[str, float]:
     """Terms of ln(accuracy loss in points of recovery) for `case` on a task kind."""
-    return {f"task.{kind}": 1.0, "damage": log_rel, "size": math.log(case.params_b / SIZE_PIVOT_B),
+    return {f"task.{kind}": 1.0, "damage": log_dce, "size": math.log(case.params_b / SIZE_PIVOT_B),
             f"family.{case.family}": 1.0, f"method.{case.method}": 1.0}
 
 
@@ -94,56 +123,77 @@ class QualityModel:
 
     # -- perplexity
     def _method_effect(self, case: Case, notes: list[str], conservative: bool) -> float:
+        """The method's deviation from the global bits curve: its kind's offset plus its own."""
+        kind = self.ppl.get(f"kind.{method_kind(case.method)}", 0.0)
         key = f"method.{case.method}"
         if key in self.ppl:
-            return self.ppl[key]
-        line = self.ppl["bits.intercept"] + self.ppl["bits.slope"] * (case.bits - 4.5)
+            return kind + self.ppl[key]
         margin = self.ppl.get("bits.margin", 0.0) if conservative else 0.0
         notes.append(f"method {case.method} has no perplexity rows: conservative estimate from its "
-                     f"{case.bits:g} bits/weight (fitted bits line + {margin:.2f} in ln)")
-        return line + margin
+                     f"{case.bits:g} bits/weight (fitted {method_kind(case.method)} curve + {margin:.2f} in ln)")
+        return kind + margin
 
-    def _family_effect(self, case: Case, notes: list[str]) -> float:
-        size = math.log(case.params_b / SIZE_PIVOT_B)
-        known = sorted({name.split(".", 1)[1] for name in self.ppl if name.startswith("size.")})
-        if f"size.{case.family}" in self.ppl:
-            return self.ppl.get(f"family.{case.family}", 0.0) + self.ppl[f"size.{case.family}"] * size
-        worst = max(known, key=lambda f: self.ppl.get(f"family.{f}", 0.0) + self.ppl[f"size.{f}"] * size)
+    def _family_term(self, family: str, bits: float, size: float) -> float:
+        return (self.ppl.get(f"family.{family}", 0.0) + self.ppl.get(f"family_slope.{family}", 0.0) * bits
+                + self.ppl.get(f"size.{family}", 0.0) * size)
+
+    def _family_effect(self, case: Case, notes: list[str], conservative: bool) -> float:
+        """The family's deviation from the global curve at the case's bits and size. A family without
+        rows: the most sensitive fitted family (conservative) or the global curve (central)."""
+        bits, size = case.bits - BITS_PIVOT, math.log(case.params_b / SIZE_PIVOT_B)
+        if f"family.{case.family}" in self.ppl:
+            return self._family_term(case.family, bits, size)
+        if not conservative:
+            notes.append(f"family {case.family} has no quality rows: the fitted curve of all families")
+            return 0.0
+        known = sorted({name.split(".", 1)[1] for name in self.ppl if name.startswith("family.")})
+        worst = max(known, key=lambda f: self._family_term(f, bits, size))
         notes.append(f"family {case.family} has no quality rows: conservative estimate (the most sensitive "
                      f"fitted family at {case.params_b:g}B, {worst})")
-        return self.ppl.get(f"family.{worst}", 0.0) + self.ppl[f"size.{worst}"] * size
+        return self._family_term(worst, bits, size)
 
-    def log_relative(self, case: Case, notes: list[str] | None = None, conservative: bool = True) -> float:
-        """ln of the relative perplexity increase of `case`'s weights (KV cache not included).
-        `conservative`: a method without rows gets the bits line plus a margin (False: the line)."""
+    def log_dce(self, case: Case, notes: list[str] | None = None, conservative: bool = True) -> float:
+        """ln of the cross-entropy increase (nats per token) of `case`'s weights, KV cache not included.
+        `conservative`: a method without rows gets its kind's curve plus a margin and a family without
+        rows the most sensitive fitted family (False: the fitted curves, for scoring predictions)."""
         notes = [] if notes is None else notes
-        total = self._method_effect(case, notes, conservative) + self._family_effect(case, notes)
+        p = self.ppl
+        total = (p["bits.intercept"] + p["bits.slope"] * (case.bits - BITS_PIVOT)
+                 + p.get("size", 0.0) * math.log(case.params_b / SIZE_PIVOT_B)
+                 + self._method_effect(case, notes, conservative) + self._family_effect(case, notes, conservative))
         for option in OPTIONS:
             if getattr(case, option):
-                total += self.ppl.get(f"option.{option}", 0.0)
+                total += p.get(f"option.{option}", 0.0)
         return total
+
+    def log_relative(self, case: Case, notes: list[str] | None = None, conservative: bool = True) -> float:
+        """ln of the relative perplexity increase of `case`'s weights (KV cache not included)."""
+        return math.log(relative_of(math.exp(self.log_dce(case, notes, conservative))))
 
     # -- KL divergence and accuracy
     def kl_divergence(self, relative: float) -> float:
         if relative <= 0:
             return 0.0
-        return math.exp(self.kl["intercept"] + self.kl["slope"] * math.log(relative))
+        return math.exp(self.kl["intercept"] + self.kl["slope"] * math.log(math.log1p(relative)))
 
-    def accuracy_loss(self, case: Case, kind: str, relative: float, notes: list[str] | None = None) -> float:
-        """Points of recovery lost on a task kind (100 - recovery %)."""
+    def accuracy_loss(self, case: Case, kind: str, relative: float, notes: list[str] | None = None,
+                      conservative: bool = True) -> float:
+        """Points of recovery lost on a task kind (100 - recovery %). A family without accuracy rows takes
+        the most sensitive fitted family's offset (conservative) or 0, the prior's centre (central)."""
         if relative <= 0:
             return 0.0
         fitted = self.accuracy
         family = fitted.get(f"family.{case.family}")
         if family is None:
-            family = max((v for k, v in fitted.items() if k.startswith("family.")), default=0.0)
-            if notes is not None:
+            offsets = [v for k, v in fitted.items() if k.startswith("family.")]
+            family = max(offsets, default=0.0) if conservative else 0.0
+            if notes is not None and conservative:
                 notes.append(f"family {case.family} has no accuracy rows: the most sensitive fitted family's "
                              f"offset ({family:+.2f} in ln)")
         task = fitted.get(f"task.{kind}")
         if task is None:  # no rows of this kind (a fold of the out-of-sample check): the worst kind fitted
             task = max(v for k, v in fitted.items() if k.startswith("task."))
-        exponent = (task + fitted["damage"] * math.log(relative)
+        exponent = (task + fitted["damage"] * math.log(math.log1p(relative))
                     + fitted["size"] * math.log(case.params_b / SIZE_PIVOT_B) + family
                     + fitted.get(f"method.{case.method}", 0.0))
         return math.exp(exponent)
