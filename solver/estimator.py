@@ -154,6 +154,7 @@ class Quality:
     terms: list[Term] = field(default_factory=list)
     prediction: Prediction = LOSSLESS
     measured: str = ""  # non-empty: `relative` is a measured figure (solve --quality), and where it came from
+    measured_kl: float | None = None  # the measured KL divergence (solve --quality), in place of the prediction's
 
     @property
     def ppl_delta(self) -> float:
@@ -165,7 +166,7 @@ class Quality:
 
     @property
     def kl_divergence(self) -> float:
-        return self.prediction.kl_divergence.value
+        return self.prediction.kl_divergence.value if self.measured_kl is None else self.measured_kl
 
     @property
     def recovery_pct(self) -> dict[str, float]:
@@ -193,8 +194,9 @@ def quality(world: World, config: Config) -> Quality:
     # predicted difference between the two formats
     at_measured_kv = predicted_quality(world, replace(config, kv=world.kv_caches.get(measured.kv_cache_dtype)))
     relative = measured.relative + assessed.relative - at_measured_kv.relative
+    kl = max(measured.kl_divergence + assessed.kl_divergence - at_measured_kv.kl_divergence, 0.0)
     return Quality(relative, assessed.baseline_ppl, assessed.terms, prediction=assessed.prediction,
-                   measured=measured.describe())
+                   measured=measured.describe(), measured_kl=kl)
 
 
 def predicted_quality(world: World, config: Config) -> Quality:

@@ -43,3 +43,12 @@ def test_dense_tensor_rates_are_not_sparse_headlines():
     assert gpus["l40s"].tflops_fp16 == pytest.approx(362.05, rel=0.01)
     assert gpus["l4"].tflops_fp16 == pytest.approx(121, rel=0.01)
     assert gpus["a100-80gb"].tflops_fp8 == 0  # no FP8 tensor cores on Ampere
+
+
+def test_engines_without_served_latency_rows_take_the_smallest_fitted_request_overhead():
+    """llama.cpp and ExLlamaV2 have no latency-under-load rows to fit their API server's per-request
+    TTFT overhead on; frameworks.toml gives them the smallest fitted engine's, and a refit must move them."""
+    frameworks = {f.id: f for f in builtin_catalog("frameworks")["framework"]}
+    fitted = min(frameworks[name].request_overhead_ms for name in ("vllm", "tensorrt-llm", "sglang"))
+    assert frameworks["llama.cpp"].request_overhead_ms == fitted
+    assert frameworks["exllamav2"].request_overhead_ms == fitted

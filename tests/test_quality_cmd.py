@@ -436,3 +436,27 @@ def test_resume_of_a_log_record_or_a_damaged_record_is_one_line(tmp_path):
     one_line_error(["--resume", str(record)], "lacks")
     record.write_text("{not json")
     one_line_error(["--resume", str(record)], "not a quality record")
+
+
+def test_the_measured_kl_divergence_is_the_one_a_use_case_gates(tmp_path):
+    """Predicted, llama-3.1-8b / awq-int4 has KL 0.082 (over code_generation's 0.05). A record measuring
+    ppl +0.5% and KL 0.030 passes the gate and the plan reports KL 0.030; the same record with KL 0.060
+    fails on KL alone (ppl +0.5% = 0.03 is under the 0.2 allowance) and the solve says so."""
+    argv = ["solve", "--model", "llama-3.1-8b", "--method", "awq-int4", "--gpu", "h100-sxm",
+            "--kv-cache-dtype", "fp16", "--concurrency", "4", "--use-case", "code_generation",
+            "--no-alternatives", "--json"]
+    records = {}
+    for kl in ("0.030000", "0.060000"):
+        log = tmp_path / f"kld-{kl}.log"
+        log.write_text(PERPLEXITY_LOG.replace("6.407115", "6.265139").replace("KLD:   0.030000", f"KLD:   {kl}"))
+        records[kl] = tmp_path / f"awq-{kl}.json"
+        quality(["--from-llama-perplexity", str(log), "--model", "llama-3.1-8b", "--method", "awq-int4",
+                 "-o", str(records[kl])])
+    unmeasured = CliRunner().invoke(cli, argv)
+    assert unmeasured.exit_code != 0
+    passing = CliRunner().invoke(cli, argv + ["--quality", str(records["0.030000"])])
+    assert passing.exit_code == 0, passing.output
+    assert json.loads(passing.stdout)["replicas"][0]["kl_divergence"] == pytest.approx(0.03, abs=1e-9)
+    failing = CliRunner().invoke(cli, argv + ["--quality", str(records["0.060000"])])
+    assert failing.exit_code != 0
+    assert "KL" in failing.output and "0.06" in failing.output
