@@ -88,6 +88,8 @@ class Parameter:
             return "overhead", 1e-3
         if field == "sequence_overhead_us":
             return "sequence", 1e-6
+        if field == "prompt_step_layer_overhead_us":
+            return "prompt_step", config.model.layers * 1e-6
         if field == "request_overhead_ms":
             return ("request", 1e-3) if probe.served else None
         if field == "wave_persistence":
@@ -109,6 +111,8 @@ DEFAULT_PARAMETERS = tuple(
          ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0),
          ("sequence_overhead_us", 0.0, 200.0, 10.0))]
     + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
+    + [Parameter("framework", f, "prompt_step_layer_overhead_us", 0.0, 1000.0, 50.0)
+       for f in ("tensorrt-llm", "vllm", "sglang")]
     + [Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95, 0.6),
        Parameter("framework", "llama.cpp", "bandwidth_efficiency.apple", 0.3, 0.95, 0.7),
        Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.apple", 0.1, 0.95, 0.6),
@@ -147,6 +151,8 @@ class Problem:
                 adjust.overhead_s[mask] += (value - start) * coefficient[mask]
             elif kind == "sequence":
                 adjust.overhead_per_sequence_s[mask] += (value - start) * coefficient[mask]
+            elif kind == "prompt_step":
+                adjust.prompt_step_overhead_s[mask] += (value - start) * coefficient[mask]
             elif kind == "waves":
                 adjust.wave_persistence[mask] += value - start
             else:

@@ -47,6 +47,7 @@ class Adjustment:
     request_overhead_s: np.ndarray
     wave_persistence: np.ndarray
     overhead_per_sequence_s: np.ndarray
+    prompt_step_overhead_s: np.ndarray
 
 
 def probe(timing: Timing, config: Config, prompt: int, output: int, kind: str, load: float, metric: str,
@@ -88,7 +89,8 @@ class Batch:
 
     def neutral(self) -> Adjustment:
         n = len(self.probes)
-        return Adjustment(np.ones(n), np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n))
+        return Adjustment(np.ones(n), np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
+                          np.zeros(n))
 
     def evaluate(self, adjust: Adjustment | None = None) -> np.ndarray:
         """Every probe's metric (inf where the load cannot be carried)."""
@@ -100,7 +102,8 @@ class Batch:
                         decode_peak=self.steps.decode_peak * adjust.decode_peak,
                         prefill_peak=self.steps.prefill_peak * adjust.prefill_peak,
                         overhead_s=self.steps.overhead_s + adjust.overhead_s,
-                        overhead_per_sequence_s=self.steps.overhead_per_sequence_s + adjust.overhead_per_sequence_s)
+                        overhead_per_sequence_s=self.steps.overhead_per_sequence_s + adjust.overhead_per_sequence_s,
+                        prompt_step_overhead_s=self.steps.prompt_step_overhead_s + adjust.prompt_step_overhead_s)
         a = self.arrays
         for (policy, chunked, kind), index in self.groups.items():
             part = _take(steps, index)

@@ -144,15 +144,21 @@ class Load:
 
 
 def _chunking(sched: Scheduling, prompt: int, decoding, prompt_rate_per_step):
-    """(tokens a prompt-carrying step holds, tokens a step can give prompts) for the mixed scheduler."""
+    """(tokens a prompt-carrying step holds, tokens a step can give prompts) for the mixed scheduler.
+
+    A step takes the prompts that arrived during the one before: a ~ Poisson(rate tau) of them, so
+    a share 1 - exp(-a) of steps carries prompts, a / (1 - exp(-a)) on average (one when arrivals are
+    rare, rate tau when every step has some), up to what the budget holds."""
     room = np.maximum(sched.token_budget - decoding, 1.0)
+    arrivals = np.maximum(np.asarray(prompt_rate_per_step, dtype=float) / prompt, 0.0)
+    carried = np.where(arrivals > 1e-9, arrivals / -np.expm1(-np.maximum(arrivals, 1e-9)), 1.0)
     if sched.chunked:
         one = np.minimum(prompt, room)
-        chunk = np.minimum(room, np.maximum(one, prompt_rate_per_step))
+        chunk = np.minimum(room, np.maximum(one, prompt * carried))
         return chunk, room
     # whole prompts only: as many as the budget takes, at least one
     fit = np.maximum(np.floor(room / prompt), 1.0)
-    chunk = prompt * np.clip(np.ceil(prompt_rate_per_step / prompt), 1.0, fit)
+    chunk = prompt * np.clip(carried, 1.0, fit)
     return chunk, np.maximum(room, prompt)
 
 
@@ -199,11 +205,16 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
         capacity = room / (prompt * full)  # prompts/s at a full budget every step
         own = own + _queue_wait(utilisation, service)
         lifetime = own + (output - 1) * tau
-        rate_new = np.minimum(np.minimum(admitted / lifetime, clients / (lifetime + think)), capacity)
+        held = np.minimum(admitted / lifetime, capacity)  # the rate slots and prefill capacity allow
+        free = clients / (lifetime + think)  # the rate the clients ask for
+        rate_new = np.minimum(held, free)
         rate = (rate + rate_new) / 2
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
     in_system = clients - rate * think
-    ttft = np.maximum(in_system / rate - (output - 1) * tau, own)  # Little's law: slot and prefill waits
+    # Little's law counts the waits for a KV slot or for prefill capacity; with neither binding it equals
+    # `own`, and a long output would make it a small difference of two large numbers: take `own` there
+    queued = held < free * (1 - 1e-9)
+    ttft = np.where(queued, np.maximum(in_system / rate - (output - 1) * tau, own), own)
     # the random part of TTFT: the wait behind other prompts (a KV-slot wait is a steady shift)
     return ttft, tau, rate, decoding, admitted, np.minimum(rate / capacity, 1.0), _queue_wait(utilisation, service)
 

@@ -195,6 +195,9 @@ class FrameworkSpec(Identified):
     # host time per decoding sequence per step (scheduler bookkeeping, sampling, detokenizing and
     # streaming each new token): grows with the batch whatever the GPUs do. Fitted (solver/fit.py).
     sequence_overhead_us: float = Field(default=0.0, ge=0)
+    # host time per layer of a step that carries prompt tokens, on top of a decode step's: engines that
+    # replay CUDA graphs for decode-only steps launch a prompt-carrying step's kernels one by one. Fitted.
+    prompt_step_layer_overhead_us: float = Field(default=0.0, ge=0)
     bandwidth_efficiency: dict[DeviceClass, float]
     prefill_efficiency: float = Field(gt=0, le=1)
     prefill_efficiency_by_class: dict[DeviceClass, float] = Field(default_factory=dict)

@@ -3,10 +3,10 @@
 A step reads the weights once, the KV cache of its d decoding sequences and writes the K/V of its p
 prompt tokens; it computes d + p tokens' worth of FLOPs (decode tokens at the decode share of the
 tensor peak, prompt tokens at the prefill share), pays the all-reduces of d + p tokens and a fixed
-per-step overhead:
+per-step overhead, and, when p > 0, the time an engine loses on a step it cannot replay as a CUDA graph:
 
     t(d, p) = max(bytes(d, p) / bandwidth, flops_d / peak_decode + flops_p / peak_prefill)
-              + host reads + overhead(d, p)
+              + host reads + overhead(d, p) + [p > 0] prompt-step overhead
 
 The plugins describe pure decode and pure prefill steps (the `quantplan_step_terms` hook). Every
 quantity they give is linear in the sequences and tokens of a step, except the routed experts a MoE
@@ -53,6 +53,7 @@ class StepModel:
     overhead_per_sequence_s: float  # all-reduce payload of one decode token
     overhead_per_prompt_token_s: float
     expert_share: float = 0.0  # experts per token / experts per layer (0: dense)
+    prompt_step_overhead_s: float = 0.0  # once per step carrying prompt tokens (no CUDA graph replay)
 
     def seconds(self, decoding, prompt_tokens):
         """Step time with `decoding` sequences and `prompt_tokens` prompt tokens (scalars or arrays)."""
@@ -66,7 +67,7 @@ class StepModel:
         memory = device / self.bandwidth
         compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
         time = np.maximum(memory, compute) + self.overhead_s + d * self.overhead_per_sequence_s \
-            + p * self.overhead_per_prompt_token_s
+            + p * self.overhead_per_prompt_token_s + np.where(p > 0, self.prompt_step_overhead_s, 0.0)
         if _nonzero(self.host_bandwidth):  # hybrid offload: layers read from host RAM
             host_bytes = self.host_bytes + d * self.host_bytes_per_sequence + p * self.host_bytes_per_prompt_token
             positive = np.asarray(self.host_bandwidth) > 0
@@ -84,6 +85,8 @@ class StepModel:
             host = (self.host_bytes + d * self.host_bytes_per_sequence
                     + p * self.host_bytes_per_prompt_token) / self.host_bandwidth
         overhead = self.overhead_s + d * self.overhead_per_sequence_s + p * self.overhead_per_prompt_token_s
+        if p > 0:
+            overhead += self.prompt_step_overhead_s
         return max(device / self.bandwidth, compute) + host + overhead
 
     def memory_bound(self, decoding) -> bool:
@@ -99,7 +102,8 @@ class StepModel:
                        prefill_peak=self.prefill_peak / prefill, host_bandwidth=self.host_bandwidth / decode,
                        overhead_s=self.overhead_s * decode,
                        overhead_per_sequence_s=self.overhead_per_sequence_s * decode,
-                       overhead_per_prompt_token_s=self.overhead_per_prompt_token_s * prefill)
+                       overhead_per_prompt_token_s=self.overhead_per_prompt_token_s * prefill,
+                       prompt_step_overhead_s=self.prompt_step_overhead_s * prefill)
 
 
 def _nonzero(value) -> bool:
@@ -154,6 +158,7 @@ def step_model(world: World, config: Config, prompt_tokens: int, output_tokens: 
         overhead_s=overhead[0], overhead_per_sequence_s=overhead[1],
         overhead_per_prompt_token_s=max(float(prefill[q.OVERHEAD]) - overhead[0], 0.0) / prompt_tokens,
         expert_share=model.experts_per_token / model.num_experts if model.is_moe else 0.0,
+        prompt_step_overhead_s=float(prefill[q.PROMPT_STEP_OVERHEAD]),
     )
 
 

@@ -25,6 +25,8 @@ HOST_BANDWIDTH_EFFICIENCY = "host_bandwidth_efficiency"
 PEAK_FLOPS = "peak_flops_per_s"
 COMPUTE_EFFICIENCY = "compute_efficiency"
 OVERHEAD = "overhead_s"
+# once per step that carries prompt tokens (whatever their number): e.g. a step run without CUDA graphs
+PROMPT_STEP_OVERHEAD = "prompt_step_overhead_s"
 
 # Quality and cost.
 PPL_RELATIVE = "ppl_relative_increase"
@@ -32,7 +34,7 @@ PPL_BASELINE = "ppl_baseline"
 COST = "usd_per_hour"
 
 ADDITIVE = {WEIGHTS, KV_CACHE, ACTIVATIONS, RUNTIME, RESERVED, HOST_WEIGHTS, DEVICE_BYTES, HOST_BYTES,
-            FLOPS, OVERHEAD, PPL_RELATIVE, COST}
+            FLOPS, OVERHEAD, PROMPT_STEP_OVERHEAD, PPL_RELATIVE, COST}
 MULTIPLICATIVE = {BANDWIDTH_EFFICIENCY, HOST_BANDWIDTH_EFFICIENCY, COMPUTE_EFFICIENCY}
 SINGLE = {CAPACITY, HOST_CAPACITY, BANDWIDTH, HOST_BANDWIDTH, PEAK_FLOPS, PPL_BASELINE}
 

@@ -154,6 +154,12 @@ class FrameworkPlugin:
                  + (f" + {framework.layer_overhead_us:g} us/layer" if framework.layer_overhead_us else ""),
                  step.phase),
         ]
+        if framework.prompt_step_layer_overhead_us and step.phase == "prefill":
+            found.append(Term(q.PROMPT_STEP_OVERHEAD, framework.prompt_step_layer_overhead_us
+                              * config.model.layers / 1e6, self.name,
+                              f"{framework.id} step carrying prompt tokens: {framework.prompt_step_layer_overhead_us:g}"
+                              f" us x {config.model.layers} layers (kernels launched without CUDA graphs)",
+                              step.phase))
         if framework.sequence_overhead_us:
             found.append(Term(q.OVERHEAD, per_sequence, self.name,
                               f"{framework.id} host time {framework.sequence_overhead_us:g} us per decoding "
