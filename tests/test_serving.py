@@ -312,3 +312,47 @@ def test_fit_on_unknown_devices_says_which_have_rows():
 
     result = CliRunner().invoke(cli, ["fit", "--devices", "nope"])
     assert result.exit_code == 2 and "no speed rows" in result.output and "h100-sxm" in result.output
+
+
+# ---------------------------------------------------------------- steps that carry prompts
+
+
+def test_a_step_carrying_prompt_tokens_pays_the_engines_prompt_step_overhead(world):
+    """TensorRT-LLM's fitted prompt-step overhead (frameworks.toml, us per layer) x Llama-3.1-8B's 32 layers is
+    paid once by a step with any prompt tokens: t(d, p) is linear in p for p > 0, and jumps by exactly that
+    much between p = 0 and the line's intercept. A decode-only step pays none of it."""
+    c = config(world, framework="tensorrt-llm")
+    steps = serving.timing(world, c, TrafficClass(prompt_tokens=1000, output_tokens=200, concurrency=8)).steps
+    per_layer = world.frameworks.get("tensorrt-llm").prompt_step_layer_overhead_us
+    assert per_layer > 0 and steps.prompt_step_overhead_s == pytest.approx(per_layer * 32 / 1e6, rel=1e-12)
+    t0, t1, t2 = (steps.seconds(8.0, p) for p in (0.0, 64.0, 128.0))
+    assert t1 - t0 - (t2 - t1) == pytest.approx(steps.prompt_step_overhead_s, rel=1e-6)
+    without = replace(steps, prompt_step_overhead_s=0.0)
+    assert without.seconds(8.0, 0.0) == t0 and without.seconds(8.0, 64.0) == pytest.approx(t1 - (t1 - t0 - (t2 - t1)))
+
+
+@pytest.mark.parametrize("chunked", (True, False))
+def test_steps_take_the_prompts_that_arrived_during_the_step_before(chunked):
+    """a ~ Poisson(rate x tau) prompts arrive during a step; the next one carries them all. A share
+    1 - exp(-a) of steps carries prompts, a / (1 - exp(-a)) of them on average: 1.582 at a = 1 (500-token
+    prompts: 791 tokens), ~1.005 at a = 0.01, and at a = 20 as many as the 8,192-token budget holds
+    (16.4 prompts' tokens when chunked, 16 whole prompts when not)."""
+    sched = serving.Scheduling("mixed", 8192, 256, chunked, not chunked)
+    chunk = lambda arrivals: float(serving._chunking(sched, 500, 0.0, 500.0 * arrivals)[0])  # noqa: E731
+    assert chunk(1.0) == pytest.approx(500 / (1 - np.exp(-1.0)), rel=1e-9)
+    assert chunk(0.01) == pytest.approx(500 * 0.01 / -np.expm1(-0.01), rel=1e-9)
+    assert chunk(20.0) == (8192.0 if chunked else 8000.0)
+
+
+def test_the_closed_loop_fixed_point_settles_when_prompt_steps_are_expensive(world):
+    """Qwen3-235B-A22B FP8 on 4 H100s under TensorRT-LLM, 128 clients, 128 + 128 tokens: a prompt-carrying
+    step costs about twice a decode step (94 layers of prompt-step overhead). The fixed point used to swing
+    between two step times every round; now the step time it returns is its own image under one more round."""
+    c = config(world, model="qwen3-235b-a22b", method="fp8", framework="tensorrt-llm", gpus=4, kv="fp8")
+    times = serving.timing(world, c, TrafficClass(prompt_tokens=128, output_tokens=128, concurrency=128))
+    sched = times.scheduling.with_sequences(128)
+    steps = times.steps
+    assert steps.seconds(127.0, 128.0) > 1.8 * steps.seconds(128.0, 0.0)
+    _, tau, rate, decoding, *_ = serving._closed_mixed(steps, sched, 128, 128, np.array(128.0))
+    again = serving._mixed_step(steps, sched, 128, decoding, rate, tau)[0]
+    assert float(again) == pytest.approx(float(tau), rel=1e-3)
