@@ -157,8 +157,10 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
         gpus_per_replica=config.gpus, batch_size=config.batch, kv_cache_dtype=config.kv.id, count=count,
         gpu_layers=config.gpu_layers if config.hybrid else None,
         ttft_ms=headline.ttft_ms, ttft_max_ms=headline.ttft_max_ms, tpot_ms=headline.tpot_ms,
-        tokens_per_s=headline.output_tokens_per_s, tokens_per_s_per_user=headline.tokens_per_s_per_user,
-        decode_tokens_per_s=option.performance[main].decode_tokens_per_s,
+        # a shared replica delivers every class's tokens: the row's throughput is their sum
+        tokens_per_s=sum(f.output_tokens_per_s for f in per_class) if len(per_class) > 1
+        else headline.output_tokens_per_s, tokens_per_s_per_user=headline.tokens_per_s_per_user,
+        decode_tokens_per_s=sum(option.performance[name].decode_tokens_per_s for name in served),
         memory_gb_per_gpu=headline.memory_gb_per_gpu,
         memory_capacity_gb_per_gpu=memory.available_per_gpu / 1e9,
         weights_gb=memory.weights_per_gpu * memory.memory_divisor / 1e9,

@@ -278,6 +278,23 @@ def test_solver_keeps_classes_apart_when_mixing_breaks_an_slo():
             assert (figures.tpot_p90_ms or figures.tpot_ms) <= traffic.tpot_ms * 1.0001
 
 
+def test_a_shared_replica_reports_every_class_s_tokens():
+    """examples/mixed-fleet-two-classes.toml: one L40S serves chat (4 req/s x 256 output tokens = 1,024
+    tokens/s) and summarize (0.5 req/s x 300 = 150 tokens/s). The replica's row says 1,174 tokens/s, as the
+    plan's total does, not one class's 150."""
+    from pathlib import Path
+
+    from quantplan.solver.scenario import load_scenario
+
+    plan = solve(load_scenario(Path(__file__).parent.parent / "examples" / "mixed-fleet-two-classes.toml"))
+    shared = [g for g in plan.replicas if len(g.classes) > 1]
+    assert shared, "the example's plan shares a replica"
+    for group in shared:
+        assert group.tokens_per_s == pytest.approx(sum(f.output_tokens_per_s for f in group.classes), rel=1e-12)
+    if len(plan.replicas) == 1 and plan.replicas[0].count == 1:
+        assert plan.replicas[0].tokens_per_s == pytest.approx(4 * 256 + 0.5 * 300, rel=1e-9)
+
+
 def test_estimate_refuses_a_rate_beyond_the_replica_and_says_how_many_would_do():
     """No Infinity in the output and no tokens/s above what the replica can decode: the estimate says the
     rate cannot be carried, the most one replica carries, and how many replicas would do."""
