@@ -99,22 +99,31 @@ class Timing:
 
 def scheduling(world: World, config: Config, traffic: TrafficClass) -> Scheduling:
     """The framework plugin's scheduler for `config`, with the replica's KV capacity in tokens."""
+    return replace(engine_scheduling(world, config), kv_tokens=kv_capacity_tokens(world, config, traffic))
+
+
+def engine_scheduling(world: World, config: Config) -> Scheduling:
+    """The framework plugin's scheduler for `config` (the same for every traffic class), KV capacity unset."""
     found = world.plugins.call_for("quantplan_scheduling", config)
     chosen = next((s for s in found if s is not None), None)
     if chosen is None:  # a framework plugin that says nothing: plain chunked mixed batching
         framework = config.framework
         chosen = Scheduling("mixed", framework.max_batched_tokens, framework.max_batch, True, False,
                             source="no scheduling hook: chunked mixed batching at the catalog budget")
-    return replace(chosen, kv_tokens=kv_capacity_tokens(world, config, traffic))
+    return chosen
 
 
-def kv_capacity_tokens(world: World, config: Config, traffic: TrafficClass) -> float:
-    """Tokens of KV cache the replica holds once weights, runtime and activations are placed."""
-    one = memory(world, config.with_batch(1), 1)
+def kv_capacity_tokens(world: World, config: Config, traffic: TrafficClass, at_batch_one=None) -> float:
+    """Tokens of KV cache the replica holds once weights, runtime and activations are placed.
+
+    `at_batch_one(context_tokens)`: memory at batch 1 (a cache the caller keeps per configuration;
+    default: ask the plugins)."""
+    at_batch_one = at_batch_one or (lambda context: memory(world, config.with_batch(1), context))
+    one = at_batch_one(1)
     per_token = one.kv_per_gpu
     if per_token <= 0:
         return math.inf
-    activations = memory(world, config.with_batch(1), traffic.context_tokens).activations_per_gpu
+    activations = at_batch_one(traffic.context_tokens).activations_per_gpu
     free = one.available_per_gpu - one.weights_per_gpu - one.runtime_per_gpu - activations
     return max(free, 0.0) / per_token
 

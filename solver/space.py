@@ -16,7 +16,8 @@ from .gates import gate
 from .loads import Figures, Job
 from .registry import World
 from .scenario import Scenario, TrafficClass
-from .serving import Performance, Timing, timing
+from .serving import Performance, Timing, engine_scheduling, kv_capacity_tokens
+from .stepmodel import step_model
 from .specs import ModelSpec
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
@@ -187,10 +188,11 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
                 incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
             continue
         count += 1
-        placed = fit_placement(world, config, scenario.classes)
+        at_batch_one = AtBatchOne(world, config)
+        placed = fit_placement(world, config, scenario.classes, at_batch_one)
         if placed is None:
             for traffic in scenario.classes:
-                need = memory(world, config, traffic.context_tokens)
+                need = at_batch_one(traffic.context_tokens)
                 per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
             continue
         cost = sum(t.value for t in found_cost if t.quantity == q.COST)
@@ -201,7 +203,7 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
             incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
             continue
         prepared.append(_prepare(world, placed, batches, scenario.classes, cost, assessed, per_class,
-                                 scenario.margin))
+                                 scenario.margin, at_batch_one if placed is config else None))
     figures = {traffic.name: Figures(traffic, [p.jobs[traffic.name] for p in prepared if traffic.name in p.jobs])
                for traffic in scenario.classes}
     positions = {name: 0 for name in figures}  # the next job of each class
@@ -225,10 +227,25 @@ def useful_batches(scenario: Scenario) -> list[int]:
     return sorted(sizes)
 
 
-def fit_placement(world: World, config: Config, classes) -> Config | None:
-    """The config at batch 1, offloaded to host RAM if llama.cpp needs that to fit; None if nothing fits."""
+class AtBatchOne:
+    """memory(world, config at batch 1, context) by context: what every class of a configuration asks
+    (placement, KV capacity, the smallest need), asked of the plugins once per context."""
+
+    def __init__(self, world: World, config: Config) -> None:
+        self.world, self.config, self.found = world, config.with_batch(1), {}
+
+    def __call__(self, context_tokens: int) -> Memory:
+        found = self.found.get(context_tokens)
+        if found is None:
+            found = self.found[context_tokens] = memory(self.world, self.config, context_tokens)
+        return found
+
+
+def fit_placement(world: World, config: Config, classes, at_batch_one: AtBatchOne | None = None) -> Config | None:
+    """The config at batch 1, offloaded to host RAM if llama.cpp needs that to fit; None if nothing fits.
+    `at_batch_one`: the memory cache of `config` (which is at batch 1), when the caller keeps one."""
     context = min(c.context_tokens for c in classes)
-    if memory(world, config, context).fits:
+    if (at_batch_one(context) if at_batch_one else memory(world, config, context)).fits:
         return config
     if config.framework.hybrid_offload and config.gpu.kind == "gpu" and config.gpus == 1:
         fraction = hybrid_fraction(world, config, context)
@@ -252,14 +269,20 @@ class Prepared:
     jobs: dict[str, Job]  # by class with at least one fitting batch size: the load models' work
 
 
-def _prepare(world, config, batches, classes, cost, assessed, per_class, margin="none") -> Prepared:
+def _prepare(world, config, batches, classes, cost, assessed, per_class, margin="none",
+             at_batch_one: AtBatchOne | None = None) -> Prepared:
     """Memory (numpy arrays over the batch sizes, through the plugin terms) and, per class that fits at
-    some batch size, the step model and scheduler the load models need."""
+    some batch size, the step model and scheduler the load models need. What does not depend on the
+    class is asked of the plugins once: the engine's scheduler, memory at batch 1 by context
+    (`at_batch_one`, the cache of `config`), step models by (prompt, output) lengths."""
     sizes = np.array(batches, dtype=float)
     vector = config.with_batch(sizes)
     outside = outside_coverage(config)  # one answer for every batch size and class of this configuration
     # auto: p90 outside the validation data (an unmeasured combination cannot win on an optimistic guess)
     applied = ("p90" if outside else "none") if margin == "auto" else margin
+    at_batch_one = at_batch_one or AtBatchOne(world, config)
+    engine = None
+    steps: dict[tuple[int, int], object] = {}
     memories: dict[str, Memory] = {}
     jobs: dict[str, Job] = {}
     for traffic in classes:
@@ -272,7 +295,12 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
         leading = len(fits) if fits.all() else int(np.argmin(fits))  # fitting sizes up to the first that does not
         if not leading:
             continue
-        times = timing(world, config, traffic)
+        lengths = (traffic.prompt_tokens, traffic.output_tokens)
+        if lengths not in steps:
+            steps[lengths] = step_model(world, config, *lengths)
+        engine = engine or engine_scheduling(world, config)
+        times = Timing(steps[lengths], replace(engine, kv_tokens=kv_capacity_tokens(world, config, traffic,
+                                                                                     at_batch_one)))
         if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
             bars = errorbars.shipped()
             times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
