@@ -333,22 +333,23 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
                                            f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
             continue
         results[traffic.name] = served = [None] * len(batches)
+        rows = figures.rows()
         for index in range(sizes):
             diagnostics.fits += 1
             diagnostics.meets_quality += 1
             element = figures.element(position, index)
-            ttft, tpot = float(figures.ttft_stat[element]), float(figures.tpot_stat[element])
+            ttft, tpot = rows["ttft_stat"][element], rows["tpot_stat"][element]
             _offer(diagnostics.best_ttft, ttft, config, batches[index])
             _offer(diagnostics.best_tpot, tpot, config, batches[index])
             if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
                 _offer(diagnostics.best_ttft_meeting_tpot, ttft, config, batches[index])
-            if not figures.meets[element]:
+            if not rows["meets"][element]:
                 if traffic.load_kind == "concurrency":
                     break  # more clients per replica only lengthen TTFT and TPOT
                 continue
             served[index] = (figures.performance(element), entry.jobs[traffic.name].times)
     bounds = {name: _tightest(limits[name], assessed) for name in results if limits[name].bounds}
-    records = {name: _split(entry.memories[name], len(batches)) for name in results}
+    records = {name: _Rows(entry.memories[name], len(batches)) for name in results}
     found = []
     for index, batch in enumerate(batches):
         served = {name: r[index] for name, r in results.items() if r[index] is not None}
@@ -365,20 +366,26 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
 MEMORY_FIELDS = tuple(f.name for f in fields(Memory))
 
 
-def _split(used: Memory, count: int) -> list[Memory]:
-    """Memory.at for every batch size of an array evaluation at once."""
-    if not np.ndim(used.used_per_gpu):
-        return [used] * count
-    columns = []
-    for name in MEMORY_FIELDS:
-        value = getattr(used, name)
-        if name in ("gpus", "memory_divisor"):
-            columns.append([value] * count)
-        elif isinstance(value, np.ndarray) and value.ndim:
-            columns.append(value.astype(float).tolist())
-        else:
-            columns.append([float(value)] * count)
-    return [Memory(*values) for values in zip(*columns)]
+class _Rows:
+    """Memory.at for every batch size of an array evaluation, each record built when asked for."""
+
+    def __init__(self, used: Memory, count: int) -> None:
+        self.used, self.columns = used, None
+        if np.ndim(used.used_per_gpu):
+            self.columns = []
+            for name in MEMORY_FIELDS:
+                value = getattr(used, name)
+                if name in ("gpus", "memory_divisor"):
+                    self.columns.append([value] * count)
+                elif isinstance(value, np.ndarray) and value.ndim:
+                    self.columns.append(value.astype(float).tolist())
+                else:
+                    self.columns.append([float(value)] * count)
+
+    def __getitem__(self, index: int) -> Memory:
+        if self.columns is None:
+            return self.used
+        return Memory(*[column[index] for column in self.columns])
 
 
 def _offer(best: Best, value: float, config: Config, batch: int) -> None:
