@@ -19,7 +19,7 @@ import numpy as np
 
 from .candidates import Config
 from .scenario import TrafficClass
-from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, _rate_ok, closed_loop, poisson,
+from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, closed_loop, poisson, rate_capacities,
                       slo_violations)
 from .stepmodel import StepModel, stack
 
@@ -79,7 +79,8 @@ class Figures:
                                    wave_persistence=settings["wave_persistence"][owner])
                 timing = Timing(block, sched)
                 if traffic.load_kind == "rate":
-                    self.capacity[part] = rate_capacities_stacked(timing, traffic, *(b[owner] for b in bounds))
+                    self.capacity[part] = rate_capacities(timing, traffic, sched.max_sequences,
+                                                          tuple(b[owner] for b in bounds))
                     at = np.maximum(np.minimum(self.capacity[part], traffic.rate_per_s), 1e-9)
                     self.at[part] = at
                     load = poisson(timing, traffic.prompt_tokens, traffic.output_tokens, at)
@@ -180,34 +181,3 @@ def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, n
         prefill_bound[i] = 1.0 / (prompt / budget * steps.seconds(0.0, min(prompt, budget)) + 1e-12)
         idle[i] = steps.seconds(0.0, 0.0)
     return prefill_bound, idle
-
-
-def rate_capacities_stacked(times: Timing, traffic: TrafficClass, prefill_bound: np.ndarray,
-                            idle: np.ndarray) -> np.ndarray:
-    """serving.rate_capacities for stacked elements: element i's step model and scheduler (arrays in
-    `times`, its running limit in max_sequences) and its search bounds (`search_bounds`)."""
-    output = traffic.output_tokens
-    column = lambda x: np.asarray(x, dtype=float)[:, None]  # noqa: E731
-    stacked = StepModel(*(column(getattr(times.steps, name)) for name in StepModel.__dataclass_fields__))
-    sched = times.scheduling
-    limits = column(sched.max_sequences)
-    limited = Timing(stacked, Scheduling(sched.policy, column(sched.token_budget), limits, sched.chunked,
-                                         column(sched.reserve_full).astype(bool), column(sched.kv_tokens),
-                                         request_overhead_s=column(sched.request_overhead_s),
-                                         wave_persistence=column(sched.wave_persistence)))
-    prefill_bound, idle = column(prefill_bound), column(idle)
-    high = np.minimum(limits / ((output - 1) * idle + 1e-12), prefill_bound)
-    low = np.zeros_like(high)
-    for round_ in range(3):
-        if round_ == 0:
-            grid = high * np.geomspace(1e-4, 1.0, 32)[None, :]
-        else:
-            grid = low + (high - low) * np.linspace(0.0, 1.0, 33)[None, 1:]
-        good = _rate_ok(limited, traffic, grid)
-        found = good.any(axis=1, keepdims=True)
-        last = np.where(found, good.shape[1] - 1 - np.argmax(good[:, ::-1], axis=1)[:, None], -1)
-        at_last = np.take_along_axis(grid, np.maximum(last, 0), axis=1)
-        after = np.take_along_axis(grid, np.minimum(last + 1, grid.shape[1] - 1), axis=1)
-        first_bad = np.where(last + 1 < grid.shape[1], after, at_last)
-        low, high = np.where(found, at_last, low), np.where(found, first_bad, grid[:, :1])
-    return low[:, 0]
