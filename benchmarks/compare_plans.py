@@ -26,7 +26,7 @@ from click.testing import CliRunner
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_solver import ONE_CLASS, THREE_CLASSES, ten_classes  # noqa: E402
+from bench_solver import ONE_CLASS, THREE_CLASSES, scenario_toml, ten_classes  # noqa: E402
 
 from quantplan.cli import cli  # noqa: E402
 from quantplan.solver.registry import load_world  # noqa: E402
@@ -71,23 +71,12 @@ def cases(slow: bool = False):
             yield f"{name}.json", lambda f=fields, n=name: _bench_solve(n, f)
 
 
-def _scenario_toml(fields: dict) -> str:
-    """The benchmark scenario as a scenario file (TOML) the command line reads."""
-    lines = [f'model = "{fields["model"]}"', ""]
-    for traffic in fields["classes"]:
-        lines.append("[[class]]")
-        for key, value in traffic.items():
-            lines.append(f"{key} = {json.dumps(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def _bench_solve(name: str, fields: dict) -> str:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{name}.toml"
-        path.write_text(_scenario_toml(fields))
+        path.write_text(scenario_toml(fields["model"], fields["classes"]))
         return solve_json([str(path)])
 
 
