@@ -164,7 +164,8 @@ class Figures:
     def _columns(self) -> dict:
         return {"ttft_stat": self.ttft_stat.tolist(), "tpot_stat": self.tpot_stat.tolist(),
                 "meets": self.meets.tolist(), "owner": self.owner.tolist(), "running": self.running.tolist(),
-                "capacity": self.capacity.tolist(), "at": self.at.tolist(), "ttft": (self.ttft * 1e3).tolist(), "tpot": (self.tpot * 1e3).tolist(),
+                "capacity": self.capacity.tolist(), "at": self.at.tolist(),
+                "ttft": (self.ttft * 1e3).tolist(), "tpot": (self.tpot * 1e3).tolist(),
                 "ttft_p": {p: (v * 1e3).tolist() for p, v in self.ttft_p.items()},
                 "tpot_p": {p: (v * 1e3).tolist() for p, v in self.tpot_p.items()},
                 "throughput": self.throughput.tolist(), "decoding": self.decoding.tolist(), "prefill": {}}
