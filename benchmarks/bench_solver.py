@@ -203,7 +203,7 @@ def synthetic_figures(repeats: int) -> None:
             solved, code = command_seconds(["solve", str(scenario), "--no-alternatives", "--json", *more], repeats)
             configurations = count_configurations(more[1:] if more else [])
             print(f"  {label}: list gpus {listed:.2f} s; solve llama-3.1-70b, 1 class: {solved:.2f} s "
-                  f"({configurations} configurations{'' if code in (0, 1) else f', exit {code}'})")
+                  f"({configurations} compatible configurations before pricing{'' if code in (0, 1) else f', exit {code}'})")
 
 
 def count_configurations(catalogs: list[str]) -> int:
