@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .quality_data import method_bits
 from .quality_model import Case, QualityModel, shipped
@@ -66,7 +66,12 @@ class Config:
         return self.gpu_layer_fraction < 1.0
 
     def with_batch(self, batch: int) -> Config:
-        return replace(self, batch=batch)
+        """The same configuration at another batch size (dataclasses.replace without re-running __init__:
+        the candidate space makes one per option)."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["batch"] = batch
+        return copy
 
 
 @dataclass(frozen=True)

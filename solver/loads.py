@@ -19,7 +19,7 @@ import numpy as np
 
 from .candidates import Config
 from .scenario import TrafficClass
-from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, _rate_ok, closed_loop, poisson,
+from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, closed_loop, poisson, rate_capacities,
                       slo_violations)
 from .stepmodel import StepModel, stack
 
@@ -51,6 +51,7 @@ class Figures:
         self.tpot_p = {p: nan() for p in PERCENTILES}
         self.capacity = self.running.copy()  # a concurrency class: the clients; a rate class: found below
         self.at = np.zeros(n)
+        self._rows = None  # Python floats for `performance`, made on first use
         if n:
             self._evaluate()
         self._decide()
@@ -78,7 +79,8 @@ class Figures:
                                    wave_persistence=settings["wave_persistence"][owner])
                 timing = Timing(block, sched)
                 if traffic.load_kind == "rate":
-                    self.capacity[part] = rate_capacities_stacked(timing, traffic, *(b[owner] for b in bounds))
+                    self.capacity[part] = rate_capacities(timing, traffic, sched.max_sequences,
+                                                          tuple(b[owner] for b in bounds))
                     at = np.maximum(np.minimum(self.capacity[part], traffic.rate_per_s), 1e-9)
                     self.at[part] = at
                     load = poisson(timing, traffic.prompt_tokens, traffic.output_tokens, at)
@@ -112,16 +114,16 @@ class Figures:
 
     def performance(self, index: int) -> Performance:
         """The record `serving.performances` gives for element `index` (serving._figures's fields)."""
-        traffic, job = self.traffic, self.jobs[int(self.owner[index])]
-        times = job.times
-        limit = int(self.running[index])
-        ttft_p = {p: float(v[index]) * 1e3 for p, v in self.ttft_p.items()}
-        tpot_p = {p: float(v[index]) * 1e3 for p, v in self.tpot_p.items()}
-        ttft, tpot = float(self.ttft[index]) * 1e3, float(self.tpot[index]) * 1e3
-        capacity = float(self.capacity[index])
-        budget = times.scheduling.token_budget
+        rows = self.rows()
+        traffic, owner = self.traffic, rows["owner"][index]
+        job = self.jobs[owner]
+        limit = int(rows["running"][index])
+        ttft_p = {p: v[index] for p, v in rows["ttft_p"].items()}
+        tpot_p = {p: v[index] for p, v in rows["tpot_p"].items()}
+        ttft, tpot = rows["ttft"][index], rows["tpot"][index]
+        capacity = rows["capacity"][index]
         if traffic.load_kind == "rate":
-            described = (f"Poisson arrivals at {self.at[index]:.4g} requests/s per replica, at most {limit} "
+            described = (f"Poisson arrivals at {rows['at'][index]:.4g} requests/s per replica, at most {limit} "
                          f"running")
         else:
             protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
@@ -135,16 +137,38 @@ class Figures:
             violations = [f"batch {limit} cannot hold one request within the SLOs"]
         if limit > job.config.framework.max_batch:
             violations.append(f"batch {limit} > {job.config.framework.id} max batch {job.config.framework.max_batch}")
+        prefill = rows["prefill"].get(owner)
+        if prefill is None:
+            times = job.times
+            budget = times.scheduling.token_budget
+            prefill = rows["prefill"][owner] = traffic.prompt_tokens / (
+                times.steps.seconds(0.0, min(traffic.prompt_tokens, budget)) * max(1.0, traffic.prompt_tokens / budget))
         return Performance(
             ttft_ms=ttft, ttft_max_ms=ttft_p.get(99, ttft), tpot_ms=tpot, capacity=capacity,
-            output_tokens_per_s=float(self.throughput[index]) * traffic.output_tokens,
-            decode_tokens_per_s=float(self.decoding[index]) / (tpot / 1e3) if tpot > 0 and math.isfinite(tpot)
+            output_tokens_per_s=rows["throughput"][index] * traffic.output_tokens,
+            decode_tokens_per_s=rows["decoding"][index] / (tpot / 1e3) if tpot > 0 and math.isfinite(tpot)
             else 0.0,
-            prefill_tokens_per_s=traffic.prompt_tokens / (times.steps.seconds(0.0, min(traffic.prompt_tokens, budget))
-                                                          * max(1.0, traffic.prompt_tokens / budget)),
+            prefill_tokens_per_s=prefill,
             violations=tuple(violations), ttft_percentiles_ms=ttft_p, tpot_percentiles_ms=tpot_p,
             statistic=traffic.statistic, load_model=described,
         )
+
+    def rows(self) -> dict:
+        """The figures as Python lists, element by element (what `performance` and the candidate space
+        read: one conversion for all elements instead of one numpy scalar per field and element).
+        Milliseconds where `performance` reports them: x 1e3 in numpy rounds as it does in Python floats."""
+        if self._rows is None:
+            self._rows = self._columns()
+        return self._rows
+
+    def _columns(self) -> dict:
+        return {"ttft_stat": self.ttft_stat.tolist(), "tpot_stat": self.tpot_stat.tolist(),
+                "meets": self.meets.tolist(), "owner": self.owner.tolist(), "running": self.running.tolist(),
+                "capacity": self.capacity.tolist(), "at": self.at.tolist(),
+                "ttft": (self.ttft * 1e3).tolist(), "tpot": (self.tpot * 1e3).tolist(),
+                "ttft_p": {p: (v * 1e3).tolist() for p, v in self.ttft_p.items()},
+                "tpot_p": {p: (v * 1e3).tolist() for p, v in self.tpot_p.items()},
+                "throughput": self.throughput.tolist(), "decoding": self.decoding.tolist(), "prefill": {}}
 
 
 def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, np.ndarray]:
@@ -158,34 +182,3 @@ def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, n
         prefill_bound[i] = 1.0 / (prompt / budget * steps.seconds(0.0, min(prompt, budget)) + 1e-12)
         idle[i] = steps.seconds(0.0, 0.0)
     return prefill_bound, idle
-
-
-def rate_capacities_stacked(times: Timing, traffic: TrafficClass, prefill_bound: np.ndarray,
-                            idle: np.ndarray) -> np.ndarray:
-    """serving.rate_capacities for stacked elements: element i's step model and scheduler (arrays in
-    `times`, its running limit in max_sequences) and its search bounds (`search_bounds`)."""
-    output = traffic.output_tokens
-    column = lambda x: np.asarray(x, dtype=float)[:, None]  # noqa: E731
-    stacked = StepModel(*(column(getattr(times.steps, name)) for name in StepModel.__dataclass_fields__))
-    sched = times.scheduling
-    limits = column(sched.max_sequences)
-    limited = Timing(stacked, Scheduling(sched.policy, column(sched.token_budget), limits, sched.chunked,
-                                         column(sched.reserve_full).astype(bool), column(sched.kv_tokens),
-                                         request_overhead_s=column(sched.request_overhead_s),
-                                         wave_persistence=column(sched.wave_persistence)))
-    prefill_bound, idle = column(prefill_bound), column(idle)
-    high = np.minimum(limits / ((output - 1) * idle + 1e-12), prefill_bound)
-    low = np.zeros_like(high)
-    for round_ in range(3):
-        if round_ == 0:
-            grid = high * np.geomspace(1e-4, 1.0, 32)[None, :]
-        else:
-            grid = low + (high - low) * np.linspace(0.0, 1.0, 33)[None, 1:]
-        good = _rate_ok(limited, traffic, grid)
-        found = good.any(axis=1, keepdims=True)
-        last = np.where(found, good.shape[1] - 1 - np.argmax(good[:, ::-1], axis=1)[:, None], -1)
-        at_last = np.take_along_axis(grid, np.maximum(last, 0), axis=1)
-        after = np.take_along_axis(grid, np.minimum(last + 1, grid.shape[1] - 1), axis=1)
-        first_bad = np.where(last + 1 < grid.shape[1], after, at_last)
-        low, high = np.where(found, at_last, low), np.where(found, first_bad, grid[:, :1])
-    return low[:, 0]

@@ -99,22 +99,31 @@ class Timing:
 
 def scheduling(world: World, config: Config, traffic: TrafficClass) -> Scheduling:
     """The framework plugin's scheduler for `config`, with the replica's KV capacity in tokens."""
+    return replace(engine_scheduling(world, config), kv_tokens=kv_capacity_tokens(world, config, traffic))
+
+
+def engine_scheduling(world: World, config: Config) -> Scheduling:
+    """The framework plugin's scheduler for `config` (the same for every traffic class), KV capacity unset."""
     found = world.plugins.call_for("quantplan_scheduling", config)
     chosen = next((s for s in found if s is not None), None)
     if chosen is None:  # a framework plugin that says nothing: plain chunked mixed batching
         framework = config.framework
         chosen = Scheduling("mixed", framework.max_batched_tokens, framework.max_batch, True, False,
                             source="no scheduling hook: chunked mixed batching at the catalog budget")
-    return replace(chosen, kv_tokens=kv_capacity_tokens(world, config, traffic))
+    return chosen
 
 
-def kv_capacity_tokens(world: World, config: Config, traffic: TrafficClass) -> float:
-    """Tokens of KV cache the replica holds once weights, runtime and activations are placed."""
-    one = memory(world, config.with_batch(1), 1)
+def kv_capacity_tokens(world: World, config: Config, traffic: TrafficClass, at_batch_one=None) -> float:
+    """Tokens of KV cache the replica holds once weights, runtime and activations are placed.
+
+    `at_batch_one(context_tokens)`: memory at batch 1 (a cache the caller keeps per configuration;
+    default: ask the plugins)."""
+    at_batch_one = at_batch_one or (lambda context: memory(world, config.with_batch(1), context))
+    one = at_batch_one(1)
     per_token = one.kv_per_gpu
     if per_token <= 0:
         return math.inf
-    activations = memory(world, config.with_batch(1), traffic.context_tokens).activations_per_gpu
+    activations = at_batch_one(traffic.context_tokens).activations_per_gpu
     free = one.available_per_gpu - one.weights_per_gpu - one.runtime_per_gpu - activations
     return max(free, 0.0) / per_token
 
@@ -534,16 +543,35 @@ def rate_capacity(times: Timing, traffic: TrafficClass) -> float:
     return float(rate_capacities(times, traffic, [times.scheduling.max_sequences])[0])
 
 
-def rate_capacities(times: Timing, traffic: TrafficClass, sequences) -> np.ndarray:
+def rate_capacities(times: Timing, traffic: TrafficClass, sequences, bounds=None) -> np.ndarray:
     """`rate_capacity` for several running limits at once: a geometric grid of rates, then two finer
-    grids between the last good and the first bad rate (1/1000 of the gap), every limit in one pass."""
+    grids between the last good and the first bad rate (1/1000 of the gap), every limit in one pass.
+
+    Array-safe: `times` may hold one step model and scheduler (scalar fields; `sequences` the limits
+    to try) or one per element (array fields, element i's running limit in `sequences[i]`: what
+    solver/loads.py evaluates for many configurations at once). `bounds`: (prefill-bound rate, idle
+    step time) per element where the caller has them (loads.search_bounds: each computed on the
+    element's own scalar step model, whose sums run in another order than the array formula's)."""
     prompt, output = traffic.prompt_tokens, traffic.output_tokens
-    steps = times.steps
-    limits = np.asarray(sequences, dtype=float)[:, None]
-    limited = Timing(steps, times.scheduling.with_sequences(limits))
-    budget = max(times.scheduling.token_budget, prompt)
-    prefill_bound = 1.0 / (prompt / budget * steps.seconds(0.0, min(prompt, budget)) + 1e-12)
-    high = np.minimum(limits / ((output - 1) * steps.seconds(0.0, 0.0) + 1e-12), prefill_bound)
+    steps, sched = times.steps, times.scheduling
+    limits = _column(sequences)
+    if bounds is None:
+        budget = np.maximum(sched.token_budget, prompt)
+        prefill_bound = 1.0 / (prompt / budget * steps.seconds(0.0, np.minimum(prompt, budget)) + 1e-12)
+        idle = steps.seconds(0.0, 0.0)
+    else:
+        prefill_bound, idle = _column(bounds[0]), _column(bounds[1])
+    if np.ndim(sched.token_budget):  # one scheduler per element: fields as columns against the grids
+        sched = Scheduling(sched.policy, _column(sched.token_budget), limits, sched.chunked,
+                           _column(sched.reserve_full).astype(bool), _column(sched.kv_tokens),
+                           request_overhead_s=_column(sched.request_overhead_s),
+                           wave_persistence=_column(sched.wave_persistence))
+    else:
+        sched = sched.with_sequences(limits)
+    if np.ndim(steps.bandwidth):
+        steps = StepModel(*(_column(getattr(steps, name)) for name in StepModel.__dataclass_fields__))
+    limited = Timing(steps, sched)
+    high = np.minimum(limits / ((output - 1) * idle + 1e-12), prefill_bound)
     low = np.zeros_like(high)
     for round_ in range(3):
         if round_ == 0:
@@ -558,6 +586,11 @@ def rate_capacities(times: Timing, traffic: TrafficClass, sequences) -> np.ndarr
         first_bad = np.where(last + 1 < grid.shape[1], after, at_last)
         low, high = np.where(found, at_last, low), np.where(found, first_bad, grid[:, :1])
     return low[:, 0]
+
+
+def _column(values) -> np.ndarray:
+    """One value per element as a column (elements down, grid points across)."""
+    return np.asarray(values, dtype=float)[:, None]
 
 
 def _rate_ok(times: Timing, traffic: TrafficClass, rates):

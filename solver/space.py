@@ -16,7 +16,8 @@ from .gates import gate
 from .loads import Figures, Job
 from .registry import World
 from .scenario import Scenario, TrafficClass
-from .serving import Performance, Timing, timing
+from .serving import Performance, Timing, engine_scheduling, kv_capacity_tokens
+from .stepmodel import step_model
 from .specs import ModelSpec
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
@@ -187,10 +188,11 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
                 incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
             continue
         count += 1
-        placed = fit_placement(world, config, scenario.classes)
+        at_batch_one = AtBatchOne(world, config)
+        placed = fit_placement(world, config, scenario.classes, at_batch_one)
         if placed is None:
             for traffic in scenario.classes:
-                need = memory(world, config, traffic.context_tokens)
+                need = at_batch_one(traffic.context_tokens)
                 per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
             continue
         cost = sum(t.value for t in found_cost if t.quantity == q.COST)
@@ -201,7 +203,7 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
             incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
             continue
         prepared.append(_prepare(world, placed, batches, scenario.classes, cost, assessed, per_class,
-                                 scenario.margin))
+                                 scenario.margin, at_batch_one if placed is config else None))
     figures = {traffic.name: Figures(traffic, [p.jobs[traffic.name] for p in prepared if traffic.name in p.jobs])
                for traffic in scenario.classes}
     positions = {name: 0 for name in figures}  # the next job of each class
@@ -225,10 +227,25 @@ def useful_batches(scenario: Scenario) -> list[int]:
     return sorted(sizes)
 
 
-def fit_placement(world: World, config: Config, classes) -> Config | None:
-    """The config at batch 1, offloaded to host RAM if llama.cpp needs that to fit; None if nothing fits."""
+class AtBatchOne:
+    """memory(world, config at batch 1, context) by context: what every class of a configuration asks
+    (placement, KV capacity, the smallest need), asked of the plugins once per context."""
+
+    def __init__(self, world: World, config: Config) -> None:
+        self.world, self.config, self.found = world, config.with_batch(1), {}
+
+    def __call__(self, context_tokens: int) -> Memory:
+        found = self.found.get(context_tokens)
+        if found is None:
+            found = self.found[context_tokens] = memory(self.world, self.config, context_tokens)
+        return found
+
+
+def fit_placement(world: World, config: Config, classes, at_batch_one: AtBatchOne | None = None) -> Config | None:
+    """The config at batch 1, offloaded to host RAM if llama.cpp needs that to fit; None if nothing fits.
+    `at_batch_one`: the memory cache of `config` (which is at batch 1), when the caller keeps one."""
     context = min(c.context_tokens for c in classes)
-    if memory(world, config, context).fits:
+    if (at_batch_one(context) if at_batch_one else memory(world, config, context)).fits:
         return config
     if config.framework.hybrid_offload and config.gpu.kind == "gpu" and config.gpus == 1:
         fraction = hybrid_fraction(world, config, context)
@@ -252,14 +269,20 @@ class Prepared:
     jobs: dict[str, Job]  # by class with at least one fitting batch size: the load models' work
 
 
-def _prepare(world, config, batches, classes, cost, assessed, per_class, margin="none") -> Prepared:
+def _prepare(world, config, batches, classes, cost, assessed, per_class, margin="none",
+             at_batch_one: AtBatchOne | None = None) -> Prepared:
     """Memory (numpy arrays over the batch sizes, through the plugin terms) and, per class that fits at
-    some batch size, the step model and scheduler the load models need."""
+    some batch size, the step model and scheduler the load models need. What does not depend on the
+    class is asked of the plugins once: the engine's scheduler, memory at batch 1 by context
+    (`at_batch_one`, the cache of `config`), step models by (prompt, output) lengths."""
     sizes = np.array(batches, dtype=float)
     vector = config.with_batch(sizes)
     outside = outside_coverage(config)  # one answer for every batch size and class of this configuration
     # auto: p90 outside the validation data (an unmeasured combination cannot win on an optimistic guess)
     applied = ("p90" if outside else "none") if margin == "auto" else margin
+    at_batch_one = at_batch_one or AtBatchOne(world, config)
+    engine = None
+    steps: dict[tuple[int, int], object] = {}
     memories: dict[str, Memory] = {}
     jobs: dict[str, Job] = {}
     for traffic in classes:
@@ -272,7 +295,12 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
         leading = len(fits) if fits.all() else int(np.argmin(fits))  # fitting sizes up to the first that does not
         if not leading:
             continue
-        times = timing(world, config, traffic)
+        lengths = (traffic.prompt_tokens, traffic.output_tokens)
+        if lengths not in steps:
+            steps[lengths] = step_model(world, config, *lengths)
+        engine = engine or engine_scheduling(world, config)
+        times = Timing(steps[lengths], replace(engine, kv_tokens=kv_capacity_tokens(world, config, traffic,
+                                                                                     at_batch_one)))
         if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
             bars = errorbars.shipped()
             times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
@@ -305,22 +333,23 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
                                            f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
             continue
         results[traffic.name] = served = [None] * len(batches)
+        rows = figures.rows()
         for index in range(sizes):
             diagnostics.fits += 1
             diagnostics.meets_quality += 1
             element = figures.element(position, index)
-            ttft, tpot = float(figures.ttft_stat[element]), float(figures.tpot_stat[element])
+            ttft, tpot = rows["ttft_stat"][element], rows["tpot_stat"][element]
             _offer(diagnostics.best_ttft, ttft, config, batches[index])
             _offer(diagnostics.best_tpot, tpot, config, batches[index])
             if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
                 _offer(diagnostics.best_ttft_meeting_tpot, ttft, config, batches[index])
-            if not figures.meets[element]:
+            if not rows["meets"][element]:
                 if traffic.load_kind == "concurrency":
                     break  # more clients per replica only lengthen TTFT and TPOT
                 continue
             served[index] = (figures.performance(element), entry.jobs[traffic.name].times)
     bounds = {name: _tightest(limits[name], assessed) for name in results if limits[name].bounds}
-    records = {name: _split(entry.memories[name], len(batches)) for name in results}
+    records = {name: _Rows(entry.memories[name], len(batches)) for name in results}
     found = []
     for index, batch in enumerate(batches):
         served = {name: r[index] for name, r in results.items() if r[index] is not None}
@@ -337,20 +366,26 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
 MEMORY_FIELDS = tuple(f.name for f in fields(Memory))
 
 
-def _split(used: Memory, count: int) -> list[Memory]:
-    """Memory.at for every batch size of an array evaluation at once."""
-    if not np.ndim(used.used_per_gpu):
-        return [used] * count
-    columns = []
-    for name in MEMORY_FIELDS:
-        value = getattr(used, name)
-        if name in ("gpus", "memory_divisor"):
-            columns.append([value] * count)
-        elif isinstance(value, np.ndarray) and value.ndim:
-            columns.append(value.astype(float).tolist())
-        else:
-            columns.append([float(value)] * count)
-    return [Memory(*values) for values in zip(*columns)]
+class _Rows:
+    """Memory.at for every batch size of an array evaluation, each record built when asked for."""
+
+    def __init__(self, used: Memory, count: int) -> None:
+        self.used, self.columns = used, None
+        if np.ndim(used.used_per_gpu):
+            self.columns = []
+            for name in MEMORY_FIELDS:
+                value = getattr(used, name)
+                if name in ("gpus", "memory_divisor"):
+                    self.columns.append([value] * count)
+                elif isinstance(value, np.ndarray) and value.ndim:
+                    self.columns.append(value.astype(float).tolist())
+                else:
+                    self.columns.append([float(value)] * count)
+
+    def __getitem__(self, index: int) -> Memory:
+        if self.columns is None:
+            return self.used
+        return Memory(*[column[index] for column in self.columns])
 
 
 def _offer(best: Best, value: float, config: Config, batch: int) -> None:

@@ -1,0 +1,107 @@
+"""What the candidate space asks of the plugins: class-independent answers once per configuration, and
+result checks only on plugins that are not built in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantplan.plugins.builtin import builtin_plugins
+from quantplan.plugins.hookspecs import hookimpl
+from quantplan.plugins.manager import make_plugin_set, take_failures
+from quantplan.solver.registry import build_world
+from quantplan.solver.scenario import make_scenario
+from quantplan.solver.space import build_space
+from quantplan.solver.terms import Term
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# two classes with different lengths and contexts: per class, a step model and a memory evaluation each
+CLASSES = [
+    {"name": "chat", "prompt_tokens": 512, "output_tokens": 128, "concurrency": 8, "ttft_ms": 2000, "tpot_ms": 80},
+    {"name": "docs", "prompt_tokens": 4000, "output_tokens": 200, "rate_per_s": 0.5, "ttft_ms": 8000},
+]
+
+
+class Counting:
+    """Answers nothing, counts what it is asked."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list] = {"scheduling": [], "memory": [], "step": []}
+
+    @hookimpl
+    def quantplan_scheduling(self, config):
+        self.calls["scheduling"].append(config.key)
+        return None
+
+    @hookimpl
+    def quantplan_memory_terms(self, config, context_tokens):
+        self.calls["memory"].append((config.key, context_tokens, _batch(config)))
+        return []
+
+    @hookimpl
+    def quantplan_step_terms(self, config, step):
+        self.calls["step"].append((config.key, step.phase))
+        return []
+
+
+def _batch(config):
+    return "array" if hasattr(config.batch, "shape") else config.batch
+
+
+def _space(extra):
+    plugins = make_plugin_set(extra=extra, entry_points=False, strict=False)
+    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l4", "h100-sxm"], "max_gpus": 2,
+                              "methods": ["bf16", "fp8", "awq-int4"], "kv_cache_dtypes": ["fp16"],
+                              "classes": CLASSES, "alternatives": False})
+    world = build_world(plugins)
+    return plugins, scenario, build_space(world, scenario, world.with_prices({}))
+
+
+def test_class_independent_answers_are_asked_once_per_configuration():
+    counting = Counting()
+    _, scenario, space = _space([counting])
+    keys = {o.config.key.rsplit("/b", 1)[0] for o in space.options}  # configurations with an option
+    assert keys
+    scheduled = counting.calls["scheduling"]
+    assert len(scheduled) == len(set(scheduled))  # the engine's scheduler: once per configuration, not per class
+    memory = counting.calls["memory"]
+    at_one = [(key, context) for key, context, batch in memory if batch == 1]
+    assert len(at_one) == len(set(at_one))  # memory at batch 1: once per configuration and context
+    contexts = {c.context_tokens for c in scenario.classes}
+    assert {context for _, context in at_one} <= contexts | {1}
+    arrays = [(key, context) for key, context, batch in memory if batch == "array"]
+    assert len(arrays) == len(set(arrays))  # the batch-size arrays: once per configuration and class
+    # two classes of different lengths: two step models (a decode and a prefill probe each) per configuration
+    steps = counting.calls["step"]
+    per_configuration = {}
+    for key, phase in steps:
+        per_configuration.setdefault(key, []).append(phase)
+    assert all(sorted(p) == ["decode", "decode", "prefill", "prefill"] for p in per_configuration.values())
+
+
+def test_only_built_in_plugins_are_trusted():
+    plugins = make_plugin_set(catalogs=[EXAMPLES / "my-gpus.toml"], extra=[Counting()], entry_points=False)
+    assert plugins.trusted == {p.name for p in builtin_plugins()}
+    assert "catalog:my-gpus.toml" not in plugins.trusted and "counting" not in plugins.trusted
+
+
+class NegativeMemory:
+    """A plugin registered in code whose memory term is junk: still checked on every call."""
+
+    name = "negative-memory"
+
+    @hookimpl
+    def quantplan_memory_terms(self, config, context_tokens):
+        return [Term("weights_bytes", -1.0, self.name, "negative weights")]
+
+
+def test_a_junk_answer_at_candidate_time_is_still_caught():
+    plugins, _, space = _space([NegativeMemory()])
+    _, _, plain = _space([])
+    assert [o.key for o in space.options] == [o.key for o in plain.options]
+    assert [(f.name, f.error) for f in plugins.failures] == [
+        ("negative-memory", "quantplan_memory_terms returned weights_bytes = -1 (negative) ('negative weights')")]
+    assert "negative-memory" not in plugins.trusted
+    take_failures()
