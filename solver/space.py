@@ -116,6 +116,7 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
         gpus = [g for g in gpus if gpu_class_of(g) == scenario.gpu_class]
     methods = pick(world.methods, scenario.methods)
     frameworks, kv_caches = pick(world.frameworks, scenario.frameworks), pick(world.kv_caches, scenario.kv_cache_dtypes)
+    allowed = {kv.id for kv in kv_caches}
     kv_caches = _distinct_kv(world, kv_caches)
     for gpu in gpus:
         for framework in frameworks:
@@ -129,6 +130,9 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
                         continue
                     for kv in kv_caches:
                         config = Config(model, method, gpu, framework, kv, size, execution)
+                        named = _as_the_engine_names_it(world, config, allowed)
+                        if named is not config and not objections(world, named):
+                            config = named
                         reasons = objections(world, config)
                         if reasons:
                             incompatible[reasons[0]] += 1
@@ -152,6 +156,19 @@ def _distinct_kv(world: World, kv_caches: list) -> list:
             seen.add(signature)
             kept.add(kv.id)
     return [kv for kv in kv_caches if kv.id in kept]
+
+
+def _as_the_engine_names_it(world: World, config: Config, allowed: set[str]) -> Config:
+    """The same configuration with the KV format the engine runs by default for the method, where that format
+    has the same bytes and quality as the one asked for: vLLM's and SGLang's `auto` keeps a bf16 KV cache for
+    a bf16 checkpoint, which `_distinct_kv` folds into fp16 (same figures). A plan then names what runs."""
+    defaults = config.framework.kv_cache_default
+    name = defaults.get(config.method.id, defaults.get("*"))
+    if not name or name == config.kv.id or name not in world.kv_caches or world.kv_caches.get(name).id not in allowed:
+        return config
+    default = world.kv_caches.get(name)
+    same = lambda kv: (kv.bytes_per_element, getattr(world.quality.kv.get(kv.id), "relative_ppl_increase", kv.id))  # noqa: E731
+    return replace(config, kv=default) if same(default) == same(config.kv) else config
 
 
 def hybrid_fraction(world: World, config: Config, context_tokens: int) -> float:

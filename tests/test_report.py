@@ -61,7 +61,7 @@ def test_page_holds_every_section_and_the_plan_row(chat_report):
     for anchor in ("workload", "plan", "why", "alternatives", "pareto", "memory", "sweep", "launch"):
         assert f'<section id="{anchor}">' in page
     rows = re.findall(r'<tr class="plan-row">(.*?)</tr>', page)
-    assert len(rows) == 1 and "1x a100-80gb bf16 sglang kv=fp16" in rows[0]
+    assert len(rows) == 1 and "1x a100-80gb bf16 sglang kv=bf16" in rows[0]
     # the TTFT cell carries its error bars: sglang's median 10.3% and p90 33.0% (catalogs/error_bars.toml)
     assert "110 (98-121; p90 73-146)" in rows[0]  # 109.6 x (1 -/+ 0.103), x (1 -/+ 0.330)
     assert "availability: all 1 a100-80gb in use" in page  # the binding constraint
@@ -317,7 +317,7 @@ def test_page_loads_in_headless_chromium(tmp_path, chat_report):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-rendered="yes"' in dom.stdout  # the page's script ran to the end
     assert re.search(r'<pre id="page-errors" hidden="">\s*</pre>', dom.stdout), "the page reported a script error"
-    assert "1x a100-80gb bf16 sglang kv=fp16" in re.search(r'<tr class="plan-row">(.*?)</tr>', dom.stdout).group(1)
+    assert "1x a100-80gb bf16 sglang kv=bf16" in re.search(r'<tr class="plan-row">(.*?)</tr>', dom.stdout).group(1)
     assert not [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     shot = tmp_path / "plan.png"
     taken = _browse(browser, page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2000")

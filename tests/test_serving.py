@@ -95,6 +95,22 @@ def test_estimate_uses_the_engines_default_kv_cache_and_says_so():
     assert given.kv_cache_dtype == "fp8" and given.kv_cache_note is None
 
 
+def test_a_plan_names_the_16_bit_kv_cache_the_engine_runs():
+    """fp16 and bf16 KV caches have the same bytes and quality, so the candidate space keeps one of them; a
+    plan still names the one the engine runs: vLLM's `auto` is bf16 for an FP8 checkpoint on an H100, fp16 on
+    a T4 (no bf16 units), and a KV format the user asks for is kept as asked."""
+    def kv(gpu, **extra):
+        plan = solve(make_scenario({"model": "llama-3.1-8b", "gpus": [gpu], "frameworks": ["vllm"],
+                                    "methods": ["fp8" if gpu == "h100-sxm" else "awq-int4"], "max_gpus": 1,
+                                    "alternatives": False, "classes": [{"name": "chat", "concurrency": 4,
+                                                                        "ttft_ms": 5000, "tpot_ms": 200}],
+                                    **extra}))
+        return {g.kv_cache_dtype for g in plan.replicas}
+    assert kv("h100-sxm", kv_cache_dtypes=["fp16", "bf16"]) == {"bf16"}
+    assert kv("h100-sxm", kv_cache_dtypes=["fp16"]) == {"fp16"}
+    assert kv("t4", kv_cache_dtypes=["fp16", "bf16"]) == {"fp16"}
+
+
 def test_awq_and_gptq_share_marlin_in_vllm_and_trtllm_kernels_in_tensorrt():
     """Same engine, same INT4 kernel: AWQ and GPTQ cannot differ in speed beyond their bytes."""
     awq = estimate("llama-3.1-8b", "awq-int4", "h100-sxm", "vllm", batch=8, kv_cache_dtype="fp16")
