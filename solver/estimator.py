@@ -124,7 +124,8 @@ def step_time(found: list[Term], phase: str) -> StepTime:
     compute_s = _ratio(total[q.FLOPS], peak)
     host_bandwidth = total[q.HOST_BANDWIDTH] * total[q.HOST_BANDWIDTH_EFFICIENCY]
     host_s = _ratio(total[q.HOST_BYTES], host_bandwidth)
-    overhead_s = np.maximum(total[q.OVERHEAD] + total[q.PROMPT_STEP_OVERHEAD], 0.0)  # corrections (calibration) never take it below zero
+    # a prefill step pays the prompt-step overhead too; corrections (calibration) never take it below zero
+    overhead_s = np.maximum(total[q.OVERHEAD] + total[q.PROMPT_STEP_OVERHEAD], 0.0)
     return StepTime(np.maximum(memory_s, compute_s) + host_s + overhead_s, memory_s, compute_s, host_s, overhead_s)
 
 

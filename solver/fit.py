@@ -285,7 +285,7 @@ def errors(setup: Problem, values: np.ndarray, devices: tuple[str, ...] = ()) ->
         for metric in ("tpot_ms", "ttft_ms", "other"):
             chosen = [i for i, row in enumerate(setup.prepared.rows)
                       if (sample == "in-sample") == (not devices or row.gpu in devices)
-                      and (row.metric if row.metric in ("tpot_ms", "ttft_ms") else "other") == metric
+                      and _metric_kind(row) == metric
                       and np.isfinite(before[i]) and np.isfinite(after[i])]
             if not chosen:
                 continue

@@ -131,9 +131,11 @@ def configurations(world: World, scenario: Scenario, model: ModelSpec, incompati
                     for kv in kv_caches:
                         config = Config(model, method, gpu, framework, kv, size, execution)
                         named = _as_the_engine_names_it(world, config, allowed)
-                        if named is not config and not objections(world, named):
+                        reasons = objections(world, named)
+                        if named is not config and reasons:  # the engine's name does not run here
+                            reasons = objections(world, config)
+                        else:
                             config = named
-                        reasons = objections(world, config)
                         if reasons:
                             incompatible[reasons[0]] += 1
                             continue
@@ -150,12 +152,17 @@ def _distinct_kv(world: World, kv_caches: list) -> list:
     (bf16 next to fp16): every figure would repeat. Order of the result: as given."""
     kept, seen = set(), set()
     for kv in sorted(kv_caches, key=lambda k: (k.min_compute_capability or 0.0, k.id)):
-        point = world.quality.kv.get(kv.id)
-        signature = (kv.bytes_per_element, point.relative_ppl_increase if point else kv.id)
+        signature = _kv_signature(world, kv)
         if signature not in seen:
             seen.add(signature)
             kept.add(kv.id)
     return [kv for kv in kv_caches if kv.id in kept]
+
+
+def _kv_signature(world: World, kv) -> tuple:
+    """What a KV format changes in a plan: its bytes and its quality (formats with equal ones give equal figures)."""
+    point = world.quality.kv.get(kv.id)
+    return kv.bytes_per_element, point.relative_ppl_increase if point else kv.id
 
 
 def _as_the_engine_names_it(world: World, config: Config, allowed: set[str]) -> Config:
@@ -167,8 +174,7 @@ def _as_the_engine_names_it(world: World, config: Config, allowed: set[str]) -> 
     if not name or name == config.kv.id or name not in world.kv_caches or world.kv_caches.get(name).id not in allowed:
         return config
     default = world.kv_caches.get(name)
-    same = lambda kv: (kv.bytes_per_element, getattr(world.quality.kv.get(kv.id), "relative_ppl_increase", kv.id))  # noqa: E731
-    return replace(config, kv=default) if same(default) == same(config.kv) else config
+    return replace(config, kv=default) if _kv_signature(world, default) == _kv_signature(world, config.kv) else config
 
 
 def hybrid_fraction(world: World, config: Config, context_tokens: int) -> float:
