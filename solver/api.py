@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import errorbars, program
 from .errors import InfeasibleError, QuantplanError
 from .explain import binding_constraints, infeasibility, workload
+from .gates import gate
 from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, replica_group,
                    served_tokens_per_s, summary)
 from .prices import PricesUsed, prices_used
@@ -153,6 +154,7 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
     notes += sharing_notes
     notes += sorted({g.ppl_measured for g in groups if g.ppl_measured})
+    notes += _unbounded_quality_notes(world, scenario.classes, groups)
     if scenario.margin not in ("none", "auto"):
         notes.append(f"planned against {scenario.margin} validation error: TTFT and TPOT figures include that margin")
     notes += [f"{g.key} lies outside the validation data ({'; '.join(g.coverage_warnings)}): planned against its "
@@ -213,6 +215,19 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
                        "their combined load, and there are not enough devices to serve them apart"]
             raise InfeasibleError("; ".join(reasons), reasons) from None
     raise AssertionError("classes served apart cannot share a replica")  # pragma: no cover
+
+
+def _unbounded_quality_notes(world: World, classes: tuple[TrafficClass, ...], groups) -> list[str]:
+    """A class with no quality floor takes whatever is cheapest; where that loses more perplexity than the
+    loosest use case allows (the seed's VALIDATION_THRESHOLDS, catalogs/quality.toml), the plan says so."""
+    if not world.quality.use_cases:
+        return []
+    loosest = max(world.quality.use_cases.values(), key=lambda u: u.max_ppl_delta)
+    unbounded = {k.name for k in classes if not gate(world, k).bounds}
+    return [f"{', '.join(sorted(unbounded & {c.name for c in g.classes}))}: no quality floor was given, and "
+            f"{g.key} raises perplexity by {g.ppl_delta:.2f} ({g.ppl_delta_pct:.0f}%), more than the loosest use "
+            f"case allows ({loosest.id}: {loosest.max_ppl_delta:g}); give --use-case or --max-ppl-delta to bound it"
+            for g in groups if unbounded & {c.name for c in g.classes} and g.ppl_delta > loosest.max_ppl_delta]
 
 
 def _apart(option: Option) -> list[Option]:

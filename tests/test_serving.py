@@ -389,3 +389,18 @@ def test_the_closed_loop_fixed_point_settles_when_prompt_steps_are_expensive(wor
     _, tau, rate, decoding, *_ = serving._closed_mixed(steps, sched, 128, 128, np.array(128.0))
     again = serving._mixed_step(steps, sched, 128, decoding, rate, tau)[0]
     assert float(again) == pytest.approx(float(tau), rel=1e-3)
+
+
+def test_a_plan_without_a_quality_floor_says_when_its_loss_exceeds_every_use_case():
+    """Llama-3.1-70B Q2_K on an RTX 5090 for 32 users: with no floor the plan is allowed, but its perplexity
+    rises by more than the loosest use case allows (summarization, 0.5 in catalogs/quality.toml), and the
+    plan says so; a class with its own floor (max_ppl_delta 5) gets no such note."""
+    def notes(**floor):
+        return solve(make_scenario({"model": "llama-3.1-70b", "gpus": ["rtx5090"], "methods": ["gguf-q2_k"],
+                                    "frameworks": ["llama.cpp"], "alternatives": False,
+                                    "classes": [{"name": "api", "concurrency": 32, "prompt_tokens": 128,
+                                                 "output_tokens": 1024, "ttft_ms": 5000, "tpot_ms": 80,
+                                                 **floor}]})).notes
+    unbounded = [n for n in notes() if "no quality floor" in n]
+    assert len(unbounded) == 1 and "api:" in unbounded[0] and "summarization: 0.5" in unbounded[0]
+    assert not [n for n in notes(max_ppl_delta=5.0) if "no quality floor" in n]
