@@ -7,7 +7,7 @@ Run once before the change with `--write DIR`, once after with `--check DIR`:
 
 Recorded per case: `quantplan solve ... --json` on every shipped example scenario (in process, through
 the command line's own code) and on the benchmark's 1- and 3-class scenarios with alternatives (the
-10-class one with --slow: it ends infeasible after minutes of settling shared replicas);
+10-class one with --slow: about a minute, settling which classes may share a replica);
 for the benchmark scenarios also a digest of the whole candidate space (every option's repr, floats
 exact) and of its diagnostics, so a change that moves a figure of a candidate no plan picks is caught.
 """
@@ -67,7 +67,7 @@ def cases(slow: bool = False):
         yield f"example-{path.stem}.json", lambda p=path: solve_json([str(p)])
     for name, fields in bench_scenarios().items():
         yield f"{name}.space", lambda f=fields: space_digest(f)
-        if slow or len(fields["classes"]) < 10:  # the 10-class solve settles shared replicas for minutes
+        if slow or len(fields["classes"]) < 10:  # the 10-class solve settles shared replicas for a minute
             yield f"{name}.json", lambda f=fields, n=name: _bench_solve(n, f)
 
 

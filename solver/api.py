@@ -22,7 +22,7 @@ from .space import Option, Space, build_space, candidate_devices, free_if_owned,
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
-                    with_latency: bool = False) -> list[Option]:
+                    with_latency: bool = False, limited: set[str] | None = None) -> list[Option]:
     """Drop options another option beats or ties on every count, using the same GPUs.
 
     b dominates a when both use the same device type, b needs no more GPUs per replica, costs no
@@ -30,13 +30,18 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
     more quality loss, and lies inside the validation data if a does; on a full tie the
     alphabetically first key survives. Any plan using a can use b instead at no extra cost.
 
+    `limited`: the device ids whose counts are limited. When given, options on the other devices are
+    compared across device types too: without a limit a device type changes no constraint of the program,
+    only cost, GPUs, capacity, latency and quality do (a sweep over one device's price must not use this:
+    there the device type decides how cost moves). None: every device is compared only with itself.
+
     Sort-filter skyline: per device, options in an order that puts every dominator before what it
     dominates (lexicographic on cost, GPUs, loss, outside-the-data, total capacity, classes served, total
     latency, rank); each is kept unless a kept one dominates it (dominance is transitive, so the kept set is
     enough). `_prune_pairwise` is the all-pairs definition the tests compare it with.
     """
     keep: list[int] = []
-    for members, crit in _criteria(options, classes, with_latency):
+    for members, crit in _criteria(options, classes, with_latency, limited):
         cost, gpus, loss, outside, capacity, latency, position = crit
         if latency is not None:  # a dominator serves every class its victim serves, at no higher latency
             finite = np.isfinite(latency)
@@ -66,11 +71,13 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
     return [options[i] for i in sorted(keep)]
 
 
-def _criteria(options: list[Option], classes, with_latency: bool):
-    """Per device type: member indices and the arrays dominance compares (position: rank order)."""
+def _criteria(options: list[Option], classes, with_latency: bool, limited: set[str] | None = None):
+    """Per device type (devices not in `limited`, when given, as one group): member indices and the arrays
+    dominance compares (position: rank order)."""
     groups: dict[str, list[int]] = {}
     for index, option in enumerate(options):
-        groups.setdefault(option.config.gpu.id, []).append(index)
+        device = option.config.gpu.id
+        groups.setdefault(device if limited is None or device in limited else "", []).append(index)
     for members in groups.values():
         cost = np.array([options[i].cost_per_hour for i in members])
         capacity = np.array([[options[i].performance[k.name].capacity if k.name in options[i].performance else 0.0
@@ -88,10 +95,11 @@ def _criteria(options: list[Option], classes, with_latency: bool):
 
 
 def _prune_pairwise(options: list[Option], classes: tuple[TrafficClass, ...],
-                    with_latency: bool = False) -> list[Option]:
+                    with_latency: bool = False, limited: set[str] | None = None) -> list[Option]:
     """The all-pairs definition of `prune_dominated` (blocks of 256 rows), kept to test it against."""
     keep: list[int] = []
-    for members, (cost, gpus, loss, outside, capacity, latency, earlier) in _criteria(options, classes, with_latency):
+    for members, (cost, gpus, loss, outside, capacity, latency, earlier) in _criteria(options, classes, with_latency,
+                                                                                      limited):
         for start in range(0, len(members), 256):  # rows a (the dominated), in blocks to bound memory
             a = slice(start, start + 256)
             extra = capacity[None, :, :] - capacity[a, None, :]  # b's capacity over a's, per class
@@ -134,7 +142,10 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     availability, owned = pool(world, scenario)
     space = build_space(world, scenario, prices)
     space.options = free_if_owned(space.options, owned)
-    options = pruned = prune_dominated(space.options, scenario.classes, scenario.objective != "cost")
+    latency = scenario.objective != "cost"
+    pruned = prune_dominated(space.options, scenario.classes, latency)  # per device, for one-device alternatives
+    # across the devices without a limit: the skyline of per-device skylines is the skyline of the whole
+    options = prune_dominated(pruned, scenario.classes, latency, limited=set(availability))
     model_id = space.model.id
     try:
         solution = _solve(options, scenario, availability)
@@ -147,7 +158,7 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
         reasons = infeasibility(world, scenario, space, model_id, unconstrained)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, sharing_notes = settle_sharing(
-        solution, options, scenario.classes, lambda chosen: _solve(chosen, scenario, availability))
+        solution, options, scenario.classes, lambda chosen, screening: _solve(chosen, scenario, availability, screening))
     tokens = served_tokens_per_s(solution, scenario.classes)
     alternatives = (_alternatives(space.options, scenario, availability, solution, pruned)
                     if scenario.alternatives else [])
@@ -176,45 +187,82 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     return plan, space
 
 
-def _solve(options: list[Option], scenario: Scenario, availability: dict[str, int]) -> program.Solution:
+def _solve(options: list[Option], scenario: Scenario, availability: dict[str, int],
+           screening: bool = False) -> program.Solution:
     return program.solve(options, scenario.classes, availability, scenario.objective,
                          scenario.max_configurations, scenario.solver, scenario.time_limit_s, scenario.write_lp,
-                         scenario.max_cost_per_hour)
+                         scenario.max_cost_per_hour, screening)
 
 
 ALTERNATIVES_PER_KIND = 3
-MAX_SHARING_ROUNDS = 8
+SPLIT_SCOPES = ("option", "configuration", "everywhere")  # how far a broken class leaves mixes, round after round
+ROUNDS_PER_SCOPE = 4
+MAX_SHARING_ROUNDS = 16
 
 
 def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve):
-    """Classes sharing a replica must meet their SLOs under the combined load: re-solve without the mixes
-    that break one (a few rounds), then, if mixes still break, with every class on replicas of its own.
+    """Classes sharing a replica must meet their SLOs under the combined load: a class that misses one on a
+    configuration it shares is served there only on replicas of its own; after a few rounds the same holds for
+    every batch size of that configuration, then for every configuration; if mixes still break, every class is
+    served on replicas of its own.
 
+    `resolve(options, screening)`: the program's solution over `options`; the rounds between only screen (a plan
+    within 1% of the cheapest, no tie-breaks: it shows which mixes break), and once a screened plan shares
+    nothing broken the options are solved in full (proven optimal, tie-breaks), which may choose other mixes,
+    checked the same way.
     Returns (solution, groups, options, notes); raises InfeasibleError when the devices cannot serve
     the classes apart.
     """
     notes: list[str] = []
-    for round_ in range(MAX_SHARING_ROUNDS + 2):
+    original, rounds, complete = options, 0, True
+    while True:
         groups = [replica_group(a.option, a.replicas, a.shares, classes)
                   for a in sorted(solution.assignments, key=lambda a: a.option.key)]
         broken = _shared_violations(groups, classes)
-        if not broken:
+        if not broken and complete:
             return solution, groups, options, notes
-        if round_ < MAX_SHARING_ROUNDS:
-            options = [o for o in (_without(o, broken.get(o.key, ())) for o in options) if o.performance]
+        if broken and rounds < MAX_SHARING_ROUNDS:
+            options = _split_off(options, broken, SPLIT_SCOPES[min(rounds // ROUNDS_PER_SCOPE, 2)])
             notes += [f"{name} not mixed with other classes on {key}: under their combined load it would miss "
                       f"its SLO" for key, names in sorted(broken.items()) for name in names]
-        else:
-            options = [single for o in options for single in _apart(o)]
+        elif broken:
+            if rounds > MAX_SHARING_ROUNDS:
+                raise AssertionError("classes served apart cannot share a replica")  # pragma: no cover
+            options = [single for o in original for single in _apart(o)]
             notes.append(f"mixes kept breaking an SLO under the combined load after {MAX_SHARING_ROUNDS} rounds: "
                          f"every class is served on replicas of its own")
+        rounds += bool(broken)
+        complete = not broken  # a screened plan breaks nothing: now the full solve
         try:
-            solution = resolve(options)
+            solution = resolve(options, not complete)
         except program.NoSolution:
             reasons = ["every class meets its SLOs alone, but classes that share replicas miss them under "
                        "their combined load, and there are not enough devices to serve them apart"]
             raise InfeasibleError("; ".join(reasons), reasons) from None
-    raise AssertionError("classes served apart cannot share a replica")  # pragma: no cover
+
+
+def _split_off(options: list[Option], broken: dict[str, list[str]], scope: str = "option") -> list[Option]:
+    """`options` with each broken class taken out of the mix where it broke and given a copy of that option
+    that serves it alone (the class still runs there, only not mixed). `scope`: "option" (that batch size
+    only), "configuration" (every batch size of it: a larger batch only adds load) or "everywhere" (out of
+    every mix: each such round leaves one class fewer that mixes, so the rounds end)."""
+    by_key = {o.key: o for o in options}
+    where = {"option": lambda o: o.key, "configuration": _configuration, "everywhere": lambda o: ""}[scope]
+    apart = {(where(by_key[key]), name) for key, names in broken.items() for name in names}
+    found: dict[str, Option] = {}
+    for option in options:
+        names = [name for name in option.performance if (where(option), name) in apart]
+        if len(option.performance) < 2:
+            names = []
+        for part in [_without(option, names), *(_alone(option, name) for name in names)]:
+            if part.performance:
+                found.setdefault(part.key, part)
+    return list(found.values())
+
+
+def _configuration(option: Option) -> tuple[str, str]:
+    """An option's configuration whatever its batch size (and the model it serves in a fleet)."""
+    return option.owner, option.config.with_batch(0).key
 
 
 def _unbounded_quality_notes(world: World, classes: tuple[TrafficClass, ...], groups) -> list[str]:
@@ -234,9 +282,13 @@ def _apart(option: Option) -> list[Option]:
     """One option per class it serves (a replica that serves one class only)."""
     if len(option.performance) < 2:
         return [option]
+    return [_alone(option, name) for name in sorted(option.performance)]
+
+
+def _alone(option: Option, name: str) -> Option:
+    """A copy of `option` that serves class `name` only, under a key of its own."""
     prefix = f"{option.owner}|" if option.owner else ""
-    return [replace(_without(option, [n for n in option.performance if n != name]), owner=prefix + name)
-            for name in sorted(option.performance)]
+    return replace(_without(option, [n for n in option.performance if n != name]), owner=prefix + name)
 
 
 def _shared_violations(groups, classes: tuple[TrafficClass, ...]) -> dict[str, list[str]]:

@@ -40,7 +40,7 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
     options = []
     for member, space in zip(members, spaces):
         space.options = free_if_owned([replace(o, owner=space.model.id) for o in space.options], owned)
-        options += prune_dominated(space.options, member.classes, scenario.objective != "cost")
+        options += prune_dominated(space.options, member.classes, scenario.objective != "cost", set(availability))
     whole = scenario.model_copy(update={"classes": tuple(c for m in members for c in m.classes),
                                         "alternatives": False})
     merged = _merged(spaces)
@@ -50,7 +50,7 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
         reasons = _why_not(world, scenario, members, spaces, options, whole, availability)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, notes = settle_sharing(solution, options, whole.classes,
-                                                      lambda chosen: _solve(chosen, whole, availability))
+                                                      lambda chosen, screening: _solve(chosen, whole, availability, screening))
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]
     lines += workload(world, whole.model_copy(update={"classes": ()}), "fleet")[-1:]

@@ -144,7 +144,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
     config = option.config
     served = {k.name: figures(option, k, shares.get(k.name, 0.0), count) for k in classes
               if k.name in option.performance and (not shares or k.name in shares)}
-    main = max(served, key=lambda name: (served[name].share, name))
+    main = max(served, key=lambda name: (round(served[name].share, 9), name))  # shares carry solver noise
     per_class = shared(option, served, classes, count)  # a shared replica: every class under the combined load
     headline, memory = next(f for f in per_class if f.name == main), option.memory[main]
     note = config.execution.note or f"{config.execution.compute_dtype} compute, {config.execution.kernel} kernel"

@@ -43,6 +43,8 @@ class _Pulp:
 pulp = _Pulp()
 
 OPTIMALITY_TOLERANCE = 1e-6
+MIP_GAP = 1e-9  # relative: proven optimal
+SCREENING_GAP, SCREENING_SECONDS = 0.01, 5.0  # a plan only checked, never returned (settle_sharing's rounds)
 
 
 @dataclass
@@ -115,13 +117,38 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
     return problem, replicas, shares
 
 
-def _solver(name: str, time_limit: float):
+def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP):
     if name == "cbc":
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit)
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=warm, gapRel=gap)
         if not solver.available():
             raise QuantplanError("solver 'cbc' was asked for but is not installed; use --solver highs")
         return solver
-    return pulp.HiGHS(msg=False, timeLimit=time_limit, mip_rel_gap=1e-9)
+    return _highs()(warm, msg=False, timeLimit=time_limit, mip_rel_gap=gap)
+
+
+_HIGHS = None
+
+
+def _highs():
+    """PuLP's HiGHS interface, started from the variables' current values when told to (`warm`)."""
+    global _HIGHS
+    if _HIGHS is None:
+        import numpy as np
+
+        class WarmHiGHS(pulp.HiGHS):
+            def __init__(self, warm: bool, **options) -> None:
+                super().__init__(**options)
+                self.warm = warm
+
+            def callSolver(self, lp):
+                variables = lp.variables()
+                if self.warm and variables and all(v.varValue is not None for v in variables):
+                    lp.solverModel.setSolution(len(variables), np.array([v.index for v in variables], dtype=np.int32),
+                                               np.array([v.varValue for v in variables], dtype=float))
+                lp.solverModel.run()
+
+        _HIGHS = WarmHiGHS
+    return _HIGHS
 
 
 @contextmanager
@@ -148,8 +175,8 @@ def _gap(problem) -> float:
         return float("nan")
 
 
-def _run(problem, solver_name: str, time_limit: float) -> tuple[str, float]:
-    solver = _solver(solver_name, time_limit)
+def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP) -> tuple[str, float]:
+    solver = _solver(solver_name, time_limit, warm, gap)
     with _quiet_stdout():
         problem.solve(solver)
     status = pulp.LpStatus[problem.status]
@@ -168,16 +195,28 @@ def _run(problem, solver_name: str, time_limit: float) -> tuple[str, float]:
 def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
           objective: str = "cost", max_configurations: int | None = None, solver: str = "highs",
           time_limit: float = 60.0, write_lp: str | None = None,
-          max_cost_per_hour: float | None = None) -> Solution:
+          max_cost_per_hour: float | None = None, screening: bool = False) -> Solution:
     """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible.
 
     `write_lp`: also write the program (with its domain names) to that LP file.
     `max_cost_per_hour`: a budget every objective must stay within.
+    `screening`: under the cost objective, a plan within SCREENING_GAP of the cheapest, without tie-breaks (one
+    solver run, stopped early): for plans that are only checked (settle_sharing's rounds), never returned.
     """
     if not options:
         raise NoSolution("no candidates")
     options = sorted(options, key=lambda o: o.key)  # the solver sees one model whatever the input order
     started = time.perf_counter()
+    parts = _independent(options, classes, availability) if (
+        objective == "cost" and max_configurations is None and max_cost_per_hour is None and not write_lp) else []
+    if len(parts) > 1:  # nothing couples them: the sum of each part's lexicographic optimum is the whole's
+        found = [solve(part, kept, availability, objective, None, solver, time_limit, None, None, screening)
+                 for part, kept in parts]
+        assignments = sorted((a for f in found for a in f.assignments), key=lambda a: a.option.key)
+        gaps = [f.gap for f in found if f.status == "time_limit"]
+        return Solution("time_limit" if gaps else "optimal", sum(f.cost_per_hour for f in found), assignments,
+                        gap=max(gaps) if gaps else 0.0, solve_seconds=time.perf_counter() - started,
+                        availability=dict(availability))
     problem, replicas, shares = build(options, classes, availability, max_configurations)
     cost = pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in options)
     latency = pulp.lpSum(request_latency_ms(o, k) / 1000.0 * shares[o.key, k.name]
@@ -189,9 +228,11 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         problem.setObjective(cost)
         problem.writeLP(write_lp)
     if objective == "cost":
-        best = _optimum(problem, cost, solver, time_limit, statuses)
-        problem += cost <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_cost"
-        _lexicographic(problem, _tie_breaks(options, classes, replicas, shares), solver, time_limit, statuses)
+        best = _optimum(problem, cost, solver, min(time_limit, SCREENING_SECONDS) if screening else time_limit,
+                        statuses, SCREENING_GAP if screening else MIP_GAP)
+        if not screening:
+            problem += cost <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_cost"
+            _lexicographic(problem, _tie_breaks(options, classes, replicas, shares), solver, time_limit, statuses)
     else:
         if objective == "latency":
             primary = latency
@@ -210,7 +251,7 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         taken = {k.name: shares[option.key, k.name].value() or 0.0
                  for k in classes if (option.key, k.name) in shares}
         assignments.append(Assignment(option, count, {k: v for k, v in taken.items() if v > 1e-9}))
-    if objective == "cost":
+    if objective == "cost" and not screening:
         assignments = break_ties(assignments, options, classes, availability)
     gaps = [gap for status, gap in statuses if status == "time_limit"]
     status = "time_limit" if gaps else "optimal"
@@ -218,6 +259,38 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     return Solution(status, total, assignments, gap=max(gaps) if gaps else 0.0,
                     solve_seconds=time.perf_counter() - started,
                     availability=dict(availability))
+
+
+def _independent(options: list[Option], classes, availability: dict[str, int]) -> list[tuple[list[Option], tuple]]:
+    """The program's independent parts: groups of classes with the options that serve them, where no option
+    serves classes of two groups and no device limit is shared (options on a limited device join one part).
+    Classes served apart (settle_sharing's last resort) make one part each."""
+    parent = {k.name: k.name for k in classes}
+
+    def root(name):
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    limited: dict[str, str] = {}
+    for option in options:
+        names = [n for n in option.performance if n in parent]
+        if option.config.gpu.id in availability:
+            names.append(limited.setdefault(option.config.gpu.id, names[0] if names else ""))
+        for name in names[1:]:
+            if name:
+                parent[root(name)] = root(names[0])
+    groups: dict[str, list[str]] = {}
+    for k in classes:
+        groups.setdefault(root(k.name), []).append(k.name)
+    if len(groups) < 2:
+        return []
+    parts = []
+    for members in groups.values():
+        kept = tuple(k for k in classes if k.name in members)
+        parts.append(([o for o in options if any(n in members for n in o.performance)], kept))
+    return parts
 
 
 def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[str, object]]:
@@ -240,10 +313,21 @@ def _lexicographic(problem, objectives, solver: str, time_limit: float, statuses
         problem += objective <= best + 1e-7 * max(1.0, abs(best)), f"keep_{name}"
 
 
-def _optimum(problem, objective, solver: str, time_limit: float, statuses: list) -> float:
+def _optimum(problem, objective, solver: str, time_limit: float, statuses: list, gap: float | None = None) -> float:
+    """The objective's optimum. A later stage (a tie-break, whose constraints keep the previous stage's optimum
+    feasible) that stops at the time limit with no plan runs again from that optimum (the retry only: a warm
+    start takes another path through equal-cost plans, and plans stay what they were)."""
+    previous = [v.varValue for v in problem.variables()] if statuses else None
     problem.setObjective(objective)
-    status, gap = _run(problem, solver, time_limit)
-    statuses.append((status, gap))
+    try:
+        status, reached = _run(problem, solver, time_limit, gap=gap or MIP_GAP)
+    except NoSolution:
+        if previous is None or any(v is None for v in previous):
+            raise
+        for variable, value in zip(problem.variables(), previous):
+            variable.varValue = value
+        status, reached = _run(problem, solver, time_limit, warm=True, gap=gap or MIP_GAP)
+    statuses.append((status, reached))
     return float(pulp.value(objective) or 0.0)
 
 

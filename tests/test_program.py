@@ -151,6 +151,67 @@ def test_skyline_pruning_keeps_exactly_what_the_pairwise_comparison_keeps():
     options = build_space(world, scenario, world.with_prices({})).options
     assert len(options) > 500
     for latency in (False, True):
-        skyline = [o.key for o in prune_dominated(options, scenario.classes, latency)]
-        pairwise = [o.key for o in _prune_pairwise(options, scenario.classes, latency)]
-        assert skyline == pairwise and len(skyline) < len(options)
+        kept = {}
+        for limited in (None, {"h100-sxm", "l40s"}, set()):  # per device; two limited, two pooled; all pooled
+            skyline = [o.key for o in prune_dominated(options, scenario.classes, latency, limited)]
+            pairwise = [o.key for o in _prune_pairwise(options, scenario.classes, latency, limited)]
+            assert skyline == pairwise and len(skyline) < len(options)
+            kept[None if limited is None else len(limited)] = skyline
+        # pooling devices only removes more; pruning the per-device skyline again gives the pooled skyline
+        assert set(kept[0]) < set(kept[2]) < set(kept[None])
+        per_device = prune_dominated(options, scenario.classes, latency)
+        assert [o.key for o in prune_dominated(per_device, scenario.classes, latency, set())] == kept[0]
+
+
+def test_independent_parts_are_solved_apart_with_the_same_optimum(world):
+    """Chat (10 users) only on A ($2/h, 4 users: 3 replicas = $6) and summaries (12 users) only on B ($1/h,
+    5 users: 3 replicas = $3): no option serves both and no device is limited, so the program splits into two
+    parts whose optima add up ($9). With L4 limited to 8 GPUs the device couples them: one part."""
+    traffic = (chat(10), TrafficClass(name="summaries", concurrency=12))
+    a = option(world, "l4", 2.0, {"chat": 4})
+    b = option(world, "l40s", 1.0, {"summaries": 5})
+    parts = program._independent([a, b], traffic, {})
+    assert [([o.key for o in part], [k.name for k in kept]) for part, kept in parts] == [
+        ([a.key], ["chat"]), ([b.key], ["summaries"])]
+    solution = program.solve([a, b], traffic, {})
+    assert solution.cost_per_hour == pytest.approx(9.0)
+    assert sorted((x.option.key, x.replicas) for x in solution.assignments) == sorted([(a.key, 3), (b.key, 3)])
+    b_on_l4 = option(world, "l4", 1.0, {"summaries": 5}, batch=16)
+    assert program._independent([a, b_on_l4], traffic, {"l4": 8}) == []
+    assert program.solve([a, b_on_l4], traffic, {"l4": 8}).cost_per_hour == pytest.approx(9.0)
+    with pytest.raises(program.NoSolution):  # 6 replicas of one GPU each do not fit in 5
+        program.solve([a, b_on_l4], traffic, {"l4": 5})
+
+
+def test_a_screening_solve_is_one_run_and_skips_the_tie_breaks(world, monkeypatch):
+    """settle_sharing's rounds only check a plan: one solver run (cost), where the full solve runs four."""
+    traffic = (chat(10),)
+    a, b = option(world, "l4", 2.0, {"chat": 4}), option(world, "l40s", 3.0, {"chat": 8}, relative_loss=0.01)
+    runs = []
+    original = program._run
+    monkeypatch.setattr(program, "_run", lambda *args, **kw: runs.append(1) or original(*args, **kw))
+    assert program.solve([a, b], traffic, {}, screening=True).cost_per_hour == pytest.approx(5.0)
+    assert len(runs) == 1
+    runs.clear()
+    assert program.solve([a, b], traffic, {}).cost_per_hour == pytest.approx(5.0)
+    assert len(runs) == 3  # cost, GPUs, quality loss (nothing lies outside the validation data: no run for it)
+
+
+def test_a_tie_break_stage_without_a_plan_runs_again_from_the_previous_optimum(world, monkeypatch):
+    """A later stage that stops at its time limit with no plan (the previous stage's optimum is feasible for
+    it) is run again, started from that optimum, instead of ending the solve as if nothing were feasible."""
+    traffic = (chat(10),)
+    a, b = option(world, "l4", 2.0, {"chat": 4}), option(world, "l40s", 3.0, {"chat": 8})
+    calls = []
+    original = program._run
+
+    def flaky(problem, solver_name, time_limit, warm=False, gap=program.MIP_GAP):
+        calls.append(warm)
+        if len(calls) == 2:  # the GPU stage, cold: as if it had hit the limit with nothing found
+            raise program.NoSolution("Not Solved")
+        return original(problem, solver_name, time_limit, warm, gap)
+
+    monkeypatch.setattr(program, "_run", flaky)
+    solution = program.solve([a, b], traffic, {})
+    assert solution.cost_per_hour == pytest.approx(5.0)
+    assert calls[:3] == [False, False, True]

@@ -404,3 +404,30 @@ def test_a_plan_without_a_quality_floor_says_when_its_loss_exceeds_every_use_cas
     unbounded = [n for n in notes() if "no quality floor" in n]
     assert len(unbounded) == 1 and "api:" in unbounded[0] and "summarization: 0.5" in unbounded[0]
     assert not [n for n in notes(max_ppl_delta=5.0) if "no quality floor" in n]
+
+
+def test_a_broken_class_leaves_the_mix_where_it_broke_and_keeps_a_copy_of_its_own(world):
+    """settle_sharing's split: scope "option" takes the class out of that option's mix only and adds a copy
+    serving it alone; "configuration" does so at every batch size of that configuration; "everywhere" in
+    every mix. The other classes keep the mixed option."""
+    from test_program import option
+
+    from quantplan.solver.api import _split_off
+
+    small = option(world, "l40s", 1.0, {"chat": 4, "long": 2, "batch": 8}, batch=8)
+    large = option(world, "l40s", 1.0, {"chat": 8, "long": 4, "batch": 16}, batch=16)
+    other = option(world, "l4", 0.5, {"chat": 2, "long": 1}, batch=8)
+    options = [small, large, other]
+
+    def served(found):
+        return sorted((o.key, tuple(sorted(o.performance))) for o in found)
+
+    by_option = served(_split_off(options, {small.key: ["long"]}, "option"))
+    assert by_option == served([other, large]) + [(small.key, ("batch", "chat")), ("long:" + small.key, ("long",))]
+    by_configuration = served(_split_off(options, {small.key: ["long"]}, "configuration"))
+    assert by_configuration == sorted([(other.key, ("chat", "long")), (small.key, ("batch", "chat")),
+                                       (large.key, ("batch", "chat")), ("long:" + small.key, ("long",)),
+                                       ("long:" + large.key, ("long",))])
+    everywhere = served(_split_off(options, {small.key: ["long"]}, "everywhere"))
+    assert (other.key, ("chat",)) in everywhere and ("long:" + other.key, ("long",)) in everywhere
+    assert len(everywhere) == 6
