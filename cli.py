@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from quantplan.solver.errors import InfeasibleError, QuantplanError
-from rich.console import Console
+
+if TYPE_CHECKING:  # rich is imported by the commands that print tables, not by --help or --json
+    from rich.console import Console
 
 OBJECTIVES = ("cost", "latency", "balanced")
 
@@ -48,6 +51,8 @@ def _console() -> Console:
     """A console as wide as the terminal, or $COLUMNS; 160 columns when output goes to a file or pipe."""
     import os
     import sys
+
+    from rich.console import Console
 
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
         return Console()
@@ -201,9 +206,10 @@ class QuantplanGroup(click.Group):
 
 def _report_plugin_failures() -> None:
     """Name each plugin that failed to load, or was dropped for raising or answering with junk, once on stderr."""
-    from quantplan.plugins.manager import take_failures
-
-    for failure in take_failures():
+    manager = sys.modules.get("quantplan.plugins.manager")  # not imported: no plugin loaded, none failed
+    if manager is None:
+        return
+    for failure in manager.take_failures():
         click.echo(f"warning: {failure.line()}", err=True)
 
 
@@ -260,6 +266,7 @@ def _progress(total: int | None, enabled: bool):
     """A progress bar on stderr for long sweeps; None when not a terminal or when printing JSON."""
     if not enabled or not sys.stderr.isatty():
         return None, None
+    from rich.console import Console
     from rich.progress import Progress
 
     bar = Progress(console=Console(stderr=True), transient=True)

@@ -9,9 +9,8 @@ strings; `quantplan_scheduling` a Scheduling or None; `quantplan_execution` an E
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
-
-import numpy as np
 
 from quantplan.solver import terms as _terms_module
 
@@ -64,8 +63,9 @@ def _bad_number(value: Any, strictly_positive: bool) -> str | None:
         if value < 0 or (strictly_positive and value == 0):
             return f"{value:g} ({'not above zero' if strictly_positive else 'negative'})"
         return None
-    if isinstance(value, (np.ndarray, np.floating, np.integer)) and np.issubdtype(np.asarray(value).dtype,
-                                                                                    np.number):
+    np = sys.modules.get("numpy")  # no numpy imported, no array: declarations need not import it
+    if np is not None and isinstance(value, (np.ndarray, np.floating, np.integer)) and np.issubdtype(
+            np.asarray(value).dtype, np.number):
         array = np.asarray(value, dtype=float)
         if not np.all(np.isfinite(array)):
             return "values that are not finite"

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+# typing only: listing and estimating need not import the solver, nor --json output rich (the console's
+# maker imports it; the functions that draw import what they draw with)
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+    from rich.table import Table
 
-if TYPE_CHECKING:  # pragma: no cover - typing only: listing and estimating need not import the solver
     from .api import EstimateResult
     from .plan import Plan
 
 
 def _table(title: str, columns: list[str]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
     for index, column in enumerate(columns):
         table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index > 0)
@@ -27,6 +30,8 @@ def _f(value, digits: int = 1) -> str:
 
 
 def render_plan(plan: Plan, console: Console) -> None:
+    from rich.markup import escape
+
     for line in plan.workload:
         console.print(f"[dim]Workload:[/dim] {escape(line)}")
     console.print(f"[bold]{plan.model}[/bold]: {plan.status}, objective {plan.objective}")

@@ -12,13 +12,16 @@ untouched, so one overlay can calibrate a new device without moving any other pl
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.solver import terms as q
 from quantplan.solver.candidates import Config, Step
-from quantplan.solver.serving import Scheduling
 from quantplan.solver.specs import CalibrationSpec, FrameworkSpec, GPUSpec
 from quantplan.solver.terms import Term
+
+if TYPE_CHECKING:  # the serving model (and numpy) only when a plan is evaluated, not for `list` or `plugins`
+    from quantplan.solver.serving import Scheduling
 
 
 def catalog_bandwidth_share(framework: FrameworkSpec, gpu: GPUSpec) -> float:
