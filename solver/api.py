@@ -353,7 +353,8 @@ def _alternatives(options, scenario, availability, chosen: program.Solution, pru
         if one_device and one_device[0] and pruned is not None:
             subset = [o for o in pruned if keep(o)]
         else:
-            subset = prune_dominated([o for o in options if keep(o)], scenario.classes, scenario.objective != "cost")
+            subset = prune_dominated([o for o in options if keep(o)], scenario.classes, scenario.objective != "cost",
+                                     set(availability))
         if not subset:
             continue
         try:

@@ -123,7 +123,7 @@ def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_G
         if not solver.available():
             raise QuantplanError("solver 'cbc' was asked for but is not installed; use --solver highs")
         return solver
-    return _highs()(warm, msg=False, timeLimit=time_limit, mip_rel_gap=gap)
+    return _highs()(warm, msg=False, timeLimit=time_limit, mip_rel_gap=gap, threads=1)
 
 
 _HIGHS = None
