@@ -341,7 +341,8 @@ def _alternatives(options, scenario, availability, chosen: program.Solution, pru
     filters = []
     if not used_methods & {"fp16", "bf16"}:
         filters.append(("unquantized (fp16/bf16 weights)", lambda o: o.config.method.id in ("fp16", "bf16")))
-    for kind, used, attribute in (("on {} only", used_gpus, "gpu"), ("{} only", used_methods, "method")):
+    unquantized = {"fp16", "bf16"} if filters else set()  # shown together already: the method slots go to others
+    for kind, used, attribute in (("on {} only", used_gpus, "gpu"), ("{} only", used_methods | unquantized, "method")):
         names = sorted({getattr(o.config, attribute).id for o in options} - used)
         ranked = sorted(names, key=lambda n: (_single_bound([o for o in options if getattr(o.config, attribute).id == n],
                                                             scenario.classes), n))

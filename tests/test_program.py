@@ -215,3 +215,19 @@ def test_a_tie_break_stage_without_a_plan_runs_again_from_the_previous_optimum(w
     solution = program.solve([a, b], traffic, {})
     assert solution.cost_per_hour == pytest.approx(5.0)
     assert calls[:3] == [False, False, True]
+
+
+def test_alternatives_name_unquantized_weights_once():
+    """When the plan quantizes, "unquantized (fp16/bf16 weights)" is one alternative; "fp16 only" and "bf16
+    only" would repeat it (the same plan with the other 16-bit name), so the method slots go to other methods."""
+    from quantplan.solver.api import solve
+
+    # here bf16 and fp16 ranked first and second of the other methods, and showed the unquantized plan again
+    plan = solve({"model": "llama-3.1-70b", "gpus": ["mi300x", "h100-sxm"], "max_gpus": 2,
+                  "classes": [{"name": "chat", "prompt_tokens": 1024, "output_tokens": 256, "concurrency": 64,
+                               "ttft_ms": 2000, "tpot_ms": 50}]})
+    assert {g.method for g in plan.replicas}.isdisjoint({"fp16", "bf16"})
+    labels = [a.label for a in plan.alternatives]
+    assert labels.count("unquantized (fp16/bf16 weights)") == 1
+    assert not {"fp16 only", "bf16 only"} & set(labels)
+    assert len([label for label in labels if label.endswith(" only") and not label.startswith("on ")]) == 3
