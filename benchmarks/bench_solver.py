@@ -43,7 +43,9 @@ def solve_figures(world, classes, repeats: int) -> None:
     scenario = make_scenario({"model": "llama-3.1-70b", "classes": classes, "alternatives": False})
     prices = world.with_prices({})
     space_s, space = timed(lambda: build_space(world, scenario, prices), 1)
-    prune_s, options = timed(lambda: prune_dominated(space.options, scenario.classes), 1)  # cost objective
+    # as a solve prunes (cost objective, no device limits): per device, then across the devices
+    prune_s, options = timed(lambda: prune_dominated(prune_dominated(space.options, scenario.classes),
+                                                     scenario.classes, limited=set()), 1)
     build_s, _ = timed(lambda: program.build(options, scenario.classes, {}, None), repeats)
     solve_s, solution = timed(lambda: program.solve(options, scenario.classes, {}), repeats)
     print(f"  {len(classes)} class(es): {space.configurations} configurations, {len(space.options)} candidates, "

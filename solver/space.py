@@ -201,6 +201,7 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     count = 0
     qualities: dict[tuple, Quality] = {}
     prepared: list[Prepared] = []
+    reuse = _first_pass_cache(world, scenario, model, batches)
     for config in configurations(world, scenario, model, incompatible):
         found_cost = cost_terms(world, config, prices)  # an unpriced device is no configuration at all
         if not any(t.quantity == q.COST for t in found_cost):
@@ -211,22 +212,18 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
                 incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
             continue
         count += 1
-        at_batch_one = AtBatchOne(world, config)
-        placed = fit_placement(world, config, scenario.classes, at_batch_one)
-        if placed is None:
-            for traffic in scenario.classes:
-                need = at_batch_one(traffic.context_tokens)
-                per_class[traffic.name].smallest_memory.offer(need.used_per_gpu / 1e9, _describe(config))
-            continue
         cost = sum(t.value for t in found_cost if t.quantity == q.COST)
-        # quality does not depend on GPUs per replica or batch: assess once per the rest
-        key = (config.gpu.id, config.method.id, config.framework.id, config.kv.id, config.execution)
-        assessed = qualities.get(key) or qualities.setdefault(key, quality(world, config))
-        if not math.isfinite(assessed.relative):
-            incompatible[f"no quality data for {config.method.id} / {config.kv.id}"] += 1
-            continue
-        prepared.append(_prepare(world, placed, batches, scenario.classes, cost, assessed, per_class,
-                                 scenario.margin, at_batch_one if placed is config else None))
+        key = (config.key, config.execution)
+        if key not in reuse:
+            reuse[key] = _first_pass(world, scenario, config, batches, qualities)
+        entry, events = reuse[key]
+        for kind, name, value, what in events:  # the diagnostics the first pass left, replayed
+            if kind == "smallest":
+                per_class[name].smallest_memory.offer(value, what)
+            else:
+                incompatible[what] += 1
+        if entry is not None:
+            prepared.append(replace(entry, cost=cost))
     figures = {traffic.name: Figures(traffic, [p.jobs[traffic.name] for p in prepared if traffic.name in p.jobs])
                for traffic in scenario.classes}
     positions = {name: 0 for name in figures}  # the next job of each class
@@ -238,6 +235,44 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
             positions[name] += 1
         options += _options(entry, batches, scenario.classes, limits, evaluated, per_class)
     return Space(model, options, incompatible, per_class, count)
+
+
+_FIRST_PASS: dict = {}  # the last space's first pass: (world, classes' lengths, batches, margin) -> entries
+
+
+def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batches: list[int]) -> dict:
+    """Per configuration, the first pass of the last candidate space built with the same world, model, class
+    names and lengths, batch sizes and margin: what the plugins said does not depend on loads, SLOs, quality
+    floors or prices (cost is asked anew), so a sweep over those asks the plugins once per process."""
+    global _FIRST_PASS
+    shape = (model.model_dump_json(), tuple((k.name, k.prompt_tokens, k.output_tokens, k.context_tokens)
+                                            for k in scenario.classes), tuple(batches), scenario.margin)
+    if _FIRST_PASS.get("world") is not world or _FIRST_PASS.get("shape") != shape:
+        _FIRST_PASS = {"world": world, "shape": shape, "entries": {}}
+    return _FIRST_PASS["entries"]
+
+
+def _first_pass(world: World, scenario: Scenario, config: Config, batches, qualities: dict):
+    """(Prepared or None, the diagnostics it leaves as events) for one priced configuration."""
+    events: list[tuple] = []
+    per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
+    at_batch_one = AtBatchOne(world, config)
+    placed = fit_placement(world, config, scenario.classes, at_batch_one)
+    if placed is None:
+        for traffic in scenario.classes:
+            need = at_batch_one(traffic.context_tokens)
+            events.append(("smallest", traffic.name, need.used_per_gpu / 1e9, _describe(config)))
+        return None, events
+    # quality does not depend on GPUs per replica or batch: assess once per the rest
+    key = (config.gpu.id, config.method.id, config.framework.id, config.kv.id, config.execution)
+    assessed = qualities.get(key) or qualities.setdefault(key, quality(world, config))
+    if not math.isfinite(assessed.relative):
+        return None, [("incompatible", "", 0.0, f"no quality data for {config.method.id} / {config.kv.id}")]
+    entry = _prepare(world, placed, batches, scenario.classes, 0.0, assessed, per_class, scenario.margin,
+                     at_batch_one if placed is config else None)
+    events += [("smallest", name, d.smallest_memory.value, d.smallest_memory.what)
+               for name, d in per_class.items() if d.smallest_memory.what]
+    return entry, events
 
 
 def useful_batches(scenario: Scenario) -> list[int]:

@@ -105,3 +105,37 @@ def test_a_junk_answer_at_candidate_time_is_still_caught():
         ("negative-memory", "quantplan_memory_terms returned weights_bytes = -1 (negative) ('negative weights')")]
     assert "negative-memory" not in plugins.trusted
     take_failures()
+
+
+def test_a_sweep_over_load_slo_and_price_asks_the_plugins_once(world, monkeypatch):
+    """Two spaces that differ only in load, SLOs and a price: the second reuses the first pass (plugin calls)
+    of the first, and its options, diagnostics and counts are those a fresh build gives."""
+    from dataclasses import replace as _replace
+
+    from quantplan.solver import space as space_module
+    from quantplan.solver.scenario import make_scenario
+    from quantplan.solver.space import build_space
+
+    def scenario(rate, ttft):
+        return make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "l4"], "max_gpus": 2,
+                              "classes": [{"name": "api", "prompt_tokens": 1024, "output_tokens": 256,
+                                           "rate_per_s": rate, "ttft_ms": ttft, "tpot_ms": 60}]})
+
+    def described(space):
+        return ([repr(_replace(o, config=o.config.key)) for o in space.options], space.incompatible,
+                {n: (d.fits, d.best_ttft, d.best_tpot, d.smallest_memory) for n, d in space.per_class.items()},
+                space.configurations)
+
+    calls = []
+    first_pass = space_module._first_pass
+    monkeypatch.setattr(space_module, "_first_pass", lambda *a: calls.append(1) or first_pass(*a))
+    build_space(world, scenario(2.0, 1500), world.with_prices({}))
+    fresh_calls = len(calls)
+    assert fresh_calls > 50
+    again = build_space(world, scenario(6.0, 800), world.with_prices({"l40s": 0.5}))
+    assert len(calls) == fresh_calls  # nothing asked of the plugins again
+    space_module._FIRST_PASS.clear()
+    fresh = build_space(world, scenario(6.0, 800), world.with_prices({"l40s": 0.5}))
+    assert len(calls) == 2 * fresh_calls
+    assert described(again) == described(fresh)
+    assert {o.cost_per_hour for o in again.options if o.config.gpu.id == "l40s"} >= {0.5}
