@@ -31,7 +31,7 @@ def member_scenario(scenario: Scenario, index: int) -> Scenario:
 
 
 def solve_fleet(scenario: Scenario, world: World) -> Plan:
-    from .api import _solve, prune_dominated, settle_sharing
+    from .api import _solve, _unbounded_quality_notes, prune_dominated, settle_sharing
 
     prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
@@ -51,6 +51,7 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, notes = settle_sharing(solution, options, whole.classes,
                                                       lambda chosen, screening: _solve(chosen, whole, availability, screening))
+    notes += _unbounded_quality_notes(world, whole.classes, groups)
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]
     lines += workload(world, whole.model_copy(update={"classes": ()}), "fleet")[-1:]

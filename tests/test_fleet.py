@@ -117,3 +117,44 @@ def test_the_example_fleet_is_planned_within_its_pool_and_budget():
     assert plan.cost_per_hour <= 120
     rented = sum(g.count * g.cost_per_hour for g in plan.replicas)
     assert plan.cost_per_hour == pytest.approx(rented)
+
+
+NO_FLOOR = textwrap.dedent('''
+    gpus = ["rtx4090"]
+    max_gpus = 1
+
+    [[model]]
+    id = "llama-3.1-8b"
+    [[model.class]]
+    name = "chat"
+    concurrency = 4
+    prompt_tokens = 512
+    output_tokens = 128
+    ttft_ms = 2000
+    tpot_ms = 50
+    max_ppl_delta = 0.3
+
+    [[model]]
+    id = "llama-3.1-70b"
+    [[model.class]]
+    name = "notes"
+    concurrency = 1
+    prompt_tokens = 512
+    output_tokens = 128
+    ttft_ms = 20000
+    tpot_ms = 250
+''')
+
+
+def test_a_fleet_plan_flags_a_class_without_a_quality_floor(tmp_path):
+    """As a one-model plan does: the 70B class has no floor, and on one RTX 4090 at 250 ms TPOT the cheapest
+    answer is Q2_K (+2.16 ppl), over the loosest use case's 0.5; the bounded 8B class is not named."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(NO_FLOOR)
+    result = CliRunner().invoke(cli, ["solve", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    flagged = [n for n in plan["notes"] if "no quality floor" in n]
+    assert len(flagged) == 1 and flagged[0].startswith("llama-3.1-70b/notes:") and "gguf-q2_k" in flagged[0]
+    [big] = [r for r in plan["replicas"] if r["method"] == "gguf-q2_k"]
+    assert big["ppl_delta"] > 0.5
