@@ -149,6 +149,8 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     model_id = space.model.id
     try:
         solution = _solve(options, scenario, availability)
+    except program.NoPlanInTime as stopped:
+        raise _out_of_time(stopped) from None
     except program.NoSolution:
         try:
             unconstrained = program.solve(options, scenario.classes, {}, "cost", None, scenario.solver,
@@ -234,11 +236,23 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
         rounds += bool(broken)
         complete = not broken  # a screened plan breaks nothing: now the full solve
         try:
-            solution = resolve(options, not complete)
+            try:
+                solution = resolve(options, not complete)
+            except program.NoPlanInTime:
+                if complete:
+                    raise
+                solution = resolve(options, False)  # a screening run stopped early: the full solve decides
+        except program.NoPlanInTime as stopped:
+            raise _out_of_time(stopped) from None
         except program.NoSolution:
             reasons = ["every class meets its SLOs alone, but classes that share replicas miss them under "
                        "their combined load, and there are not enough devices to serve them apart"]
             raise InfeasibleError("; ".join(reasons), reasons) from None
+
+
+def _out_of_time(stopped: Exception) -> QuantplanError:
+    return QuantplanError(f"the integer program found {stopped}: the plan may exist; give --time-limit more "
+                          f"seconds")
 
 
 def _split_off(options: list[Option], broken: dict[str, list[str]], scope: str = "option") -> list[Option]:

@@ -31,7 +31,7 @@ def member_scenario(scenario: Scenario, index: int) -> Scenario:
 
 
 def solve_fleet(scenario: Scenario, world: World) -> Plan:
-    from .api import _solve, _unbounded_quality_notes, prune_dominated, settle_sharing
+    from .api import _out_of_time, _solve, _unbounded_quality_notes, prune_dominated, settle_sharing
 
     prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
@@ -46,11 +46,13 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
     merged = _merged(spaces)
     try:
         solution = _solve(options, whole, availability)
+    except program.NoPlanInTime as stopped:
+        raise _out_of_time(stopped) from None
     except program.NoSolution:
         reasons = _why_not(world, scenario, members, spaces, options, whole, availability)
         raise InfeasibleError("; ".join(reasons), reasons) from None
-    solution, groups, options, notes = settle_sharing(solution, options, whole.classes,
-                                                      lambda chosen, screening: _solve(chosen, whole, availability, screening))
+    solution, groups, options, notes = settle_sharing(
+        solution, options, whole.classes, lambda chosen, screening: _solve(chosen, whole, availability, screening))
     notes += _unbounded_quality_notes(world, whole.classes, groups)
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]

@@ -68,6 +68,10 @@ class NoSolution(Exception):
     """The program has no feasible point (given availability and configuration caps)."""
 
 
+class NoPlanInTime(NoSolution):
+    """The solver stopped at its time limit before it found any feasible point (which may exist)."""
+
+
 def _name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./\-\[\]]", "_", text)
 
@@ -189,6 +193,8 @@ def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: 
         return "time_limit", _gap(problem)
     if status == "Unbounded":
         raise QuantplanError("the integer program is unbounded (a bug: please report the scenario)")
+    if status == "Not Solved":
+        raise NoPlanInTime(f"no plan within the time limit of {time_limit:g} s")
     raise NoSolution(status)
 
 

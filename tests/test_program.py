@@ -231,3 +231,22 @@ def test_alternatives_name_unquantized_weights_once():
     assert labels.count("unquantized (fp16/bf16 weights)") == 1
     assert not {"fp16 only", "bf16 only"} & set(labels)
     assert len([label for label in labels if label.endswith(" only") and not label.startswith("on ")]) == 3
+
+
+def test_a_solver_stopped_before_any_plan_is_not_called_infeasible(world, monkeypatch):
+    """HiGHS at its time limit with no feasible point says "Not Solved": the plan may exist, so the user is
+    told to give the solver more time (one line, exit 2), not that nothing can serve the load."""
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    def stopped(problem, solver_name, time_limit, warm=False, gap=program.MIP_GAP):
+        raise program.NoPlanInTime(f"no plan within the time limit of {time_limit:g} s")
+
+    monkeypatch.setattr(program, "_run", stopped)
+    result = CliRunner().invoke(cli, ["solve", "--model", "llama-3.1-8b", "--gpu", "l40s", "--max-gpus", "1",
+                                      "--concurrency", "8", "--ttft-ms", "2000", "--tpot-ms", "60",
+                                      "--time-limit", "3", "--no-alternatives"])
+    assert result.exit_code == 2
+    assert "found no plan within the time limit of 3 s" in result.output and "--time-limit" in result.output
+    assert "infeasible" not in result.output.lower()
