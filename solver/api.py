@@ -197,9 +197,10 @@ def _solve(options: list[Option], scenario: Scenario, availability: dict[str, in
 
 
 ALTERNATIVES_PER_KIND = 3
-SPLIT_SCOPES = ("option", "configuration", "everywhere")  # how far a broken class leaves mixes, round after round
+# how far a broken class leaves mixes, round after round (ROUNDS_PER_SCOPE each)
+SPLIT_SCOPES = ("option", "configuration", "partners", "everywhere")
 ROUNDS_PER_SCOPE = 4
-MAX_SHARING_ROUNDS = 16
+MAX_SHARING_ROUNDS = 20
 
 
 def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve):
@@ -217,6 +218,7 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
     """
     notes: list[str] = []
     original, rounds, complete = options, 0, True
+    partners: dict[str, set[str]] = {}
     while True:
         groups = [replica_group(a.option, a.replicas, a.shares, classes)
                   for a in sorted(solution.assignments, key=lambda a: a.option.key)]
@@ -224,7 +226,11 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
         if not broken and complete:
             return solution, groups, options, notes
         if broken and rounds < MAX_SHARING_ROUNDS:
-            options = _split_off(options, broken, SPLIT_SCOPES[min(rounds // ROUNDS_PER_SCOPE, 2)])
+            for group in groups:  # whom each broken class shared a replica with
+                for name in broken.get(group.key, ()):
+                    partners.setdefault(name, set()).update(f.name for f in group.classes if f.name != name)
+            scope = SPLIT_SCOPES[min(rounds // ROUNDS_PER_SCOPE, len(SPLIT_SCOPES) - 1)]
+            options = _split_off(options, broken, scope, partners)
             notes += [f"{name} not mixed with other classes on {key}: under their combined load it would miss "
                       f"its SLO" for key, names in sorted(broken.items()) for name in names]
         elif broken:
@@ -255,17 +261,22 @@ def _out_of_time(stopped: Exception) -> QuantplanError:
                           f"seconds")
 
 
-def _split_off(options: list[Option], broken: dict[str, list[str]], scope: str = "option") -> list[Option]:
+def _split_off(options: list[Option], broken: dict[str, list[str]], scope: str = "option",
+               partners: dict[str, set[str]] | None = None) -> list[Option]:
     """`options` with each broken class taken out of the mix where it broke and given a copy of that option
     that serves it alone (the class still runs there, only not mixed). `scope`: "option" (that batch size
-    only), "configuration" (every batch size of it: a larger batch only adds load) or "everywhere" (out of
-    every mix: each such round leaves one class fewer that mixes, so the rounds end)."""
+    only), "configuration" (every batch size of it: a larger batch only adds load), "partners" (every mix
+    that holds one of the classes it broke beside: `partners`, by class) or "everywhere" (every mix: each
+    such round leaves one class fewer that mixes, so the rounds end)."""
     by_key = {o.key: o for o in options}
-    where = {"option": lambda o: o.key, "configuration": _configuration, "everywhere": lambda o: ""}[scope]
+    where = {"option": lambda o: o.key, "configuration": _configuration}.get(scope, lambda o: "")
     apart = {(where(by_key[key]), name) for key, names in broken.items() for name in names}
     found: dict[str, Option] = {}
     for option in options:
-        names = [name for name in option.performance if (where(option), name) in apart]
+        if scope == "partners":  # every pair ever seen broken, not only this round's
+            names = [n for n in option.performance if (partners or {}).get(n, set()) & (set(option.performance) - {n})]
+        else:
+            names = [name for name in option.performance if (where(option), name) in apart]
         if len(option.performance) < 2:
             names = []
         for part in [_without(option, names), *(_alone(option, name) for name in names)]:

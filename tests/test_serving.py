@@ -408,8 +408,8 @@ def test_a_plan_without_a_quality_floor_says_when_its_loss_exceeds_every_use_cas
 
 def test_a_broken_class_leaves_the_mix_where_it_broke_and_keeps_a_copy_of_its_own(world):
     """settle_sharing's split: scope "option" takes the class out of that option's mix only and adds a copy
-    serving it alone; "configuration" does so at every batch size of that configuration; "everywhere" in
-    every mix. The other classes keep the mixed option."""
+    serving it alone; "configuration" does so at every batch size of that configuration; "partners" in every
+    mix holding a class it broke beside; "everywhere" in every mix. The other classes keep the mixed option."""
     from test_program import option
 
     from quantplan.solver.api import _split_off
@@ -431,3 +431,7 @@ def test_a_broken_class_leaves_the_mix_where_it_broke_and_keeps_a_copy_of_its_ow
     everywhere = served(_split_off(options, {small.key: ["long"]}, "everywhere"))
     assert (other.key, ("chat",)) in everywhere and ("long:" + other.key, ("long",)) in everywhere
     assert len(everywhere) == 6
+    # "partners": long broke beside batch only; other (chat + long, no batch) keeps its mix
+    by_partners = served(_split_off(options, {}, "partners", {"long": {"batch"}}))
+    assert (other.key, ("chat", "long")) in by_partners and (small.key, ("batch", "chat")) in by_partners
+    assert ("long:" + large.key, ("long",)) in by_partners and len(by_partners) == 5
