@@ -204,10 +204,10 @@ MAX_SHARING_ROUNDS = 20
 
 
 def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve):
-    """Classes sharing a replica must meet their SLOs under the combined load: a class that misses one on a
-    configuration it shares is served there only on replicas of its own; after a few rounds the same holds for
-    every batch size of that configuration, then for every configuration; if mixes still break, every class is
-    served on replicas of its own.
+    """Classes sharing a replica must meet their SLOs under the combined load: a class that misses one on an
+    option it shares is served there only on replicas of its own; every ROUNDS_PER_SCOPE rounds the split widens
+    (SPLIT_SCOPES: every batch size of that configuration, then every mix holding a class it broke beside, then
+    every mix); if mixes still break after MAX_SHARING_ROUNDS, every class is served on replicas of its own.
 
     `resolve(options, screening)`: the program's solution over `options`; the rounds between only screen (a plan
     within 1% of the cheapest, no tie-breaks: it shows which mixes break), and once a screened plan shares
@@ -242,18 +242,23 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
         rounds += bool(broken)
         complete = not broken  # a screened plan breaks nothing: now the full solve
         try:
-            try:
-                solution = resolve(options, not complete)
-            except program.NoPlanInTime:
-                if complete:
-                    raise
-                solution = resolve(options, False)  # a screening run stopped early: the full solve decides
+            solution = _resolve(resolve, options, screening=not complete)
         except program.NoPlanInTime as stopped:
             raise _out_of_time(stopped) from None
         except program.NoSolution:
             reasons = ["every class meets its SLOs alone, but classes that share replicas miss them under "
                        "their combined load, and there are not enough devices to serve them apart"]
             raise InfeasibleError("; ".join(reasons), reasons) from None
+
+
+def _resolve(resolve, options: list[Option], screening: bool):
+    """resolve(options, screening); a screening run stopped at its time limit with no plan: the full solve decides."""
+    try:
+        return resolve(options, screening)
+    except program.NoPlanInTime:
+        if not screening:
+            raise
+        return resolve(options, False)
 
 
 def _out_of_time(stopped: Exception) -> QuantplanError:
@@ -268,13 +273,14 @@ def _split_off(options: list[Option], broken: dict[str, list[str]], scope: str =
     only), "configuration" (every batch size of it: a larger batch only adds load), "partners" (every mix
     that holds one of the classes it broke beside: `partners`, by class) or "everywhere" (every mix: each
     such round leaves one class fewer that mixes, so the rounds end)."""
+    partners = partners or {}
     by_key = {o.key: o for o in options}
     where = {"option": lambda o: o.key, "configuration": _configuration}.get(scope, lambda o: "")
     apart = {(where(by_key[key]), name) for key, names in broken.items() for name in names}
     found: dict[str, Option] = {}
     for option in options:
         if scope == "partners":  # every pair ever seen broken, not only this round's
-            names = [n for n in option.performance if (partners or {}).get(n, set()) & (set(option.performance) - {n})]
+            names = [n for n in option.performance if partners.get(n, set()) & (set(option.performance) - {n})]
         else:
             names = [name for name in option.performance if (where(option), name) in apart]
         if len(option.performance) < 2:

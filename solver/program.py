@@ -44,7 +44,9 @@ pulp = _Pulp()
 
 OPTIMALITY_TOLERANCE = 1e-6
 MIP_GAP = 1e-9  # relative: proven optimal
-SCREENING_GAP, SCREENING_SECONDS = 0.01, 5.0  # a plan only checked, never returned (settle_sharing's rounds)
+# a plan only checked, never returned (settle_sharing's rounds): within 1%, or the best after so many
+# branch-and-bound nodes (a count, not seconds: the same input screens to the same plan on any machine)
+SCREENING_GAP, SCREENING_NODES = 0.01, 500
 
 
 @dataclass
@@ -121,22 +123,26 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
     return problem, replicas, shares
 
 
-def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP):
+def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP, nodes: int | None = None):
     if name == "cbc":
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=warm, gapRel=gap)
+        limits = {"maxNodes": nodes} if nodes else {}
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=warm, gapRel=gap, **limits)
         if not solver.available():
             raise QuantplanError("solver 'cbc' was asked for but is not installed; use --solver highs")
         return solver
-    return _highs()(warm, msg=False, timeLimit=time_limit, mip_rel_gap=gap, threads=1)
+    limits = {"mip_max_nodes": nodes} if nodes else {}
+    return _highs()(warm, msg=False, timeLimit=time_limit, mip_rel_gap=gap, threads=1, **limits)
 
 
 _HIGHS = None
 
 
 def _highs():
-    """PuLP's HiGHS interface, started from the variables' current values when told to (`warm`)."""
+    """PuLP's HiGHS interface, started from the variables' current values when told to (`warm`), and reading a
+    stop at the node limit (which PuLP does not know) as a stop at the time limit: a plan if one was found."""
     global _HIGHS
     if _HIGHS is None:
+        import highspy
         import numpy as np
 
         class WarmHiGHS(pulp.HiGHS):
@@ -150,6 +156,16 @@ def _highs():
                     lp.solverModel.setSolution(len(variables), np.array([v.index for v in variables], dtype=np.int32),
                                                np.array([v.varValue for v in variables], dtype=float))
                 lp.solverModel.run()
+
+            def findSolutionValues(self, lp):
+                if lp.solverModel.getModelStatus() != highspy.HighsModelStatus.kSolutionLimit:
+                    return super().findSolutionValues(lp)
+                found = lp.solverModel.getInfo().primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible
+                if found:
+                    for var, value in zip(lp.variables(), lp.solverModel.getSolution().col_value):
+                        var.varValue = value
+                return ((pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible) if found
+                        else (pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound))
 
         _HIGHS = WarmHiGHS
     return _HIGHS
@@ -179,13 +195,14 @@ def _gap(problem) -> float:
         return float("nan")
 
 
-def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP) -> tuple[str, float]:
-    solver = _solver(solver_name, time_limit, warm, gap)
+def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP,
+         nodes: int | None = None) -> tuple[str, float]:
+    solver = _solver(solver_name, time_limit, warm, gap, nodes)
     with _quiet_stdout():
         problem.solve(solver)
     status = pulp.LpStatus[problem.status]
-    if status == "Optimal":
-        return "optimal", 0.0
+    if status == "Optimal" and problem.sol_status != pulp.LpSolutionIntegerFeasible:  # PuLP says "Optimal"
+        return "optimal", 0.0  # for a stop at the time limit too: its solution status tells them apart
     if status in ("Infeasible", "Undefined") and problem.sol_status in (pulp.LpSolutionNoSolutionFound,
                                                                         pulp.LpSolutionInfeasible, 0):
         raise NoSolution(status)
@@ -206,8 +223,9 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
 
     `write_lp`: also write the program (with its domain names) to that LP file.
     `max_cost_per_hour`: a budget every objective must stay within.
-    `screening`: under the cost objective, a plan within SCREENING_GAP of the cheapest, without tie-breaks (one
-    solver run, stopped early): for plans that are only checked (settle_sharing's rounds), never returned.
+    `screening`: under the cost objective, a plan within SCREENING_GAP of the cheapest or the best after
+    SCREENING_NODES nodes, without tie-breaks (one solver run): for plans that are only checked (settle_sharing's
+    rounds), never returned.
     """
     if not options:
         raise NoSolution("no candidates")
@@ -234,8 +252,8 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         problem.setObjective(cost)
         problem.writeLP(write_lp)
     if objective == "cost":
-        best = _optimum(problem, cost, solver, min(time_limit, SCREENING_SECONDS) if screening else time_limit,
-                        statuses, SCREENING_GAP if screening else MIP_GAP)
+        best = _optimum(problem, cost, solver, time_limit, statuses, *((SCREENING_GAP, SCREENING_NODES) if screening
+                                                                        else (MIP_GAP, None)))
         if not screening:
             problem += cost <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_cost"
             _lexicographic(problem, _tie_breaks(options, classes, replicas, shares), solver, time_limit, statuses)
@@ -269,34 +287,29 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
 
 def _independent(options: list[Option], classes, availability: dict[str, int]) -> list[tuple[list[Option], tuple]]:
     """The program's independent parts: groups of classes with the options that serve them, where no option
-    serves classes of two groups and no device limit is shared (options on a limited device join one part).
-    Classes served apart (settle_sharing's last resort) make one part each."""
+    serves classes of two groups and no limited device is shared (a limited device joins its options' classes).
+    Classes served apart (settle_sharing's last resort) make one part each. [] when everything is one part."""
     parent = {k.name: k.name for k in classes}
 
-    def root(name):
-        while parent[name] != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
+    def root(node):
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
 
-    limited: dict[str, str] = {}
     for option in options:
-        names = [n for n in option.performance if n in parent]
+        nodes = list(option.performance)
         if option.config.gpu.id in availability:
-            names.append(limited.setdefault(option.config.gpu.id, names[0] if names else ""))
-        for name in names[1:]:
-            if name:
-                parent[root(name)] = root(names[0])
-    groups: dict[str, list[str]] = {}
+            nodes.append(parent.setdefault(f"device:{option.config.gpu.id}", f"device:{option.config.gpu.id}"))
+        for node in nodes[1:]:
+            parent[root(node)] = root(nodes[0])
+    groups: dict[str, list[TrafficClass]] = {}
     for k in classes:
-        groups.setdefault(root(k.name), []).append(k.name)
+        groups.setdefault(root(k.name), []).append(k)
     if len(groups) < 2:
         return []
-    parts = []
-    for members in groups.values():
-        kept = tuple(k for k in classes if k.name in members)
-        parts.append(([o for o in options if any(n in members for n in o.performance)], kept))
-    return parts
+    return [([o for o in options if root(next(iter(o.performance))) == part], tuple(kept))
+            for part, kept in groups.items()]
 
 
 def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[str, object]]:
@@ -319,20 +332,21 @@ def _lexicographic(problem, objectives, solver: str, time_limit: float, statuses
         problem += objective <= best + 1e-7 * max(1.0, abs(best)), f"keep_{name}"
 
 
-def _optimum(problem, objective, solver: str, time_limit: float, statuses: list, gap: float | None = None) -> float:
+def _optimum(problem, objective, solver: str, time_limit: float, statuses: list, gap: float = MIP_GAP,
+             nodes: int | None = None) -> float:
     """The objective's optimum. A later stage (a tie-break, whose constraints keep the previous stage's optimum
     feasible) that stops at the time limit with no plan runs again from that optimum (the retry only: a warm
     start takes another path through equal-cost plans, and plans stay what they were)."""
     previous = [v.varValue for v in problem.variables()] if statuses else None
     problem.setObjective(objective)
     try:
-        status, reached = _run(problem, solver, time_limit, gap=gap or MIP_GAP)
+        status, reached = _run(problem, solver, time_limit, gap=gap, nodes=nodes)
     except NoSolution:
         if previous is None or any(v is None for v in previous):
             raise
         for variable, value in zip(problem.variables(), previous):
             variable.varValue = value
-        status, reached = _run(problem, solver, time_limit, warm=True, gap=gap or MIP_GAP)
+        status, reached = _run(problem, solver, time_limit, warm=True, gap=gap, nodes=nodes)
     statuses.append((status, reached))
     return float(pulp.value(objective) or 0.0)
 

@@ -205,11 +205,11 @@ def test_a_tie_break_stage_without_a_plan_runs_again_from_the_previous_optimum(w
     calls = []
     original = program._run
 
-    def flaky(problem, solver_name, time_limit, warm=False, gap=program.MIP_GAP):
+    def flaky(problem, solver_name, time_limit, warm=False, gap=program.MIP_GAP, nodes=None):
         calls.append(warm)
         if len(calls) == 2:  # the GPU stage, cold: as if it had hit the limit with nothing found
             raise program.NoSolution("Not Solved")
-        return original(problem, solver_name, time_limit, warm, gap)
+        return original(problem, solver_name, time_limit, warm, gap, nodes)
 
     monkeypatch.setattr(program, "_run", flaky)
     solution = program.solve([a, b], traffic, {})
@@ -240,7 +240,7 @@ def test_a_solver_stopped_before_any_plan_is_not_called_infeasible(world, monkey
 
     from quantplan.cli import cli
 
-    def stopped(problem, solver_name, time_limit, warm=False, gap=program.MIP_GAP):
+    def stopped(problem, solver_name, time_limit, warm=False, gap=program.MIP_GAP, nodes=None):
         raise program.NoPlanInTime(f"no plan within the time limit of {time_limit:g} s")
 
     monkeypatch.setattr(program, "_run", stopped)
@@ -250,3 +250,29 @@ def test_a_solver_stopped_before_any_plan_is_not_called_infeasible(world, monkey
     assert result.exit_code == 2
     assert "found no plan within the time limit of 3 s" in result.output and "--time-limit" in result.output
     assert "infeasible" not in result.output.lower()
+
+
+def test_a_screening_solve_stops_at_a_node_count_and_still_returns_its_plan(world, monkeypatch):
+    """Screening stops at SCREENING_NODES nodes, not at a time (the same input screens to the same plan on any
+    machine): HiGHS then says kSolutionLimit, which PuLP does not know; the plan found so far comes back, marked
+    as not proven (a stop at a limit: PuLP calls it "Optimal", its solution status says integer feasible).
+    70B, three classes on four devices (88 options after pruning): one node does not finish it."""
+    from quantplan.solver.scenario import make_scenario
+    from quantplan.solver.space import build_space
+
+    classes = [{"name": "chat", "prompt_tokens": 1024, "output_tokens": 256, "concurrency": 64, "ttft_ms": 2000,
+                "tpot_ms": 50},
+               {"name": "rag", "prompt_tokens": 6000, "output_tokens": 300, "rate_per_s": 2.0, "ttft_ms": 3000},
+               {"name": "batch", "prompt_tokens": 512, "output_tokens": 512, "concurrency": 256}]
+    scenario = make_scenario({"model": "llama-3.1-70b", "classes": classes, "max_gpus": 4,
+                              "gpus": ["h100-sxm", "l40s", "a100-80gb", "rtx4090"]})
+    options = prune_dominated(build_space(world, scenario, world.with_prices({})).options, scenario.classes,
+                              limited=set())
+    monkeypatch.setattr(program, "SCREENING_NODES", 1)
+    monkeypatch.setattr(program, "SCREENING_GAP", 0.0)
+    screened = program.solve(options, scenario.classes, {}, screening=True)
+    exact = program.solve(options, scenario.classes, {})
+    assert screened.status == "time_limit" and exact.status == "optimal"
+    assert screened.cost_per_hour >= exact.cost_per_hour - 1e-9
+    for traffic in scenario.classes:  # whatever it found serves every class
+        assert sum(a.shares.get(traffic.name, 0.0) for a in screened.assignments) == pytest.approx(1.0)
