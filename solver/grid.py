@@ -91,15 +91,34 @@ def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float
     data = scenario.model_dump()
     jobs = [(data, axes, point) for point in grid]
     if engine == "serial" or len(jobs) == 1:
-        return _collect((solve_point(*job) for job in jobs), progress)
+        order = by_load(axes, grid)
+        return _in_grid_order(order, _collect((solve_point(*jobs[i]) for i in order), progress))
     if engine == "processes":
         workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+        order = by_load(axes, grid)
+        ordered = [jobs[i] for i in order]
         # spawn, not fork: a forked child inherits the solver's thread pool mid-state and can hang
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return _collect(pool.map(solve_point, *zip(*jobs)), progress)
+            # each worker a run of neighbouring points: those at one load differ in prices only (re-priced, not rebuilt)
+            found = pool.map(solve_point, *zip(*ordered), chunksize=-(-len(ordered) // workers))
+            return _in_grid_order(order, _collect(found, progress))
     if engine == "dask":
         return _dask(jobs, address, workers, progress)
     return _ray(jobs, address, progress)
+
+
+def by_load(axes: tuple[str, ...], grid: list[tuple[float, ...]]) -> list[int]:
+    """The grid's indices with points that differ only on price axes next to each other (then in grid order): a
+    process keeps the last candidate space it built and re-prices it for such a point (space.build_space)."""
+    loads = [i for i, axis in enumerate(axes) if not axis.startswith("price")]
+    return sorted(range(len(grid)), key=lambda i: (tuple(grid[i][k] for k in loads), i))
+
+
+def _in_grid_order(order: list[int], results: list[dict]) -> list[dict]:
+    placed: list[dict] = [{}] * len(results)
+    for index, result in zip(order, results):
+        placed[index] = result
+    return placed
 
 
 def _collect(results: Iterable[dict], progress) -> list[dict]:

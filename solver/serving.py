@@ -578,14 +578,32 @@ def rate_capacities(times: Timing, traffic: TrafficClass, sequences, bounds=None
             grid = high * np.geomspace(1e-4, 1.0, 32)[None, :]
         else:
             grid = low + (high - low) * np.linspace(0.0, 1.0, 33)[None, 1:]
-        good = _rate_ok(limited, traffic, grid)
-        found = good.any(axis=1, keepdims=True)
-        last = np.where(found, good.shape[1] - 1 - np.argmax(good[:, ::-1], axis=1)[:, None], -1)
+        last = _last_good(limited, traffic, grid)
+        found = last >= 0
         at_last = np.take_along_axis(grid, np.maximum(last, 0), axis=1)
         after = np.take_along_axis(grid, np.minimum(last + 1, grid.shape[1] - 1), axis=1)
         first_bad = np.where(last + 1 < grid.shape[1], after, at_last)
         low, high = np.where(found, at_last, low), np.where(found, first_bad, grid[:, :1])
     return low[:, 0]
+
+
+def _last_good(times: Timing, traffic: TrafficClass, grid: np.ndarray) -> np.ndarray:
+    """Per element (row), the index of the last grid rate the replica carries (-1: none), by bisection over the
+    grid's columns: one rate per element per round, six rounds for 32 rates, instead of all 32 at once.
+    A replica that carries a rate carries every lower one (more arrivals only lengthen the waits and the
+    steps), so the result is the last good column of the whole grid; where rounding makes the rule flip
+    once more right at the edge (8 of ~900k rows in a test of four scenarios, all within 0.1% of the
+    capacity), it is the first flip."""
+    good_below = np.full((grid.shape[0], 1), -1)  # the highest column known to be carried (-1: none yet)
+    bad_above = np.full((grid.shape[0], 1), grid.shape[1])  # the lowest column known not to be
+    while np.any(bad_above - good_below > 1):
+        middle = (good_below + bad_above) // 2
+        open_ = bad_above - good_below > 1
+        rates = np.take_along_axis(grid, np.clip(middle, 0, grid.shape[1] - 1), axis=1)
+        good = _rate_ok(times, traffic, rates)
+        good_below = np.where(open_ & good, middle, good_below)
+        bad_above = np.where(open_ & ~good, middle, bad_above)
+    return good_below
 
 
 def _column(values) -> np.ndarray:

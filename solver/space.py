@@ -192,19 +192,67 @@ def hybrid_fraction(world: World, config: Config, context_tokens: int) -> float:
 def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     """Every configuration's options in three passes: per configuration the plugin calls (cost, memory,
     quality, step model and scheduler per class); per class the load models for all configurations at
-    once (solver/loads.py); per configuration again, the options and the diagnostics, in a fixed order."""
+    once (solver/loads.py); per configuration again, the options and the diagnostics, in a fixed order.
+
+    The last space built is kept: asked again with only other prices (a price sweep, a price x load map's
+    points at one load), it is re-priced (one cost call per configuration) instead of rebuilt."""
     model = resolve_model(world, scenario)
+    key = (model.model_dump_json(), scenario.model_dump_json(exclude=_PRICE_ONLY))
+    kept = _LAST_SPACE if _LAST_SPACE.get("world") is world and _LAST_SPACE.get("key") == key else None
+    if kept is None:
+        incompatible: Counter = Counter()
+        listed = list(configurations(world, scenario, model, incompatible))
+    else:
+        listed, incompatible = kept["configurations"], Counter(kept["incompatible"])
+    before_prices = Counter(incompatible)
+    costs = [_cost(world, config, prices) for config in listed]
+    if kept is not None and [c is None for c in costs] == kept["unpriced"]:
+        return _repriced(kept, costs)
+    space, sources = _build(world, scenario, model, listed, costs, incompatible)
+    _LAST_SPACE.clear()
+    _LAST_SPACE.update(world=world, key=key, configurations=listed, incompatible=before_prices,
+                       unpriced=[c is None for c in costs], space=space, sources=sources, costs=costs)
+    return replace(space, options=list(space.options), incompatible=Counter(space.incompatible))
+
+
+# What a scenario holds that does not change the candidate space, or changes only its prices.
+_PRICE_ONLY = {"prices", "alternatives", "objective", "max_configurations", "time_limit_s", "solver", "write_lp",
+               "max_cost_per_hour"}
+_LAST_SPACE: dict = {}
+
+
+def _cost(world: World, config: Config, prices: dict) -> float | None:
+    """A configuration's price per replica-hour; None where its device has no price."""
+    found = cost_terms(world, config, prices)
+    if not any(t.quantity == q.COST for t in found):
+        return None
+    return sum(t.value for t in found if t.quantity == q.COST)
+
+
+def _repriced(kept: dict, costs: list) -> Space:
+    """The kept space with every option at its configuration's new price (the same options otherwise)."""
+    space = kept["space"]
+    if costs == kept["costs"]:
+        options = list(space.options)
+    else:
+        options = [replace(o, cost_per_hour=costs[s]) for o, s in zip(space.options, kept["sources"])]
+    return replace(space, options=options, incompatible=Counter(space.incompatible))
+
+
+def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Config], costs: list,
+           incompatible: Counter) -> tuple[Space, list[int]]:
+    """The space of the configurations `listed` at `costs` (None: unpriced), and for every option the index
+    of its configuration in `listed`."""
     limits = {c.name: gate(world, c) for c in scenario.classes}
-    incompatible: Counter = Counter()
     per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
     batches = useful_batches(scenario)
     count = 0
     qualities: dict[tuple, Quality] = {}
     prepared: list[Prepared] = []
+    origins: list[int] = []
     reuse = _first_pass_cache(world, scenario, model, batches)
-    for config in configurations(world, scenario, model, incompatible):
-        found_cost = cost_terms(world, config, prices)  # an unpriced device is no configuration at all
-        if not any(t.quantity == q.COST for t in found_cost):
+    for index, (config, cost) in enumerate(zip(listed, costs)):
+        if cost is None:  # an unpriced device is no configuration at all
             if scenario.provider:
                 incompatible[f"{config.gpu.id} is not offered by provider {scenario.provider}: give "
                              f"--price {config.gpu.id}=USD to plan it"] += 1
@@ -212,7 +260,6 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
                 incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
             continue
         count += 1
-        cost = sum(t.value for t in found_cost if t.quantity == q.COST)
         key = (config.key, config.execution)
         if key not in reuse:
             reuse[key] = _first_pass(world, scenario, config, batches, qualities)
@@ -224,17 +271,21 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
                 incompatible[what] += 1
         if entry is not None:
             prepared.append(replace(entry, cost=cost))
+            origins.append(index)
     figures = {traffic.name: Figures(traffic, [p.jobs[traffic.name] for p in prepared if traffic.name in p.jobs])
                for traffic in scenario.classes}
     positions = {name: 0 for name in figures}  # the next job of each class
     options: list[Option] = []
-    for entry in prepared:
+    sources: list[int] = []
+    for entry, origin in zip(prepared, origins):
         evaluated = {}
         for name in entry.jobs:
             evaluated[name] = (figures[name], positions[name])
             positions[name] += 1
-        options += _options(entry, batches, scenario.classes, limits, evaluated, per_class)
-    return Space(model, options, incompatible, per_class, count)
+        found = _options(entry, batches, scenario.classes, limits, evaluated, per_class)
+        options += found
+        sources += [origin] * len(found)
+    return Space(model, options, incompatible, per_class, count), sources
 
 
 _FIRST_PASS: dict = {}  # the last space's first pass: (world, classes' lengths, batches, margin) -> entries

@@ -234,6 +234,37 @@ def test_poisson_percentiles_are_ordered_and_grow_with_load(world):
     assert float(heavy.tpot) > float(light.tpot)
 
 
+def _capacity_on_the_whole_grid(times, traffic):
+    """rate_capacity as three rounds of 32 rates, every rate evaluated (what the bisection must reproduce)."""
+    steps, sched = times.steps, times.scheduling
+    prompt, output = traffic.prompt_tokens, traffic.output_tokens
+    budget = max(sched.token_budget, prompt)
+    prefill_bound = 1.0 / (prompt / budget * steps.seconds(0.0, min(prompt, budget)) + 1e-12)
+    high = min(sched.max_sequences / ((output - 1) * steps.seconds(0.0, 0.0) + 1e-12), prefill_bound)
+    low = 0.0
+    for round_ in range(3):
+        grid = high * np.geomspace(1e-4, 1.0, 32) if round_ == 0 else low + (high - low) * np.linspace(0, 1, 33)[1:]
+        good = np.asarray(serving._rate_ok(times, traffic, grid))
+        if good.any():
+            last = int(np.flatnonzero(good)[-1])
+            low, high = grid[last], grid[min(last + 1, 31)] if last + 1 < 32 else grid[last]
+        else:
+            high = grid[0]
+    return low
+
+
+@pytest.mark.parametrize("framework", ENGINES)
+@pytest.mark.parametrize("prompt, output", LENGTHS)
+@pytest.mark.parametrize("ttft_ms, statistic", ((None, "p90"), (400.0, "p90"), (900.0, "p99")))
+def test_rate_capacity_search_finds_the_last_good_rate_of_each_grid(world, framework, prompt, output, ttft_ms,
+                                                                    statistic):
+    """The bisection over each round's 32 rates gives the rate that evaluating all of them gives."""
+    times = bare(world, framework, prompt, output)
+    traffic = TrafficClass(prompt_tokens=prompt, output_tokens=output, rate_per_s=1.0, ttft_ms=ttft_ms,
+                           tpot_ms=60.0, slo_statistic=statistic)
+    assert serving.rate_capacity(times, traffic) == _capacity_on_the_whole_grid(times, traffic)
+
+
 def test_rate_beyond_capacity_is_infinite_not_a_number(world):
     times = bare(world, "vllm", 1000, 300)
     figures = serving.poisson(times, 1000, 300, 1e4)

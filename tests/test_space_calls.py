@@ -135,7 +135,58 @@ def test_a_sweep_over_load_slo_and_price_asks_the_plugins_once(world, monkeypatc
     again = build_space(world, scenario(6.0, 800), world.with_prices({"l40s": 0.5}))
     assert len(calls) == fresh_calls  # nothing asked of the plugins again
     space_module._FIRST_PASS.clear()
+    space_module._LAST_SPACE.clear()
     fresh = build_space(world, scenario(6.0, 800), world.with_prices({"l40s": 0.5}))
     assert len(calls) == 2 * fresh_calls
     assert described(again) == described(fresh)
     assert {o.cost_per_hour for o in again.options if o.config.gpu.id == "l40s"} >= {0.5}
+
+
+def test_a_price_change_reprices_the_last_space(world, monkeypatch):
+    """The same scenario at other prices: no plugin call but the cost per configuration, no load model; the
+    options are those a fresh build at the new prices gives, each at its configuration's new price."""
+    from dataclasses import replace as _replace
+
+    from quantplan.solver import space as space_module
+
+    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "l4"], "max_gpus": 2,
+                              "classes": [{"name": "api", "prompt_tokens": 1024, "output_tokens": 256,
+                                           "rate_per_s": 3.0, "ttft_ms": 1500, "tpot_ms": 60}]})
+    cheap = world.with_prices({"l40s": 0.5})
+    builds = []
+    build = space_module._build
+    monkeypatch.setattr(space_module, "_build", lambda *a: builds.append(1) or build(*a))
+    first = build_space(world, scenario, world.with_prices({}))
+    again = build_space(world, scenario, cheap)
+    assert len(builds) == 1  # re-priced, not rebuilt
+    space_module._LAST_SPACE.clear()
+    space_module._FIRST_PASS.clear()
+    fresh = build_space(world, scenario, cheap)
+    assert len(builds) == 2
+
+    def described(space):
+        return [repr(_replace(o, config=o.config.key)) for o in space.options], space.incompatible, space.configurations
+
+    assert described(again) == described(fresh)
+    l40s = {o.config.gpus * 0.5 for o in again.options if o.config.gpu.id == "l40s"}
+    assert {o.cost_per_hour for o in again.options if o.config.gpu.id == "l40s"} == l40s  # 0.5 $/h per GPU
+    assert {o.cost_per_hour for o in first.options if o.config.gpu.id == "l40s"}.isdisjoint(l40s)
+    # the kept space is not the caller's: changing the list handed out leaves the next answer whole
+    again.options.clear()
+    assert described(build_space(world, scenario, cheap)) == described(fresh)
+
+
+def test_sweep_points_at_one_load_run_next_to_each_other():
+    """A price x rate map: points at one rate (differing in price only) are neighbours, so a process re-prices
+    the space it built; results come back in grid order."""
+    from quantplan.solver.grid import _in_grid_order, by_load
+
+    grid = [(x, y) for y in (1.0, 5.0) for x in (2.0, 3.0, 4.0)]  # x: a price, y: a rate
+    assert by_load(("price:h100-sxm", "rate"), grid) == [0, 1, 2, 3, 4, 5]
+    flipped = [(y, x) for x, y in grid]  # rate first: grid order alternates rates
+    assert by_load(("rate", "price:h100-sxm"), flipped) == [0, 1, 2, 3, 4, 5]
+    alternating = [(r, p) for p in (2.0, 3.0) for r in (1.0, 5.0)]
+    assert by_load(("rate", "price:h100-sxm"), alternating) == [0, 2, 1, 3]
+    assert by_load(("price-factor", "price:l4"), [(1, 1), (2, 2)]) == [0, 1]  # only prices: grid order
+    order = [0, 2, 1, 3]
+    assert _in_grid_order(order, [{"i": 0}, {"i": 2}, {"i": 1}, {"i": 3}]) == [{"i": i} for i in range(4)]
