@@ -49,48 +49,78 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
         else:
             served = total = np.zeros(len(members))
         order = np.lexsort((position, total, served, -capacity.sum(axis=1), outside, loss, gpus, cost))
-        kept = np.empty(len(members), dtype=int)
-        count = 0
-        for i in order:
-            k = kept[:count]
-            no_worse = ((cost[k] <= cost[i]) & (gpus[k] <= gpus[i]) & (loss[k] <= loss[i])
-                        & (outside[k] <= outside[i]) & (capacity[k] >= capacity[i]).all(axis=1))
-            if latency is not None:
-                no_worse &= (latency[k] <= latency[i]).all(axis=1)
-            if no_worse.any():
-                strictly = ((cost[k] < cost[i]) | (gpus[k] < gpus[i]) | (loss[k] < loss[i])
-                            | (outside[k] < outside[i]) | (capacity[k] > capacity[i]).any(axis=1)
-                            | (position[k] < position[i]))
-                if latency is not None:
-                    strictly |= (latency[k] < latency[i]).any(axis=1)
-                if (no_worse & strictly).any():
-                    continue
-            kept[count] = i
-            count += 1
-        keep += [members[i] for i in kept[:count]]
+        keep += [members[i] for i in _skyline(order, crit)]
     return [options[i] for i in sorted(keep)]
+
+
+SKYLINE_BLOCK = 256  # options checked at once against those kept so far
+
+
+def _skyline(order: np.ndarray, crit) -> list[int]:
+    """The options (indices) no earlier-ordered kept option dominates, taken in `order`: each block of
+    SKYLINE_BLOCK options is first compared with every option kept before it in one array operation, and
+    what survives is compared one by one with the options kept within the block. The same set as comparing
+    each option, one at a time, with all kept before it."""
+    kept: list[int] = []
+    for start in range(0, len(order), SKYLINE_BLOCK):
+        block = order[start:start + SKYLINE_BLOCK]
+        if kept:
+            block = block[~_dominated(np.array(kept), block, crit).any(axis=0)]
+        earlier = len(kept)
+        for i in block:
+            if len(kept) > earlier and _dominated(np.array(kept[earlier:]), np.array([i]), crit).any():
+                continue
+            kept.append(int(i))
+    return kept
+
+
+def _dominated(by: np.ndarray, who: np.ndarray, crit) -> np.ndarray:
+    """[b, a]: option by[b] dominates option who[a] (prune_dominated's rule; a full tie goes to the earlier rank)."""
+    cost, gpus, loss, outside, capacity, latency, position = crit
+    b, a = by[:, None], who[None, :]
+    more = capacity[by][:, None, :] - capacity[who][None, :, :]  # b's capacity over a's, per class
+    no_worse = ((cost[b] <= cost[a]) & (gpus[b] <= gpus[a]) & (loss[b] <= loss[a]) & (outside[b] <= outside[a])
+                & (more >= 0).all(axis=2))
+    strictly = ((cost[b] < cost[a]) | (gpus[b] < gpus[a]) | (loss[b] < loss[a]) | (outside[b] < outside[a])
+                | (more > 0).any(axis=2) | (position[b] < position[a]))
+    if latency is not None:
+        no_worse &= (latency[by][:, None, :] <= latency[who][None, :, :]).all(axis=2)
+        strictly |= (latency[by][:, None, :] < latency[who][None, :, :]).any(axis=2)
+    return no_worse & strictly
 
 
 def _criteria(options: list[Option], classes, with_latency: bool, limited: set[str] | None = None):
     """Per device type (devices not in `limited`, when given, as one group): member indices and the arrays
-    dominance compares (position: rank order)."""
+    dominance compares (position: the order of program.rank, computed here as arrays)."""
     groups: dict[str, list[int]] = {}
     for index, option in enumerate(options):
         device = option.config.gpu.id
         groups.setdefault(device if limited is None or device in limited else "", []).append(index)
+    names = [k.name for k in classes]
     for members in groups.values():
-        cost = np.array([options[i].cost_per_hour for i in members])
-        capacity = np.array([[options[i].performance[k.name].capacity if k.name in options[i].performance else 0.0
-                              for k in classes] for i in members]).reshape(len(members), len(classes))
-        latency = np.array([[program.request_latency_ms(options[i], k) if k.name in options[i].performance
-                             else np.inf for k in classes] for i in members]).reshape(
-            len(members), len(classes)) if with_latency else None
-        loss = np.array([options[i].quality.relative for i in members])
-        outside = np.array([options[i].extrapolated for i in members], dtype=int)
-        gpus = np.array([options[i].config.gpus for i in members])
-        ranks = [program.rank(options[i]) for i in members]
-        position = np.empty(len(members), dtype=int)
-        position[sorted(range(len(members)), key=lambda i: ranks[i])] = np.arange(len(members))
+        count = len(members)
+        cost, loss, tpot, rounded = np.empty(count), np.empty(count), np.empty(count), np.empty(count)
+        outside, gpus = np.empty(count, dtype=int), np.empty(count, dtype=int)
+        capacity = np.zeros((count, len(names)))
+        latency = np.full((count, len(names)), np.inf) if with_latency else None
+        keys = []
+        for row, i in enumerate(members):
+            option = options[i]
+            performance = option.performance
+            cost[row], loss[row] = option.cost_per_hour, option.quality.relative
+            outside[row], gpus[row] = option.extrapolated, option.config.gpus
+            tpot[row] = round(sum(r.tpot_ms for r in performance.values()) / len(performance), 6)
+            rounded[row] = round(option.quality.relative, 9)
+            keys.append(option.key)
+            for column, name in enumerate(names):
+                if name in performance:
+                    capacity[row, column] = performance[name].capacity
+                    if with_latency:
+                        latency[row, column] = program.request_latency_ms(option, classes[column])
+        # program.rank's order: GPUs, outside the data, quality loss (9 decimals), mean TPOT (6 decimals), key
+        ranked = np.lexsort((np.array(keys), tpot, rounded, outside, gpus))
+        position = np.empty(count, dtype=int)
+        position[ranked] = np.arange(count)
         yield members, (cost, gpus, loss, outside, capacity, latency, position)
 
 

@@ -312,24 +312,48 @@ def _independent(options: list[Option], classes, availability: dict[str, int]) -
             for part, kept in groups.items()]
 
 
-def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[str, object]]:
+def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[str, object, float]]:
     """Among plans of the optimal cost, in order: fewest GPUs; the least load served by configurations
     outside the validation data; the least load-weighted quality loss. Solved one after another, so
-    the choice crosses replica structures (which the swaps in break_ties cannot)."""
+    the choice crosses replica structures (which the swaps in break_ties cannot). Each with a lower bound no
+    plan goes below (a stage whose plan so far reaches it needs no solve)."""
     served = [(o, k) for o in options for k in classes if (o.key, k.name) in shares]
     return [
-        ("gpus", pulp.lpSum(o.config.gpus * replicas[o.key] for o in options)),
-        ("extrapolated", pulp.lpSum(shares[o.key, k.name] for o, k in served if o.extrapolated)),
-        ("quality_loss", pulp.lpSum(o.quality.relative * shares[o.key, k.name] for o, k in served)),
+        ("gpus", pulp.lpSum(o.config.gpus * replicas[o.key] for o in options), _fewest_gpus(options, classes)),
+        ("extrapolated", pulp.lpSum(shares[o.key, k.name] for o, k in served if o.extrapolated), 0.0),
+        ("quality_loss", pulp.lpSum(o.quality.relative * shares[o.key, k.name] for o, k in served),
+         sum(min(o.quality.relative for o in options if k.name in o.performance) for k in classes)),
     ]
 
 
+def _fewest_gpus(options: list[Option], classes) -> float:
+    """A lower bound on the GPUs of any plan: each class needs at least its load's GPUs on the option that
+    serves it with the fewest (a replica's GPUs carry the shares of every class it serves), in whole GPUs."""
+    need = sum(min(o.config.gpus * load_per_replica(o, k) for o in options if k.name in o.performance)
+               for k in classes)
+    return float(math.ceil(need - 1e-9))
+
+
 def _lexicographic(problem, objectives, solver: str, time_limit: float, statuses: list) -> None:
-    for name, objective in objectives:
+    """Each objective in turn at its optimum among the previous ones' optima. A stage whose plan so far already
+    reaches the objective's lower bound (`floor`) is not solved: no plan does better, and the next stage's
+    program is the same either way."""
+    for name, objective, floor in objectives:
         if len(objective) == 0:  # nothing to choose on (no option outside the validation data ...)
             continue
-        best = _optimum(problem, objective, solver, time_limit, statuses)
+        reached = _value(objective)
+        if reached is not None and reached <= floor + 1e-9 * max(1.0, abs(floor)):
+            best = reached
+        else:
+            best = _optimum(problem, objective, solver, time_limit, statuses)
         problem += objective <= best + 1e-7 * max(1.0, abs(best)), f"keep_{name}"
+
+
+def _value(objective) -> float | None:
+    """The objective at the variables' current values (the last stage's plan); None before any solve."""
+    if any(variable.varValue is None for variable in objective):
+        return None
+    return float(pulp.value(objective))
 
 
 def _optimum(problem, objective, solver: str, time_limit: float, statuses: list, gap: float = MIP_GAP,

@@ -194,7 +194,9 @@ def test_a_screening_solve_is_one_run_and_skips_the_tie_breaks(world, monkeypatc
     assert len(runs) == 1
     runs.clear()
     assert program.solve([a, b], traffic, {}).cost_per_hour == pytest.approx(5.0)
-    assert len(runs) == 3  # cost, GPUs, quality loss (nothing lies outside the validation data: no run for it)
+    # cost, quality loss: the cost stage's plan (1 + 1 replicas) already has the fewest GPUs any plan can have
+    # (10 users / 8 per L40S replica: 1.25, so 2), and nothing lies outside the validation data
+    assert len(runs) == 2
 
 
 def test_a_tie_break_stage_without_a_plan_runs_again_from_the_previous_optimum(world, monkeypatch):
@@ -202,6 +204,7 @@ def test_a_tie_break_stage_without_a_plan_runs_again_from_the_previous_optimum(w
     it) is run again, started from that optimum, instead of ending the solve as if nothing were feasible."""
     traffic = (chat(10),)
     a, b = option(world, "l4", 2.0, {"chat": 4}), option(world, "l40s", 3.0, {"chat": 8})
+    lean = option(world, "h100-sxm", 100.0, {"chat": 100})  # one GPU could carry all: the GPU stage must run
     calls = []
     original = program._run
 
@@ -212,7 +215,7 @@ def test_a_tie_break_stage_without_a_plan_runs_again_from_the_previous_optimum(w
         return original(problem, solver_name, time_limit, warm, gap, nodes)
 
     monkeypatch.setattr(program, "_run", flaky)
-    solution = program.solve([a, b], traffic, {})
+    solution = program.solve([a, b, lean], traffic, {})
     assert solution.cost_per_hour == pytest.approx(5.0)
     assert calls[:3] == [False, False, True]
 
@@ -276,3 +279,33 @@ def test_a_screening_solve_stops_at_a_node_count_and_still_returns_its_plan(worl
     assert screened.cost_per_hour >= exact.cost_per_hour - 1e-9
     for traffic in scenario.classes:  # whatever it found serves every class
         assert sum(a.shares.get(traffic.name, 0.0) for a in screened.assignments) == pytest.approx(1.0)
+
+
+def test_fewest_gpus_bound_is_each_class_on_its_leanest_option(world):
+    """Chat 10 users: 1-GPU option of 4 users (2.5 GPUs of load) or 2-GPU option of 8 (2.5); summaries 6
+    users on a 4-GPU option of 12 (2.0): at least 4.5 GPUs, so 5."""
+    traffic = (chat(10), TrafficClass(name="summaries", concurrency=6))
+    options = [option(world, "l4", 1.0, {"chat": 4}), option(world, "l40s", 3.0, {"chat": 8}, gpus=2),
+               option(world, "a100-80gb", 9.0, {"summaries": 12}, gpus=4)]
+    assert program._fewest_gpus(options, traffic) == 5.0
+
+
+def test_a_tie_break_stage_the_plan_already_wins_is_not_solved(world, monkeypatch):
+    """One option inside the data, no quality loss anywhere, one GPU needed: after the cost stage the plan is
+    at every tie-break's lower bound (1 GPU, nothing extrapolated, no loss), so only the cost stage runs; the
+    plan is the one the full sequence gives."""
+    runs = []
+    optimum = program._optimum
+    monkeypatch.setattr(program, "_optimum", lambda *a, **k: runs.append(1) or optimum(*a, **k))
+    a = option(world, "l4", 2.0, {"chat": 12})
+    b = option(world, "l40s", 3.0, {"chat": 12})
+    solution = program.solve([a, b], (chat(),), {})
+    assert len(runs) == 1
+    assert [(x.option.config.gpu.id, x.replicas) for x in solution.assignments] == [("l4", 1)]
+    # two GPUs of load on two one-GPU options at equal cost, one outside the data: the extrapolated stage runs
+    runs.clear()
+    inside, outside = option(world, "l4", 2.0, {"chat": 6}), option(world, "l40s", 2.0, {"chat": 6})
+    outside.extrapolated = True
+    solution = program.solve([outside, inside], (chat(),), {})
+    assert [(x.option.config.gpu.id, x.replicas) for x in solution.assignments] == [("l4", 2)]
+    assert len(runs) >= 1
