@@ -22,7 +22,8 @@ from .space import Option, Space, build_space, candidate_devices, free_if_owned,
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
-                    with_latency: bool = False, limited: set[str] | None = None) -> list[Option]:
+                    with_latency: bool = False, limited: set[str] | None = None,
+                    per_method: bool = False) -> list[Option]:
     """Drop options another option beats or ties on every count, using the same GPUs.
 
     b dominates a when both use the same device type, b needs no more GPUs per replica, costs no
@@ -34,6 +35,8 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
     compared across device types too: without a limit a device type changes no constraint of the program,
     only cost, GPUs, capacity, latency and quality do (a sweep over one device's price must not use this:
     there the device type decides how cost moves). None: every device is compared only with itself.
+    `per_method`: compare only options of one method too (what a one-method alternative prunes from: the
+    skyline of any set of methods is the skyline of their per-method skylines).
 
     Sort-filter skyline: per device, options in an order that puts every dominator before what it
     dominates (lexicographic on cost, GPUs, loss, outside-the-data, total capacity, classes served, total
@@ -41,7 +44,7 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
     enough). `_prune_pairwise` is the all-pairs definition the tests compare it with.
     """
     keep: list[int] = []
-    for members, crit in _criteria(options, classes, with_latency, limited):
+    for members, crit in _criteria(options, classes, with_latency, limited, per_method):
         cost, gpus, loss, outside, capacity, latency, position = crit
         if latency is not None:  # a dominator serves every class its victim serves, at no higher latency
             finite = np.isfinite(latency)
@@ -89,13 +92,15 @@ def _dominated(by: np.ndarray, who: np.ndarray, crit) -> np.ndarray:
     return no_worse & strictly
 
 
-def _criteria(options: list[Option], classes, with_latency: bool, limited: set[str] | None = None):
-    """Per device type (devices not in `limited`, when given, as one group): member indices and the arrays
-    dominance compares (position: the order of program.rank, computed here as arrays)."""
-    groups: dict[str, list[int]] = {}
+def _criteria(options: list[Option], classes, with_latency: bool, limited: set[str] | None = None,
+              per_method: bool = False):
+    """Per device type (devices not in `limited`, when given, as one group; per method too when `per_method`):
+    member indices and the arrays dominance compares (position: the order of program.rank, as arrays)."""
+    groups: dict[tuple[str, str], list[int]] = {}
     for index, option in enumerate(options):
         device = option.config.gpu.id
-        groups.setdefault(device if limited is None or device in limited else "", []).append(index)
+        group = (device if limited is None or device in limited else "", option.config.method.id if per_method else "")
+        groups.setdefault(group, []).append(index)
     names = [k.name for k in classes]
     for members in groups.values():
         count = len(members)
@@ -173,7 +178,9 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     space = build_space(world, scenario, prices)
     space.options = free_if_owned(space.options, owned)
     latency = scenario.objective != "cost"
-    pruned = prune_dominated(space.options, scenario.classes, latency)  # per device, for one-device alternatives
+    # per device and method, for the one-method alternatives; then per device, for the one-device alternatives
+    by_method = prune_dominated(space.options, scenario.classes, latency, per_method=True)
+    pruned = prune_dominated(by_method, scenario.classes, latency)
     # across the devices without a limit: the skyline of per-device skylines is the skyline of the whole
     options = prune_dominated(pruned, scenario.classes, latency, limited=set(availability))
     model_id = space.model.id
@@ -192,7 +199,7 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     solution, groups, options, sharing_notes = settle_sharing(
         solution, options, scenario.classes, lambda chosen, screening: _solve(chosen, scenario, availability, screening))
     tokens = served_tokens_per_s(solution, scenario.classes)
-    alternatives = (_alternatives(space.options, scenario, availability, solution, pruned)
+    alternatives = (_alternatives(by_method, scenario, availability, solution, pruned)
                     if scenario.alternatives else [])
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
     notes += sharing_notes
@@ -395,8 +402,11 @@ def _alternatives(options, scenario, availability, chosen: program.Solution, pru
     """Cheapest plans under other choices: unquantized weights, and the most promising other devices
     and methods (ranked by their best single-configuration plan, then solved exactly).
 
-    `pruned`: the options already pruned for the main solve. Pruning compares options on one device
-    only, so a one-device restriction takes its part of that set as it is; the others prune again."""
+    `options`: the candidates pruned per device and method (a choice of methods prunes again from them: the
+    skyline of a union is the skyline of its parts' skylines; a pruned option's best single-configuration
+    plan is no cheaper than its dominator's, so the ranking is that of every candidate).
+    `pruned`: the options already pruned per device for the main solve: a one-device restriction takes its
+    part of that set as it is."""
     used_methods = {a.option.config.method.id for a in chosen.assignments}
     used_gpus = {a.option.config.gpu.id for a in chosen.assignments}
     filters = []

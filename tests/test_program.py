@@ -161,6 +161,15 @@ def test_skyline_pruning_keeps_exactly_what_the_pairwise_comparison_keeps():
         assert set(kept[0]) < set(kept[2]) < set(kept[None])
         per_device = prune_dominated(options, scenario.classes, latency)
         assert [o.key for o in prune_dominated(per_device, scenario.classes, latency, set())] == kept[0]
+        # per device and method first (what the alternatives start from): the same skylines after
+        by_method = prune_dominated(options, scenario.classes, latency, per_method=True)
+        assert set(o.key for o in per_device) < set(o.key for o in by_method)
+        assert [o.key for o in prune_dominated(by_method, scenario.classes, latency)] == kept[None]
+        for method in ("fp8", "awq-int4"):  # one method's skyline, from all options or from by_method
+            alone = [o.key for o in prune_dominated([o for o in options if o.config.method.id == method],
+                                                    scenario.classes, latency, set())]
+            assert alone == [o.key for o in prune_dominated([o for o in by_method if o.config.method.id == method],
+                                                            scenario.classes, latency, set())]
 
 
 def test_independent_parts_are_solved_apart_with_the_same_optimum(world):
