@@ -247,10 +247,9 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
     per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
     batches = useful_batches(scenario)
     count = 0
-    qualities: dict[tuple, Quality] = {}
     prepared: list[Prepared] = []
     origins: list[int] = []
-    reuse = _first_pass_cache(world, scenario, model, batches)
+    reuse, probes, qualities = _first_pass_cache(world, scenario, model, batches)
     for index, (config, cost) in enumerate(zip(listed, costs)):
         if cost is None:  # an unpriced device is no configuration at all
             if scenario.provider:
@@ -262,7 +261,7 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
         count += 1
         key = (config.key, config.execution)
         if key not in reuse:
-            reuse[key] = _first_pass(world, scenario, config, batches, qualities)
+            reuse[key] = _first_pass(world, scenario, config, batches, qualities, probes)
         entry, events = reuse[key]
         for kind, name, value, what in events:  # the diagnostics the first pass left, replayed
             if kind == "smallest":
@@ -288,41 +287,66 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
     return Space(model, options, incompatible, per_class, count), sources
 
 
-_FIRST_PASS: dict = {}  # the last space's first pass: (world, classes' lengths, batches, margin) -> entries
+_FIRST_PASS: dict = {}  # the last space's first pass, by configuration (see _first_pass_cache)
 
 
-def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batches: list[int]) -> dict:
-    """Per configuration, the first pass of the last candidate space built with the same world, model, class
-    names and lengths, batch sizes and margin: what the plugins said does not depend on loads, SLOs, quality
-    floors or prices (cost is asked anew), so a sweep over those asks the plugins once per process."""
+def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batches: list[int]) -> tuple:
+    """(entries, probes, qualities) of the last candidate space built with the same world, model, class names
+    and lengths and margin. What the plugins said does not depend on loads, SLOs, quality floors or prices
+    (cost is asked anew), so a sweep over those asks the plugins once per process. `probes` (placement,
+    quality, step models and schedulers by configuration) do not depend on the batch sizes either: a sweep
+    over concurrency, which changes them, asks the plugins again for memory at the new sizes only.
+    `entries`: the whole first pass by configuration, for these batch sizes."""
     global _FIRST_PASS
     shape = (model.model_dump_json(), tuple((k.name, k.prompt_tokens, k.output_tokens, k.context_tokens)
-                                            for k in scenario.classes), tuple(batches), scenario.margin)
+                                            for k in scenario.classes), scenario.margin)
     if _FIRST_PASS.get("world") is not world or _FIRST_PASS.get("shape") != shape:
-        _FIRST_PASS = {"world": world, "shape": shape, "entries": {}}
-    return _FIRST_PASS["entries"]
+        _FIRST_PASS = {"world": world, "shape": shape, "probes": {}, "qualities": {}}
+    if _FIRST_PASS.get("batches") != tuple(batches):
+        _FIRST_PASS.update(batches=tuple(batches), entries={})
+    return _FIRST_PASS["entries"], _FIRST_PASS["probes"], _FIRST_PASS["qualities"]
 
 
-def _first_pass(world: World, scenario: Scenario, config: Config, batches, qualities: dict):
-    """(Prepared or None, the diagnostics it leaves as events) for one priced configuration."""
-    events: list[tuple] = []
-    per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
+@dataclass
+class Probe:
+    """What the plugins say about one configuration whatever the batch size: where it is placed (None: it does
+    not fit at batch 1, or has no quality data), memory at batch 1, quality, and each class's step model and
+    scheduler (filled as classes ask for them)."""
+
+    placed: Config | None
+    at_batch_one: AtBatchOne | None
+    assessed: Quality | None
+    events: list  # the diagnostics a configuration that is no candidate leaves
+    timings: dict = field(default_factory=dict)  # by class name
+
+
+def _probe(world: World, scenario: Scenario, config: Config, qualities: dict) -> Probe:
     at_batch_one = AtBatchOne(world, config)
     placed = fit_placement(world, config, scenario.classes, at_batch_one)
     if placed is None:
-        for traffic in scenario.classes:
-            need = at_batch_one(traffic.context_tokens)
-            events.append(("smallest", traffic.name, need.used_per_gpu / 1e9, _describe(config)))
-        return None, events
+        return Probe(None, None, None, [("smallest", traffic.name,
+                                         at_batch_one(traffic.context_tokens).used_per_gpu / 1e9, _describe(config))
+                                        for traffic in scenario.classes])
     # quality does not depend on GPUs per replica or batch: assess once per the rest
     key = (config.gpu.id, config.method.id, config.framework.id, config.kv.id, config.execution)
     assessed = qualities.get(key) or qualities.setdefault(key, quality(world, config))
     if not math.isfinite(assessed.relative):
-        return None, [("incompatible", "", 0.0, f"no quality data for {config.method.id} / {config.kv.id}")]
-    entry = _prepare(world, placed, batches, scenario.classes, 0.0, assessed, per_class, scenario.margin,
-                     at_batch_one if placed is config else None)
-    events += [("smallest", name, d.smallest_memory.value, d.smallest_memory.what)
-               for name, d in per_class.items() if d.smallest_memory.what]
+        return Probe(None, None, None, [("incompatible", "", 0.0,
+                                         f"no quality data for {config.method.id} / {config.kv.id}")])
+    return Probe(placed, at_batch_one if placed is config else AtBatchOne(world, placed), assessed, [])
+
+
+def _first_pass(world: World, scenario: Scenario, config: Config, batches, qualities: dict, probes: dict):
+    """(Prepared or None, the diagnostics it leaves as events) for one priced configuration."""
+    key = (config.key, config.execution)
+    probe = probes.get(key) or probes.setdefault(key, _probe(world, scenario, config, qualities))
+    if probe.placed is None:
+        return None, list(probe.events)
+    per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
+    entry = _prepare(world, probe.placed, batches, scenario.classes, 0.0, probe.assessed, per_class, scenario.margin,
+                     probe.at_batch_one, probe.timings)
+    events = [("smallest", name, d.smallest_memory.value, d.smallest_memory.what)
+              for name, d in per_class.items() if d.smallest_memory.what]
     return entry, events
 
 
@@ -379,11 +403,12 @@ class Prepared:
 
 
 def _prepare(world, config, batches, classes, cost, assessed, per_class, margin="none",
-             at_batch_one: AtBatchOne | None = None) -> Prepared:
+             at_batch_one: AtBatchOne | None = None, timings: dict | None = None) -> Prepared:
     """Memory (numpy arrays over the batch sizes, through the plugin terms) and, per class that fits at
     some batch size, the step model and scheduler the load models need. What does not depend on the
     class is asked of the plugins once: the engine's scheduler, memory at batch 1 by context
-    (`at_batch_one`, the cache of `config`), step models by (prompt, output) lengths."""
+    (`at_batch_one`, the cache of `config`), step models by (prompt, output) lengths. `timings`: each
+    class's step model and scheduler at `margin` from an earlier call for `config` (filled here)."""
     sizes = np.array(batches, dtype=float)
     vector = config.with_batch(sizes)
     outside = outside_coverage(config)  # one answer for every batch size and class of this configuration
@@ -404,16 +429,20 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
         leading = len(fits) if fits.all() else int(np.argmin(fits))  # fitting sizes up to the first that does not
         if not leading:
             continue
-        lengths = (traffic.prompt_tokens, traffic.output_tokens)
-        if lengths not in steps:
-            steps[lengths] = step_model(world, config, *lengths)
-        engine = engine or engine_scheduling(world, config)
-        times = Timing(steps[lengths], replace(engine, kv_tokens=kv_capacity_tokens(world, config, traffic,
-                                                                                     at_batch_one)))
-        if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
-            bars = errorbars.shipped()
-            times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
-                                      bars.factor("ttft", config.framework.id, applied))
+        times = timings.get(traffic.name) if timings is not None else None
+        if times is None:
+            lengths = (traffic.prompt_tokens, traffic.output_tokens)
+            if lengths not in steps:
+                steps[lengths] = step_model(world, config, *lengths)
+            engine = engine or engine_scheduling(world, config)
+            times = Timing(steps[lengths], replace(engine, kv_tokens=kv_capacity_tokens(world, config, traffic,
+                                                                                         at_batch_one)))
+            if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
+                bars = errorbars.shipped()
+                times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
+                                          bars.factor("ttft", config.framework.id, applied))
+            if timings is not None:
+                timings[traffic.name] = times
         jobs[traffic.name] = Job(config, times, tuple(batches[:leading]))
     return Prepared(config, cost, assessed, outside, applied, memories, jobs)
 

@@ -190,3 +190,36 @@ def test_sweep_points_at_one_load_run_next_to_each_other():
     assert by_load(("price-factor", "price:l4"), [(1, 1), (2, 2)]) == [0, 1]  # only prices: grid order
     order = [0, 2, 1, 3]
     assert _in_grid_order(order, [{"i": 0}, {"i": 2}, {"i": 1}, {"i": 3}]) == [{"i": i} for i in range(4)]
+
+
+def test_a_concurrency_sweep_asks_the_plugins_for_memory_only(world, monkeypatch):
+    """Concurrency changes the batch sizes worth trying (the class's users join them): the second space asks
+    for memory at its sizes, but no step model, scheduler or quality again, and equals a fresh build."""
+    from dataclasses import replace as _replace
+
+    from quantplan.solver import space as space_module
+
+    def scenario(users):
+        return make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "l4"], "max_gpus": 2,
+                              "classes": [{"name": "chat", "prompt_tokens": 1024, "output_tokens": 256,
+                                           "concurrency": users, "ttft_ms": 1500, "tpot_ms": 60}]})
+
+    def described(space):
+        return ([repr(_replace(o, config=o.config.key)) for o in space.options], space.incompatible,
+                {n: (d.fits, d.best_ttft, d.best_tpot, d.smallest_memory) for n, d in space.per_class.items()},
+                space.configurations)
+
+    steps = []
+    step_model = space_module.step_model
+    monkeypatch.setattr(space_module, "step_model", lambda *a: steps.append(1) or step_model(*a))
+    build_space(world, scenario(40), world.with_prices({}))
+    assert steps
+    asked = len(steps)
+    assert space_module.useful_batches(scenario(70)) != space_module.useful_batches(scenario(40))
+    again = build_space(world, scenario(70), world.with_prices({}))
+    assert len(steps) == asked  # no step model asked again
+    space_module._FIRST_PASS.clear()
+    space_module._LAST_SPACE.clear()
+    fresh = build_space(world, scenario(70), world.with_prices({}))
+    assert len(steps) == 2 * asked
+    assert described(again) == described(fresh)
