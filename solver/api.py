@@ -60,20 +60,17 @@ SKYLINE_BLOCK = 256  # options checked at once against those kept so far
 
 
 def _skyline(order: np.ndarray, crit) -> list[int]:
-    """The options (indices) no earlier-ordered kept option dominates, taken in `order`: each block of
-    SKYLINE_BLOCK options is first compared with every option kept before it in one array operation, and
-    what survives is compared one by one with the options kept within the block. The same set as comparing
-    each option, one at a time, with all kept before it."""
+    """The options (indices, in `order`) that no other option dominates. `order` puts every dominator before
+    what it dominates, and dominance is transitive, so an option is dropped exactly when an option kept
+    earlier dominates it: each block of SKYLINE_BLOCK options is compared with the options kept before it and
+    with itself, in array operations."""
     kept: list[int] = []
     for start in range(0, len(order), SKYLINE_BLOCK):
         block = order[start:start + SKYLINE_BLOCK]
+        beaten = _dominated(block, block, crit).any(axis=0)
         if kept:
-            block = block[~_dominated(np.array(kept), block, crit).any(axis=0)]
-        earlier = len(kept)
-        for i in block:
-            if len(kept) > earlier and _dominated(np.array(kept[earlier:]), np.array([i]), crit).any():
-                continue
-            kept.append(int(i))
+            beaten |= _dominated(np.array(kept), block, crit).any(axis=0)
+        kept += [int(i) for i in block[~beaten]]
     return kept
 
 
@@ -114,12 +111,16 @@ def _criteria(options: list[Option], classes, with_latency: bool, limited: set[s
             performance = option.performance
             cost[row], loss[row] = option.cost_per_hour, option.quality.relative
             outside[row], gpus[row] = option.extrapolated, option.config.gpus
-            tpot[row] = round(sum(r.tpot_ms for r in performance.values()) / len(performance), 6)
+            figure = getattr(performance, "figure", None)  # the candidate space's: figures without records
+            if figure is None:
+                tpot[row] = round(sum(r.tpot_ms for r in performance.values()) / len(performance), 6)
+            else:
+                tpot[row] = round(sum(figure(name, "tpot") for name in performance) / len(performance), 6)
             rounded[row] = round(option.quality.relative, 9)
             keys.append(option.key)
             for column, name in enumerate(names):
                 if name in performance:
-                    capacity[row, column] = performance[name].capacity
+                    capacity[row, column] = performance[name].capacity if figure is None else figure(name, "capacity")
                     if with_latency:
                         latency[row, column] = program.request_latency_ms(option, classes[column])
         # program.rank's order: GPUs, outside the data, quality loss (9 decimals), mean TPOT (6 decimals), key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -485,19 +486,23 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
                 if traffic.load_kind == "concurrency":
                     break  # more clients per replica only lengthen TTFT and TPOT
                 continue
-            served[index] = (figures.performance(element), entry.jobs[traffic.name].times)
+            served[index] = (figures, element)
     bounds = {name: _tightest(limits[name], assessed) for name in results if limits[name].bounds}
     records = {name: _Rows(entry.memories[name], len(batches)) for name in results}
+    times = {name: entry.jobs[name].times for name in results}
     found = []
+    columns = list(results.items())
     for index, batch in enumerate(batches):
-        served = {name: r[index] for name, r in results.items() if r[index] is not None}
+        served, timings, bounded = {}, {}, {}  # plain loops: this runs for every option of the space
+        for name, column in columns:
+            if column[index] is not None:
+                served[name], timings[name] = column[index], times[name]
+                if name in bounds:
+                    bounded[name] = bounds[name]
         if served:
             found.append(Option(config.with_batch(batch), entry.cost, assessed,
-                                {name: records[name][index] for name in served},
-                                {name: pair[0] for name, pair in served.items()},
-                                {name: pair[1] for name, pair in served.items()},
-                                margin=entry.applied, extrapolated=entry.outside,
-                                quality_bounds={name: bounds[name] for name in served if name in bounds}))
+                                _MemoryRecords(records, index, tuple(served)), _Performances(served), timings,
+                                margin=entry.applied, extrapolated=entry.outside, quality_bounds=bounded))
     return found
 
 
@@ -508,22 +513,86 @@ class _Rows:
     """Memory.at for every batch size of an array evaluation, each record built when asked for."""
 
     def __init__(self, used: Memory, count: int) -> None:
-        self.used, self.columns = used, None
-        if np.ndim(used.used_per_gpu):
+        self.used, self.count, self.columns = used, count, None
+
+    def __getitem__(self, index: int) -> Memory:
+        if not np.ndim(self.used.used_per_gpu):
+            return self.used
+        if self.columns is None:  # the arrays as lists, once, when a first record is asked for
             self.columns = []
             for name in MEMORY_FIELDS:
-                value = getattr(used, name)
+                value = getattr(self.used, name)
                 if name in ("gpus", "memory_divisor"):
-                    self.columns.append([value] * count)
+                    self.columns.append([value] * self.count)
                 elif isinstance(value, np.ndarray) and value.ndim:
                     self.columns.append(value.astype(float).tolist())
                 else:
-                    self.columns.append([float(value)] * count)
-
-    def __getitem__(self, index: int) -> Memory:
-        if self.columns is None:
-            return self.used
+                    self.columns.append([float(value)] * self.count)
         return Memory(*[column[index] for column in self.columns])
+
+
+class _Performances(Mapping):
+    """Option.performance: each served class's Performance, built from the load models' figures when first read;
+    `figure` reads capacity, TTFT and TPOT without building it (what pruning compares for every option)."""
+
+    __slots__ = ("_where", "_built")
+
+    def __init__(self, where: dict[str, tuple]) -> None:
+        self._where, self._built = where, {}  # class name -> (its Figures, this option's element in them)
+
+    def __getitem__(self, name: str):
+        found = self._built.get(name)
+        if found is None:
+            figures, element = self._where[name]
+            found = self._built[name] = figures.performance(element)
+        return found
+
+    def figure(self, name: str, which: str) -> float:
+        """"capacity", "ttft" or "tpot" (ms) of class `name`: the value its Performance holds."""
+        figures, element = self._where[name]
+        return figures.rows()[which][element]
+
+    def __contains__(self, name) -> bool:
+        return name in self._where
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+
+class _MemoryRecords(Mapping):
+    """Option.memory: each served class's Memory at one batch size, built when first read (a plan reads a few
+    of the tens of thousands of options a space holds)."""
+
+    __slots__ = ("_records", "_index", "_names", "_built")
+
+    def __init__(self, records: dict[str, _Rows], index: int, names: tuple[str, ...]) -> None:
+        self._records, self._index, self._names, self._built = records, index, names, {}
+
+    def __getitem__(self, name: str) -> Memory:
+        found = self._built.get(name)
+        if found is None:
+            if name not in self._names:
+                raise KeyError(name)
+            found = self._built[name] = self._records[name][self._index]
+        return found
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 def _offer(best: Best, value: float, config: Config, batch: int) -> None:

@@ -223,3 +223,23 @@ def test_a_concurrency_sweep_asks_the_plugins_for_memory_only(world, monkeypatch
     fresh = build_space(world, scenario(70), world.with_prices({}))
     assert len(steps) == 2 * asked
     assert described(again) == described(fresh)
+
+
+def test_option_records_are_built_when_read_and_read_as_dicts(world):
+    """An option's memory and performance records are built on first read (a plan reads a few of the space's
+    options); they compare, print and answer `in` as the dicts they stand for, and pruning's figures equal them."""
+    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l4"], "max_gpus": 1, "methods": ["awq-int4"],
+                              "classes": CLASSES, "alternatives": False})
+    option = next(o for o in build_space(world, scenario, world.with_prices({})).options if len(o.performance) == 2)
+    assert not option.performance._built and not option.memory._built
+    assert "chat" in option.performance and "nope" not in option.performance
+    assert not option.performance._built  # `in` builds nothing
+    for name in option.performance:
+        record = option.performance[name]
+        assert option.performance.figure(name, "capacity") == record.capacity
+        assert option.performance.figure(name, "tpot") == record.tpot_ms
+        assert option.performance.figure(name, "ttft") == record.ttft_ms
+    as_dicts = {n: option.performance[n] for n in option.performance}, {n: option.memory[n] for n in option.memory}
+    assert option.performance == as_dicts[0] and as_dicts[1] == option.memory
+    assert repr(option.performance) == repr(as_dicts[0]) and repr(option.memory) == repr(as_dicts[1])
+    assert option.memory["chat"].used_per_gpu > 0
