@@ -201,8 +201,7 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     key = (model.model_dump_json(), scenario.model_dump_json(exclude=_PRICE_ONLY))
     kept = _LAST_SPACE if _LAST_SPACE.get("world") is world and _LAST_SPACE.get("key") == key else None
     if kept is None:
-        incompatible: Counter = Counter()
-        listed = list(configurations(world, scenario, model, incompatible))
+        listed, incompatible = _configurations(world, scenario, model)
     else:
         listed, incompatible = kept["configurations"], Counter(kept["incompatible"])
     before_prices = Counter(incompatible)
@@ -215,6 +214,21 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
                        unpriced=[c is None for c in costs], space=space, sources=sources, costs=costs)
     return replace(space, options=list(space.options), incompatible=Counter(space.incompatible))
 
+
+def _configurations(world: World, scenario: Scenario, model: ModelSpec) -> tuple[list[Config], Counter]:
+    """configurations() as a list with its reasons, kept for the next space with the same choices (a sweep
+    over loads, SLOs or quality floors lists the same configurations)."""
+    key = (model.model_dump_json(), scenario.model_dump_json(include=_CHOICES))
+    if _LAST_CONFIGURATIONS.get("world") is not world or _LAST_CONFIGURATIONS.get("key") != key:
+        incompatible: Counter = Counter()
+        listed = list(configurations(world, scenario, model, incompatible))
+        _LAST_CONFIGURATIONS.update(world=world, key=key, listed=listed, incompatible=incompatible)
+    return list(_LAST_CONFIGURATIONS["listed"]), Counter(_LAST_CONFIGURATIONS["incompatible"])
+
+
+# What configurations() reads of a scenario.
+_CHOICES = {"gpus", "methods", "frameworks", "kv_cache_dtypes", "max_gpus", "gpu_class", "gpu_count", "owned"}
+_LAST_CONFIGURATIONS: dict = {}
 
 # What a scenario holds that does not change the candidate space, or changes only its prices.
 _PRICE_ONLY = {"prices", "alternatives", "objective", "max_configurations", "time_limit_s", "solver", "write_lp",

@@ -136,6 +136,7 @@ def test_a_sweep_over_load_slo_and_price_asks_the_plugins_once(world, monkeypatc
     assert len(calls) == fresh_calls  # nothing asked of the plugins again
     space_module._FIRST_PASS.clear()
     space_module._LAST_SPACE.clear()
+    space_module._LAST_CONFIGURATIONS.clear()
     fresh = build_space(world, scenario(6.0, 800), world.with_prices({"l40s": 0.5}))
     assert len(calls) == 2 * fresh_calls
     assert described(again) == described(fresh)
@@ -160,6 +161,7 @@ def test_a_price_change_reprices_the_last_space(world, monkeypatch):
     again = build_space(world, scenario, cheap)
     assert len(builds) == 1  # re-priced, not rebuilt
     space_module._LAST_SPACE.clear()
+    space_module._LAST_CONFIGURATIONS.clear()
     space_module._FIRST_PASS.clear()
     fresh = build_space(world, scenario, cheap)
     assert len(builds) == 2
@@ -220,6 +222,7 @@ def test_a_concurrency_sweep_asks_the_plugins_for_memory_only(world, monkeypatch
     assert len(steps) == asked  # no step model asked again
     space_module._FIRST_PASS.clear()
     space_module._LAST_SPACE.clear()
+    space_module._LAST_CONFIGURATIONS.clear()
     fresh = build_space(world, scenario(70), world.with_prices({}))
     assert len(steps) == 2 * asked
     assert described(again) == described(fresh)
