@@ -76,3 +76,32 @@ def test_the_fit_gives_each_server_its_own_overhead():
     assert server.effect(nim_probe) == ("request", 1e-3) and server.effect(own_probe) is None
     assert nim_probe.scheduling.request_overhead_s == pytest.approx(
         world.frameworks.get("tensorrt-llm").server_overhead_ms["nim"] / 1e3)
+
+
+def test_estimate_behind_nim_drops_trtllms_own_overhead():
+    """Llama-70B FP8 on 2 x H100 behind NIM: TTFT is trtllm's own server's overhead minus NIM's (129.5 - 0 ms
+    in frameworks.toml today) below the same estimate behind trtllm's own server; TPOT does not move; JSON
+    says which server and overhead."""
+    from quantplan.solver.api import estimate
+    from quantplan.solver.registry import load_world
+
+    trtllm = load_world().frameworks.get("tensorrt-llm")
+    own_ms, nim_ms = trtllm.request_overhead_ms, trtllm.server_overhead_ms["nim"]
+    args = dict(gpus=2, prompt_tokens=500, output_tokens=2000)
+    own = estimate("llama-3.1-70b", "fp8", "h100-sxm", "tensorrt-llm", **args)
+    nim = estimate("llama-3.1-70b", "fp8", "h100-sxm", "tensorrt-llm", api_server="nim", **args)
+    assert own.ttft_ms - nim.ttft_ms == pytest.approx(own_ms - nim_ms)
+    assert own.tpot_ms == pytest.approx(nim.tpot_ms)
+    assert (nim.scheduling["api_server"], nim.scheduling["request_overhead_ms"]) == ("nim", pytest.approx(nim_ms))
+    assert (own.scheduling["api_server"], own.scheduling["request_overhead_ms"]) == (None, pytest.approx(own_ms))
+
+
+def test_cli_unknown_api_server_is_one_line_and_exit_2():
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    result = CliRunner().invoke(cli, ["estimate", "--model", "llama-3.1-8b", "--method", "bf16", "--gpu", "h100-sxm",
+                                      "--framework", "vllm", "--api-server", "nim"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "API server 'nim'" in result.output
