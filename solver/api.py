@@ -577,11 +577,12 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
              model_config: str | None = None, world: World | None = None,
              catalogs: tuple[str, ...] = (), rate: float | None = None, max_num_seqs: int | None = None,
              requests_per_client: float = 10.0, simulate: bool = False,
-             provider: str | None = None) -> EstimateResult:
+             provider: str | None = None, api_server: str | None = None) -> EstimateResult:
     """Predict memory, TTFT/TPOT (means and percentiles), quality and cost: a closed loop of `batch`
     clients (the engine runs at most `max_num_seqs`, default its own limit, the rest queue), or with
     `rate`, Poisson arrivals of that many requests/s at this replica. `kv_cache_dtype` None: the
-    engine's default for the checkpoint. `simulate`: also run the step-by-step scheduler simulation."""
+    engine's default for the checkpoint. `simulate`: also run the step-by-step scheduler simulation.
+    `api_server`: the server in front of the engine when not its own (its per-request TTFT overhead)."""
     from .candidates import Config, Step
     from .estimator import cost_terms, memory, memory_terms, quality, step_terms
     from .serving import performance, timing
@@ -640,6 +641,10 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
         if placed is not None and placed.hybrid:
             config = replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
     times = timing(world, config, traffic)
+    if api_server:
+        from .serving import behind_server
+
+        times = type(times)(times.steps, behind_server(times.scheduling, f, api_server))
     if max_num_seqs is not None:
         times = type(times)(times.steps, times.scheduling.with_sequences(max_num_seqs))
     running = min(batch, times.scheduling.max_sequences)
@@ -691,7 +696,8 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
                         max_sequences=times.scheduling.max_sequences, chunked_prefill=times.scheduling.chunked,
                         kv_reserved_up_front=times.scheduling.reserve_full,
                         kv_cache_tokens=times.scheduling.kv_tokens if math.isfinite(times.scheduling.kv_tokens)
-                        else None, source=times.scheduling.source),
+                        else None, source=times.scheduling.source,
+                        request_overhead_ms=times.scheduling.request_overhead_s * 1e3, api_server=api_server or None),
         ppl_delta=assessed.ppl_delta, ppl_delta_pct=assessed.ppl_delta_pct,
         kl_divergence=assessed.kl_divergence, accuracy_recovery_pct=assessed.recovery_pct,
         quality_error_bars=assessed.error_bars(), quality_notes=assessed.notes,

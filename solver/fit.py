@@ -90,8 +90,10 @@ class Parameter:
             return "sequence", 1e-6
         if field == "prompt_step_layer_overhead_us":
             return "prompt_step", config.model.layers * 1e-6
-        if field == "request_overhead_ms":
-            return ("request", 1e-3) if probe.served else None
+        if field == "request_overhead_ms":  # the engine's own API server
+            return ("request", 1e-3) if probe.served and not probe.server else None
+        if field == "server_overhead_ms":  # another API server in front of the engine
+            return ("request", 1e-3) if probe.served and probe.server == key else None
         if field == "wave_persistence":
             return "waves", 1.0
         if field == "allreduce_latency_us":
@@ -111,6 +113,7 @@ DEFAULT_PARAMETERS = tuple(
          ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0),
          ("sequence_overhead_us", 0.0, 200.0, 10.0))]
     + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
+    + [Parameter("framework", "tensorrt-llm", "server_overhead_ms.nim", 0.0, 300.0, 20.0)]
     + [Parameter("framework", f, "prompt_step_layer_overhead_us", 0.0, 1000.0, 50.0)
        for f in ("tensorrt-llm", "vllm", "sglang")]
     + [Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95, 0.6),
@@ -139,6 +142,8 @@ class Problem:
     def adjustment(self, values: np.ndarray) -> Adjustment:
         adjust = self.prepared.batch.neutral()
         for value, start, (mask, kind, coefficient) in zip(values, self.start, self.effects):
+            if not mask.any():  # touches none of these rows (a catalog value of 0 would divide by 0 below)
+                continue
             if kind in ("bandwidth", "decode_peak", "prefill_peak", "peaks"):
                 ratio = value / start
                 if kind in ("bandwidth",):

@@ -33,7 +33,8 @@ class Probe:
     statistic: str
     metric: str
     config: Config  # what the fit's parameters need to know: framework, method, device, GPUs, kernel
-    served: bool = True  # behind the engine's API server (False: an offline engine benchmark)
+    served: bool = True  # behind an API server (False: an offline engine benchmark)
+    server: str = ""  # which one: "" the engine's own, else its name (e.g. "nim")
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,14 @@ class Adjustment:
 
 def probe(timing: Timing, config: Config, prompt: int, output: int, kind: str, load: float, metric: str,
           requests_per_client: float = 0.0, statistic: str = "mean", running: int | None = None,
-          served: bool = True) -> Probe:
-    """`served` False: an offline engine benchmark, with no API server's per-request overhead."""
+          served: bool = True, server: str = "") -> Probe:
+    """`served` False: an offline engine benchmark, with no API server's per-request overhead; `server`:
+    the API server in front of the engine when not its own (its overhead is already in the timing)."""
     sched = timing.scheduling if running is None else timing.scheduling.with_sequences(running)
     if not served:
         sched = replace(sched, request_overhead_s=0.0)
     return Probe(timing.steps, sched, prompt, output, kind, load, requests_per_client, statistic, metric, config,
-                 served)
+                 served, server if served else "")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .candidates import Config
+from .errors import QuantplanError
 from .estimator import memory
 from .registry import World
 from .scenario import TrafficClass
@@ -307,6 +308,20 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
     load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread),
                    tpot_percentiles={p: load.tpot for p in PERCENTILES})
     return _with_request_overhead(load, sched)
+
+
+def behind_server(sched: Scheduling, framework, server: str) -> Scheduling:
+    """`sched` behind the API server `server` in front of the engine ("": the engine's own, whose
+    per-request overhead the plugin set): that server's overhead (the framework catalog's
+    `server_overhead_ms`) replaces the engine's. NIM's API server, for one, is not trtllm-serve."""
+    if not server:
+        return sched
+    known = framework.server_overhead_ms
+    if server not in known:
+        names = ", ".join(sorted(known)) or "none"
+        raise QuantplanError(f"API server {server!r}: no per-request overhead for it in front of "
+                             f"{framework.id} (known: {names}; or leave it out for {framework.id}'s own)")
+    return replace(sched, request_overhead_s=known[server] / 1e3)
 
 
 def _with_request_overhead(load: Load, sched: Scheduling) -> Load:

@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationInfo, field_validator, model_validator
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -218,6 +218,9 @@ class FrameworkSpec(Identified):
     max_seqs_by_memory_gb: tuple[tuple[float, int], ...] = ()  # default max running sequences
     kv_cache_default: dict[str, str] = Field(default_factory=dict)  # method id (or "*") -> KV format
     request_overhead_ms: float = Field(default=0.0, ge=0)  # added to every TTFT: HTTP, tokenizer, admission
+    # Another API server in front of the engine (e.g. "nim"): its per-request TTFT overhead replaces
+    # request_overhead_ms, which is the engine's own server. Rows and plans name the server.
+    server_overhead_ms: dict[str, NonNegativeFloat] = Field(default_factory=dict)
     # Closed loops of identical requests start in a lockstep wave; 0: the engine spreads them out
     # (steady state of independent arrivals), 1: every round stays a wave. Fitted (solver/fit.py).
     wave_persistence: float = Field(default=0.0, ge=0, le=1)

@@ -21,7 +21,7 @@ from .estimator import memory, quality
 from .registry import World, load_world
 from .scenario import TrafficClass
 from .probes import Batch, Probe, probe, reduce
-from .serving import Scheduling, timing
+from .serving import Scheduling, behind_server, timing
 from .shapes import parameter_counts
 from .space import execution_of, fit_placement, objections
 
@@ -65,6 +65,7 @@ class Row(BaseModel):
     requests_per_client: float | None = None  # closed loop: the benchmark's requests per client
     warmup_requests: float | None = None
     engine_version: str = ""
+    api_server: str = ""  # the server in front of the engine when not its own (e.g. "nim")
 
     @property
     def under_load(self) -> bool:
@@ -169,7 +170,8 @@ def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
     """The load-model evaluations behind a speed row and how they combine ("one", "max", "ratio").
 
     Rows under load use the row's concurrency or rate, its benchmark protocol (requests per client)
-    and statistic, with the engine's default limits, behind its API server. Older rows come from
+    and statistic, with the engine's default limits, behind its API server (the row's `api_server`, else
+    the engine's own). Older rows come from
     engine benchmarks without a server (no per-request overhead): "lockstep" (static-batch tables,
     all requests at once) take one wave for TTFT and the steady state for throughput; "single" is one
     stream; "offline" the best throughput over batch sizes that fit.
@@ -201,11 +203,12 @@ def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
         if placed is None:
             raise ValueError("does not fit")
         times = timing(world, placed, traffic)
-        times = replace(times, scheduling=benchmark_limits(row, times.scheduling))
+        times = replace(times, scheduling=behind_server(benchmark_limits(row, times.scheduling), placed.framework,
+                                                        row.api_server))
         kind = "rate" if row.mode == "rate" else "closed"
         load = row.rate if kind == "rate" else float(max(row.batch, 1))
         return [probe(times, placed, row.prompt_tokens, row.output_tokens, kind, load, metric,
-                      row.requests_per_client or 10.0, row.statistic)], "one"
+                      row.requests_per_client or 10.0, row.statistic, server=row.api_server)], "one"
     one = _steady(world, config, row, metric, waves=1.0 if metric == "ttft_ms" and row.mode == "lockstep" else 0.0)
     if one is None:
         raise ValueError("does not fit")

@@ -1,0 +1,107 @@
+"""The API server in front of an engine: its per-request TTFT overhead belongs to the server a
+benchmark ran (NIM's is not trtllm-serve's), carried by the row, with the engine's own as default."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from quantplan.solver import fit, serving, validate
+from quantplan.solver.errors import QuantplanError
+from quantplan.solver.scenario import TrafficClass
+
+
+def sched(overhead_s=0.1295):
+    return serving.Scheduling("mixed", 8192, 2048, False, True, request_overhead_s=overhead_s)
+
+
+def test_a_named_server_replaces_the_engines_overhead_and_none_keeps_it():
+    engine = SimpleNamespace(id="tensorrt-llm", server_overhead_ms={"nim": 12.5})
+    own = sched()
+    assert serving.behind_server(own, engine, "") is own
+    assert serving.behind_server(own, engine, "nim").request_overhead_s == pytest.approx(0.0125)
+    with pytest.raises(QuantplanError, match="API server 'dynamo'.*known: nim"):
+        serving.behind_server(own, engine, "dynamo")
+
+
+def test_the_overhead_is_added_once_to_every_ttft_figure():
+    """Closed loop at c = 1: TTFT behind a server with 12.5 ms is the bare TTFT + 12.5 ms, mean and
+    percentiles alike; TPOT does not move."""
+    world = validate.validation_world()
+    row = next(r for r in validate.load_rows() if r.id == "p60")  # Llama-70B FP8 on 2 x H100
+    traffic = TrafficClass(prompt_tokens=5000, output_tokens=500, concurrency=1)
+    times = serving.timing(world, validate._placed(world, validate._config(world, row), traffic), traffic)
+    bare = serving.Timing(times.steps, replace(times.scheduling, request_overhead_s=0.0))
+    served = serving.Timing(times.steps, serving.behind_server(bare.scheduling, SimpleNamespace(
+        id="tensorrt-llm", server_overhead_ms={"nim": 12.5}), "nim"))
+    a, b = serving.closed_loop(bare, 5000, 500, 1.0), serving.closed_loop(served, 5000, 500, 1.0)
+    assert b.ttft - a.ttft == pytest.approx(0.0125)
+    assert all(b.ttft_percentiles[p] - a.ttft_percentiles[p] == pytest.approx(0.0125) for p in (50, 90, 99))
+    assert b.tpot == pytest.approx(a.tpot)
+
+
+def test_nim_rows_are_predicted_behind_nims_server():
+    """The 27 NIM rows (NIM 1.8.0, 2 x H100) name their server; a NIM TTFT row differs from the same row
+    behind trtllm's own server by exactly the two catalog overheads' difference."""
+    rows = validate.load_rows()
+    nim = [r for r in rows if r.api_server]
+    assert len(nim) == 27 and {r.api_server for r in nim} == {"nim"}
+    assert all(r.engine_version.startswith("NIM") for r in nim)
+    world = validate.validation_world()
+    trtllm = world.frameworks.get("tensorrt-llm")
+    row = next(r for r in nim if r.id == "p60")  # 5000 in / 500 out, concurrency 1, TTFT 406.77 ms
+    behind_nim = validate.predict(world, row)
+    behind_own = validate.predict(world, row.model_copy(update={"api_server": ""}))
+    assert behind_own - behind_nim == pytest.approx(trtllm.request_overhead_ms - trtllm.server_overhead_ms["nim"])
+
+
+def test_an_unknown_server_on_a_row_is_reported_not_guessed():
+    row = next(r for r in validate.load_rows() if r.id == "p60").model_copy(update={"api_server": "triton"})
+    found = validate.run(rows=[row])[0]
+    assert found.predicted is None and "API server 'triton'" in found.reason
+
+
+def test_the_fit_gives_each_server_its_own_overhead():
+    """trtllm's request_overhead_ms moves the rows behind its own server only, server_overhead_ms.nim the
+    NIM rows only (solver/fit.py's effects), both in ms."""
+    world = validate.validation_world()
+    rows = {r.id: r for r in validate.load_rows()}
+    nim_probe = validate.speed_probes(world, rows["p60"])[0][0]
+    own_probe = validate.speed_probes(world, rows["a773"])[0][0]  # AIConfigurator, Llama-3.1-8B, c = 8
+    engine = next(p for p in fit.DEFAULT_PARAMETERS if p.name == "framework:tensorrt-llm.request_overhead_ms")
+    server = next(p for p in fit.DEFAULT_PARAMETERS if p.name == "framework:tensorrt-llm.server_overhead_ms.nim")
+    assert engine.effect(own_probe) == ("request", 1e-3) and engine.effect(nim_probe) is None
+    assert server.effect(nim_probe) == ("request", 1e-3) and server.effect(own_probe) is None
+    assert nim_probe.scheduling.request_overhead_s == pytest.approx(
+        world.frameworks.get("tensorrt-llm").server_overhead_ms["nim"] / 1e3)
+
+
+def test_estimate_behind_nim_drops_trtllms_own_overhead():
+    """Llama-70B FP8 on 2 x H100 behind NIM: TTFT is trtllm's own server's overhead minus NIM's (129.5 - 0 ms
+    in frameworks.toml today) below the same estimate behind trtllm's own server; TPOT does not move; JSON
+    says which server and overhead."""
+    from quantplan.solver.api import estimate
+    from quantplan.solver.registry import load_world
+
+    trtllm = load_world().frameworks.get("tensorrt-llm")
+    own_ms, nim_ms = trtllm.request_overhead_ms, trtllm.server_overhead_ms["nim"]
+    args = dict(gpus=2, prompt_tokens=500, output_tokens=2000)
+    own = estimate("llama-3.1-70b", "fp8", "h100-sxm", "tensorrt-llm", **args)
+    nim = estimate("llama-3.1-70b", "fp8", "h100-sxm", "tensorrt-llm", api_server="nim", **args)
+    assert own.ttft_ms - nim.ttft_ms == pytest.approx(own_ms - nim_ms)
+    assert own.tpot_ms == pytest.approx(nim.tpot_ms)
+    assert (nim.scheduling["api_server"], nim.scheduling["request_overhead_ms"]) == ("nim", pytest.approx(nim_ms))
+    assert (own.scheduling["api_server"], own.scheduling["request_overhead_ms"]) == (None, pytest.approx(own_ms))
+
+
+def test_cli_unknown_api_server_is_one_line_and_exit_2():
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    result = CliRunner().invoke(cli, ["estimate", "--model", "llama-3.1-8b", "--method", "bf16", "--gpu", "h100-sxm",
+                                      "--framework", "vllm", "--api-server", "nim"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "API server 'nim'" in result.output
