@@ -525,14 +525,16 @@ def _cross_validate(fitting, key: str, as_json: bool) -> None:
               help="Closed loop: requests each client sends after warm-up (0: steady state only).")
 @click.option("--simulate", is_flag=True, help="Also run the step-by-step scheduler simulation.")
 @click.option("--gpu-layers", type=int, help="llama.cpp: layers on the GPU (the rest in host RAM).")
+@click.option("--expert-parallel", type=int, default=1, show_default=True,
+              help="MoE: GPUs the routed experts are split over whole (1: every GPU holds a slice of each).")
 @click.option("--price", multiple=True, help="Override a price, DEV=USD.")
 @provider_option
 @catalog_option
 @json_option
 @click.pass_context
 def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency, rate, prompt_tokens, output_tokens,
-             kv_cache_dtype, max_num_seqs, requests_per_client, simulate, gpu_layers, price, provider, catalogs,
-             as_json):
+             kv_cache_dtype, max_num_seqs, requests_per_client, simulate, gpu_layers, expert_parallel, price, provider,
+             catalogs, as_json):
     """Predictions for one configuration under load, with every term and the plugin that gave it."""
     from quantplan.solver.api import estimate as run
     from quantplan.solver.report import render_estimate
@@ -542,7 +544,7 @@ def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency
     result = run(model, method, gpu, framework, gpus, concurrency, prompt_tokens, output_tokens, kv_cache_dtype,
                  gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs), rate=rate,
                  max_num_seqs=max_num_seqs, requests_per_client=requests_per_client, simulate=simulate,
-                 provider=provider)
+                 provider=provider, expert_parallel=expert_parallel)
     _emit(result.model_dump(), as_json, lambda console: render_estimate(result, console))
     if not result.compatible:
         ctx.exit(1)

@@ -117,3 +117,30 @@ def test_routing_concentration_is_fitted_and_written_to_the_model_catalog(tmp_pa
     block = block[:block.index("[[model]]") if "[[model]]" in block else len(block)]
     assert "\nrouting_concentration = 5.5\n" in block
     assert text.count("routing_concentration = ") == 1
+
+
+def _estimate(*extra):
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    return CliRunner().invoke(cli, ["estimate", "--model", QWEN3_235B, "--method", "fp8", "--gpu", "h100-sxm",
+                                    "--framework", "tensorrt-llm", "--gpus", "4", "--concurrency", "4",
+                                    "--prompt-tokens", "512", "--output-tokens", "128", *extra])
+
+
+def test_estimate_with_expert_parallel_reads_the_busiest_devices_experts():
+    """TP4 at 4 clients: whole experts on 4 devices make a decode step wait for the busiest device, so
+    TPOT rises; the step model's own difference (test above) is what the closed loop carries."""
+    import json
+
+    sliced, whole = (json.loads(_estimate("--json", "--expert-parallel", n).output) for n in ("1", "4"))
+    assert (sliced["expert_parallel"], whole["expert_parallel"]) == (1, 4)
+    assert whole["tpot_ms"] > sliced["tpot_ms"] * 1.05
+
+
+@pytest.mark.parametrize("size, words", [("3", "must divide --gpus 4"), ("0", "must be positive")])
+def test_estimate_rejects_an_expert_parallel_size_the_replica_cannot_hold(size, words):
+    result = _estimate("--expert-parallel", size)
+    assert result.exit_code == 2
+    assert words in result.output and len(result.output.strip().splitlines()) == 1
