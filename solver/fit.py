@@ -2,10 +2,11 @@
 
 A handful of structural parameters (per engine: bandwidth share, decode and prefill compute shares,
 per-step overhead, all-reduce latency, per-request TTFT overhead; per kernel: bandwidth and compute
-shares; per MoE model with rows: how unevenly its router spreads tokens over experts) are fitted with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1
-loss, so a few odd rows (old builds, overloaded servers) do not steer the fit. The rows' load-model
-probes are built once (solver/probes.py); each trial value changes the stacked step models directly,
-so the fit calls no plugin. `--devices` fits on some devices' rows only and reports the error on the
+shares; per MoE model with rows: how unevenly its router spreads tokens over experts) are fitted
+with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1 loss, so a few odd
+rows (old builds, overloaded servers) do not steer the fit. The rows' load-model probes are built
+once (solver/probes.py); each trial value changes the stacked step models directly, so the fit calls
+no plugin. `--devices` fits on some devices' rows only and reports the error on the
 others: the out-of-sample figure. The output is what catalogs/frameworks.toml and methods.toml carry
 (`--write` puts it there; a model's routing concentration goes to models.toml), with the rows named in
 each efficiency_source.

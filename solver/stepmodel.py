@@ -11,9 +11,10 @@ per-step overhead, and, when p > 0, the time an engine loses on a step it cannot
 The plugins describe pure decode and pure prefill steps (the `quantplan_step_terms` hook). Every
 quantity they give is linear in the sequences and tokens of a step, except the routed experts a MoE
 step reads, which grow as the expected number of distinct experts its tokens touch, on the busiest
-device when the experts are split expert-parallel (shapes.experts_touched_fraction, shapes.routed_share). So three decode probes (d = 1, 2, 3) and one prefill probe of a
-whole prompt fix every coefficient, and t(d, p) is then evaluated for any d, p (numpy arrays) with no
-further plugin calls: the load models and the scheduler simulation call it thousands of times.
+device when the experts are split expert-parallel (shapes.experts_touched_fraction, routed_share).
+So three decode probes (d = 1, 2, 3) and one prefill probe of a whole prompt fix every coefficient,
+and t(d, p) is then evaluated for any d, p (numpy arrays) with no further plugin calls: the load
+models and the scheduler simulation call it thousands of times.
 """
 
 from __future__ import annotations
