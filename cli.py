@@ -527,13 +527,16 @@ def _cross_validate(fitting, key: str, as_json: bool) -> None:
 @click.option("--api-server", help="The API server in front of the engine when not its own (e.g. nim): its "
                                    "per-request TTFT overhead (frameworks.toml server_overhead_ms).")
 @click.option("--gpu-layers", type=int, help="llama.cpp: layers on the GPU (the rest in host RAM).")
+@click.option("--expert-parallel", type=int, default=1, show_default=True,
+              help="MoE: GPUs the routed experts are split over whole (1: every GPU holds a slice of each).")
 @click.option("--price", multiple=True, help="Override a price, DEV=USD.")
 @provider_option
 @catalog_option
 @json_option
 @click.pass_context
 def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency, rate, prompt_tokens, output_tokens,
-             kv_cache_dtype, max_num_seqs, requests_per_client, simulate, api_server, gpu_layers, price, provider,
+             kv_cache_dtype, max_num_seqs, requests_per_client, simulate, api_server, gpu_layers, expert_parallel,
+             price, provider,
              catalogs, as_json):
     """Predictions for one configuration under load, with every term and the plugin that gave it."""
     from quantplan.solver.api import estimate as run
@@ -544,7 +547,7 @@ def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency
     result = run(model, method, gpu, framework, gpus, concurrency, prompt_tokens, output_tokens, kv_cache_dtype,
                  gpu_layers, _pairs(price, "--price", float), model_config, catalogs=tuple(catalogs), rate=rate,
                  max_num_seqs=max_num_seqs, requests_per_client=requests_per_client, simulate=simulate,
-                 provider=provider, api_server=api_server)
+                 provider=provider, api_server=api_server, expert_parallel=expert_parallel)
     _emit(result.model_dump(), as_json, lambda console: render_estimate(result, console))
     if not result.compatible:
         ctx.exit(1)

@@ -529,6 +529,7 @@ class EstimateResult(BaseModel):
     prompt_tokens: int
     output_tokens: int
     compatible: bool
+    expert_parallel: int = 1  # MoE: devices the routed experts are split over whole (1: tensor-parallel slices)
     reasons: list[str] = []
     fits: bool | None = None
     gpu_layers: int | None = None
@@ -571,18 +572,36 @@ class EstimateResult(BaseModel):
     prices: PricesUsed | None = None  # the price this estimate used: provider (or median) and date
 
 
+def _expert_parallel(model, framework, gpus: int, size: int) -> int:
+    """A MoE layout the engine can run: `size` devices, each holding whole experts (one line if not)."""
+    if size <= 0:
+        raise QuantplanError(f"--expert-parallel {size}: must be positive")
+    if not model.is_moe:
+        raise QuantplanError(f"--expert-parallel {size}: {model.id} has no routed experts")
+    if framework.parallelism != "tensor":
+        raise QuantplanError(f"--expert-parallel {size}: {framework.id} does not split a model over GPUs")
+    if gpus % size or model.num_experts % size:
+        raise QuantplanError(f"--expert-parallel {size}: must divide --gpus {gpus} and {model.id}'s "
+                             f"{model.num_experts} experts")
+    return size
+
+
 def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, batch: int = 1,
              prompt_tokens: int = 512, output_tokens: int = 256, kv_cache_dtype: str | None = None,
              gpu_layers: int | None = None, prices: dict[str, float] | None = None,
              model_config: str | None = None, world: World | None = None,
              catalogs: tuple[str, ...] = (), rate: float | None = None, max_num_seqs: int | None = None,
              requests_per_client: float = 10.0, simulate: bool = False,
-             provider: str | None = None, api_server: str | None = None) -> EstimateResult:
+             provider: str | None = None, api_server: str | None = None,
+             expert_parallel: int = 1) -> EstimateResult:
     """Predict memory, TTFT/TPOT (means and percentiles), quality and cost: a closed loop of `batch`
     clients (the engine runs at most `max_num_seqs`, default its own limit, the rest queue), or with
     `rate`, Poisson arrivals of that many requests/s at this replica. `kv_cache_dtype` None: the
     engine's default for the checkpoint. `simulate`: also run the step-by-step scheduler simulation.
-    `api_server`: the server in front of the engine when not its own (its per-request TTFT overhead)."""
+    `api_server`: the server in front of the engine when not its own (its per-request TTFT overhead).
+    `expert_parallel`: a MoE model's routed experts split whole over that many of the replica's GPUs
+    (TensorRT-LLM moe_expert_parallel_size, SGLang --ep-size, vLLM --enable-expert-parallel) instead of
+    sliced over all of them (1, the engines' default)."""
     from .candidates import Config, Step
     from .estimator import cost_terms, memory, memory_terms, quality, step_terms
     from .serving import performance, timing
@@ -620,11 +639,14 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
             kv_note = f"KV cache fp16: {f.id} runs a bf16 model in fp16 on {g.id} (no bf16 units)"
     kv = world.kv_caches.get(kv_cache_dtype)
     head = dict(model=spec.id, method=m.id, gpu=g.id, framework=f.id, gpus=gpus, batch_size=batch,
-                kv_cache_dtype=kv.id, prompt_tokens=prompt_tokens, output_tokens=output_tokens, kv_cache_note=kv_note)
+                kv_cache_dtype=kv.id, prompt_tokens=prompt_tokens, output_tokens=output_tokens, kv_cache_note=kv_note,
+                expert_parallel=expert_parallel)
     execution = execution_of(world, m, g, f)
     if not execution.possible:
         return EstimateResult(**head, compatible=False, reasons=[execution.reason])
     config = Config(spec, m, g, f, kv, gpus, execution, batch)
+    if expert_parallel != 1:
+        config = replace(config, expert_parallel=_expert_parallel(spec, f, gpus, expert_parallel))
     reasons = objections(world, config)
     if reasons:
         return EstimateResult(**head, compatible=False, reasons=reasons)

@@ -49,12 +49,14 @@ class Config:
     execution: Execution
     batch: int = 1
     gpu_layer_fraction: float = 1.0  # < 1: llama.cpp hybrid offload, the rest of the layers in host RAM
+    expert_parallel: int = 1  # MoE: devices the routed experts are split over whole (1: tensor-parallel slices)
 
     @property
     def key(self) -> str:
         """Readable, unique name: used for ILP variable names and tie-breaking."""
         offload = "" if self.gpu_layer_fraction >= 1.0 else f"/ngl{self.gpu_layers}"
-        return (f"{self.gpu.id}/{self.method.id}/{self.framework.id}/tp{self.gpus}/"
+        experts = f"/ep{self.expert_parallel}" if self.expert_parallel > 1 else ""
+        return (f"{self.gpu.id}/{self.method.id}/{self.framework.id}/tp{self.gpus}{experts}/"
                 f"b{self.batch}/kv-{self.kv.id}{offload}")
 
     @property

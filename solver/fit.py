@@ -2,12 +2,14 @@
 
 A handful of structural parameters (per engine: bandwidth share, decode and prefill compute shares,
 per-step overhead, all-reduce latency, per-request TTFT overhead; per kernel: bandwidth and compute
-shares) are fitted with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1
-loss, so a few odd rows (old builds, overloaded servers) do not steer the fit. The rows' load-model
-probes are built once (solver/probes.py); each trial value changes the stacked step models directly,
-so the fit calls no plugin. `--devices` fits on some devices' rows only and reports the error on the
+shares; per MoE model with rows: how unevenly its router spreads tokens over experts) are fitted
+with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1 loss, so a few odd
+rows (old builds, overloaded servers) do not steer the fit. The rows' load-model probes are built
+once (solver/probes.py); each trial value changes the stacked step models directly, so the fit calls
+no plugin. `--devices` fits on some devices' rows only and reports the error on the
 others: the out-of-sample figure. The output is what catalogs/frameworks.toml and methods.toml carry
-(`--write` puts it there), with the rows named in each efficiency_source.
+(`--write` puts it there; a model's routing concentration goes to models.toml), with the rows named in
+each efficiency_source.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ PRIOR_WEIGHT = 0.02  # per parameter, on its range: weak next to ~1,500 rows' lo
 
 @dataclass(frozen=True)
 class Parameter:
-    kind: str  # "framework", "method" or "kernel"
+    kind: str  # "framework", "method", "kernel" or "model"
     id: str
     field: str  # a spec field, or "<dict field>.<key>"
     low: float
@@ -55,6 +57,8 @@ class Parameter:
             return world.frameworks.get(self.id)
         if self.kind == "method":
             return world.methods.get(self.id)
+        if self.kind == "model":
+            return world.models.get(self.id)
         from quantplan.plugins.builtin.methods import kernels
 
         return kernels()[self.id]
@@ -63,6 +67,8 @@ class Parameter:
         """(what it changes, coefficient) for one probe; None when it does not touch it."""
         config = probe.config
         framework, gpu = config.framework, config.gpu
+        if self.kind == "model":  # MoE routing skew: the value itself, on the model's probes
+            return ("routing", 1.0) if config.model.id == self.id else None
         if self.kind in ("kernel", "method"):
             from quantplan.plugins.builtin.methods import kernels
 
@@ -124,6 +130,7 @@ DEFAULT_PARAMETERS = tuple(
        Parameter("method", "nvfp4", "compute_efficiency", 0.2, 1.2, 0.7),
        Parameter("kernel", "trtllm-w4a16", "bandwidth_efficiency", 0.3, 1.2, 0.7),
        Parameter("kernel", "trtllm-w4a16", "compute_efficiency", 0.2, 1.2, 0.7)]
+    + [Parameter("model", m, "routing_concentration", 0.3, 100.0, 4.0) for m in ("qwen3-235b-a22b",)]
 )
 
 
@@ -160,6 +167,8 @@ class Problem:
                 adjust.prompt_step_overhead_s[mask] += (value - start) * coefficient[mask]
             elif kind == "waves":
                 adjust.wave_persistence[mask] += value - start
+            elif kind == "routing":
+                adjust.routing_concentration[mask] = value
             else:
                 adjust.request_overhead_s[mask] += (value - start) * coefficient[mask]
         return adjust
@@ -257,7 +266,7 @@ def write_catalog(parameters, values, folder: Path | None = None) -> list[str]:
     folder = folder or Path(str(resources.files("quantplan.catalogs")))
     changed = []
     for parameter, value in zip(parameters, values):
-        name = "frameworks.toml" if parameter.kind == "framework" else "methods.toml"
+        name = {"framework": "frameworks.toml", "model": "models.toml"}.get(parameter.kind, "methods.toml")
         table = parameter.kind
         path = folder / name
         text = path.read_text()

@@ -49,6 +49,7 @@ class Adjustment:
     wave_persistence: np.ndarray
     overhead_per_sequence_s: np.ndarray
     prompt_step_overhead_s: np.ndarray
+    routing_concentration: np.ndarray  # MoE routing skew to use instead (nan: the probe's own)
 
 
 def probe(timing: Timing, config: Config, prompt: int, output: int, kind: str, load: float, metric: str,
@@ -92,7 +93,7 @@ class Batch:
     def neutral(self) -> Adjustment:
         n = len(self.probes)
         return Adjustment(np.ones(n), np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
-                          np.zeros(n))
+                          np.zeros(n), np.full(n, np.nan))
 
     def evaluate(self, adjust: Adjustment | None = None) -> np.ndarray:
         """Every probe's metric (inf where the load cannot be carried)."""
@@ -105,7 +106,10 @@ class Batch:
                         prefill_peak=self.steps.prefill_peak * adjust.prefill_peak,
                         overhead_s=self.steps.overhead_s + adjust.overhead_s,
                         overhead_per_sequence_s=self.steps.overhead_per_sequence_s + adjust.overhead_per_sequence_s,
-                        prompt_step_overhead_s=self.steps.prompt_step_overhead_s + adjust.prompt_step_overhead_s)
+                        prompt_step_overhead_s=self.steps.prompt_step_overhead_s + adjust.prompt_step_overhead_s,
+                        routing_concentration=np.where(np.isnan(adjust.routing_concentration),
+                                                       self.steps.routing_concentration,
+                                                       adjust.routing_concentration))
         a = self.arrays
         for (policy, chunked, kind), index in self.groups.items():
             part = _take(steps, index)

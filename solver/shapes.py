@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -67,16 +68,84 @@ def active_linear_params(model: ModelSpec) -> int:
     return counts.dense_linear + counts.moe_layers * model.experts_per_token * counts.expert_size
 
 
-def experts_touched_fraction(model: ModelSpec, tokens):
-    """Expected share of a layer's routed experts that `tokens` tokens activate (uniform routing).
+def experts_touched_fraction(model: ModelSpec, tokens, expert_parallel: int = 1):
+    """Expected share of a layer's routed experts that `tokens` tokens make one device read.
 
-    `tokens` may be a numpy array (several batch sizes at once)."""
+    With the experts split tensor-parallel (`expert_parallel` 1) every device reads its slice of every
+    touched expert: the mean share. Split expert-parallel over `expert_parallel` devices, each holds
+    whole experts and the step waits for the device whose experts the tokens touched most
+    (`routed_share`). `tokens` may be a numpy array (several batch sizes at once)."""
     if not model.is_moe:
         return 1.0
+    return routed_share(model.experts_per_token / model.num_experts, tokens, model.routing_concentration,
+                        rank_imbalance(model.num_experts, expert_parallel))
+
+
+def routed_share(share, tokens, concentration=0.0, imbalance=0.0):
+    """Share of a layer's routed experts the busiest device reads for a step of `tokens` tokens.
+
+    `share` = k / E: a token picks k of E experts. Under uniform routing (`concentration` 0) an expert
+    is missed by all n tokens with probability (1 - k/E)^n. Real routers favour some experts more than
+    others from step to step: with each expert's pick probability drawn as Beta(c k/E, c (1 - k/E))
+    (mean k/E, concentration c; c -> infinity is uniform) the miss probability is the Beta moment
+    E[(1 - q)^n] = G(b + n) G(a + b) / (G(b) G(a + b + n)), a = c k/E, b = c (1 - k/E) (G: gamma).
+    A device holding m of the experts then touches a Binomial(m, f) count of them; the step waits
+    for the largest of the D devices' counts, f + z_D sqrt(f (1 - f) / m) as a share (normal
+    approximation, capped at 1); `imbalance` = z_D / sqrt(m) (`rank_imbalance`). Scalars or arrays."""
     import numpy as np
 
-    miss = (1.0 - model.experts_per_token / model.num_experts) ** np.maximum(tokens, 1)
-    return 1.0 - miss
+    n = np.maximum(np.asarray(tokens, dtype=float), 1.0)
+    share = np.asarray(share, dtype=float)
+    concentration = np.asarray(concentration, dtype=float)
+    uniform = (1.0 - share) ** n
+    if np.any(concentration > 0):
+        from scipy.special import gammaln
+
+        c = np.where(concentration > 0, concentration, 1.0)
+        a, b = c * share, c * (1.0 - share)
+        skewed = np.exp(gammaln(b + n) + gammaln(a + b) - gammaln(b) - gammaln(a + b + n))
+        miss = np.where(concentration > 0, skewed, uniform)
+    else:
+        miss = uniform
+    mean = 1.0 - miss
+    busiest = np.minimum(mean + np.asarray(imbalance, dtype=float) * np.sqrt(mean * miss), 1.0)
+    found = np.where(share > 0, busiest, 0.0)
+    return float(found) if found.ndim == 0 else found
+
+
+def routed_share_scalar(share: float, tokens: float, concentration: float, imbalance: float) -> float:
+    """routed_share in plain floats (the load models call it hundreds of thousands of times)."""
+    n = max(tokens, 1.0)
+    if concentration > 0:
+        a, b = concentration * share, concentration * (1.0 - share)
+        miss = math.exp(math.lgamma(b + n) + math.lgamma(a + b) - math.lgamma(b) - math.lgamma(a + b + n))
+    else:
+        miss = (1.0 - share) ** n
+    mean = 1.0 - miss
+    return min(mean + imbalance * math.sqrt(mean * miss), 1.0)
+
+
+def rank_imbalance(experts: int, expert_parallel: int) -> float:
+    """z_D / sqrt(E / D): how far the busiest of D expert-parallel devices, each holding E / D experts,
+    sits above the mean share, in units of sqrt(f (1 - f)) (0 with no expert parallelism)."""
+    if expert_parallel <= 1 or experts <= 0:
+        return 0.0
+    return expected_max_normal(expert_parallel) / math.sqrt(experts / expert_parallel)
+
+
+@lru_cache(maxsize=64)
+def expected_max_normal(count: int) -> float:
+    """Expected largest of `count` independent standard normal draws: the integral of
+    x count phi(x) Phi(x)^(count - 1) (0 for one draw; 1/sqrt(pi) for two; 1.0294 for four)."""
+    if count <= 1:
+        return 0.0
+    step = 1e-3
+    total = 0.0
+    for i in range(-10_000, 10_001):
+        x = i * step
+        density = math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+        total += x * count * density * (0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))) ** (count - 1)
+    return total * step
 
 
 def kv_elements_per_token(model: ModelSpec) -> int:

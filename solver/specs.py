@@ -256,6 +256,10 @@ class ModelSpec(Identified):
     shared_expert_intermediate_size: int = Field(default=0, ge=0)
     dense_layers: int = Field(default=0, ge=0)
     max_position_embeddings: int = Field(default=4096, gt=0)
+    # MoE routing skew: concentration c of each expert's per-step pick probability, Beta(c k/E, c (1 - k/E))
+    # (shapes.routed_share); 0 = uniform routing (no measurement)
+    routing_concentration: float = Field(default=0.0, ge=0)
+    routing_source: str = ""
     wikitext2_ppl: float = Field(gt=1)
     ppl_source: str
     params_reported_b: float | None = None

@@ -10,10 +10,11 @@ per-step overhead, and, when p > 0, the time an engine loses on a step it cannot
 
 The plugins describe pure decode and pure prefill steps (the `quantplan_step_terms` hook). Every
 quantity they give is linear in the sequences and tokens of a step, except the routed experts a MoE
-step reads, which grow as the expected number of distinct experts its tokens touch
-(shapes.experts_touched_fraction). So three decode probes (d = 1, 2, 3) and one prefill probe of a
-whole prompt fix every coefficient, and t(d, p) is then evaluated for any d, p (numpy arrays) with no
-further plugin calls: the load models and the scheduler simulation call it thousands of times.
+step reads, which grow as the expected number of distinct experts its tokens touch, on the busiest
+device when the experts are split expert-parallel (shapes.experts_touched_fraction, routed_share).
+So three decode probes (d = 1, 2, 3) and one prefill probe of a whole prompt fix every coefficient,
+and t(d, p) is then evaluated for any d, p (numpy arrays) with no further plugin calls: the load
+models and the scheduler simulation call it thousands of times.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import terms as q
 from .candidates import Config, Step
 from .estimator import step_terms
 from .registry import World
-from .shapes import experts_touched_fraction
+from .shapes import experts_touched_fraction, rank_imbalance, routed_share, routed_share_scalar
 
 PROBE_SEQUENCES = np.array([1.0, 2.0, 3.0])
 _SCALARS = (float, int, np.float64, np.int64)
@@ -54,6 +55,8 @@ class StepModel:
     overhead_per_prompt_token_s: float
     expert_share: float = 0.0  # experts per token / experts per layer (0: dense)
     prompt_step_overhead_s: float = 0.0  # once per step carrying prompt tokens (no CUDA graph replay)
+    routing_concentration: float = 0.0  # MoE routing skew (shapes.routed_share; 0: uniform)
+    expert_imbalance: float = 0.0  # expert-parallel: busiest device above the mean (shapes.rank_imbalance)
 
     def seconds(self, decoding, prompt_tokens):
         """Step time with `decoding` sequences and `prompt_tokens` prompt tokens (scalars or arrays)."""
@@ -63,7 +66,8 @@ class StepModel:
         p = np.asarray(prompt_tokens, dtype=float)
         device = self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
         if _nonzero(self.expert_share):  # routed experts: the share the step's tokens touch
-            device = device + self.expert_bytes * touched(self.expert_share, d + p)
+            device = device + self.expert_bytes * touched(self.expert_share, d + p, self.routing_concentration,
+                                                          self.expert_imbalance)
         memory = device / self.bandwidth
         compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
         time = np.maximum(memory, compute) + self.overhead_s + d * self.overhead_per_sequence_s \
@@ -78,7 +82,8 @@ class StepModel:
         """The same formula in plain floats: the load models call it hundreds of thousands of times."""
         device = self.weight_bytes + d * self.bytes_per_sequence + p * self.bytes_per_prompt_token
         if self.expert_share > 0:
-            device += self.expert_bytes * (1.0 - (1.0 - self.expert_share) ** max(d + p, 1.0))
+            device += self.expert_bytes * routed_share_scalar(self.expert_share, d + p, self.routing_concentration,
+                                                              self.expert_imbalance)
         compute = d * self.flops_per_sequence / self.decode_peak + p * self.flops_per_prompt_token / self.prefill_peak
         host = 0.0
         if self.host_bandwidth > 0:
@@ -93,7 +98,8 @@ class StepModel:
         """Whether a pure decode step of `decoding` sequences is limited by memory rather than compute."""
         d = float(decoding)
         device = (self.weight_bytes + d * self.bytes_per_sequence
-                  + self.expert_bytes * float(touched(self.expert_share, d)))
+                  + self.expert_bytes * float(touched(self.expert_share, d, self.routing_concentration,
+                                                      self.expert_imbalance)))
         return device / self.bandwidth >= d * self.flops_per_sequence / self.decode_peak
 
     def scaled(self, decode: float, prefill: float) -> StepModel:
@@ -110,11 +116,10 @@ def _nonzero(value) -> bool:
     return bool(value.any()) if isinstance(value, np.ndarray) else value != 0
 
 
-def touched(share, tokens):
-    """Expected share of a layer's routed experts that `tokens` tokens activate (uniform top-k routing,
-    `share` = k / E); 0 for a dense model. The same law as shapes.experts_touched_fraction."""
-    share = np.asarray(share, dtype=float)
-    return np.where(share > 0, 1.0 - (1.0 - share) ** np.maximum(tokens, 1), 0.0)
+def touched(share, tokens, concentration=0.0, imbalance=0.0):
+    """Expected share of a layer's routed experts that `tokens` tokens make the busiest device read
+    (top-k routing, `share` = k / E); 0 for a dense model. The law of shapes.experts_touched_fraction."""
+    return np.asarray(routed_share(share, tokens, concentration, imbalance), dtype=float)
 
 
 def stack(models: list[StepModel]) -> StepModel:
@@ -133,7 +138,8 @@ def step_model(world: World, config: Config, prompt_tokens: int, output_tokens: 
                       "decode")
     prefill = q.totals(step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)), "prefill")
     model = config.model
-    touched = np.asarray(experts_touched_fraction(model, PROBE_SEQUENCES), dtype=float) * np.ones(3)
+    ranks = config.expert_parallel
+    touched = np.asarray(experts_touched_fraction(model, PROBE_SEQUENCES, ranks), dtype=float) * np.ones(3)
     device = np.asarray(decode[q.DEVICE_BYTES], dtype=float) * np.ones(3)
     if model.is_moe:
         basis = np.column_stack([np.ones(3), PROBE_SEQUENCES, touched])
@@ -143,7 +149,7 @@ def step_model(world: World, config: Config, prompt_tokens: int, output_tokens: 
     flops = _line(decode[q.FLOPS])
     overhead = _line(decode[q.OVERHEAD])
     host = _line(decode[q.HOST_BYTES])
-    prompt_touched = float(experts_touched_fraction(model, prompt_tokens)) if model.is_moe else 0.0
+    prompt_touched = float(experts_touched_fraction(model, prompt_tokens, ranks)) if model.is_moe else 0.0
     return StepModel(
         weight_bytes=float(weight), expert_bytes=float(experts), bytes_per_sequence=float(per_sequence),
         bytes_per_prompt_token=max(float(prefill[q.DEVICE_BYTES]) - weight - experts * prompt_touched, 0.0)
@@ -159,6 +165,8 @@ def step_model(world: World, config: Config, prompt_tokens: int, output_tokens: 
         overhead_per_prompt_token_s=max(float(prefill[q.OVERHEAD]) - overhead[0], 0.0) / prompt_tokens,
         expert_share=model.experts_per_token / model.num_experts if model.is_moe else 0.0,
         prompt_step_overhead_s=float(prefill[q.PROMPT_STEP_OVERHEAD]),
+        routing_concentration=model.routing_concentration if model.is_moe else 0.0,
+        expert_imbalance=rank_imbalance(model.num_experts, ranks) if model.is_moe else 0.0,
     )
 
 

@@ -66,6 +66,7 @@ class Row(BaseModel):
     warmup_requests: float | None = None
     engine_version: str = ""
     api_server: str = ""  # the server in front of the engine when not its own (e.g. "nim")
+    expert_parallel: int = 1  # MoE: devices the routed experts were split over whole (the source's moe_ep)
 
     @property
     def under_load(self) -> bool:
@@ -151,6 +152,11 @@ def _config(world: World, row: Row, batch: int | None = None) -> Config:
     if not execution.possible:
         raise ValueError(execution.reason)
     config = Config(model, method, gpu, framework, kv, row.gpus, execution, batch or max(row.batch, 1))
+    if row.expert_parallel > 1:  # MoE layout as the source ran it
+        if not model.is_moe or row.gpus % row.expert_parallel or model.num_experts % row.expert_parallel:
+            raise ValueError(f"expert_parallel {row.expert_parallel} does not split {model.id}'s experts "
+                             f"over {row.gpus} GPUs")
+        config = replace(config, expert_parallel=row.expert_parallel)
     reasons = objections(world, config)
     if reasons:
         raise ValueError(reasons[0])

@@ -44,11 +44,12 @@ def weight_bytes(config: Config) -> dict[str, float]:
 def bytes_read_per_step(config: Config, tokens: int) -> tuple[float, float]:
     """(decoder-layer bytes, output-projection bytes) one step reads for `tokens` new tokens.
 
-    MoE layers read only the experts the tokens route to; a tied lm_head reads the embedding.
+    MoE layers read only the experts the tokens route to (split expert-parallel: as many as the busiest
+    device's share); a tied lm_head reads the embedding.
     """
     model, method = config.model, config.method
     counts = shapes.parameter_counts(model)
-    experts = counts.expert_linear * shapes.experts_touched_fraction(model, tokens)
+    experts = counts.expert_linear * shapes.experts_touched_fraction(model, tokens, config.expert_parallel)
     layers = (counts.dense_linear + experts) * method.linear_bits_per_weight / 8 + counts.norms * 2
     if counts.lm_head:
         head = counts.lm_head * method.lm_head_bits_per_weight / 8
