@@ -234,9 +234,6 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
         rows: list[Row] | None = None, setup: Problem | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
     """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
     `setup` (its rows' probes already built) is fitted on its `fitted_rows`."""
-    from scipy.optimize import least_squares
-    from threadpoolctl import threadpool_limits
-
     setup = setup or problem(parameters, world, devices, rows)
     fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
     for row in setup.fitted_rows:
@@ -244,15 +241,7 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
     used = [i for i, (mask, _, _) in enumerate(setup.effects) if (mask & fitted_probes).any()]
     values = setup.start.copy()
     if used:
-        low = np.array([parameters[i].low for i in used])
-        high = np.array([parameters[i].high for i in used])
-        x0 = np.array([parameters[i].initial for i in used])
-
-        trials = Trials(setup, used, x0, high - low)
-        with threadpool_limits(1, user_api="blas"):  # see Trials: one thread is far faster here
-            result = least_squares(trials.residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
-                                   x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10,
-                                   max_nfev=300, workers=trials.map)
+        result = solve(setup, [parameters[i] for i in used], used)
         values[used] = [_round(v) for v in result.x]
         setup.result = result
     row_of = setup.row_of_probe()
@@ -265,6 +254,23 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
         report.append({"parameter": parameter.name, "before": float(setup.start[index]),
                        "after": float(values[index]), "rows": rows_touched})
     return setup, values, report
+
+
+def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched: bool = True):
+    """scipy's least_squares over `parameters` (`setup.parameters[used]`), from their initial values:
+    scipy's OptimizeResult. `batched` False: plain finite differences, one full evaluation per point
+    (the same path, step for step, only slower: the tests compare the two)."""
+    from scipy.optimize import least_squares
+    from threadpoolctl import threadpool_limits
+
+    low = np.array([p.low for p in parameters])
+    high = np.array([p.high for p in parameters])
+    x0 = np.array([p.initial for p in parameters])
+    trials = Trials(setup, used, x0, high - low)
+    with threadpool_limits(1, user_api="blas"):  # see Trials: one thread is far faster here
+        return least_squares(trials.residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
+                             x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=300,
+                             workers=trials.map if batched else map)
 
 
 class Trials:
