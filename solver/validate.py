@@ -450,11 +450,16 @@ def summary(checks: list[Check]) -> dict:
 
 def quality_table() -> dict:
     """Quality model v2 out of sample: fitted without each source in turn, errors on the rows of the
-    source left out, per metric (ppl, KL, recovery) overall, by family, by method and by task kind."""
+    source left out, per metric (ppl, KL, recovery) overall, by family, by method and by task kind.
+    Its ~1,800 small SVDs run on one BLAS thread: OpenBLAS's threads make them a hundred times slower
+    on a busy two-core machine (as in `quantplan fit`)."""
+    from threadpoolctl import threadpool_limits
+
     from . import quality_data, quality_fit
 
     points, _ = quality_data.load()
-    return quality_fit.table(quality_fit.out_of_sample(points))
+    with threadpool_limits(1, user_api="blas"):
+        return quality_fit.table(quality_fit.out_of_sample(points))
 
 
 def latency_table(checks: list[Check]) -> dict:
