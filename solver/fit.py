@@ -136,6 +136,7 @@ class Problem:
     fitted_rows: np.ndarray  # rows the fit may use
     result: object = None  # scipy's OptimizeResult of the last fit (status, evaluations)
     reduction: Reduction | None = None  # the rows' figures from their probes' (built on first use)
+    alike: np.ndarray | None = None  # per probe: a label shared by the probes every trial value changes alike
 
     def adjustment(self, values: np.ndarray, select: np.ndarray | None = None) -> Adjustment:
         """What `values` (one per parameter) change in the probes' step models. With `select` (probe
@@ -168,7 +169,18 @@ class Problem:
 
     def probe_values(self, values: np.ndarray) -> np.ndarray:
         """Every probe's figure at `values`."""
-        return self.prepared.batch.evaluate(self.adjustment(values))
+        return self.prepared.batch.evaluate(self.adjustment(values), alike=self.labels())
+
+    def labels(self) -> np.ndarray:
+        """A label per probe, the same for probes with the same load-model inputs (Batch.twin_of: a TTFT,
+        a TPOT and a throughput row of one benchmark run) and the same effects of every parameter, which
+        any trial values therefore adjust alike: Batch.evaluate runs the load model once for them."""
+        if self.alike is None:
+            batch = self.prepared.batch
+            columns = [batch.twin_of] + [c for mask, _, coefficient in self.effects for c in (mask, coefficient)]
+            _, found = np.unique(np.column_stack(columns).astype(float), axis=0, return_inverse=True)
+            self.alike = found.reshape(-1)
+        return self.alike
 
     def predictions(self, values: np.ndarray) -> np.ndarray:
         return self.rows_from(self.probe_values(values))
@@ -307,7 +319,8 @@ class Trials:
         select = np.concatenate([np.nonzero(mask)[0] for mask in masks])
         owner = np.repeat(np.arange(len(points)), [int(mask.sum()) for mask in masks])
         trials = np.array([self._trial(x) for x in points])
-        changed = self.setup.prepared.batch.evaluate(self.setup.adjustment(trials[owner].T, select), select)
+        alike = owner * len(base_values) + self.setup.labels()[select]  # alike within one point only
+        changed = self.setup.prepared.batch.evaluate(self.setup.adjustment(trials[owner].T, select), select, alike)
         found = []
         for number, x in enumerate(points):
             values = base_values.copy()

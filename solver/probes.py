@@ -94,6 +94,11 @@ class Batch:
         self.statistic_names = sorted({p.statistic for p in self.probes})
         self.metric_codes = np.array([self.metric_names.index(p.metric) for p in self.probes], dtype=int)
         self.statistic_codes = np.array([self.statistic_names.index(p.statistic) for p in self.probes], dtype=int)
+        # the first probe with the same load-model inputs (a TTFT, a TPOT and a throughput row measured
+        # in one benchmark run differ only in the metric they read)
+        first: dict = {}
+        self.twin_of = np.array([first.setdefault(_inputs(p), index) for index, p in enumerate(self.probes)],
+                                dtype=int)
 
     def neutral(self, size: int | None = None) -> Adjustment:
         """No change, for every probe (or for `size` selected ones)."""
@@ -101,31 +106,46 @@ class Batch:
         return Adjustment(np.ones(n), np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
                           np.zeros(n))
 
-    def evaluate(self, adjust: Adjustment | None = None, select: np.ndarray | None = None) -> np.ndarray:
-        """Every probe's metric (inf where the load cannot be carried). With `select` (probe indices,
-        repeats allowed) only those, in that order, `adjust` then holding one entry per selected probe:
-        the fit evaluates many trial values' changed probes in one pass. Every figure is computed element
-        by element, so a probe's value does not depend on which others are evaluated with it."""
+    def evaluate(self, adjust: Adjustment | None = None, select: np.ndarray | None = None,
+                 alike: np.ndarray | None = None) -> np.ndarray:
+        """Every probe's metric (inf where the load cannot be carried).
+
+        `select` (probe indices, repeats allowed): those probes only, in that order, `adjust` then
+        holding one entry per selected probe (the fit evaluates many trial values' changed probes in
+        one pass). `alike` (one label per selected probe): probes with the same label have the same
+        load-model inputs, adjustment included, so the load model runs once per label and each probe
+        reads its metric off that run; by default, unadjusted probes alike in everything but their
+        metric (`twin_of`) share a run. Every figure is computed element by element, so a probe's value
+        depends neither on which others are evaluated with it nor on which of them it shares a run with."""
         select = np.arange(len(self.probes)) if select is None else np.asarray(select, dtype=int)
         found = np.full(len(select), np.nan)
         if not len(select):
             return found
+        if alike is None:
+            alike = self.twin_of[select] if adjust is None else np.arange(len(select))
         adjust = adjust or self.neutral(len(select))
-        base = _take(self.steps, select)
-        steps = replace(base, bandwidth=base.bandwidth * adjust.bandwidth,
-                        decode_peak=base.decode_peak * adjust.decode_peak,
-                        prefill_peak=base.prefill_peak * adjust.prefill_peak,
-                        overhead_s=base.overhead_s + adjust.overhead_s,
-                        overhead_per_sequence_s=base.overhead_per_sequence_s + adjust.overhead_per_sequence_s,
-                        prompt_step_overhead_s=base.prompt_step_overhead_s + adjust.prompt_step_overhead_s)
-        groups = self.group_of[select]
+        _, heads, run_of = np.unique(alike, return_index=True, return_inverse=True)  # one run per label
+        run_of = run_of.reshape(-1)
+        base = _take(self.steps, select[heads])
+        steps = replace(base, bandwidth=base.bandwidth * adjust.bandwidth[heads],
+                        decode_peak=base.decode_peak * adjust.decode_peak[heads],
+                        prefill_peak=base.prefill_peak * adjust.prefill_peak[heads],
+                        overhead_s=base.overhead_s + adjust.overhead_s[heads],
+                        overhead_per_sequence_s=base.overhead_per_sequence_s
+                        + adjust.overhead_per_sequence_s[heads],
+                        prompt_step_overhead_s=base.prompt_step_overhead_s + adjust.prompt_step_overhead_s[heads])
+        head_groups = self.group_of[select[heads]]
+        groups = head_groups[run_of]
+        slot = np.zeros(len(heads), dtype=int)  # a run's place among its group's runs
         for number, (policy, chunked, kind, percentiles) in enumerate(self.groups):
-            position = np.nonzero(groups == number)[0]
-            if not len(position):
+            runs = np.nonzero(head_groups == number)[0]
+            if not len(runs):
                 continue
+            slot[runs] = np.arange(len(runs))
+            position = heads[runs]
             index = select[position]
             a = {name: values[index] for name, values in self.arrays.items()}
-            part = _take(steps, position)
+            part = _take(steps, runs)
             sched = Scheduling(policy, a["token_budget"], a["max_sequences"], chunked, a["reserve_full"],
                                a["kv_tokens"],
                                request_overhead_s=a["request_overhead_s"] + adjust.request_overhead_s[position],
@@ -137,17 +157,20 @@ class Batch:
             else:
                 result = serving.closed_loop(timing, a["prompt"], a["output"], a["load"],
                                              Protocol(a["requests_per_client"]), percentiles=percentiles)
-            found[position] = self._pick(index, result, part, sched, a["prompt"], a["output"])
+            members = np.nonzero(groups == number)[0]
+            found[members] = self._pick(select[members], slot[run_of[members]], result, part, sched,
+                                        a["prompt"], a["output"])
         return found
 
-    def _pick(self, index, result, steps: StepModel, sched: Scheduling, prompt, output) -> np.ndarray:
-        """Each probe's metric from its group's load figures (`index`: the probes, in the figures' order)."""
-        n = len(index)
-        each = lambda value: np.broadcast_to(np.asarray(value, dtype=float).reshape(-1), (n,))  # noqa: E731
+    def _pick(self, index, run, result, steps: StepModel, sched: Scheduling, prompt, output) -> np.ndarray:
+        """Each probe's metric (`index`: the probes) from its run's load figures (`run`: its place in the
+        figures, which hold one group's runs)."""
+        n = len(prompt)  # the group's runs
+        each = lambda value: np.broadcast_to(np.asarray(value, dtype=float).reshape(-1), (n,))[run]  # noqa: E731
         codes, statistics = self.metric_codes[index], self.statistic_codes[index]
         metrics = {name: codes == number for number, name in enumerate(self.metric_names)}
-        none = np.zeros(n, dtype=bool)
-        values = np.full(n, np.nan)
+        none = np.zeros(len(index), dtype=bool)
+        values = np.full(len(index), np.nan)
         for metric, which in (("ttft_ms", "ttft"), ("tpot_ms", "tpot")):
             chosen = metrics.get(metric, none)
             for number in np.unique(statistics[chosen]):
@@ -155,7 +178,7 @@ class Batch:
                 name = self.statistic_names[number]
                 values[mine] = each(serving.statistic(result, which, name))[mine] * 1e3
         chosen = metrics.get("output_tokens_per_s", none)
-        values[chosen] = each(result.throughput)[chosen] * output[chosen]
+        values[chosen] = each(result.throughput)[chosen] * output[run][chosen]
         chosen = metrics.get("tokens_per_s_per_user", none)
         values[chosen] = 1.0 / each(result.tpot)[chosen]
         chosen = metrics.get("decode_tokens_per_s", none)
@@ -164,8 +187,13 @@ class Batch:
         if chosen.any():
             budget = np.asarray(sched.token_budget, dtype=float)
             first = steps.seconds(0.0, np.minimum(prompt, budget)) * np.maximum(1.0, prompt / budget)
-            values[chosen] = (prompt / first)[chosen]
+            values[chosen] = (prompt / first)[run][chosen]
         return values
+
+
+def _inputs(p: Probe) -> tuple:
+    """Everything the load model reads of a probe (not the metric read off it)."""
+    return (_group_key(p), p.steps, p.scheduling, p.prompt, p.output, p.load, p.requests_per_client, p.served)
 
 
 def _group_key(p: Probe) -> tuple:

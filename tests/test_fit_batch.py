@@ -35,6 +35,20 @@ def test_a_selection_of_probes_evaluates_as_in_the_whole_batch(setup):
     assert np.array_equal(part, whole[select], equal_nan=True)
 
 
+def test_probes_alike_share_one_load_model_run_and_read_the_same_figures(setup):
+    """Probes that differ only in the metric they read (a TTFT, a TPOT and a throughput row of one
+    run) share a run: at the catalog values and at trial values, each reads what a run of its own gives."""
+    batch = setup.prepared.batch
+    assert len(set(batch.twin_of)) < 0.8 * len(batch.probes)  # ~1,350 runs for ~2,100 probes
+    own = np.arange(len(batch.probes))
+    assert np.array_equal(batch.evaluate(), batch.evaluate(batch.neutral(), alike=own), equal_nan=True)
+    values = _somewhere(setup, 4)
+    adjust = setup.adjustment(values)
+    assert len(set(setup.labels())) < 0.8 * len(batch.probes)
+    assert np.array_equal(batch.evaluate(adjust, alike=setup.labels()), batch.evaluate(adjust, alike=own),
+                          equal_nan=True)
+
+
 def test_the_finite_difference_map_gives_what_full_evaluations_give(setup):
     """One Jacobian's points (each parameter moved alone, as scipy's 2-point scheme moves them), a point
     moving two parameters and one moving all: the batched map's residuals are the full evaluation's."""
