@@ -5,9 +5,11 @@ per-step overhead, all-reduce latency, per-request TTFT overhead; per kernel: ba
 shares) are fitted with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1
 loss, so a few odd rows (old builds, overloaded servers) do not steer the fit. The rows' load-model
 probes are built once (solver/probes.py); each trial value changes the stacked step models directly,
-so the fit calls no plugin. `--devices` fits on some devices' rows only and reports the error on the
-others: the out-of-sample figure. The output is what catalogs/frameworks.toml and methods.toml carry
-(`--write` puts it there), with the rows named in each efficiency_source.
+so the fit calls no plugin, and the finite differences of one Jacobian run as one array pass over
+the probes each parameter touches (`Trials`). `--devices` fits on some devices' rows only and
+reports the error on the others: the out-of-sample figure. The output is what
+catalogs/frameworks.toml and methods.toml carry (`--write` puts it there), with the rows named in
+each efficiency_source.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from .errors import QuantplanError
 from .probes import Adjustment, Reduction
 from .registry import World
-from .validate import GROUPS, Prepared, Row, load_rows, prepare, reduce, validation_world
+from .validate import GROUPS, Prepared, Row, load_rows, prepare, validation_world
 
 # TensorRT-LLM's all-reduce over PCIe pays this much more latency than over NVLink (plugins/frameworks).
 PCIE_LATENCY_FACTOR = 3.0
@@ -290,15 +292,19 @@ class Trials:
 
     least_squares differences the residuals one parameter at a time, from the point it evaluated last
     (2-point scheme): a point that changes one parameter changes only the probes that parameter
-    touches, a fraction of all. `map` (given as least_squares' `workers`, a map-like callable that
-    receives every point of one Jacobian at once) evaluates those probes for all the points in one
-    array pass and keeps the other probes' figures from the last evaluation. Every figure is computed
-    element by element (Batch.evaluate), so each point's residuals are bit for bit what a full
-    evaluation gives, and the fit follows the same path as with plain finite differences; only the
-    work shrinks (about 9 probes' evaluations per probe per Jacobian instead of one per parameter).
+    touches (its `effects` mask), a fraction of all. `map`, given as least_squares' `workers` (a
+    map-like callable that receives every point of one Jacobian at once; scipy uses it for nothing
+    else here), evaluates those probes for all the points in one array pass and keeps the other
+    probes' figures from the last evaluation. Every figure is computed element by element
+    (Batch.evaluate), so each point's residuals are bit for bit what a full evaluation gives, and the
+    fit takes the same steps as with plain finite differences (`solve(batched=False)`); only the work
+    shrinks: on the shipped rows, one pass of ~11,800 load-model runs per Jacobian instead of 34
+    passes over 2,121 probes.
 
-    The trust-region steps take an SVD of the 1,600 x 30 Jacobian, which OpenBLAS's threads make
-    hundreds of times slower on a busy two-core machine: `fit` runs them on one thread."""
+    The trust-region steps take SVDs of the ~1,650 x 34 Jacobian, which OpenBLAS's threads make a
+    hundred times slower on a busy two-core machine (0.45 s instead of 2 ms each): `solve` runs on one
+    BLAS thread. That also makes the fit independent of the machine's core count: the SVD's last bits
+    depend on the threads, and a flat fit (a cross-validation fold) can then end elsewhere."""
 
     def __init__(self, setup: Problem, used: list[int], x0: np.ndarray, ranges: np.ndarray) -> None:
         self.setup, self.used, self.x0, self.ranges = setup, used, x0, ranges

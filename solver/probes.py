@@ -4,7 +4,9 @@ Building a probe calls the plugins (step model, scheduler, memory); evaluating t
 then a few numpy passes through the closed forms of solver/serving.py, with the step models stacked
 into arrays. `quantplan validate` evaluates them once; `quantplan fit` evaluates them for every trial
 value of the efficiencies, which it applies to the stacked step models directly (`Adjustment`), so a
-fit never calls a plugin again.
+fit never calls a plugin again. A pass may take any selection of probes (the fit's finite differences
+stack many trial points' probes in one), and probes that differ only in the metric they read share
+one load-model run.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from .estimator import memory, quality
 from .registry import World, load_world
 from .scenario import TrafficClass
 from .probes import Batch, Probe, probe, reduce
-from .serving import Scheduling, timing
+from .serving import Scheduling, Timing, timing
 from .shapes import parameter_counts
 from .space import execution_of, fit_placement, objections
 
