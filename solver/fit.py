@@ -209,8 +209,8 @@ class Problem:
         return self.row_residuals(self.predictions(values))
 
     def row_residuals(self, predictions: np.ndarray) -> np.ndarray:
-        """log(predicted / measured) of the fitted rows, from every row's prediction."""
-        predicted = predictions[self.fitted_rows]
+        """log(predicted / measured) of the fitted rows, from every row's prediction (the last axis)."""
+        predicted = predictions[..., self.fitted_rows]
         error = np.log(np.clip(predicted, 1e-12, None) / self.measured[self.fitted_rows])
         return np.where(np.isfinite(error), error, 3.0)  # a row the load cannot carry: a large, finite miss
 
@@ -327,13 +327,9 @@ class Trials:
         trials = np.array([self._trial(x) for x in points])
         alike = owner * len(base_values) + self.setup.labels()[select]  # alike within one point only
         changed = self.setup.prepared.batch.evaluate(self.setup.adjustment(trials[owner].T, select), select, alike)
-        found = []
-        for number, x in enumerate(points):
-            values = base_values.copy()
-            mine = owner == number
-            values[select[mine]] = changed[mine]
-            found.append(np.atleast_1d(self._residuals(x, values)))
-        return found
+        values = np.tile(base_values, (len(points), 1))  # every point's probe figures, a row each
+        values[owner, select] = changed
+        return list(self._residuals(np.array(points), values))
 
     def _touched(self, changed: np.ndarray) -> np.ndarray:
         """Probes whose figures the changed (used) parameters move."""
@@ -348,10 +344,11 @@ class Trials:
         return trial
 
     def _residuals(self, x: np.ndarray, probe_values: np.ndarray) -> np.ndarray:
+        """Rows' residuals and the prior's at `x` (several points: one row each, in both arguments)."""
         # a weak pull toward the starting values keeps directions the rows cannot tell apart
         # (an overhead against a share) from wandering: the fit is unique and repeatable
         prior = PRIOR_WEIGHT * (x - self.x0) / self.ranges
-        return np.concatenate([self.setup.row_residuals(self.setup.rows_from(probe_values)), prior])
+        return np.concatenate([self.setup.row_residuals(self.setup.rows_from(probe_values)), prior], axis=-1)
 
 
 def _round(value: float) -> float:

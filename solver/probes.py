@@ -236,15 +236,16 @@ class Reduction:
             self.max_present[position, :len(members[r])] = True
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
-        found = np.full(self.rows, np.nan)
-        found[self.one] = values[self.one_probe]
+        """Rows' figures from probes' figures (the last axis; leading axes: several sets at once)."""
+        found = np.full(values.shape[:-1] + (self.rows,), np.nan)
+        found[..., self.one] = values[..., self.one_probe]
         if len(self.ratio):
-            numerator, denominator = values[self.ratio_probes[:, 0]], values[self.ratio_probes[:, 1]]
+            numerator, denominator = values[..., self.ratio_probes[:, 0]], values[..., self.ratio_probes[:, 1]]
             positive = denominator > 0
-            found[self.ratio] = np.where(positive, numerator / np.where(positive, denominator, 1.0), np.nan)
+            found[..., self.ratio] = np.where(positive, numerator / np.where(positive, denominator, 1.0), np.nan)
         if len(self.max):
-            picked = values[self.max_probes]
+            picked = values[..., self.max_probes]
             finite = self.max_present & np.isfinite(picked)
-            best = np.where(finite, picked, -np.inf).max(axis=1)
-            found[self.max] = np.where(finite.any(axis=1), best, np.nan)
+            best = np.where(finite, picked, -np.inf).max(axis=-1)
+            found[..., self.max] = np.where(finite.any(axis=-1), best, np.nan)
         return found
