@@ -248,6 +248,13 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
         rows: list[Row] | None = None, setup: Problem | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
     """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
     `setup` (its rows' probes already built) is fitted on its `fitted_rows`."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # see Trials
+        return _fit(parameters, world, devices, rows, setup)
+
+
+def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, list[dict]]:
     setup = setup or problem(parameters, world, devices, rows)
     fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
     for row in setup.fitted_rows:
