@@ -99,7 +99,7 @@ class Batch:
         # the first probe with the same load-model inputs (a TTFT, a TPOT and a throughput row measured
         # in one benchmark run differ only in the metric they read)
         first: dict = {}
-        self.twin_of = np.array([first.setdefault(_inputs(p), index) for index, p in enumerate(self.probes)],
+        self.twin_of = np.array([first.setdefault(_inputs(p, index), index) for index, p in enumerate(self.probes)],
                                 dtype=int)
 
     def neutral(self, size: int | None = None) -> Adjustment:
@@ -193,9 +193,15 @@ class Batch:
         return values
 
 
-def _inputs(p: Probe) -> tuple:
-    """Everything the load model reads of a probe (not the metric read off it)."""
-    return (_group_key(p), p.steps, p.scheduling, p.prompt, p.output, p.load, p.requests_per_client, p.served)
+def _inputs(p: Probe, index: int) -> tuple:
+    """Everything the load model reads of a probe (not the metric read off it); a probe holding
+    something that cannot be compared as a key (an array) shares with none."""
+    key = (_group_key(p), p.steps, p.scheduling, p.prompt, p.output, p.load, p.requests_per_client, p.served)
+    try:
+        hash(key)
+    except TypeError:
+        return ("alone", index)
+    return key
 
 
 def _group_key(p: Probe) -> tuple:

@@ -251,7 +251,7 @@ def speed_probes(world: World, row: Row, shared: Shared | None = None) -> tuple[
         return found, "max"
     if row.under_load:
         traffic = shared.traffic(row, **({"rate_per_s": row.rate} if row.mode == "rate"
-                                   else {"concurrency": max(row.batch, 1)}))
+                                         else {"concurrency": max(row.batch, 1)}))
         placed = shared.placed(config, traffic)
         if placed is None:
             raise ValueError("does not fit")
