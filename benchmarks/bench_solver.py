@@ -105,11 +105,11 @@ ISSUE_FIGURES = [
 SLOW = {"full catalog, 10 classes", "sweep --vary concurrency=8:256 --points 9", "5x5 price x rate region map"}
 
 # The fit's other commands, on the same machinery (batched finite differences): (label, argv, before in s:
-# commit d88e371, before the batched fit, this machine on Dec 3 under a load average of 3-5, whole
-# process; --devices the median of 3 run back to back with the batched fit (which took 1.9-2.2 s then),
-# the cross-validation one run (6 s after)). Not issue 11's figures: printed apart, with no target.
+# commit d88e371, before the batched fit, this machine on Dec 3 under a load average of 4-6, whole
+# process; --devices the median of 3 run back to back with the batched fit (1.5 s then), the
+# cross-validation one run (5.5 s after, median of 3)). Not issue 11's figures: printed apart, no target.
 FIT_FIGURES = [
-    ("quantplan fit --devices h100-sxm", ["fit", "--devices", "h100-sxm", "--json"], 11.5),
+    ("quantplan fit --devices h100-sxm", ["fit", "--devices", "h100-sxm", "--json"], 9.4),
     ("quantplan fit --cross-validate model", ["fit", "--cross-validate", "model", "--json"], 468.0),
 ]
 
