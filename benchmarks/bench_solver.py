@@ -102,8 +102,16 @@ ISSUE_FIGURES = [
     ("list gpus", 0.59, 0.3),
     ("estimate", 0.73, 0.3),
 ]
-SLOW = {"full catalog, 10 classes", "sweep --vary concurrency=8:256 --points 9", "5x5 price x rate region map",
-        "quantplan fit"}
+SLOW = {"full catalog, 10 classes", "sweep --vary concurrency=8:256 --points 9", "5x5 price x rate region map"}
+
+# The fit's other commands, on the same machinery (batched finite differences): (label, argv, before in s:
+# commit d88e371, before the batched fit, this machine on Dec 3 under a load average of 4-6, whole
+# process; --devices the median of 3 run back to back with the batched fit (1.5 s then), the
+# cross-validation one run (5.5 s after, median of 3)). Not issue 11's figures: printed apart, no target.
+FIT_FIGURES = [
+    ("quantplan fit --devices h100-sxm", ["fit", "--devices", "h100-sxm", "--json"], 9.4),
+    ("quantplan fit --cross-validate model", ["fit", "--cross-validate", "model", "--json"], 468.0),
+]
 
 
 def scenario_toml(model: str, classes: list[dict], extra: str = "") -> str:
@@ -165,6 +173,16 @@ def issue_figures(repeats: int, quick: bool) -> None:
                 continue
             failed = f"  (exit {code})" if code not in (0, 1) else ""  # 1: a plan that is infeasible
             print(f"  {label:50s} {shown:>14s} {seconds:7.2f} s {goal:>8s}  {verdict}{failed}")
+
+
+def fit_figures(repeats: int) -> None:
+    """FIT_FIGURES: before (the commit before the batched fit) and now."""
+    print(f"  {'command':50s} {'before':>14s} {'now':>9s}")
+    for label, argv, before in FIT_FIGURES:
+        seconds, code = command_seconds(argv, repeats)
+        shown = f"{before:.2f} s" if before is not None else "-"
+        failed = f"  (exit {code})" if code != 0 else ""
+        print(f"  {label:50s} {shown:>14s} {seconds:7.2f} s{failed}")
 
 
 def command_seconds(argv: list[str], repeats: int, limit: float = 300.0) -> tuple[float, int | None]:
@@ -287,6 +305,9 @@ def main() -> None:
         sweep_figures(world, args.grid)
     print(f"Issue 11 figures (wall time, median of up to {args.repeats} whole processes; shared machine):")
     issue_figures(args.repeats, args.quick)
+    if not args.quick:
+        print("The fit's other commands (wall time, whole processes):")
+        fit_figures(min(args.repeats, 3))
     if not args.quick:
         print("How time grows with the catalog:")
         synthetic_figures(min(args.repeats, 3))

@@ -6,7 +6,8 @@ shares; per MoE model with rows: how unevenly its router spreads tokens over exp
 with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1 loss, so a few odd
 rows (old builds, overloaded servers) do not steer the fit. The rows' load-model probes are built
 once (solver/probes.py); each trial value changes the stacked step models directly, so the fit calls
-no plugin. `--devices` fits on some devices' rows only and reports the error on the
+no plugin, and the finite differences of one Jacobian run as one array pass over the probes each
+parameter touches (`Trials`). `--devices` fits on some devices' rows only and reports the error on the
 others: the out-of-sample figure. The output is what catalogs/frameworks.toml and methods.toml carry
 (`--write` puts it there; a model's routing concentration goes to models.toml), with the rows named in
 each efficiency_source.
@@ -22,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QuantplanError
-from .probes import Adjustment
+from .probes import Adjustment, Reduction
 from .registry import World
-from .validate import GROUPS, Prepared, Row, load_rows, prepare, reduce, validation_world
+from .validate import GROUPS, Prepared, Row, load_rows, prepare, validation_world
 
 # TensorRT-LLM's all-reduce over PCIe pays this much more latency than over NVLink (plugins/frameworks).
 PCIE_LATENCY_FACTOR = 3.0
@@ -145,10 +146,18 @@ class Problem:
     measured: np.ndarray
     fitted_rows: np.ndarray  # rows the fit may use
     result: object = None  # scipy's OptimizeResult of the last fit (status, evaluations)
+    reduction: Reduction | None = None  # the rows' figures from their probes' (built on first use)
+    alike: np.ndarray | None = None  # per probe: a label shared by the probes every trial value changes alike
 
-    def adjustment(self, values: np.ndarray) -> Adjustment:
-        adjust = self.prepared.batch.neutral()
+    def adjustment(self, values: np.ndarray, select: np.ndarray | None = None) -> Adjustment:
+        """What `values` (one per parameter) change in the probes' step models. With `select` (probe
+        indices, as Batch.evaluate takes them) for those probes only, `values` then holding a column of
+        values per selected probe: several trial points' changes at once."""
+        adjust = self.prepared.batch.neutral(None if select is None else len(select))
         for value, start, (mask, kind, coefficient) in zip(values, self.start, self.effects):
+            if select is not None:
+                mask, coefficient = mask[select], coefficient[select]
+                value = value[mask]
             if not mask.any():  # touches none of these rows (a catalog value of 0 would divide by 0 below)
                 continue
             if kind in ("bandwidth", "decode_peak", "prefill_peak", "peaks"):
@@ -173,9 +182,36 @@ class Problem:
                 adjust.request_overhead_s[mask] += (value - start) * coefficient[mask]
         return adjust
 
+    def probe_values(self, values: np.ndarray) -> np.ndarray:
+        """Every probe's figure at `values`."""
+        return self.prepared.batch.evaluate(self.adjustment(values), alike=self.labels())
+
+    def labels(self) -> np.ndarray:
+        """A label per probe, the same for probes with the same load-model inputs (Batch.twin_of: a TTFT,
+        a TPOT and a throughput row of one benchmark run) and the same effects of every parameter, which
+        any trial values therefore adjust alike: Batch.evaluate runs the load model once for them."""
+        if self.alike is None:
+            batch = self.prepared.batch
+            columns = [batch.twin_of] + [c for mask, _, coefficient in self.effects for c in (mask, coefficient)]
+            _, found = np.unique(np.column_stack(columns).astype(float), axis=0, return_inverse=True)
+            self.alike = found.reshape(-1)
+        return self.alike
+
     def predictions(self, values: np.ndarray) -> np.ndarray:
-        batch = self.prepared.batch
-        return reduce(batch.evaluate(self.adjustment(values)), self.prepared.members, self.prepared.rules)
+        return self.rows_from(self.probe_values(values))
+
+    def rows_from(self, probe_values: np.ndarray) -> np.ndarray:
+        """Each row's figure from its probes' figures."""
+        if self.reduction is None:
+            self.reduction = Reduction(self.prepared.members, self.prepared.rules)
+        return self.reduction(probe_values)
+
+    def row_of_probe(self) -> np.ndarray:
+        """The row each probe belongs to."""
+        found = np.full(len(self.prepared.batch.probes), -1)
+        for row, members in enumerate(self.prepared.members):
+            found[members] = row
+        return found
 
     def loss(self, values: np.ndarray) -> float:
         """The robust (soft-L1) loss of the rows at `values`, as least_squares measures it (prior excluded)."""
@@ -183,7 +219,11 @@ class Problem:
         return float(0.5 * LOSS_SCALE ** 2 * np.sum(2 * (np.sqrt(1 + z) - 1)))
 
     def residuals(self, values: np.ndarray) -> np.ndarray:
-        predicted = self.predictions(values)[self.fitted_rows]
+        return self.row_residuals(self.predictions(values))
+
+    def row_residuals(self, predictions: np.ndarray) -> np.ndarray:
+        """log(predicted / measured) of the fitted rows, from every row's prediction (the last axis)."""
+        predicted = predictions[..., self.fitted_rows]
         error = np.log(np.clip(predicted, 1e-12, None) / self.measured[self.fitted_rows])
         return np.where(np.isfinite(error), error, 3.0)  # a row the load cannot carry: a large, finite miss
 
@@ -221,8 +261,13 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
         rows: list[Row] | None = None, setup: Problem | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
     """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
     `setup` (its rows' probes already built) is fitted on its `fitted_rows`."""
-    from scipy.optimize import least_squares
+    from threadpoolctl import threadpool_limits
 
+    with threadpool_limits(1, user_api="blas"):  # see Trials
+        return _fit(parameters, world, devices, rows, setup)
+
+
+def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, list[dict]]:
     setup = setup or problem(parameters, world, devices, rows)
     fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
     for row in setup.fitted_rows:
@@ -230,30 +275,100 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
     used = [i for i, (mask, _, _) in enumerate(setup.effects) if (mask & fitted_probes).any()]
     values = setup.start.copy()
     if used:
-        low = np.array([parameters[i].low for i in used])
-        high = np.array([parameters[i].high for i in used])
-        x0 = np.array([parameters[i].initial for i in used])
-
-        def residuals(x):
-            trial = setup.start.copy()
-            trial[used] = x
-            # a weak pull toward the starting values keeps directions the rows cannot tell apart
-            # (an overhead against a share) from wandering: the fit is unique and repeatable
-            prior = PRIOR_WEIGHT * (x - x0) / (high - low)
-            return np.concatenate([setup.residuals(trial), prior])
-
-        result = least_squares(residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
-                               x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=300)
+        result = solve(setup, [parameters[i] for i in used], used)
         values[used] = [_round(v) for v in result.x]
         setup.result = result
+    row_of = setup.row_of_probe()
+    fitted_row = np.zeros(len(setup.prepared.rows), dtype=bool)
+    fitted_row[setup.fitted_rows] = True
     report = []
     for index, parameter in enumerate(parameters):
-        mask = setup.effects[index][0]
-        rows_touched = sorted({setup.prepared.rows[r].id for r in setup.fitted_rows
-                               if mask[setup.prepared.members[r]].any()})
+        touched = np.unique(row_of[setup.effects[index][0]])
+        rows_touched = sorted({setup.prepared.rows[r].id for r in touched if r >= 0 and fitted_row[r]})
         report.append({"parameter": parameter.name, "before": float(setup.start[index]),
                        "after": float(values[index]), "rows": rows_touched})
     return setup, values, report
+
+
+def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched: bool = True):
+    """scipy's least_squares over `parameters` (`setup.parameters[used]`), from their initial values:
+    scipy's OptimizeResult. `batched` False: plain finite differences, one full evaluation per point
+    (the same path, step for step, only slower: the tests compare the two)."""
+    from scipy.optimize import least_squares
+    from threadpoolctl import threadpool_limits
+
+    low = np.array([p.low for p in parameters])
+    high = np.array([p.high for p in parameters])
+    x0 = np.array([p.initial for p in parameters])
+    trials = Trials(setup, used, x0, high - low)
+    with threadpool_limits(1, user_api="blas"):  # see Trials: one thread is far faster here
+        return least_squares(trials.residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
+                             x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=300,
+                             workers=trials.map if batched else map)
+
+
+class Trials:
+    """The fit's residuals at trial values, and the map scipy's finite differences run on.
+
+    least_squares differences the residuals one parameter at a time, from the point it evaluated last
+    (2-point scheme): a point that changes one parameter changes only the probes that parameter
+    touches (its `effects` mask), a fraction of all. `map`, given as least_squares' `workers` (a
+    map-like callable that receives every point of one Jacobian at once; scipy uses it for nothing
+    else here), evaluates those probes for all the points in one array pass and keeps the other
+    probes' figures from the last evaluation. Every figure is computed element by element
+    (Batch.evaluate), so each point's residuals are bit for bit what a full evaluation gives, and the
+    fit takes the same steps as with plain finite differences (`solve(batched=False)`); only the work
+    shrinks: on the shipped rows, one pass of ~11,800 load-model runs per Jacobian instead of 34
+    passes over 2,121 probes.
+
+    The trust-region steps take SVDs of the ~1,650 x 34 Jacobian, which OpenBLAS's threads make a
+    hundred times slower on a busy two-core machine (0.45 s instead of 2 ms each): `solve` runs on one
+    BLAS thread. That also makes the fit independent of the machine's core count: the SVD's last bits
+    depend on the threads, and a flat fit (a cross-validation fold) can then end elsewhere."""
+
+    def __init__(self, setup: Problem, used: list[int], x0: np.ndarray, ranges: np.ndarray) -> None:
+        self.setup, self.used, self.x0, self.ranges = setup, used, x0, ranges
+        self.last: tuple[np.ndarray, np.ndarray] | None = None  # (x, every probe's figure there)
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        probe_values = self.setup.probe_values(self._trial(x))
+        self.last = (np.array(x, dtype=float), probe_values)
+        return self._residuals(x, probe_values)
+
+    def map(self, function, points) -> list[np.ndarray]:
+        """`[function(x) for x in points]`, with `function` the residuals (as least_squares wraps them)."""
+        points = [np.asarray(x, dtype=float) for x in points]
+        if self.last is None or any(x.shape != self.last[0].shape for x in points):
+            return [function(x) for x in points]
+        base_x, base_values = self.last
+        masks = [self._touched(np.nonzero(x != base_x)[0]) for x in points]
+        select = np.concatenate([np.nonzero(mask)[0] for mask in masks])
+        owner = np.repeat(np.arange(len(points)), [int(mask.sum()) for mask in masks])
+        trials = np.array([self._trial(x) for x in points])
+        alike = owner * len(base_values) + self.setup.labels()[select]  # alike within one point only
+        changed = self.setup.prepared.batch.evaluate(self.setup.adjustment(trials[owner].T, select), select, alike)
+        values = np.tile(base_values, (len(points), 1))  # every point's probe figures, a row each
+        values[owner, select] = changed
+        return list(self._residuals(np.array(points), values))
+
+    def _touched(self, changed: np.ndarray) -> np.ndarray:
+        """Probes whose figures the changed (used) parameters move."""
+        mask = np.zeros(len(self.last[1]), dtype=bool)
+        for position in changed:
+            mask |= self.setup.effects[self.used[position]][0]
+        return mask
+
+    def _trial(self, x: np.ndarray) -> np.ndarray:
+        trial = self.setup.start.copy()
+        trial[self.used] = x
+        return trial
+
+    def _residuals(self, x: np.ndarray, probe_values: np.ndarray) -> np.ndarray:
+        """Rows' residuals and the prior's at `x` (several points: one row each, in both arguments)."""
+        # a weak pull toward the starting values keeps directions the rows cannot tell apart
+        # (an overhead against a share) from wandering: the fit is unique and repeatable
+        prior = PRIOR_WEIGHT * (x - self.x0) / self.ranges
+        return np.concatenate([self.setup.row_residuals(self.setup.rows_from(probe_values)), prior], axis=-1)
 
 
 def _round(value: float) -> float:

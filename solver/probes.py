@@ -4,12 +4,13 @@ Building a probe calls the plugins (step model, scheduler, memory); evaluating t
 then a few numpy passes through the closed forms of solver/serving.py, with the step models stacked
 into arrays. `quantplan validate` evaluates them once; `quantplan fit` evaluates them for every trial
 value of the efficiencies, which it applies to the stacked step models directly (`Adjustment`), so a
-fit never calls a plugin again.
+fit never calls a plugin again. A pass may take any selection of probes (the fit's finite differences
+stack many trial points' probes in one), and probes that differ only in the metric they read share
+one load-model run.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -66,16 +67,20 @@ def probe(timing: Timing, config: Config, prompt: int, output: int, kind: str, l
 
 @dataclass
 class Batch:
-    """Probes grouped by what the closed forms branch on (policy, chunking, load kind), stacked."""
+    """Probes grouped by what the closed forms branch on (policy, chunking, load kind, whether a
+    closed loop's percentiles are read), stacked."""
 
     probes: list[Probe]
-    groups: dict = field(default_factory=dict)  # (policy, chunked, kind) -> index array
+    groups: dict = field(default_factory=dict)  # (policy, chunked, kind, percentiles) -> index array
 
     def __post_init__(self) -> None:
         keys: dict = {}
         for index, p in enumerate(self.probes):
-            keys.setdefault((p.scheduling.policy, p.scheduling.chunked, p.kind), []).append(index)
+            keys.setdefault(_group_key(p), []).append(index)
         self.groups = {key: np.array(value) for key, value in sorted(keys.items())}
+        self.group_of = np.zeros(len(self.probes), dtype=int)
+        for number, index in enumerate(self.groups.values()):
+            self.group_of[index] = number
         self.steps = stack([p.steps for p in self.probes]) if self.probes else None
         self.arrays = {
             "prompt": np.array([p.prompt for p in self.probes], dtype=float),
@@ -89,69 +94,126 @@ class Batch:
             "request_overhead_s": np.array([p.scheduling.request_overhead_s for p in self.probes], dtype=float),
             "wave_persistence": np.array([p.scheduling.wave_persistence for p in self.probes], dtype=float),
         }
+        # metric and statistic as small integers (indices into these lists): compared per group and pass
+        self.metric_names = sorted({p.metric for p in self.probes})
+        self.statistic_names = sorted({p.statistic for p in self.probes})
+        self.metric_codes = np.array([self.metric_names.index(p.metric) for p in self.probes], dtype=int)
+        self.statistic_codes = np.array([self.statistic_names.index(p.statistic) for p in self.probes], dtype=int)
+        # the first probe with the same load-model inputs (a TTFT, a TPOT and a throughput row measured
+        # in one benchmark run differ only in the metric they read)
+        first: dict = {}
+        self.twin_of = np.array([first.setdefault(_inputs(p, index), index) for index, p in enumerate(self.probes)],
+                                dtype=int)
 
-    def neutral(self) -> Adjustment:
-        n = len(self.probes)
+    def neutral(self, size: int | None = None) -> Adjustment:
+        """No change, for every probe (or for `size` selected ones)."""
+        n = len(self.probes) if size is None else size
         return Adjustment(np.ones(n), np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n),
                           np.zeros(n), np.full(n, np.nan))
 
-    def evaluate(self, adjust: Adjustment | None = None) -> np.ndarray:
-        """Every probe's metric (inf where the load cannot be carried)."""
-        found = np.full(len(self.probes), np.nan)
-        if not self.probes:
+    def evaluate(self, adjust: Adjustment | None = None, select: np.ndarray | None = None,
+                 alike: np.ndarray | None = None) -> np.ndarray:
+        """Every probe's metric (inf where the load cannot be carried).
+
+        `select` (probe indices, repeats allowed): those probes only, in that order, `adjust` then
+        holding one entry per selected probe (the fit evaluates many trial values' changed probes in
+        one pass). `alike` (one label per selected probe): probes with the same label have the same
+        load-model inputs, adjustment included, so the load model runs once per label and each probe
+        reads its metric off that run; by default, unadjusted probes alike in everything but their
+        metric (`twin_of`) share a run. Every figure is computed element by element, so a probe's value
+        depends neither on which others are evaluated with it nor on which of them it shares a run with."""
+        select = np.arange(len(self.probes)) if select is None else np.asarray(select, dtype=int)
+        found = np.full(len(select), np.nan)
+        if not len(select):
             return found
-        adjust = adjust or self.neutral()
-        steps = replace(self.steps, bandwidth=self.steps.bandwidth * adjust.bandwidth,
-                        decode_peak=self.steps.decode_peak * adjust.decode_peak,
-                        prefill_peak=self.steps.prefill_peak * adjust.prefill_peak,
-                        overhead_s=self.steps.overhead_s + adjust.overhead_s,
-                        overhead_per_sequence_s=self.steps.overhead_per_sequence_s + adjust.overhead_per_sequence_s,
-                        prompt_step_overhead_s=self.steps.prompt_step_overhead_s + adjust.prompt_step_overhead_s,
-                        routing_concentration=np.where(np.isnan(adjust.routing_concentration),
-                                                       self.steps.routing_concentration,
-                                                       adjust.routing_concentration))
-        a = self.arrays
-        for (policy, chunked, kind), index in self.groups.items():
-            part = _take(steps, index)
-            sched = Scheduling(policy, a["token_budget"][index], a["max_sequences"][index], chunked,
-                               a["reserve_full"][index], a["kv_tokens"][index],
-                               request_overhead_s=a["request_overhead_s"][index] + adjust.request_overhead_s[index],
-                               wave_persistence=np.clip(a["wave_persistence"][index]
-                                                        + adjust.wave_persistence[index], 0.0, 1.0))
+        if alike is None:
+            alike = self.twin_of[select] if adjust is None else np.arange(len(select))
+        adjust = adjust or self.neutral(len(select))
+        _, heads, run_of = np.unique(alike, return_index=True, return_inverse=True)  # one run per label
+        run_of = run_of.reshape(-1)
+        base = _take(self.steps, select[heads])
+        steps = replace(base, bandwidth=base.bandwidth * adjust.bandwidth[heads],
+                        decode_peak=base.decode_peak * adjust.decode_peak[heads],
+                        prefill_peak=base.prefill_peak * adjust.prefill_peak[heads],
+                        overhead_s=base.overhead_s + adjust.overhead_s[heads],
+                        overhead_per_sequence_s=base.overhead_per_sequence_s
+                        + adjust.overhead_per_sequence_s[heads],
+                        prompt_step_overhead_s=base.prompt_step_overhead_s + adjust.prompt_step_overhead_s[heads],
+                        routing_concentration=np.where(np.isnan(adjust.routing_concentration[heads]),
+                                                       base.routing_concentration,
+                                                       adjust.routing_concentration[heads]))
+        head_groups = self.group_of[select[heads]]
+        groups = head_groups[run_of]
+        slot = np.zeros(len(heads), dtype=int)  # a run's place among its group's runs
+        for number, (policy, chunked, kind, percentiles) in enumerate(self.groups):
+            runs = np.nonzero(head_groups == number)[0]
+            if not len(runs):
+                continue
+            slot[runs] = np.arange(len(runs))
+            position = heads[runs]
+            index = select[position]
+            a = {name: values[index] for name, values in self.arrays.items()}
+            part = _take(steps, runs)
+            sched = Scheduling(policy, a["token_budget"], a["max_sequences"], chunked, a["reserve_full"],
+                               a["kv_tokens"],
+                               request_overhead_s=a["request_overhead_s"] + adjust.request_overhead_s[position],
+                               wave_persistence=np.clip(a["wave_persistence"] + adjust.wave_persistence[position],
+                                                        0.0, 1.0))
             timing = Timing(part, sched)
-            prompt, output, load = a["prompt"][index], a["output"][index], a["load"][index]
             if kind == "rate":
-                result = serving.poisson(timing, prompt, output, load)
+                result = serving.poisson(timing, a["prompt"], a["output"], a["load"])
             else:
-                result = serving.closed_loop(timing, prompt, output, load,
-                                             Protocol(a["requests_per_client"][index]))
-            found[index] = self._pick(index, result, part, sched, prompt, output)
+                result = serving.closed_loop(timing, a["prompt"], a["output"], a["load"],
+                                             Protocol(a["requests_per_client"]), percentiles=percentiles)
+            members = np.nonzero(groups == number)[0]
+            found[members] = self._pick(select[members], slot[run_of[members]], result, part, sched,
+                                        a["prompt"], a["output"])
         return found
 
-    def _pick(self, index, result, steps: StepModel, sched: Scheduling, prompt, output) -> np.ndarray:
+    def _pick(self, index, run, result, steps: StepModel, sched: Scheduling, prompt, output) -> np.ndarray:
+        """Each probe's metric (`index`: the probes) from its run's load figures (`run`: its place in the
+        figures, which hold one group's runs)."""
+        n = len(prompt)  # the group's runs
+        each = lambda value: np.broadcast_to(np.asarray(value, dtype=float).reshape(-1), (n,))[run]  # noqa: E731
+        codes, statistics = self.metric_codes[index], self.statistic_codes[index]
+        metrics = {name: codes == number for number, name in enumerate(self.metric_names)}
+        none = np.zeros(len(index), dtype=bool)
         values = np.full(len(index), np.nan)
-        for position, i in enumerate(index):
-            p = self.probes[i]
-            if p.metric in ("ttft_ms", "tpot_ms"):
-                which = "ttft" if p.metric == "ttft_ms" else "tpot"
-                values[position] = _at(serving.statistic(result, which, p.statistic), position) * 1e3
-            elif p.metric == "output_tokens_per_s":
-                values[position] = _at(result.throughput, position) * p.output
-            elif p.metric == "tokens_per_s_per_user":
-                values[position] = 1.0 / _at(result.tpot, position)
-            elif p.metric == "decode_tokens_per_s":
-                values[position] = _at(result.decoding, position) / _at(result.tpot, position)
-        prefill = [position for position, i in enumerate(index) if self.probes[i].metric == "prefill_tokens_per_s"]
-        if prefill:
+        for metric, which in (("ttft_ms", "ttft"), ("tpot_ms", "tpot")):
+            chosen = metrics.get(metric, none)
+            for number in np.unique(statistics[chosen]):
+                mine = chosen & (statistics == number)
+                name = self.statistic_names[number]
+                values[mine] = each(serving.statistic(result, which, name))[mine] * 1e3
+        chosen = metrics.get("output_tokens_per_s", none)
+        values[chosen] = each(result.throughput)[chosen] * output[run][chosen]
+        chosen = metrics.get("tokens_per_s_per_user", none)
+        values[chosen] = 1.0 / each(result.tpot)[chosen]
+        chosen = metrics.get("decode_tokens_per_s", none)
+        values[chosen] = each(result.decoding)[chosen] / each(result.tpot)[chosen]
+        chosen = metrics.get("prefill_tokens_per_s", none)
+        if chosen.any():
             budget = np.asarray(sched.token_budget, dtype=float)
             first = steps.seconds(0.0, np.minimum(prompt, budget)) * np.maximum(1.0, prompt / budget)
-            values[prefill] = (prompt / first)[prefill]
+            values[chosen] = (prompt / first)[run][chosen]
         return values
 
 
-def _at(value, position: int) -> float:
-    array = np.asarray(value, dtype=float)
-    return float(array.reshape(-1)[position]) if array.ndim else float(array)
+def _inputs(p: Probe, index: int) -> tuple:
+    """Everything the load model reads of a probe (not the metric read off it); a probe holding
+    something that cannot be compared as a key (an array) shares with none."""
+    key = (_group_key(p), p.steps, p.scheduling, p.prompt, p.output, p.load, p.requests_per_client, p.served)
+    try:
+        hash(key)
+    except TypeError:
+        return ("alone", index)
+    return key
+
+
+def _group_key(p: Probe) -> tuple:
+    """What the closed forms branch on; a closed loop computes its TTFT percentiles only for the probes
+    that report one."""
+    return p.scheduling.policy, p.scheduling.chunked, p.kind, p.kind == "closed" and p.statistic != "mean"
 
 
 def _take(steps: StepModel, index: np.ndarray) -> StepModel:
@@ -160,16 +222,42 @@ def _take(steps: StepModel, index: np.ndarray) -> StepModel:
 
 def reduce(values: np.ndarray, members: list[list[int]], how: list[str]) -> np.ndarray:
     """One figure per row from its probes: the value, the best over batch sizes, or a ratio."""
-    found = np.full(len(members), np.nan)
-    for row, (indices, rule) in enumerate(zip(members, how)):
-        if not indices:
-            continue
-        picked = values[indices]
-        if rule == "max":
-            finite = picked[np.isfinite(picked)]
-            found[row] = finite.max() if finite.size else math.nan
-        elif rule == "ratio":
-            found[row] = picked[0] / picked[1] if picked[1] > 0 else math.nan
-        else:
-            found[row] = picked[0]
-    return found
+    return Reduction(members, how)(values)
+
+
+class Reduction:
+    """`reduce` for fixed rows, as array operations (the fit reduces the same rows thousands of times).
+
+    Rows whose rule is "max" take the largest finite value of their probes (nan when none is finite),
+    "ratio" rows the first probe's value over the second's (nan unless the second is positive), the
+    others their first probe's value; rows without probes are nan."""
+
+    def __init__(self, members: list[list[int]], how: list[str]) -> None:
+        self.rows = len(members)
+        rules = [rule if indices else "none" for indices, rule in zip(members, how)]
+        self.one = np.array([r for r, rule in enumerate(rules) if rule not in ("none", "max", "ratio")], dtype=int)
+        self.one_probe = np.array([members[r][0] for r in self.one], dtype=int)
+        self.ratio = np.array([r for r, rule in enumerate(rules) if rule == "ratio"], dtype=int)
+        self.ratio_probes = np.array([members[r][:2] for r in self.ratio], dtype=int).reshape(-1, 2)
+        self.max = np.array([r for r, rule in enumerate(rules) if rule == "max"], dtype=int)
+        width = max((len(members[r]) for r in self.max), default=0)
+        self.max_probes = np.zeros((len(self.max), width), dtype=int)
+        self.max_present = np.zeros((len(self.max), width), dtype=bool)
+        for position, r in enumerate(self.max):
+            self.max_probes[position, :len(members[r])] = members[r]
+            self.max_present[position, :len(members[r])] = True
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """Rows' figures from probes' figures (the last axis; leading axes: several sets at once)."""
+        found = np.full(values.shape[:-1] + (self.rows,), np.nan)
+        found[..., self.one] = values[..., self.one_probe]
+        if len(self.ratio):
+            numerator, denominator = values[..., self.ratio_probes[:, 0]], values[..., self.ratio_probes[:, 1]]
+            positive = denominator > 0
+            found[..., self.ratio] = np.where(positive, numerator / np.where(positive, denominator, 1.0), np.nan)
+        if len(self.max):
+            picked = values[..., self.max_probes]
+            finite = self.max_present & np.isfinite(picked)
+            best = np.where(finite, picked, -np.inf).max(axis=-1)
+            found[..., self.max] = np.where(finite.any(axis=-1), best, np.nan)
+        return found

@@ -270,13 +270,16 @@ def _wave(steps: StepModel, sched: Scheduling, prompt: int, output: int, admitte
     return ttft, tpot, groups * loaded, loaded
 
 
-def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Protocol = DEFAULT_PROTOCOL) -> Load:
+def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Protocol = DEFAULT_PROTOCOL,
+                percentiles: bool = True) -> Load:
     """c clients each sending the next request when the last finishes (fixed lengths).
 
     Every run starts with a lockstep wave. Under prefill-first scheduling the waves persist (the whole
     population prefills, then decodes together, round after round). Under mixed scheduling the
     requests spread out, to the degree the engine's `wave_persistence` says (0: fully spread, 1: every
-    round a wave); a benchmark's mean then weighs its first wave by 1 / requests per client."""
+    round a wave); a benchmark's mean then weighs its first wave by 1 / requests per client.
+    `percentiles` False: means only, no percentile tables (their grid is most of the work; the fit asks
+    for them only for the rows that report one)."""
     steps, sched = timing.steps, timing.scheduling
     clients = np.asarray(clients, dtype=float)
     admitted = _admitted(sched, prompt, output, clients)
@@ -305,6 +308,8 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
                     prefill_utilisation=utilisation)
         spread = (wave_first, wave_last, steady_ttft, (1 - persist) * wait, utilisation)
         weight = first + (1 - first) * persist
+    if not percentiles:
+        return _with_request_overhead(load, sched)
     load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread),
                    tpot_percentiles={p: load.tpot for p in PERCENTILES})
     return _with_request_overhead(load, sched)

@@ -21,7 +21,7 @@ from .estimator import memory, quality
 from .registry import World, load_world
 from .scenario import TrafficClass
 from .probes import Batch, Probe, probe, reduce
-from .serving import Scheduling, behind_server, timing
+from .serving import Scheduling, Timing, behind_server, timing
 from .shapes import parameter_counts
 from .space import execution_of, fit_placement, objections
 
@@ -163,16 +163,70 @@ def _config(world: World, row: Row, batch: int | None = None) -> Config:
     return config
 
 
-def _placed(world: World, config: Config, traffic: TrafficClass) -> Config | None:
-    placed = fit_placement(world, config.with_batch(1), (traffic,))
-    return None if placed is None else replace(config, gpu_layer_fraction=placed.gpu_layer_fraction)
+class Shared:
+    """The plugins' answers that rows on one configuration share, asked once (`prepare` keeps one).
+
+    Rows name ~300 configurations and lengths between them, ~1,600 rows. Kept: each configuration
+    (by the row's ids and batch) or why it cannot run, its placement by context length (llama.cpp's
+    offload, decided at batch 1), and its step model and scheduler by prompt and output lengths, which
+    (as the candidate space, space._prepare, takes them) depend on neither the batch size nor the load.
+    `share` False asks every time: the test holds the two to the same probes."""
+
+    def __init__(self, world: World, share: bool = True) -> None:
+        self.world, self.share = world, share
+        self.configs: dict = {}
+        self.placements: dict = {}
+        self.timings: dict = {}
+        self.traffics: dict = {}
+
+    def config(self, row: Row, batch: int | None = None) -> Config:
+        key = (row.model, row.method, row.gpu, row.framework, row.kv_cache_dtype, row.gpus, row.expert_parallel,
+               batch or max(row.batch, 1))
+        if not self.share or key not in self.configs:
+            try:
+                self.configs[key] = _config(self.world, row, batch)
+            except ValueError as error:
+                self.configs[key] = error
+        found = self.configs[key]
+        if isinstance(found, ValueError):
+            raise found
+        return found
+
+    def placed(self, config: Config, traffic: TrafficClass) -> Config | None:
+        key = (_identity(config), traffic.context_tokens)
+        if not self.share or key not in self.placements:
+            placed = fit_placement(self.world, config.with_batch(1), (traffic,))
+            self.placements[key] = None if placed is None else placed.gpu_layer_fraction
+        fraction = self.placements[key]
+        if fraction is None:
+            return None
+        return config if fraction == config.gpu_layer_fraction else replace(config, gpu_layer_fraction=fraction)
+
+    def traffic(self, row: Row, **load) -> TrafficClass:
+        """The row's lengths at `load` (a frozen record: rows at the same lengths and load share one)."""
+        key = (row.prompt_tokens, row.output_tokens, tuple(sorted(load.items())))
+        if not self.share or key not in self.traffics:
+            self.traffics[key] = _traffic(row, **load)
+        return self.traffics[key]
+
+    def timing(self, config: Config, traffic: TrafficClass) -> Timing:
+        key = (_identity(config), traffic.prompt_tokens, traffic.output_tokens, traffic.context_tokens)
+        if not self.share or key not in self.timings:
+            self.timings[key] = timing(self.world, config, traffic)
+        return self.timings[key]
+
+
+def _identity(config: Config) -> tuple:
+    """A configuration apart from its batch size (ids name specs uniquely within one world)."""
+    return (config.model.id, config.method.id, config.gpu.id, config.framework.id, config.kv.id, config.gpus,
+            config.execution, config.gpu_layer_fraction, config.expert_parallel)
 
 
 def _traffic(row: Row, **load) -> TrafficClass:
     return TrafficClass(prompt_tokens=row.prompt_tokens, output_tokens=row.output_tokens, **load)
 
 
-def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
+def speed_probes(world: World, row: Row, shared: Shared | None = None) -> tuple[list[Probe], str]:
     """The load-model evaluations behind a speed row and how they combine ("one", "max", "ratio").
 
     Rows under load use the row's concurrency or rate, its benchmark protocol (requests per client)
@@ -180,13 +234,15 @@ def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
     the engine's own). Older rows come from
     engine benchmarks without a server (no per-request overhead): "lockstep" (static-batch tables,
     all requests at once) take one wave for TTFT and the steady state for throughput; "single" is one
-    stream; "offline" the best throughput over batch sizes that fit.
+    stream; "offline" the best throughput over batch sizes that fit. `shared`: the plugins' answers
+    other rows asked for already (`prepare` keeps them).
     """
-    config = _config(world, row)
+    shared = shared or Shared(world)
+    config = shared.config(row)
     metric = row.metric
     if metric == "speedup_vs_fp16":
-        base = _config(world, row.model_copy(update={"method": "fp16"}))
-        pair = [_steady(world, c, row, "output_tokens_per_s") for c in (config, base)]
+        base = shared.config(row.model_copy(update={"method": "fp16"}))
+        pair = [_steady(shared, c, row, "output_tokens_per_s") for c in (config, base)]
         if None in pair:
             raise ValueError("does not fit")
         return pair, "ratio"
@@ -195,7 +251,7 @@ def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
         for batch in OFFLINE_BATCHES:
             if batch > config.framework.max_batch:
                 break
-            one = _steady(world, config.with_batch(batch), row, "output_tokens_per_s")
+            one = _steady(shared, config.with_batch(batch), row, "output_tokens_per_s")
             if one is None:
                 break
             found.append(one)
@@ -203,19 +259,19 @@ def speed_probes(world: World, row: Row) -> tuple[list[Probe], str]:
             raise ValueError("does not fit at batch 1")
         return found, "max"
     if row.under_load:
-        traffic = _traffic(row, **({"rate_per_s": row.rate} if row.mode == "rate"
-                                   else {"concurrency": max(row.batch, 1)}))
-        placed = _placed(world, config, traffic)
+        traffic = shared.traffic(row, **({"rate_per_s": row.rate} if row.mode == "rate"
+                                         else {"concurrency": max(row.batch, 1)}))
+        placed = shared.placed(config, traffic)
         if placed is None:
             raise ValueError("does not fit")
-        times = timing(world, placed, traffic)
+        times = shared.timing(placed, traffic)
         times = replace(times, scheduling=behind_server(benchmark_limits(row, times.scheduling), placed.framework,
                                                         row.api_server))
         kind = "rate" if row.mode == "rate" else "closed"
         load = row.rate if kind == "rate" else float(max(row.batch, 1))
         return [probe(times, placed, row.prompt_tokens, row.output_tokens, kind, load, metric,
                       row.requests_per_client or 10.0, row.statistic, server=row.api_server)], "one"
-    one = _steady(world, config, row, metric, waves=1.0 if metric == "ttft_ms" and row.mode == "lockstep" else 0.0)
+    one = _steady(shared, config, row, metric, waves=1.0 if metric == "ttft_ms" and row.mode == "lockstep" else 0.0)
     if one is None:
         raise ValueError("does not fit")
     return [one], "one"
@@ -245,13 +301,13 @@ def benchmark_limits(row: Row, sched: Scheduling) -> Scheduling:
     return replace(sched, max_sequences=min(clients, sched.max_sequences), token_budget=budget)
 
 
-def _steady(world: World, config: Config, row: Row, metric: str, waves: float = 0.0) -> Probe | None:
+def _steady(shared: Shared, config: Config, row: Row, metric: str, waves: float = 0.0) -> Probe | None:
     """A closed loop of `config.batch` clients, each sequence running (the batch fits in memory)."""
-    traffic = _traffic(row, concurrency=config.batch)
-    placed = _placed(world, config, traffic)
-    if placed is None or not memory(world, placed, traffic.context_tokens).fits:
+    traffic = shared.traffic(row, concurrency=config.batch)
+    placed = shared.placed(config, traffic)
+    if placed is None or not memory(shared.world, placed, traffic.context_tokens).fits:
         return None
-    return probe(timing(world, placed, traffic), placed, row.prompt_tokens, row.output_tokens, "closed",
+    return probe(shared.timing(placed, traffic), placed, row.prompt_tokens, row.output_tokens, "closed",
                  float(config.batch), metric, waves, row.statistic, running=config.batch, served=False)
 
 
@@ -333,7 +389,9 @@ class Prepared:
         return found
 
 
-def prepare(world: World, rows: list[Row]) -> Prepared:
+def prepare(world: World, rows: list[Row], shared: Shared | None = None) -> Prepared:
+    """Every row's probes (or its figure, or why it has none), the plugins asked once per configuration."""
+    shared = shared or Shared(world)
     probes: list[Probe] = []
     members, rules, fixed = [], [], {}
     for index, row in enumerate(rows):
@@ -341,7 +399,7 @@ def prepare(world: World, rows: list[Row]) -> Prepared:
         rules.append("one")
         try:
             if GROUPS.get(row.metric) in ("decode", "ttft"):
-                found, rule = speed_probes(world, row)
+                found, rule = speed_probes(world, row, shared)
                 members[-1] = list(range(len(probes), len(probes) + len(found)))
                 rules[-1] = rule
                 probes += found
@@ -402,11 +460,16 @@ def summary(checks: list[Check]) -> dict:
 
 def quality_table() -> dict:
     """Quality model v2 out of sample: fitted without each source in turn, errors on the rows of the
-    source left out, per metric (ppl, KL, recovery) overall, by family, by method and by task kind."""
+    source left out, per metric (ppl, KL, recovery) overall, by family, by method and by task kind.
+    Its ~1,800 small SVDs run on one BLAS thread: OpenBLAS's threads make them a hundred times slower
+    on a busy two-core machine (as in `quantplan fit`)."""
+    from threadpoolctl import threadpool_limits
+
     from . import quality_data, quality_fit
 
     points, _ = quality_data.load()
-    return quality_fit.table(quality_fit.out_of_sample(points))
+    with threadpool_limits(1, user_api="blas"):
+        return quality_fit.table(quality_fit.out_of_sample(points))
 
 
 def latency_table(checks: list[Check]) -> dict:

@@ -32,7 +32,7 @@ def test_the_overhead_is_added_once_to_every_ttft_figure():
     world = validate.validation_world()
     row = next(r for r in validate.load_rows() if r.id == "p60")  # Llama-70B FP8 on 2 x H100
     traffic = TrafficClass(prompt_tokens=5000, output_tokens=500, concurrency=1)
-    times = serving.timing(world, validate._placed(world, validate._config(world, row), traffic), traffic)
+    times = serving.timing(world, validate.Shared(world).placed(validate._config(world, row), traffic), traffic)
     bare = serving.Timing(times.steps, replace(times.scheduling, request_overhead_s=0.0))
     served = serving.Timing(times.steps, serving.behind_server(bare.scheduling, SimpleNamespace(
         id="tensorrt-llm", server_overhead_ms={"nim": 12.5}), "nim"))
