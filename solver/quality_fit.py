@@ -143,11 +143,15 @@ def fit_accuracy(points: list[Point], ppl: dict[str, float]) -> dict[str, float]
 
 
 def fit(points: list[Point], bands: dict[str, tuple[float, float]] | None = None) -> QualityModel:
-    ppl = fit_ppl(points)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # small SVDs: one BLAS thread is faster, and alike on any machine
+        ppl = fit_ppl(points)
+        kl, accuracy = fit_kl(points, ppl), fit_accuracy(points, ppl)
     rows: dict[str, int] = {}
     for p in points:
         rows[p.family] = rows.get(p.family, 0) + 1
-    return QualityModel(ppl, fit_kl(points, ppl), fit_accuracy(points, ppl), bands or {}, rows)
+    return QualityModel(ppl, kl, accuracy, bands or {}, rows)
 
 
 @dataclass(frozen=True)
