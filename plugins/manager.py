@@ -41,6 +41,7 @@ class PluginSet:
     strict: bool = False
     trusted: set[str] = field(default_factory=set)  # built-ins: their answers are held to the rules by tests
     _involved: dict = field(default_factory=dict, repr=False)
+    dropped: int = 0  # plugins dropped so far: answers kept from before a drop are not reused after it
 
     def names(self) -> list[str]:
         return sorted(name for name, plugin in self.manager.list_name_plugin() if plugin is not None)
@@ -124,6 +125,7 @@ class PluginSet:
 
     def _drop(self, name: str, error: str) -> None:
         self._involved.clear()
+        self.dropped += 1
         self.trusted.discard(name)
         distribution, version = self.distributions.get(name, (self.origins.get(name, ""), ""))
         self.fail(PluginFailure(name, distribution, version, error))

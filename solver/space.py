@@ -198,7 +198,7 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     The last space built is kept: asked again with only other prices (a price sweep, a price x load map's
     points at one load), it is re-priced (one cost call per configuration) instead of rebuilt."""
     model = resolve_model(world, scenario)
-    key = (model.model_dump_json(), scenario.model_dump_json(exclude=_PRICE_ONLY))
+    key = (model.model_dump_json(), scenario.model_dump_json(exclude=_PRICE_ONLY), world.plugins.dropped)
     kept = _LAST_SPACE if _LAST_SPACE.get("world") is world and _LAST_SPACE.get("key") == key else None
     if kept is None:
         listed, incompatible = _configurations(world, scenario, model)
@@ -218,7 +218,7 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
 def _configurations(world: World, scenario: Scenario, model: ModelSpec) -> tuple[list[Config], Counter]:
     """configurations() as a list with its reasons, kept for the next space with the same choices (a sweep
     over loads, SLOs or quality floors lists the same configurations)."""
-    key = (model.model_dump_json(), scenario.model_dump_json(include=_CHOICES))
+    key = (model.model_dump_json(), scenario.model_dump_json(include=_CHOICES), world.plugins.dropped)
     if _LAST_CONFIGURATIONS.get("world") is not world or _LAST_CONFIGURATIONS.get("key") != key:
         incompatible: Counter = Counter()
         listed = list(configurations(world, scenario, model, incompatible))
@@ -314,7 +314,7 @@ def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batche
     `entries`: the whole first pass by configuration, for these batch sizes."""
     global _FIRST_PASS
     shape = (model.model_dump_json(), tuple((k.name, k.prompt_tokens, k.output_tokens, k.context_tokens)
-                                            for k in scenario.classes), scenario.margin)
+                                            for k in scenario.classes), scenario.margin, world.plugins.dropped)
     if _FIRST_PASS.get("world") is not world or _FIRST_PASS.get("shape") != shape:
         _FIRST_PASS = {"world": world, "shape": shape, "probes": {}, "qualities": {}}
     if _FIRST_PASS.get("batches") != tuple(batches):

@@ -246,3 +246,26 @@ def test_option_records_are_built_when_read_and_read_as_dicts(world):
     assert option.performance == as_dicts[0] and as_dicts[1] == option.memory
     assert repr(option.performance) == repr(as_dicts[0]) and repr(option.memory) == repr(as_dicts[1])
     assert option.memory["chat"].used_per_gpu > 0
+
+
+def test_a_plugin_dropped_during_a_build_is_not_reused_from_it(monkeypatch):
+    """A space built while a plugin answered junk (and was dropped part way) is not handed out again: the
+    next build of the same scenario starts afresh, and equals the space of a world without that plugin."""
+    from dataclasses import replace as _replace
+
+    from quantplan.solver import space as space_module
+
+    builds = []
+    build = space_module._build
+    monkeypatch.setattr(space_module, "_build", lambda *a: builds.append(1) or build(*a))
+    plugins = make_plugin_set(extra=[NegativeMemory()], entry_points=False, strict=False)
+    world = build_world(plugins)
+    _, scenario, _ = _space([])
+    build_space(world, scenario, world.with_prices({}))
+    assert plugins.dropped == 1 and len(builds) == 2
+    again = build_space(world, scenario, world.with_prices({}))  # the same world, the same scenario
+    assert len(builds) == 3
+    _, _, plain = _space([])
+    assert [repr(_replace(o, config=o.config.key)) for o in again.options] == \
+        [repr(_replace(o, config=o.config.key)) for o in plain.options]
+    take_failures()
