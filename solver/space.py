@@ -264,7 +264,7 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
     count = 0
     prepared: list[Prepared] = []
     origins: list[int] = []
-    reuse, probes, qualities = _first_pass_cache(world, scenario, model, batches)
+    reuse, probes, qualities = _first_pass_cache(world, scenario, model, batches, limits)
     for index, (config, cost) in enumerate(zip(listed, costs)):
         if cost is None:  # an unpriced device is no configuration at all
             if scenario.provider:
@@ -276,7 +276,7 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
         count += 1
         key = (config.key, config.execution)
         if key not in reuse:
-            reuse[key] = _first_pass(world, scenario, config, batches, qualities, probes)
+            reuse[key] = _first_pass(world, scenario, config, batches, qualities, probes, limits)
         entry, events = reuse[key]
         for kind, name, value, what in events:  # the diagnostics the first pass left, replayed
             if kind == "smallest":
@@ -305,20 +305,21 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
 _FIRST_PASS: dict = {}  # the last space's first pass, by configuration (see _first_pass_cache)
 
 
-def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batches: list[int]) -> tuple:
+def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batches: list[int], limits: dict) -> tuple:
     """(entries, probes, qualities) of the last candidate space built with the same world, model, class names
     and lengths and margin. What the plugins said does not depend on loads, SLOs, quality floors or prices
     (cost is asked anew), so a sweep over those asks the plugins once per process. `probes` (placement,
     quality, step models and schedulers by configuration) do not depend on the batch sizes either: a sweep
     over concurrency, which changes them, asks the plugins again for memory at the new sizes only.
-    `entries`: the whole first pass by configuration, for these batch sizes."""
+    `entries`: the whole first pass by configuration, for these batch sizes and quality gates (`limits`: a
+    class a configuration's quality fails needs no step model or load model there)."""
     global _FIRST_PASS
     shape = (model.model_dump_json(), tuple((k.name, k.prompt_tokens, k.output_tokens, k.context_tokens)
                                             for k in scenario.classes), scenario.margin, world.plugins.dropped)
     if _FIRST_PASS.get("world") is not world or _FIRST_PASS.get("shape") != shape:
         _FIRST_PASS = {"world": world, "shape": shape, "probes": {}, "qualities": {}}
-    if _FIRST_PASS.get("batches") != tuple(batches):
-        _FIRST_PASS.update(batches=tuple(batches), entries={})
+    if _FIRST_PASS.get("batches") != (tuple(batches), limits):
+        _FIRST_PASS.update(batches=(tuple(batches), limits), entries={})
     return _FIRST_PASS["entries"], _FIRST_PASS["probes"], _FIRST_PASS["qualities"]
 
 
@@ -351,7 +352,8 @@ def _probe(world: World, scenario: Scenario, config: Config, qualities: dict) ->
     return Probe(placed, at_batch_one if placed is config else AtBatchOne(world, placed), assessed, [])
 
 
-def _first_pass(world: World, scenario: Scenario, config: Config, batches, qualities: dict, probes: dict):
+def _first_pass(world: World, scenario: Scenario, config: Config, batches, qualities: dict, probes: dict,
+                limits: dict | None = None):
     """(Prepared or None, the diagnostics it leaves as events) for one priced configuration."""
     key = (config.key, config.execution)
     probe = probes.get(key) or probes.setdefault(key, _probe(world, scenario, config, qualities))
@@ -359,7 +361,7 @@ def _first_pass(world: World, scenario: Scenario, config: Config, batches, quali
         return None, list(probe.events)
     per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
     entry = _prepare(world, probe.placed, batches, scenario.classes, 0.0, probe.assessed, per_class, scenario.margin,
-                     probe.at_batch_one, probe.timings)
+                     probe.at_batch_one, probe.timings, limits)
     events = [("smallest", name, d.smallest_memory.value, d.smallest_memory.what)
               for name, d in per_class.items() if d.smallest_memory.what]
     return entry, events
@@ -415,15 +417,19 @@ class Prepared:
     applied: str  # the margin its figures are planned at
     memories: dict[str, Memory]  # by class: arrays over the batch sizes
     jobs: dict[str, Job]  # by class with at least one fitting batch size: the load models' work
+    failing: set[str] = field(default_factory=set)  # classes that fit but whose quality gate fails (no job)
 
 
 def _prepare(world, config, batches, classes, cost, assessed, per_class, margin="none",
-             at_batch_one: AtBatchOne | None = None, timings: dict | None = None) -> Prepared:
+             at_batch_one: AtBatchOne | None = None, timings: dict | None = None,
+             limits: dict | None = None) -> Prepared:
     """Memory (numpy arrays over the batch sizes, through the plugin terms) and, per class that fits at
     some batch size, the step model and scheduler the load models need. What does not depend on the
     class is asked of the plugins once: the engine's scheduler, memory at batch 1 by context
     (`at_batch_one`, the cache of `config`), step models by (prompt, output) lengths. `timings`: each
-    class's step model and scheduler at `margin` from an earlier call for `config` (filled here)."""
+    class's step model and scheduler at `margin` from an earlier call for `config` (filled here). `limits`:
+    the classes' quality gates, where known: a class whose gate `assessed` fails gets no step model or load
+    model (only that it fits, for the diagnostics)."""
     sizes = np.array(batches, dtype=float)
     vector = config.with_batch(sizes)
     outside = outside_coverage(config)  # one answer for every batch size and class of this configuration
@@ -434,6 +440,7 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
     steps: dict[tuple[int, int], object] = {}
     memories: dict[str, Memory] = {}
     jobs: dict[str, Job] = {}
+    failing: set[str] = set()
     for traffic in classes:
         used = memory(world, vector, traffic.context_tokens)
         fits = np.atleast_1d(used.fits)
@@ -443,6 +450,9 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
                                                           _describe(config.with_batch(batches[0])))
         leading = len(fits) if fits.all() else int(np.argmin(fits))  # fitting sizes up to the first that does not
         if not leading:
+            continue
+        if limits is not None and not limits[traffic.name].passes(assessed):
+            failing.add(traffic.name)  # it fits, but no option can serve this class: no figures needed
             continue
         times = timings.get(traffic.name) if timings is not None else None
         if times is None:
@@ -459,7 +469,7 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
             if timings is not None:
                 timings[traffic.name] = times
         jobs[traffic.name] = Job(config, times, tuple(batches[:leading]))
-    return Prepared(config, cost, assessed, outside, applied, memories, jobs)
+    return Prepared(config, cost, assessed, outside, applied, memories, jobs, failing)
 
 
 def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) -> list[Option]:
@@ -471,12 +481,10 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
     config, assessed = entry.config, entry.assessed
     results: dict[str, list] = {}
     for traffic in classes:
-        if traffic.name not in entry.jobs:
+        if traffic.name not in entry.jobs and traffic.name not in entry.failing:
             continue
         diagnostics = per_class[traffic.name]
-        figures, position = evaluated[traffic.name]  # the class's figures and this configuration's place in them
         quality_gate = limits[traffic.name]
-        sizes = len(entry.jobs[traffic.name].batches)  # those that fit: larger batches need more memory still
         # the quality gate does not depend on the batch size: it passes at all or at none
         diagnostics.best_ppl.offer(assessed.ppl_delta, f"{config.method.id} with {config.kv.id} KV cache")
         if not quality_gate.passes(assessed):  # the best-reachable figures only name those that pass
@@ -485,6 +493,8 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
             diagnostics.best_quality.offer(-tightest.headroom(assessed), f"{config.method.id} with "
                                            f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
             continue
+        figures, position = evaluated[traffic.name]  # the class's figures and this configuration's place in them
+        sizes = len(entry.jobs[traffic.name].batches)  # those that fit: larger batches need more memory still
         results[traffic.name] = served = [None] * len(batches)
         rows = figures.rows()
         for index in range(sizes):

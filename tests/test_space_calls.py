@@ -269,3 +269,26 @@ def test_a_plugin_dropped_during_a_build_is_not_reused_from_it(monkeypatch):
     assert [repr(_replace(o, config=o.config.key)) for o in again.options] == \
         [repr(_replace(o, config=o.config.key)) for o in plain.options]
     take_failures()
+
+
+def test_a_class_a_configuration_cannot_serve_on_quality_gets_no_step_model(world, monkeypatch):
+    """A class whose quality floor INT4 fails: no step model is asked for it on INT4 configurations (no option
+    could serve it there), yet they count in its diagnostics (they fit; the quality bound names them)."""
+    from quantplan.solver import space as space_module
+
+    asked = []
+    step_model = space_module.step_model
+    monkeypatch.setattr(space_module, "step_model",
+                        lambda w, c, p, o: asked.append((c.method.id, p)) or step_model(w, c, p, o))
+    strict = {"name": "strict", "prompt_tokens": 777, "output_tokens": 77, "concurrency": 4, "max_ppl_delta": 0.001}
+    loose = {"name": "loose", "prompt_tokens": 512, "output_tokens": 128, "concurrency": 4}
+    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s"], "max_gpus": 1,
+                              "methods": ["fp16", "awq-int4"], "classes": [strict, loose], "alternatives": False})
+    space_module._FIRST_PASS.clear()
+    space = build_space(world, scenario, world.with_prices({}))
+    assert ("awq-int4", 512) in asked and ("fp16", 777) in asked
+    assert ("awq-int4", 777) not in asked
+    diagnostics = space.per_class["strict"]
+    assert diagnostics.fits > diagnostics.meets_quality > 0  # INT4 fits but misses the floor
+    assert "max_ppl_delta" in diagnostics.best_quality.what  # the nearest miss is named
+    assert all(o.config.method.id == "fp16" for o in space.options if "strict" in o.performance)
