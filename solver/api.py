@@ -111,16 +111,15 @@ def _criteria(options: list[Option], classes, with_latency: bool, limited: set[s
             performance = option.performance
             cost[row], loss[row] = option.cost_per_hour, option.quality.relative
             outside[row], gpus[row] = option.extrapolated, option.config.gpus
-            figure = getattr(performance, "figure", None)  # the candidate space's: figures without records
-            if figure is None:
-                tpot[row] = round(sum(r.tpot_ms for r in performance.values()) / len(performance), 6)
-            else:
-                tpot[row] = round(sum(figure(name, "tpot") for name in performance) / len(performance), 6)
+            # the candidate space's records give their figures without being built; plain ones are read as they are
+            figure = getattr(performance, "figure", None) or (
+                lambda name, which, table=performance: getattr(table[name], _FIELD[which]))
+            tpot[row] = round(sum(figure(name, "tpot") for name in performance) / len(performance), 6)
             rounded[row] = round(option.quality.relative, 9)
             keys.append(option.key)
             for column, name in enumerate(names):
                 if name in performance:
-                    capacity[row, column] = performance[name].capacity if figure is None else figure(name, "capacity")
+                    capacity[row, column] = figure(name, "capacity")
                     if with_latency:
                         latency[row, column] = program.request_latency_ms(option, classes[column])
         # program.rank's order: GPUs, outside the data, quality loss (9 decimals), mean TPOT (6 decimals), key
@@ -128,6 +127,9 @@ def _criteria(options: list[Option], classes, with_latency: bool, limited: set[s
         position = np.empty(count, dtype=int)
         position[ranked] = np.arange(count)
         yield members, (cost, gpus, loss, outside, capacity, latency, position)
+
+
+_FIELD = {"tpot": "tpot_ms", "capacity": "capacity"}  # Performance's attribute for each figure pruning reads
 
 
 def _prune_pairwise(options: list[Option], classes: tuple[TrafficClass, ...],

@@ -115,10 +115,8 @@ def by_load(axes: tuple[str, ...], grid: list[tuple[float, ...]]) -> list[int]:
 
 
 def _in_grid_order(order: list[int], results: list[dict]) -> list[dict]:
-    placed: list[dict] = [{}] * len(results)
-    for index, result in zip(order, results):
-        placed[index] = result
-    return placed
+    """`results` (of the points in `order`) back in grid order."""
+    return [result for _, result in sorted(zip(order, results), key=lambda pair: pair[0])]
 
 
 def _collect(results: Iterable[dict], progress) -> list[dict]:

@@ -139,13 +139,13 @@ def expected_max_normal(count: int) -> float:
     x count phi(x) Phi(x)^(count - 1) (0 for one draw; 1/sqrt(pi) for two; 1.0294 for four)."""
     if count <= 1:
         return 0.0
-    step = 1e-3
-    total = 0.0
-    for i in range(-10_000, 10_001):
-        x = i * step
+    from scipy.integrate import quad
+
+    def integrand(x: float) -> float:
         density = math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-        total += x * count * density * (0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))) ** (count - 1)
-    return total * step
+        return x * count * density * (0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))) ** (count - 1)
+
+    return quad(integrand, -math.inf, math.inf)[0]
 
 
 def kv_elements_per_token(model: ModelSpec) -> int:

@@ -525,7 +525,7 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
                     bounded[name] = bounds[name]
         if served:
             found.append(Option(config.with_batch(batch), entry.cost, assessed,
-                                _MemoryRecords(records, index, tuple(served)), _Performances(served), timings,
+                                _MemoryRecords(records, index, served), _Performances(served), timings,
                                 margin=entry.applied, extrapolated=entry.outside, quality_bounds=bounded))
     return found
 
@@ -555,55 +555,25 @@ class _Rows:
         return Memory(*[column[index] for column in self.columns])
 
 
-class _Performances(Mapping):
-    """Option.performance: each served class's Performance, built from the load models' figures when first read;
-    `figure` reads capacity, TTFT and TPOT without building it (what pruning compares for every option)."""
+class _LazyRecords(Mapping):
+    """A per-class table of records built when first read (a plan reads a few of the tens of thousands of
+    options a space holds); it compares, prints and answers `in` as the dict it stands for. `names`: the
+    classes, as any container (a subclass may keep where each record comes from in it)."""
 
-    __slots__ = ("_where", "_built")
+    __slots__ = ("_names", "_built")
 
-    def __init__(self, where: dict[str, tuple]) -> None:
-        self._where, self._built = where, {}  # class name -> (its Figures, this option's element in them)
+    def __init__(self, names) -> None:
+        self._names, self._built = names, {}
+
+    def _make(self, name: str):
+        raise NotImplementedError
 
     def __getitem__(self, name: str):
         found = self._built.get(name)
         if found is None:
-            figures, element = self._where[name]
-            found = self._built[name] = figures.performance(element)
-        return found
-
-    def figure(self, name: str, which: str) -> float:
-        """"capacity", "ttft" or "tpot" (ms) of class `name`: the value its Performance holds."""
-        figures, element = self._where[name]
-        return figures.rows()[which][element]
-
-    def __contains__(self, name) -> bool:
-        return name in self._where
-
-    def __iter__(self):
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def __repr__(self) -> str:
-        return repr(dict(self.items()))
-
-
-class _MemoryRecords(Mapping):
-    """Option.memory: each served class's Memory at one batch size, built when first read (a plan reads a few
-    of the tens of thousands of options a space holds)."""
-
-    __slots__ = ("_records", "_index", "_names", "_built")
-
-    def __init__(self, records: dict[str, _Rows], index: int, names: tuple[str, ...]) -> None:
-        self._records, self._index, self._names, self._built = records, index, names, {}
-
-    def __getitem__(self, name: str) -> Memory:
-        found = self._built.get(name)
-        if found is None:
             if name not in self._names:
                 raise KeyError(name)
-            found = self._built[name] = self._records[name][self._index]
+            found = self._built[name] = self._make(name)
         return found
 
     def __contains__(self, name) -> bool:
@@ -617,6 +587,35 @@ class _MemoryRecords(Mapping):
 
     def __repr__(self) -> str:
         return repr(dict(self.items()))
+
+
+class _Performances(_LazyRecords):
+    """Option.performance, from the load models' figures (`names`: class -> (its Figures, this option's element in
+    them)); `figure` reads capacity, TTFT and TPOT without building a record (what pruning compares)."""
+
+    __slots__ = ()
+
+    def _make(self, name: str):
+        figures, element = self._names[name]
+        return figures.performance(element)
+
+    def figure(self, name: str, which: str) -> float:
+        """"capacity", "ttft" or "tpot" (ms) of class `name`: the value its Performance holds."""
+        figures, element = self._names[name]
+        return figures.rows()[which][element]
+
+
+class _MemoryRecords(_LazyRecords):
+    """Option.memory: each served class's Memory at batch-size index `index` of its `records`."""
+
+    __slots__ = ("_records", "_index")
+
+    def __init__(self, records: dict[str, _Rows], index: int, names) -> None:
+        super().__init__(names)
+        self._records, self._index = records, index
+
+    def _make(self, name: str) -> Memory:
+        return self._records[name][self._index]
 
 
 def _offer(best: Best, value: float, config: Config, batch: int) -> None:

@@ -3,6 +3,7 @@ result checks only on plugins that are not built in."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from quantplan.plugins.builtin import builtin_plugins
@@ -97,6 +98,28 @@ class NegativeMemory:
         return [Term("weights_bytes", -1.0, self.name, "negative weights")]
 
 
+def _three_devices(traffic: dict):
+    """Llama-3.1-8B on L40S, A100 and L4 (up to 2 GPUs) for one class."""
+    return make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "l4"], "max_gpus": 2,
+                          "classes": [traffic]})
+
+
+def _described(space):
+    """Everything a space holds, comparable: options (configurations by key), reasons, diagnostics, counts."""
+    return ([repr(replace(o, config=o.config.key)) for o in space.options], space.incompatible,
+            {n: (d.fits, d.best_ttft, d.best_tpot, d.smallest_memory) for n, d in space.per_class.items()},
+            space.configurations)
+
+
+def _forget_kept_spaces():
+    """Drop what build_space keeps between calls, so the next build starts afresh."""
+    from quantplan.solver import space as space_module
+
+    space_module._FIRST_PASS.clear()
+    space_module._LAST_SPACE.clear()
+    space_module._LAST_CONFIGURATIONS.clear()
+
+
 def test_a_junk_answer_at_candidate_time_is_still_caught():
     plugins, _, space = _space([NegativeMemory()])
     _, _, plain = _space([])
@@ -110,21 +133,11 @@ def test_a_junk_answer_at_candidate_time_is_still_caught():
 def test_a_sweep_over_load_slo_and_price_asks_the_plugins_once(world, monkeypatch):
     """Two spaces that differ only in load, SLOs and a price: the second reuses the first pass (plugin calls)
     of the first, and its options, diagnostics and counts are those a fresh build gives."""
-    from dataclasses import replace as _replace
-
     from quantplan.solver import space as space_module
-    from quantplan.solver.scenario import make_scenario
-    from quantplan.solver.space import build_space
 
     def scenario(rate, ttft):
-        return make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "l4"], "max_gpus": 2,
-                              "classes": [{"name": "api", "prompt_tokens": 1024, "output_tokens": 256,
-                                           "rate_per_s": rate, "ttft_ms": ttft, "tpot_ms": 60}]})
-
-    def described(space):
-        return ([repr(_replace(o, config=o.config.key)) for o in space.options], space.incompatible,
-                {n: (d.fits, d.best_ttft, d.best_tpot, d.smallest_memory) for n, d in space.per_class.items()},
-                space.configurations)
+        return _three_devices({"name": "api", "prompt_tokens": 1024, "output_tokens": 256, "rate_per_s": rate,
+                               "ttft_ms": ttft, "tpot_ms": 60})
 
     calls = []
     first_pass = space_module._first_pass
@@ -134,25 +147,20 @@ def test_a_sweep_over_load_slo_and_price_asks_the_plugins_once(world, monkeypatc
     assert fresh_calls > 50
     again = build_space(world, scenario(6.0, 800), world.with_prices({"l40s": 0.5}))
     assert len(calls) == fresh_calls  # nothing asked of the plugins again
-    space_module._FIRST_PASS.clear()
-    space_module._LAST_SPACE.clear()
-    space_module._LAST_CONFIGURATIONS.clear()
+    _forget_kept_spaces()
     fresh = build_space(world, scenario(6.0, 800), world.with_prices({"l40s": 0.5}))
     assert len(calls) == 2 * fresh_calls
-    assert described(again) == described(fresh)
+    assert _described(again) == _described(fresh)
     assert {o.cost_per_hour for o in again.options if o.config.gpu.id == "l40s"} >= {0.5}
 
 
 def test_a_price_change_reprices_the_last_space(world, monkeypatch):
     """The same scenario at other prices: no plugin call but the cost per configuration, no load model; the
     options are those a fresh build at the new prices gives, each at its configuration's new price."""
-    from dataclasses import replace as _replace
-
     from quantplan.solver import space as space_module
 
-    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "l4"], "max_gpus": 2,
-                              "classes": [{"name": "api", "prompt_tokens": 1024, "output_tokens": 256,
-                                           "rate_per_s": 3.0, "ttft_ms": 1500, "tpot_ms": 60}]})
+    scenario = _three_devices({"name": "api", "prompt_tokens": 1024, "output_tokens": 256, "rate_per_s": 3.0,
+                               "ttft_ms": 1500, "tpot_ms": 60})
     cheap = world.with_prices({"l40s": 0.5})
     builds = []
     build = space_module._build
@@ -160,22 +168,16 @@ def test_a_price_change_reprices_the_last_space(world, monkeypatch):
     first = build_space(world, scenario, world.with_prices({}))
     again = build_space(world, scenario, cheap)
     assert len(builds) == 1  # re-priced, not rebuilt
-    space_module._LAST_SPACE.clear()
-    space_module._LAST_CONFIGURATIONS.clear()
-    space_module._FIRST_PASS.clear()
+    _forget_kept_spaces()
     fresh = build_space(world, scenario, cheap)
     assert len(builds) == 2
-
-    def described(space):
-        return [repr(_replace(o, config=o.config.key)) for o in space.options], space.incompatible, space.configurations
-
-    assert described(again) == described(fresh)
+    assert _described(again) == _described(fresh)
     l40s = {o.config.gpus * 0.5 for o in again.options if o.config.gpu.id == "l40s"}
     assert {o.cost_per_hour for o in again.options if o.config.gpu.id == "l40s"} == l40s  # 0.5 $/h per GPU
     assert {o.cost_per_hour for o in first.options if o.config.gpu.id == "l40s"}.isdisjoint(l40s)
     # the kept space is not the caller's: changing the list handed out leaves the next answer whole
     again.options.clear()
-    assert described(build_space(world, scenario, cheap)) == described(fresh)
+    assert _described(build_space(world, scenario, cheap)) == _described(fresh)
 
 
 def test_sweep_points_at_one_load_run_next_to_each_other():
@@ -197,19 +199,11 @@ def test_sweep_points_at_one_load_run_next_to_each_other():
 def test_a_concurrency_sweep_asks_the_plugins_for_memory_only(world, monkeypatch):
     """Concurrency changes the batch sizes worth trying (the class's users join them): the second space asks
     for memory at its sizes, but no step model, scheduler or quality again, and equals a fresh build."""
-    from dataclasses import replace as _replace
-
     from quantplan.solver import space as space_module
 
     def scenario(users):
-        return make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "l4"], "max_gpus": 2,
-                              "classes": [{"name": "chat", "prompt_tokens": 1024, "output_tokens": 256,
-                                           "concurrency": users, "ttft_ms": 1500, "tpot_ms": 60}]})
-
-    def described(space):
-        return ([repr(_replace(o, config=o.config.key)) for o in space.options], space.incompatible,
-                {n: (d.fits, d.best_ttft, d.best_tpot, d.smallest_memory) for n, d in space.per_class.items()},
-                space.configurations)
+        return _three_devices({"name": "chat", "prompt_tokens": 1024, "output_tokens": 256, "concurrency": users,
+                               "ttft_ms": 1500, "tpot_ms": 60})
 
     steps = []
     step_model = space_module.step_model
@@ -220,12 +214,10 @@ def test_a_concurrency_sweep_asks_the_plugins_for_memory_only(world, monkeypatch
     assert space_module.useful_batches(scenario(70)) != space_module.useful_batches(scenario(40))
     again = build_space(world, scenario(70), world.with_prices({}))
     assert len(steps) == asked  # no step model asked again
-    space_module._FIRST_PASS.clear()
-    space_module._LAST_SPACE.clear()
-    space_module._LAST_CONFIGURATIONS.clear()
+    _forget_kept_spaces()
     fresh = build_space(world, scenario(70), world.with_prices({}))
     assert len(steps) == 2 * asked
-    assert described(again) == described(fresh)
+    assert _described(again) == _described(fresh)
 
 
 def test_option_records_are_built_when_read_and_read_as_dicts(world):
@@ -251,8 +243,6 @@ def test_option_records_are_built_when_read_and_read_as_dicts(world):
 def test_a_plugin_dropped_during_a_build_is_not_reused_from_it(monkeypatch):
     """A space built while a plugin answered junk (and was dropped part way) is not handed out again: the
     next build of the same scenario starts afresh, and equals the space of a world without that plugin."""
-    from dataclasses import replace as _replace
-
     from quantplan.solver import space as space_module
 
     builds = []
@@ -266,8 +256,7 @@ def test_a_plugin_dropped_during_a_build_is_not_reused_from_it(monkeypatch):
     again = build_space(world, scenario, world.with_prices({}))  # the same world, the same scenario
     assert len(builds) == 3
     _, _, plain = _space([])
-    assert [repr(_replace(o, config=o.config.key)) for o in again.options] == \
-        [repr(_replace(o, config=o.config.key)) for o in plain.options]
+    assert _described(again) == _described(plain)
     take_failures()
 
 
@@ -284,7 +273,7 @@ def test_a_class_a_configuration_cannot_serve_on_quality_gets_no_step_model(worl
     loose = {"name": "loose", "prompt_tokens": 512, "output_tokens": 128, "concurrency": 4}
     scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s"], "max_gpus": 1,
                               "methods": ["fp16", "awq-int4"], "classes": [strict, loose], "alternatives": False})
-    space_module._FIRST_PASS.clear()
+    _forget_kept_spaces()
     space = build_space(world, scenario, world.with_prices({}))
     assert ("awq-int4", 512) in asked and ("fp16", 777) in asked
     assert ("awq-int4", 777) not in asked
