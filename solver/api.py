@@ -423,18 +423,26 @@ def _alternatives(options, scenario, availability, chosen: program.Solution, pru
         for name in ranked[:ALTERNATIVES_PER_KIND]:
             filters.append((kind.format(name), lambda o, a=attribute, n=name: getattr(o.config, a).id == n,
                             attribute == "gpu"))
-    found = []
+    subsets = []
     for label, keep, *one_device in filters:
         if one_device and one_device[0] and pruned is not None:
             subset = [o for o in pruned if keep(o)]
         else:
             subset = prune_dominated([o for o in options if keep(o)], scenario.classes, scenario.objective != "cost",
                                      set(availability))
-        if not subset:
-            continue
+        if subset:
+            subsets.append((label, subset))
+    alone = replace_alternatives(scenario)
+
+    def cheapest(subset: list[Option]) -> program.Solution | None:
         try:
-            other = _solve(subset, replace_alternatives(scenario), availability)
+            return _solve(subset, alone, availability)
         except program.NoSolution:
+            return None
+
+    found = []
+    for (label, _), other in zip(subsets, program.in_parallel(cheapest, [subset for _, subset in subsets])):
+        if other is None:
             continue
         difference = other.cost_per_hour - chosen.cost_per_hour
         groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes) for a in other.assignments]

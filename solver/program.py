@@ -19,7 +19,9 @@ import math
 import os
 import re
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -171,19 +173,54 @@ def _highs():
     return _HIGHS
 
 
+_QUIET = {"depth": 0, "saved": None}
+_QUIET_LOCK = threading.Lock()
+
+
 @contextmanager
 def _quiet_stdout():
-    """HiGHS prints a banner on the C-level stdout even with msg=False; keep --json output clean."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with open(os.devnull, "w") as sink:
-        os.dup2(sink.fileno(), 1)
-        try:
-            yield
-        finally:
+    """HiGHS prints a banner on the C-level stdout even with msg=False; keep --json output clean. Reentrant
+    and shared by threads (`in_parallel`): the first to enter sends file descriptor 1 to the null device, the
+    last to leave gives it back."""
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
             sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+            _QUIET["saved"] = os.dup(1)
+            with open(os.devnull, "w") as sink:
+                os.dup2(sink.fileno(), 1)
+        _QUIET["depth"] += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                sys.stdout.flush()
+                os.dup2(_QUIET["saved"], 1)
+                os.close(_QUIET["saved"])
+
+
+def in_parallel(function, items: list) -> list:
+    """[function(item) for item in items], each item's program solved in a thread of its own (up to one per
+    CPU): HiGHS gives up Python's lock while it solves, and each program runs on one solver thread, so the
+    results are those of the plain loop, in its order. An exception is raised as the loop would raise it
+    (the first item's that failed)."""
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers < 2 or getattr(_WORKER, "busy", False):  # inside a worker: its CPU is taken already
+        return [function(item) for item in items]
+
+    def run(item):
+        _WORKER.busy = True
+        try:
+            return function(item)
+        finally:
+            _WORKER.busy = False
+
+    with _quiet_stdout(), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, items))
+
+
+_WORKER = threading.local()
 
 
 def _gap(problem) -> float:
@@ -234,8 +271,8 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     parts = _independent(options, classes, availability) if (
         objective == "cost" and max_configurations is None and max_cost_per_hour is None and not write_lp) else []
     if len(parts) > 1:  # nothing couples them: the sum of each part's lexicographic optimum is the whole's
-        found = [solve(part, kept, availability, objective, None, solver, time_limit, None, None, screening)
-                 for part, kept in parts]
+        found = in_parallel(lambda part: solve(part[0], part[1], availability, objective, None, solver, time_limit,
+                                               None, None, screening), parts)
         assignments = sorted((a for f in found for a in f.assignments), key=lambda a: a.option.key)
         gaps = [f.gap for f in found if f.status == "time_limit"]
         return Solution("time_limit" if gaps else "optimal", sum(f.cost_per_hour for f in found), assignments,

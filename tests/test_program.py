@@ -318,3 +318,24 @@ def test_a_tie_break_stage_the_plan_already_wins_is_not_solved(world, monkeypatc
     solution = program.solve([outside, inside], (chat(),), {})
     assert [(x.option.config.gpu.id, x.replicas) for x in solution.assignments] == [("l4", 2)]
     assert len(runs) >= 1
+
+
+def test_programs_solved_in_parallel_give_the_plain_loops_results_in_order(world, monkeypatch):
+    """in_parallel: each item's program in a thread of its own, results in the items' order and equal to a
+    plain loop's; the first failing item's exception is the one raised; stdout is given back afterwards."""
+    monkeypatch.setattr(program.os, "cpu_count", lambda: 2)
+    traffic = (chat(10),)
+    cases = [[option(world, "l4", cost, {"chat": users})] for cost, users in ((2.0, 4), (1.0, 5), (3.0, 10))]
+    serial = [program.solve(options, traffic, {}).cost_per_hour for options in cases]
+    assert serial == pytest.approx([6.0, 2.0, 3.0])  # 3, 2 and 1 replicas
+    assert program.in_parallel(lambda options: program.solve(options, traffic, {}).cost_per_hour, cases) == serial
+    descriptor = program.os.fstat(1)
+
+    def fails(item):
+        if item > 0:
+            raise ValueError(f"item {item}")
+        return item
+
+    with pytest.raises(ValueError, match="item 1"):
+        program.in_parallel(fails, [0, 1, 2])
+    assert program.os.fstat(1).st_ino == descriptor.st_ino and program._QUIET["depth"] == 0
