@@ -339,3 +339,21 @@ def test_programs_solved_in_parallel_give_the_plain_loops_results_in_order(world
     with pytest.raises(ValueError, match="item 1"):
         program.in_parallel(fails, [0, 1, 2])
     assert program.os.fstat(1).st_ino == descriptor.st_ino and program._QUIET["depth"] == 0
+
+
+def test_a_share_of_a_class_smaller_than_a_replica_opens_one(world):
+    """Chat (2 users) and summaries (3 users) fit in one replica of A ($2/h, 10 users each: 0.2 + 0.3 of a
+    replica) or apart on B ($1.5/h, chat only, 4 users) and A: one A ($2) beats B + A ($3.5). The program
+    holds share <= replicas for every pair whose class needs less than one replica, and only those (C, 1 user
+    per replica, needs 2 replicas for chat: its capacity row implies it)."""
+    traffic = (chat(2), TrafficClass(name="summaries", concurrency=3))
+    a = option(world, "l4", 2.0, {"chat": 10, "summaries": 10})
+    b = option(world, "l40s", 1.5, {"chat": 4})
+    c = option(world, "a10g", 0.5, {"chat": 1})
+    problem, _, _ = program.build([a, b, c], traffic, {}, None)
+    opened = [name for name in problem.constraints if name.startswith("open")]
+    assert len(opened) == 3 and sum("l4/" in n for n in opened) == 2 and sum("l40s/" in n for n in opened) == 1
+    solution = program.solve([a, b], traffic, {})
+    assert solution.cost_per_hour == pytest.approx(2.0)
+    assert [(x.option.key, x.replicas) for x in solution.assignments] == [(a.key, 1)]
+    assert program.solve([a, b, c], traffic, {}).cost_per_hour == pytest.approx(2.0)  # 2 x C + A: $3
