@@ -95,6 +95,10 @@ def request_latency_ms(option: Option, traffic: TrafficClass) -> float:
     return result.ttft_ms + (traffic.output_tokens - 1) * result.tpot_ms
 
 
+def _most_replicas(option: Option, classes: tuple[TrafficClass, ...]) -> int:
+    return math.ceil(sum(load_per_replica(option, k) for k in classes if k.name in option.performance) - 1e-9)
+
+
 def _variable_factory(problem):
     """PuLP 3.3+ attaches variables to the problem (the PuLP 4 way); older PuLP builds them alone."""
     if hasattr(problem, "add_variable"):
@@ -106,7 +110,9 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
           max_configurations: int | None):
     problem = pulp.LpProblem("quantplan", pulp.LpMinimize)
     variable = _variable_factory(problem)
-    replicas = {o.key: variable(_name(f"replicas[{o.key}]"), 0, None, "Integer") for o in options}
+    # never more replicas than serving every class it can wholly on it takes: a bound no optimum reaches past
+    replicas = {o.key: variable(_name(f"replicas[{o.key}]"), 0, _most_replicas(o, classes), "Integer")
+                for o in options}
     shares = {(o.key, k.name): variable(_name(f"share[{o.key}][{k.name}]"), 0, 1, "Continuous")
               for o in options for k in classes if k.name in o.performance}
     for traffic in classes:
