@@ -497,20 +497,21 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
         sizes = len(entry.jobs[traffic.name].batches)  # those that fit: larger batches need more memory still
         results[traffic.name] = served = [None] * len(batches)
         rows = figures.rows()
+        start = figures.element(position, 0)  # this configuration's sizes are consecutive elements
+        meets = rows["meets"][start:start + sizes]
+        if traffic.load_kind == "concurrency" and not all(meets):
+            sizes = meets.index(False) + 1  # more clients per replica only lengthen TTFT and TPOT: stop there
+        ttft, tpot = rows["ttft_stat"][start:start + sizes], rows["tpot_stat"][start:start + sizes]
+        diagnostics.fits += sizes
+        diagnostics.meets_quality += sizes
+        _offer_least(diagnostics.best_ttft, ttft, range(sizes), config, batches)
+        _offer_least(diagnostics.best_tpot, tpot, range(sizes), config, batches)
+        limit = traffic.tpot_limit_ms
+        _offer_least(diagnostics.best_ttft_meeting_tpot, ttft,
+                     range(sizes) if limit is None else [i for i in range(sizes) if tpot[i] <= limit], config, batches)
         for index in range(sizes):
-            diagnostics.fits += 1
-            diagnostics.meets_quality += 1
-            element = figures.element(position, index)
-            ttft, tpot = rows["ttft_stat"][element], rows["tpot_stat"][element]
-            _offer(diagnostics.best_ttft, ttft, config, batches[index])
-            _offer(diagnostics.best_tpot, tpot, config, batches[index])
-            if traffic.tpot_limit_ms is None or tpot <= traffic.tpot_limit_ms:
-                _offer(diagnostics.best_ttft_meeting_tpot, ttft, config, batches[index])
-            if not rows["meets"][element]:
-                if traffic.load_kind == "concurrency":
-                    break  # more clients per replica only lengthen TTFT and TPOT
-                continue
-            served[index] = (figures, element)
+            if meets[index]:
+                served[index] = (figures, start + index)
     bounds = {name: _tightest(limits[name], assessed) for name in results if limits[name].bounds}
     records = {name: _Rows(entry.memories[name], len(batches)) for name in results}
     times = {name: entry.jobs[name].times for name in results}
@@ -618,10 +619,14 @@ class _MemoryRecords(_LazyRecords):
         return self._records[name][self._index]
 
 
-def _offer(best: Best, value: float, config: Config, batch: int) -> None:
-    """best.offer for `config` at `batch`, described only when it could win (describing costs more)."""
-    if value <= best.value:
-        best.offer(value, _describe(config.with_batch(batch)))
+def _offer_least(best: Best, values: list, indices, config: Config, batches) -> None:
+    """_offer of values[i] at batches[i] for every i of `indices`: only the least value can win (Best keeps the
+    least value, and among equal values the first description), so only its batch sizes are described."""
+    least = min((values[i] for i in indices if values[i] == values[i]), default=None)  # NaN never wins
+    if least is not None and least <= best.value:
+        for i in indices:
+            if values[i] == least:
+                best.offer(least, _describe(config.with_batch(batches[i])))
 
 
 def _tightest(quality_gate, assessed: Quality) -> tuple[str, float]:
