@@ -18,7 +18,7 @@ from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, repli
 from .prices import PricesUsed, prices_used
 from .registry import World, load_world
 from .scenario import Scenario, TrafficClass, make_scenario
-from .space import Option, Space, build_space, candidate_devices, free_if_owned, pool
+from .space import Option, Space, _Performances, build_space, candidate_devices, free_if_owned, pool
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
@@ -101,26 +101,28 @@ def _criteria(options: list[Option], classes, with_latency: bool, limited: set[s
     names = [k.name for k in classes]
     for members in groups.values():
         count = len(members)
-        cost, loss, tpot, rounded = np.empty(count), np.empty(count), np.empty(count), np.empty(count)
-        outside, gpus = np.empty(count, dtype=int), np.empty(count, dtype=int)
-        capacity = np.zeros((count, len(names)))
+        chosen = [options[i] for i in members]
+        cost = np.array([o.cost_per_hour for o in chosen], dtype=float)
+        loss = np.array([o.quality.relative for o in chosen], dtype=float)
+        rounded = np.array([round(o.quality.relative, 9) for o in chosen], dtype=float)
+        outside = np.array([o.extrapolated for o in chosen], dtype=int)
+        gpus = np.array([o.config.gpus for o in chosen], dtype=int)
+        keys = [o.key for o in chosen]
         latency = np.full((count, len(names)), np.inf) if with_latency else None
-        keys = []
-        for row, i in enumerate(members):
-            option = options[i]
-            performance = option.performance
-            cost[row], loss[row] = option.cost_per_hour, option.quality.relative
-            outside[row], gpus[row] = option.extrapolated, option.config.gpus
-            # the candidate space's records give their figures without being built; plain ones are read as they are
-            figure = getattr(performance, "figure", None) or (
-                lambda name, which, table=performance: getattr(table[name], _FIELD[which]))
-            tpot[row] = round(sum(figure(name, "tpot") for name in performance) / len(performance), 6)
-            rounded[row] = round(option.quality.relative, 9)
-            keys.append(option.key)
-            for column, name in enumerate(names):
-                if name in performance:
-                    capacity[row, column] = figure(name, "capacity")
-                    if with_latency:
+        if all(type(o.performance) is _Performances for o in chosen):
+            capacity, tpot = _space_figures(chosen, names)
+        else:
+            capacity, tpot = np.zeros((count, len(names))), np.empty(count)
+            for row, option in enumerate(chosen):
+                performance = option.performance
+                tpot[row] = round(sum(performance[name].tpot_ms for name in performance) / len(performance), 6)
+                for column, name in enumerate(names):
+                    if name in performance:
+                        capacity[row, column] = performance[name].capacity
+        if with_latency:
+            for row, option in enumerate(chosen):
+                for column, name in enumerate(names):
+                    if name in option.performance:
                         latency[row, column] = program.request_latency_ms(option, classes[column])
         # program.rank's order: GPUs, outside the data, quality loss (9 decimals), mean TPOT (6 decimals), key
         ranked = np.lexsort((np.array(keys), tpot, rounded, outside, gpus))
@@ -129,7 +131,25 @@ def _criteria(options: list[Option], classes, with_latency: bool, limited: set[s
         yield members, (cost, gpus, loss, outside, capacity, latency, position)
 
 
-_FIELD = {"tpot": "tpot_ms", "capacity": "capacity"}  # Performance's attribute for each figure pruning reads
+def _space_figures(chosen: list[Option], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Capacity by class and mean TPOT (ms, 6 decimals) of options straight from the candidate space: read from
+    the load models' arrays (each served class's Figures and the option's element in them) without building
+    records; the mean adds the classes in the order a record's table holds them, as the plain path does."""
+    count = len(chosen)
+    capacity, total = np.zeros((count, len(names))), np.zeros(count)
+    served = np.array([len(o.performance) for o in chosen], dtype=float)
+    for column, name in enumerate(names):
+        by_figures: dict[int, tuple] = {}
+        for row, option in enumerate(chosen):
+            pair = option.performance._names.get(name)
+            if pair is not None:
+                found = by_figures.setdefault(id(pair[0]), (pair[0], [], []))
+                found[1].append(row)
+                found[2].append(pair[1])
+        for figures, rows, elements in by_figures.values():
+            capacity[rows, column] = figures.capacity[elements]
+            total[rows] = total[rows] + figures.tpot_ms[elements]
+    return capacity, np.array([round(value, 6) for value in (total / served).tolist()])
 
 
 def _prune_pairwise(options: list[Option], classes: tuple[TrafficClass, ...],

@@ -592,18 +592,13 @@ class _LazyRecords(Mapping):
 
 class _Performances(_LazyRecords):
     """Option.performance, from the load models' figures (`names`: class -> (its Figures, this option's element in
-    them)); `figure` reads capacity, TTFT and TPOT without building a record (what pruning compares)."""
+    them)); pruning reads capacity and TPOT from the same figures without building records (api._space_figures)."""
 
     __slots__ = ()
 
     def _make(self, name: str):
         figures, element = self._names[name]
         return figures.performance(element)
-
-    def figure(self, name: str, which: str) -> float:
-        """"capacity", "ttft" or "tpot" (ms) of class `name`: the value its Performance holds."""
-        figures, element = self._names[name]
-        return figures.rows()[which][element]
 
 
 class _MemoryRecords(_LazyRecords):

@@ -9,6 +9,7 @@ from pathlib import Path
 from quantplan.plugins.builtin import builtin_plugins
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.plugins.manager import make_plugin_set, take_failures
+from quantplan.solver.api import _space_figures
 from quantplan.solver.registry import build_world
 from quantplan.solver.scenario import make_scenario
 from quantplan.solver.space import build_space
@@ -229,11 +230,11 @@ def test_option_records_are_built_when_read_and_read_as_dicts(world):
     assert not option.performance._built and not option.memory._built
     assert "chat" in option.performance and "nope" not in option.performance
     assert not option.performance._built  # `in` builds nothing
-    for name in option.performance:
-        record = option.performance[name]
-        assert option.performance.figure(name, "capacity") == record.capacity
-        assert option.performance.figure(name, "tpot") == record.tpot_ms
-        assert option.performance.figure(name, "ttft") == record.ttft_ms
+    names = [k["name"] for k in CLASSES]
+    capacity, tpot = _space_figures([option], names)
+    for column, name in enumerate(names):
+        assert capacity[0, column] == (option.performance[name].capacity if name in option.performance else 0.0)
+    assert tpot[0] == round(sum(option.performance[n].tpot_ms for n in option.performance) / 2, 6)
     as_dicts = {n: option.performance[n] for n in option.performance}, {n: option.memory[n] for n in option.memory}
     assert option.performance == as_dicts[0] and as_dicts[1] == option.memory
     assert repr(option.performance) == repr(as_dicts[0]) and repr(option.memory) == repr(as_dicts[1])
