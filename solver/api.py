@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import errorbars, program
+from . import collection, errorbars, program
 from .errors import InfeasibleError, QuantplanError
 from .explain import binding_constraints, infeasibility, workload
 from .gates import gate
@@ -190,6 +190,12 @@ def solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
                      world: World | None = None) -> tuple[Plan, Space | None]:
     """solve(), and the candidate space it chose from (options priced as planned, owned devices free);
     the space is None for a fleet (several models), whose candidates are per model."""
+    with collection.paused():
+        return _solve_with_space(scenario, world)
+
+
+def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
+                      world: World | None = None) -> tuple[Plan, Space | None]:
     scenario = as_scenario(scenario)
     world = world or load_world(scenario.catalogs)
     if scenario.fleet:

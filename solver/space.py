@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from . import errorbars
+from . import collection, errorbars
 from . import terms as q
 from .candidates import Config, Execution
 from .estimator import Memory, Quality, cost_terms, memory, quality
@@ -197,6 +197,11 @@ def build_space(world: World, scenario: Scenario, prices: dict) -> Space:
 
     The last space built is kept: asked again with only other prices (a price sweep, a price x load map's
     points at one load), it is re-priced (one cost call per configuration) instead of rebuilt."""
+    with collection.paused():
+        return _build_space(world, scenario, prices)
+
+
+def _build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     model = resolve_model(world, scenario)
     key = (model.model_dump_json(), scenario.model_dump_json(exclude=_PRICE_ONLY), world.plugins.dropped)
     kept = _LAST_SPACE if _LAST_SPACE.get("world") is world and _LAST_SPACE.get("key") == key else None
