@@ -62,6 +62,9 @@ class Scheduling:
     # that arrives waits for the round in progress. Read by the prefill-first Poisson model only (the
     # engine that has it cannot chunk prompts with it); no engine default sets it, benchmark rows do
     scheduler_steps: int = 1
+    # decode steps by which the first token reaches the client after its prompt's step: an overlap
+    # scheduler launches the next step before it hands out the last one's tokens (0: none)
+    first_token_steps: float = 0.0
 
     def with_sequences(self, sequences) -> Scheduling:
         """The same scheduler with another running limit (an array: several limits evaluated at once)."""
@@ -316,10 +319,10 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
         spread = (wave_first, wave_last, steady_ttft, (1 - persist) * wait, utilisation)
         weight = first + (1 - first) * persist
     if not percentiles:
-        return _with_request_overhead(load, sched)
+        return _with_request_overhead(load, sched, steps)
     load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread),
                    tpot_percentiles={p: load.tpot for p in PERCENTILES})
-    return _with_request_overhead(load, sched)
+    return _with_request_overhead(load, sched, steps)
 
 
 def behind_server(sched: Scheduling, framework, server: str) -> Scheduling:
@@ -336,8 +339,12 @@ def behind_server(sched: Scheduling, framework, server: str) -> Scheduling:
     return replace(sched, request_overhead_s=known[server] / 1e3)
 
 
-def _with_request_overhead(load: Load, sched: Scheduling) -> Load:
+def _with_request_overhead(load: Load, sched: Scheduling, steps: StepModel) -> Load:
+    """TTFT plus the API server's per-request overhead and, under an overlap scheduler, the decode step
+    (at the load's running sequences) that the first token waits behind."""
     extra = sched.request_overhead_s
+    if np.any(np.asarray(sched.first_token_steps) != 0):
+        extra = extra + np.asarray(sched.first_token_steps) * steps.seconds(load.decoding, 0.0)
     return replace(load, ttft=load.ttft + extra,
                    ttft_percentiles={p: v + extra for p, v in load.ttft_percentiles.items()})
 
@@ -400,7 +407,7 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
         tpot_p[p] = tau + Z[p] * spread
     itl = _median_gap(plain, loaded, share)
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
-                                              itl_median=itl), sched), unstable)
+                                              itl_median=itl), sched, steps), unstable)
 
 
 def _median_gap(plain, longer, share):
@@ -453,7 +460,7 @@ def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, out
         tpot_p[p] = tau + Z[p] * spread
     itl = _median_gap(plain, plain + prefill, batches / k)  # a gap spans its step and any prefill batch after it
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
-                                              itl_median=itl), sched), unstable)
+                                              itl_median=itl), sched, steps), unstable)
 
 
 def _kv_short(sched: Scheduling, prompt: int, output: int, decoding):
@@ -620,7 +627,10 @@ def rate_capacities(times: Timing, traffic: TrafficClass, sequences, bounds=None
         sched = Scheduling(sched.policy, _column(sched.token_budget), limits, sched.chunked,
                            _column(sched.reserve_full).astype(bool), _column(sched.kv_tokens),
                            request_overhead_s=_column(sched.request_overhead_s),
-                           wave_persistence=_column(sched.wave_persistence))
+                           wave_persistence=_column(sched.wave_persistence),
+                           scheduler_steps=_column(np.broadcast_to(sched.scheduler_steps, np.shape(sched.token_budget))),
+                           first_token_steps=_column(np.broadcast_to(sched.first_token_steps,
+                                                                     np.shape(sched.token_budget))))
     else:
         sched = sched.with_sequences(limits)
     if np.ndim(steps.bandwidth):

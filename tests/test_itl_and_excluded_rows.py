@@ -123,3 +123,34 @@ def test_shipped_exclusions():
     """June 2023 llama.cpp (weights on the GPU, attention on the CPU) and the partly copied H200 table."""
     excluded = {r.id for r in validate.load_rows() if r.excluded}
     assert excluded == {"v31", "v32", "v33", "v34", "p56", "p57", "p58", "p59", "p89", "p92", "p95", "p98"}
+
+
+def test_overlap_scheduler_hands_the_first_token_out_a_step_late(world):
+    """SGLang's overlap scheduler (first_token_steps 1): the wave of 16 prompts of 1000 tokens on an H100
+    reads TTFT exactly one decode step of 16 sequences, t(16, 0), later than without it; TPOT is the same.
+    The step-by-step simulation hands each token out after the step that follows its prompt's: the
+    second prefill batch for the first half of the wave, a decode step for the second half."""
+    from dataclasses import replace
+
+    from quantplan.solver.scenario import TrafficClass
+    from quantplan.solver.simulate import simulate
+    from tests.test_serving import bare
+
+    assert world.frameworks.get("sglang").first_token_steps == 1
+    plain = bare(world, "sglang", 1000, 200, sequences=16)
+    late = serving.Timing(plain.steps, replace(plain.scheduling, first_token_steps=1.0))
+    without, with_it = (serving.closed_loop(t, 1000, 200, 16, serving.Protocol(10)) for t in (plain, late))
+    assert float(with_it.ttft - without.ttft) == pytest.approx(plain.steps.seconds(16, 0), rel=1e-12)
+    assert float(with_it.tpot) == float(without.tpot)
+    traffic = TrafficClass(prompt_tokens=1000, output_tokens=200, concurrency=16)
+    simulated = [simulate(t, traffic, clients=16).as_dict() for t in (plain, late)]
+    half_and_half = (plain.steps.seconds(0, 7808) + plain.steps.seconds(16, 0)) / 2
+    assert simulated[1]["ttft_ms"] - simulated[0]["ttft_ms"] == pytest.approx(half_and_half * 1e3, rel=0.05)
+    assert simulated[1]["tpot_ms"] == pytest.approx(simulated[0]["tpot_ms"], rel=1e-12)
+
+
+def test_sglang_before_the_overlap_scheduler_hands_tokens_out_at_once():
+    rows = {r.id: r for r in validate.load_rows()}
+    base = serving.Scheduling("prefill-first", 8192, 1024, True, False, first_token_steps=1.0)
+    assert validate.benchmark_limits(rows["p1"], base).first_token_steps == 0.0  # SGLang 0.3.0
+    assert validate.benchmark_limits(rows["p17"], base).first_token_steps == 1.0  # December 2024 build
