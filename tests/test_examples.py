@@ -39,8 +39,8 @@ def test_example_1_fp16_meets_40_tokens_per_s_on_one_a100(plans, world):
 
 def test_example_1_awq_alone_misses_ttft_on_one_a100():
     """The blog's pick, AWQ INT4, prefills on 16-bit tensor cores through weight-only kernels: behind
-    SGLang's own server (~19 ms per request) an AWQ replica meets the 50 ms TTFT with one user (45.7 ms;
-    64.9 ms with two), so 8 users need 8 A100s and one is available: the explanation says so."""
+    SGLang's own server (~19 ms per request) an AWQ replica meets the 50 ms TTFT with one user (45.8 ms;
+    64.7 ms with two), so 8 users need 8 A100s and one is available: the explanation says so."""
     scenario = load_scenario(EXAMPLES / "blog-1-7b-chat-a100.toml").model_copy(update={"methods": ("awq-int4",)})
     with pytest.raises(InfeasibleError) as raised:
         solve(scenario)

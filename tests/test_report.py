@@ -40,7 +40,7 @@ def test_pareto_front_by_hand():
 def test_candidates_match_the_plan_figures():
     """chat-7b-a100: 8 users on one A100 (gpu_count 1). The plan's own configuration, as a candidate, needs
     8 users / capacity 8 = 1 replica at the A100's catalog price, and its request latency is TTFT + 255 x TPOT of the plan
-    (101.6 + 255 x 9.885 = 2,622.3 ms); no candidate needs more than the one A100 available."""
+    (101.3 + 255 x 10.467 = 2,770.4 ms); no candidate needs more than the one A100 available."""
     scenario = load_scenario(CHAT)
     plan, space = solve_with_space(scenario)
     found = pareto.candidates(space.options, scenario.classes, {"a100-80gb": 1})
@@ -48,7 +48,7 @@ def test_candidates_match_the_plan_figures():
     mine = next(c for c in found if c.key == group.key)
     assert (mine.replicas, mine.cost_per_hour) == (1, pytest.approx(A100_PRICE))
     assert mine.latency_ms == pytest.approx(group.ttft_ms + 255 * group.tpot_ms, rel=1e-9)
-    assert mine.latency_ms == pytest.approx(2622.3, abs=1.0)
+    assert mine.latency_ms == pytest.approx(2770.4, abs=1.0)
     assert all(c.devices <= 1 for c in found) and len(found) > 10
     assert pareto.plan_point(plan, space.options, scenario.classes) == pytest.approx(
         (mine.cost_per_hour, mine.latency_ms, mine.ppl_delta))
@@ -62,14 +62,14 @@ def test_page_holds_every_section_and_the_plan_row(chat_report):
         assert f'<section id="{anchor}">' in page
     rows = re.findall(r'<tr class="plan-row">(.*?)</tr>', page)
     assert len(rows) == 1 and "1x a100-80gb bf16 sglang kv=bf16" in rows[0]
-    # the TTFT cell carries its error bars: sglang's median 9.0% and p90 29.4% (catalogs/error_bars.toml)
-    assert "102 (92-111; p90 72-132)" in rows[0]  # 101.6 x (1 -/+ 0.090), x (1 -/+ 0.294)
+    # the TTFT cell carries its error bars: sglang's median 9.1% and p90 29.4% (catalogs/error_bars.toml)
+    assert "101 (92-110; p90 72-131)" in rows[0]  # 101.3 x (1 -/+ 0.091), x (1 -/+ 0.294)
     assert "availability: all 1 a100-80gb in use" in page  # the binding constraint
     assert "128 prompt + 256 output tokens" in page  # the workload as understood
     assert page.count("<svg") == 5  # TTFT and TPOT against the SLO, Pareto scatter, memory bars, price sweep
     # the mean TTFT (a concurrency class) with sglang's error bars, against the 150 ms SLO; TPOT against 25 ms
-    assert "chat on a100-80gb/bf16/b8: TTFT 101.6 ms; median error 9.0%, p90 29.4%; SLO 150 ms" in page
-    assert "chat on a100-80gb/bf16/b8: TPOT 9.9 ms; median error 7.3%, p90 19.1%; SLO 25 ms" in page
+    assert "chat on a100-80gb/bf16/b8: TTFT 101.3 ms; median error 9.1%, p90 29.4%; SLO 150 ms" in page
+    assert "chat on a100-80gb/bf16/b8: TPOT 10.5 ms; median error 7.8%, p90 21.0%; SLO 25 ms" in page
     assert "chosen plan" in page
     # memory of one A100 for Llama-2-7B bf16 at batch 8: 13.48 GB of weights, 1.61 GB of KV cache
     assert "<td class=\"num\">13.48</td><td class=\"num\">1.61</td>" in page
