@@ -624,13 +624,13 @@ def rate_capacities(times: Timing, traffic: TrafficClass, sequences, bounds=None
     else:
         prefill_bound, idle = _column(bounds[0]), _column(bounds[1])
     if np.ndim(sched.token_budget):  # one scheduler per element: fields as columns against the grids
+        shape = np.shape(sched.token_budget)
         sched = Scheduling(sched.policy, _column(sched.token_budget), limits, sched.chunked,
                            _column(sched.reserve_full).astype(bool), _column(sched.kv_tokens),
                            request_overhead_s=_column(sched.request_overhead_s),
                            wave_persistence=_column(sched.wave_persistence),
-                           scheduler_steps=_column(np.broadcast_to(sched.scheduler_steps, np.shape(sched.token_budget))),
-                           first_token_steps=_column(np.broadcast_to(sched.first_token_steps,
-                                                                     np.shape(sched.token_budget))))
+                           scheduler_steps=_column(np.broadcast_to(sched.scheduler_steps, shape)),
+                           first_token_steps=_column(np.broadcast_to(sched.first_token_steps, shape)))
     else:
         sched = sched.with_sequences(limits)
     if np.ndim(steps.bandwidth):

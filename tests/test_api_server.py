@@ -83,7 +83,8 @@ def test_the_fit_gives_each_server_its_own_overhead():
     assert named["framework:tensorrt-llm.server_overhead_ms.dynamo"].effect(trt_dynamo) == ("request", 1e-3)
     assert "framework:tensorrt-llm.request_overhead_ms" not in named  # no row ran behind trtllm-serve
     engines = world.frameworks
-    assert nim_probe.scheduling.request_overhead_s == pytest.approx(engines.get("tensorrt-llm").server_overhead_ms["nim"] / 1e3)
+    assert nim_probe.scheduling.request_overhead_s == pytest.approx(
+        engines.get("tensorrt-llm").server_overhead_ms["nim"] / 1e3)
     assert sglang_dynamo.scheduling.request_overhead_s == pytest.approx(
         engines.get("sglang").server_overhead_ms["dynamo"] / 1e3)
     assert sglang_own.scheduling.request_overhead_s == pytest.approx(engines.get("sglang").request_overhead_ms / 1e3)
