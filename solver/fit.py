@@ -29,6 +29,9 @@ from .validate import GROUPS, Prepared, Row, load_rows, prepare, validation_worl
 
 # TensorRT-LLM's all-reduce over PCIe pays this much more latency than over NVLink (plugins/frameworks).
 PCIE_LATENCY_FACTOR = 3.0
+# no row measures these (every TensorRT-LLM row under load ran behind Dynamo's frontend or NIM, none behind
+# trtllm-serve): they keep their catalog values, which say where they come from
+NO_ROWS = {("tensorrt-llm", "request_overhead_ms")}
 LOSS_SCALE = 0.15  # soft-L1: a row's log error beyond ~15% counts about linearly
 PRIOR_WEIGHT = 0.02  # per parameter, on its range: weak next to ~1,500 rows' log errors
 
@@ -118,9 +121,12 @@ DEFAULT_PARAMETERS = tuple(
          ("bandwidth_efficiency.datacenter", 0.4, 0.95, 0.75), ("decode_compute_efficiency", 0.15, 0.95, 0.5),
          ("prefill_efficiency", 0.2, 0.9, 0.6), ("step_overhead_ms", 0.05, 8.0, 1.0),
          ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0),
-         ("sequence_overhead_us", 0.0, 200.0, 10.0))]
+         ("sequence_overhead_us", 0.0, 200.0, 10.0))
+     if (f, field) not in NO_ROWS]
     + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
     + [Parameter("framework", "tensorrt-llm", "server_overhead_ms.nim", 0.0, 300.0, 20.0)]
+    + [Parameter("framework", f, "server_overhead_ms.dynamo", 0.0, 300.0, 20.0)
+       for f in ("tensorrt-llm", "vllm", "sglang")]
     + [Parameter("framework", f, "prompt_step_layer_overhead_us", 0.0, 1000.0, 50.0)
        for f in ("tensorrt-llm", "vllm", "sglang")]
     + [Parameter("framework", "llama.cpp", "prefill_efficiency_by_class.consumer", 0.1, 0.95, 0.6),

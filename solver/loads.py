@@ -62,7 +62,7 @@ class Figures:
         scheds = [j.times.scheduling for j in jobs]
         settings = {name: np.array([getattr(s, name) for s in scheds], dtype=kind) for name, kind in (
             ("token_budget", float), ("kv_tokens", float), ("reserve_full", bool), ("request_overhead_s", float),
-            ("wave_persistence", float))}
+            ("wave_persistence", float), ("scheduler_steps", float), ("first_token_steps", float))}
         groups: dict[tuple, list[int]] = {}
         for index, s in enumerate(scheds):
             groups.setdefault((s.policy, s.chunked), []).append(index)
@@ -76,7 +76,9 @@ class Figures:
                 sched = Scheduling(policy, settings["token_budget"][owner], self.running[part], chunked,
                                    settings["reserve_full"][owner], settings["kv_tokens"][owner],
                                    request_overhead_s=settings["request_overhead_s"][owner],
-                                   wave_persistence=settings["wave_persistence"][owner])
+                                   wave_persistence=settings["wave_persistence"][owner],
+                                   scheduler_steps=settings["scheduler_steps"][owner],
+                                   first_token_steps=settings["first_token_steps"][owner])
                 timing = Timing(block, sched)
                 if traffic.load_kind == "rate":
                     self.capacity[part] = rate_capacities(timing, traffic, sched.max_sequences,

@@ -93,6 +93,8 @@ class Batch:
             "reserve_full": np.array([p.scheduling.reserve_full for p in self.probes], dtype=bool),
             "request_overhead_s": np.array([p.scheduling.request_overhead_s for p in self.probes], dtype=float),
             "wave_persistence": np.array([p.scheduling.wave_persistence for p in self.probes], dtype=float),
+            "scheduler_steps": np.array([p.scheduling.scheduler_steps for p in self.probes], dtype=float),
+            "first_token_steps": np.array([p.scheduling.first_token_steps for p in self.probes], dtype=float),
         }
         # metric and statistic as small integers (indices into these lists): compared per group and pass
         self.metric_names = sorted({p.metric for p in self.probes})
@@ -158,7 +160,8 @@ class Batch:
                                a["kv_tokens"],
                                request_overhead_s=a["request_overhead_s"] + adjust.request_overhead_s[position],
                                wave_persistence=np.clip(a["wave_persistence"] + adjust.wave_persistence[position],
-                                                        0.0, 1.0))
+                                                        0.0, 1.0),
+                               scheduler_steps=a["scheduler_steps"], first_token_steps=a["first_token_steps"])
             timing = Timing(part, sched)
             if kind == "rate":
                 result = serving.poisson(timing, a["prompt"], a["output"], a["load"])

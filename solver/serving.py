@@ -40,7 +40,7 @@ from .stepmodel import StepModel, step_model
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
 FIXED_POINT_ROUNDS = 16
 POISSON_ROUNDS = 6
-PREFILL_FIRST_ROUNDS = 20  # damped: the share of steps followed by a prefill batch depends on tau  # each round solves the step-time equation exactly for the last round's batch shape
+PREFILL_FIRST_ROUNDS = 12  # Newton steps on the prefill-first step-time equation (converged to ~1e-9 in 6-8)
 PERCENTILES = (50, 90, 99)
 Z = {50: 0.0, 90: 1.2816, 99: 2.3263}  # standard normal quantiles
 
@@ -58,6 +58,13 @@ class Scheduling:
     source: str = ""
     request_overhead_s: float = 0.0  # every request's TTFT: API server, tokenizer, admission
     wave_persistence: float = 0.0  # mixed scheduling: how far identical requests stay in lockstep waves
+    # decode steps the engine runs per scheduler call (vLLM V0's --num-scheduler-steps, default 1): a prompt
+    # that arrives waits for the round in progress. Read by the prefill-first Poisson model only (the
+    # engine that has it cannot chunk prompts with it); no engine default sets it, benchmark rows do
+    scheduler_steps: int = 1
+    # decode steps by which the first token reaches the client after its prompt's step: an overlap
+    # scheduler launches the next step before it hands out the last one's tokens (0: none)
+    first_token_steps: float = 0.0
 
     def with_sequences(self, sequences) -> Scheduling:
         """The same scheduler with another running limit (an array: several limits evaluated at once)."""
@@ -147,6 +154,9 @@ class Load:
     tpot_percentiles: dict = field(default_factory=dict)
     prefill_utilisation: object = 0.0
     admitted: object = 0.0  # sequences running (closed loop: min(c, slots))
+    # median gap between consecutive output tokens over every token of every request (what
+    # `sglang.bench_serving` reports as median ITL): None where the load model gives no step mixture
+    itl_median: object = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,10 +319,10 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
         spread = (wave_first, wave_last, steady_ttft, (1 - persist) * wait, utilisation)
         weight = first + (1 - first) * persist
     if not percentiles:
-        return _with_request_overhead(load, sched)
+        return _with_request_overhead(load, sched, steps)
     load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread),
                    tpot_percentiles={p: load.tpot for p in PERCENTILES})
-    return _with_request_overhead(load, sched)
+    return _with_request_overhead(load, sched, steps)
 
 
 def behind_server(sched: Scheduling, framework, server: str) -> Scheduling:
@@ -329,8 +339,12 @@ def behind_server(sched: Scheduling, framework, server: str) -> Scheduling:
     return replace(sched, request_overhead_s=known[server] / 1e3)
 
 
-def _with_request_overhead(load: Load, sched: Scheduling) -> Load:
+def _with_request_overhead(load: Load, sched: Scheduling, steps: StepModel) -> Load:
+    """TTFT plus the API server's per-request overhead and, under an overlap scheduler, the decode step
+    (at the load's running sequences) that the first token waits behind."""
     extra = sched.request_overhead_s
+    if np.any(np.asarray(sched.first_token_steps) != 0):
+        extra = extra + np.asarray(sched.first_token_steps) * steps.seconds(load.decoding, 0.0)
     return replace(load, ttft=load.ttft + extra,
                    ttft_percentiles={p: v + extra for p, v in load.ttft_percentiles.items()})
 
@@ -391,22 +405,41 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
         q = p / 100
         ttft_p[p] = (q - 0.5) * tau + _wait_quantile(utilisation, wait, q) + own
         tpot_p[p] = tau + Z[p] * spread
-    return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), sched),
-                  unstable)
+    itl = _median_gap(plain, loaded, share)
+    return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
+                                              itl_median=itl), sched, steps), unstable)
+
+
+def _median_gap(plain, longer, share):
+    """Median of the gaps between a sequence's output tokens when a share `share` of steps is `longer`
+    (carries prompt work) and the rest `plain`: a two-point mixture, so the plain step below one half."""
+    return np.where(np.asarray(share) < 0.5, plain, longer)
 
 
 def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, output: int, rate) -> Load:
-    """Each decode step is followed, when prompts arrived during it, by a prefill batch of them."""
-    tau = steps.seconds(0.0, 0.0) * np.ones_like(rate)
+    """Each round of k decode steps (k = `scheduler_steps`, 1 by default) is followed, when prompts
+    arrived during it, by a prefill batch of them; an arrival waits for the round in progress."""
+    k = np.asarray(sched.scheduler_steps, dtype=float)
+    cap = np.maximum(sched.token_budget, prompt)
+
+    def step_time(tau):  # the mean time per decode token that a given mean implies
+        arrivals = rate * k * tau  # per round
+        batches = -np.expm1(-arrivals)  # share of rounds followed by a prefill batch
+        batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), cap)
+        return steps.seconds(rate * (output - 1) * tau, 0.0) + batches * steps.seconds(0.0, batch) / k
+
+    # tau = step_time(tau), by Newton steps on its slope (a damped iteration stalls near capacity, where
+    # the slope nears 1); never below the idle step, and a slope at or past 1 (no fixed point near: the
+    # load may not be carried) takes the plain iteration
+    idle = steps.seconds(0.0, 0.0) * np.ones_like(rate)
+    tau = idle
     for _ in range(PREFILL_FIRST_ROUNDS):
-        decoding = rate * (output - 1) * tau
-        arrivals = rate * tau
-        batches = -np.expm1(-arrivals)  # share of decode steps followed by a prefill batch
-        batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), np.maximum(sched.token_budget, prompt))
-        tau_new = steps.seconds(decoding, 0.0) + batches * steps.seconds(0.0, batch)
-        tau = (tau + tau_new) / 2
+        value = step_time(tau)
+        slope = (step_time(tau * (1 + 1e-6)) - value) / (tau * 1e-6)
+        newton = tau + (value - tau) / np.maximum(1.0 - slope, 1e-12)
+        tau = np.maximum(np.where(slope < 0.99, newton, value), idle)
     decoding = rate * (output - 1) * tau
-    arrivals = rate * tau
+    arrivals = rate * k * tau
     batches = -np.expm1(-arrivals)
     budget = np.maximum(sched.token_budget, prompt)
     batch = np.minimum(prompt * arrivals / np.maximum(batches, 1e-12), budget)
@@ -415,17 +448,19 @@ def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, out
     utilisation = rate * service
     wait = _queue_wait(utilisation, service)
     plain = steps.seconds(decoding, 0.0)
-    ttft = plain / 2 + wait + prefill
+    ttft = k * plain / 2 + wait + prefill
     unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
     ttft_p, tpot_p = {}, {}
-    spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / np.maximum(output - 1, 1)) * prefill
+    # a request lives (O - 1) / k rounds, each followed by a prefill batch with probability `batches`
+    spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / np.maximum(k * (output - 1), 1)) * prefill
     spread = spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding)
     for p in PERCENTILES:
         q = p / 100
-        ttft_p[p] = q * plain + _wait_quantile(utilisation, wait, q) + prefill
+        ttft_p[p] = q * k * plain + _wait_quantile(utilisation, wait, q) + prefill
         tpot_p[p] = tau + Z[p] * spread
-    return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation), sched),
-                  unstable)
+    itl = _median_gap(plain, plain + prefill, batches / k)  # a gap spans its step and any prefill batch after it
+    return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
+                                              itl_median=itl), sched, steps), unstable)
 
 
 def _kv_short(sched: Scheduling, prompt: int, output: int, decoding):
@@ -450,14 +485,21 @@ def _guard(load: Load, unstable) -> Load:
         return load
     bad = lambda value: np.where(unstable, np.inf, value)  # noqa: E731
     return replace(load, ttft=bad(load.ttft), tpot=bad(load.tpot),
+                   itl_median=None if load.itl_median is None else bad(load.itl_median),
                    ttft_percentiles={p: bad(v) for p, v in load.ttft_percentiles.items()},
                    tpot_percentiles={p: bad(v) for p, v in load.tpot_percentiles.items()})
 
 
 def statistic(load: Load, which: str, name: str):
-    """One statistic ("mean", "p50", "p90", "p99") of TTFT or TPOT, in seconds."""
+    """One statistic ("mean", "p50", "p90", "p99") of TTFT or TPOT, in seconds; for TPOT also
+    "itl_p50", the median over every inter-token gap (not over requests' TPOTs), where the load model
+    has one (Poisson arrivals), else the median TPOT."""
     if name == "mean":
         return load.ttft if which == "ttft" else load.tpot
+    if name == "itl_p50":
+        if which != "tpot":
+            raise ValueError("itl_p50 is a statistic of the gaps between output tokens (TPOT rows)")
+        return load.tpot_percentiles[50] if load.itl_median is None else load.itl_median
     table = load.ttft_percentiles if which == "ttft" else load.tpot_percentiles
     return table[int(name[1:])]
 
@@ -582,10 +624,13 @@ def rate_capacities(times: Timing, traffic: TrafficClass, sequences, bounds=None
     else:
         prefill_bound, idle = _column(bounds[0]), _column(bounds[1])
     if np.ndim(sched.token_budget):  # one scheduler per element: fields as columns against the grids
+        shape = np.shape(sched.token_budget)
         sched = Scheduling(sched.policy, _column(sched.token_budget), limits, sched.chunked,
                            _column(sched.reserve_full).astype(bool), _column(sched.kv_tokens),
                            request_overhead_s=_column(sched.request_overhead_s),
-                           wave_persistence=_column(sched.wave_persistence))
+                           wave_persistence=_column(sched.wave_persistence),
+                           scheduler_steps=_column(np.broadcast_to(sched.scheduler_steps, shape)),
+                           first_token_steps=_column(np.broadcast_to(sched.first_token_steps, shape)))
     else:
         sched = sched.with_sequences(limits)
     if np.ndim(steps.bandwidth):

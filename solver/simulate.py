@@ -109,6 +109,9 @@ def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, r
     clock = 0  # decode steps taken
     now = 0.0
     ttft, tpot, keep = [], [], []
+    # an overlap scheduler hands a first token out after the step that follows its prompt's: sequence ->
+    # that step's duration (None until it has run)
+    handed_late: dict[int, float | None] = {}
     done = 0
     count = 0
     sequence = 0
@@ -152,8 +155,11 @@ def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, r
                 break  # nothing can run (cannot happen with a positive budget)
             now = max(now, float(arrivals[next_arrival]))
             continue
-        now += steps.seconds(advancing, tokens)
+        duration = steps.seconds(advancing, tokens)
+        now += duration
         count += 1
+        for key in [key for key, late in handed_late.items() if late is None]:
+            handed_late[key] = duration
         if advancing:
             clock += 1
         for request, part in taken:
@@ -163,14 +169,17 @@ def simulate(times: Timing, traffic: TrafficClass, clients: int | None = None, r
         for request in finished_prompts:
             request.first = now
             sequence += 1
+            if sched.first_token_steps:
+                handed_late[sequence] = None
             if output <= 1:
                 heapq.heappush(decoding, (clock, sequence, now, request.arrival, request.client))
             else:  # the first token came with the prompt; output - 1 decode steps remain
                 heapq.heappush(decoding, (clock + output - 1, sequence, now, request.arrival, request.client))
         while decoding and decoding[0][0] <= clock and (decoding[0][2] < now or output <= 1):
-            _, _, first, arrival, client = heapq.heappop(decoding)
+            _, key, first, arrival, client = heapq.heappop(decoding)
             done += 1
-            ttft.append(first - arrival + sched.request_overhead_s)
+            late = sched.first_token_steps * (handed_late.pop(key, 0.0) or 0.0)
+            ttft.append(first - arrival + sched.request_overhead_s + late)
             tpot.append((now - first) / max(output - 1, 1))
             if closed:
                 keep.append(sent[client] > discard_per_client)

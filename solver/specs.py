@@ -224,6 +224,9 @@ class FrameworkSpec(Identified):
     # Closed loops of identical requests start in a lockstep wave; 0: the engine spreads them out
     # (steady state of independent arrivals), 1: every round stays a wave. Fitted (solver/fit.py).
     wave_persistence: float = Field(default=0.0, ge=0, le=1)
+    # Decode steps by which each first token reaches the client late: an overlap scheduler launches the
+    # next step before handing out the last one's tokens (SGLang since v0.4). 0: handed out at once.
+    first_token_steps: float = Field(default=0.0, ge=0, le=4)
     kernels: dict[str, str] = Field(default_factory=dict)  # method id -> the kernel this engine runs it on
     # What the engine runs on (its own support tables; `support_source`). Empty: no restriction.
     vendors: tuple[str, ...] = ()  # lower-case GPU vendors: nvidia, amd, apple, intel

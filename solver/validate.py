@@ -67,6 +67,9 @@ class Row(BaseModel):
     engine_version: str = ""
     api_server: str = ""  # the server in front of the engine when not its own (e.g. "nim")
     expert_parallel: int = 1  # MoE: devices the routed experts were split over whole (the source's moe_ep)
+    # why the row is kept but not scored (an engine build whose architecture quantplan does not model, a
+    # table the source copied from another): reported among the unpredicted rows with this reason
+    excluded: str = ""
 
     @property
     def under_load(self) -> bool:
@@ -265,12 +268,13 @@ def speed_probes(world: World, row: Row, shared: Shared | None = None) -> tuple[
         if placed is None:
             raise ValueError("does not fit")
         times = shared.timing(placed, traffic)
+        server = api_server_of(row)
         times = replace(times, scheduling=behind_server(benchmark_limits(row, times.scheduling), placed.framework,
-                                                        row.api_server))
+                                                        server))
         kind = "rate" if row.mode == "rate" else "closed"
         load = row.rate if kind == "rate" else float(max(row.batch, 1))
         return [probe(times, placed, row.prompt_tokens, row.output_tokens, kind, load, metric,
-                      row.requests_per_client or 10.0, row.statistic, server=row.api_server)], "one"
+                      row.requests_per_client or 10.0, row.statistic, server=server)], "one"
     one = _steady(shared, config, row, metric, waves=1.0 if metric == "ttft_ms" and row.mode == "lockstep" else 0.0)
     if one is None:
         raise ValueError("does not fit")
@@ -278,6 +282,19 @@ def speed_probes(world: World, row: Row, shared: Shared | None = None) -> tuple[
 
 
 AICONFIGURATOR = "ai-dynamo/aiconfigurator"
+VLLM_060_BENCHMARK = "sgl-project/sglang benchmark/benchmark_vllm_060"
+LAMBDA_VLLM_BENCHMARK = "LambdaLabsML/vllm-benchmark"
+
+
+def api_server_of(row: Row) -> str:
+    """The API server a row's requests went through: the row's `api_server`, else, for AIConfigurator's
+    rows, NVIDIA Dynamo's frontend (its generator's run.sh templates, ai-dynamo/aiconfigurator
+    backend_templates/{trtllm,vllm,sglang}/run.sh.j2, start `python3 -m dynamo.frontend` in front of
+    `python3 -m dynamo.trtllm` / `dynamo.vllm` / `dynamo.sglang` workers, so aiperf's requests never reach
+    the engines' own servers), else the engine's own ("")."""
+    if row.api_server:
+        return row.api_server
+    return "dynamo" if row.source.startswith(AICONFIGURATOR) else ""
 
 
 def benchmark_limits(row: Row, sched: Scheduling) -> Scheduling:
@@ -288,7 +305,26 @@ def benchmark_limits(row: Row, sched: Scheduling) -> Scheduling:
     (BenchConfig.estimated_concurrency = workers x max_batch_size) and a token budget of
     max_batch_size + ISL + 1500 (TensorRT-LLM and vLLM max_num_tokens, rounded up to TensorRT-LLM's
     32-token KV block; SGLang max_prefill_tokens = ISL + 1500). TensorRT-LLM keeps its template's
-    enable_chunked_prefill = false."""
+    enable_chunked_prefill = false.
+
+    SGLang's benchmark_vllm_060 README starts vLLM 0.6.0 with `--num-scheduler-steps 10
+    --max_model_len 4096`: multi-step scheduling runs 10 decode steps per scheduler call, and 0.6.0
+    refuses chunked prefill with it ("Chunked prefill is not supported with multi-step", vllm-project/vllm
+    issue #8274), so its V0 scheduler runs waiting prompts as prefill steps before the running decodes
+    (vllm/core/scheduler.py _schedule_default) with a token budget of max(max_model_len, 2048) = 4096
+    (SchedulerConfig, as quoted in vllm-project/vllm PR #8378) and 256 sequences. LambdaLabs'
+    vllm-benchmark runs vLLM 0.5.4 with --max-model-len 2048 and max-num-seqs 256 (its benchmark.sh):
+    chunked prefill was on by default only past 32K tokens of context, so the same V0 scheduler with a
+    budget of max(2048, 2048) tokens. SGLang builds before 0.4 hand each first token out at once: the
+    overlap scheduler that delays it by a step became the default in sgl-project/sglang PR #2067."""
+    if row.source.startswith(VLLM_060_BENCHMARK) and row.framework == "vllm":
+        return replace(sched, policy="prefill-first", chunked=False, token_budget=4096,
+                       max_sequences=min(256, sched.max_sequences), scheduler_steps=10)
+    if row.source.startswith(LAMBDA_VLLM_BENCHMARK):  # vLLM 0.5.4, --max-model-len 2048, no chunked prefill
+        return replace(sched, policy="prefill-first", chunked=False, token_budget=2048,
+                       max_sequences=min(256, sched.max_sequences))
+    if row.framework == "sglang" and row.engine_version.startswith(("0.1", "0.2", "0.3")):
+        return replace(sched, first_token_steps=0.0)  # before the overlap scheduler (PR #2067, v0.4)
     if not row.source.startswith(AICONFIGURATOR) or row.mode != "concurrency":
         return sched
     clients = max(row.batch, 1)
@@ -397,6 +433,9 @@ def prepare(world: World, rows: list[Row], shared: Shared | None = None) -> Prep
     for index, row in enumerate(rows):
         members.append([])
         rules.append("one")
+        if row.excluded:
+            fixed[index] = (None, f"excluded: {row.excluded}")
+            continue
         try:
             if GROUPS.get(row.metric) in ("decode", "ttft"):
                 found, rule = speed_probes(world, row, shared)

@@ -64,18 +64,39 @@ def test_an_unknown_server_on_a_row_is_reported_not_guessed():
 
 
 def test_the_fit_gives_each_server_its_own_overhead():
-    """trtllm's request_overhead_ms moves the rows behind its own server only, server_overhead_ms.nim the
-    NIM rows only (solver/fit.py's effects), both in ms."""
+    """sglang's request_overhead_ms moves the rows behind its own server only (SGLang's README rate runs),
+    server_overhead_ms.dynamo the AIConfigurator rows only (they ran behind Dynamo's frontend), and
+    tensorrt-llm's server_overhead_ms.nim the NIM rows only (solver/fit.py's effects), all in ms."""
     world = validate.validation_world()
     rows = {r.id: r for r in validate.load_rows()}
     nim_probe = validate.speed_probes(world, rows["p60"])[0][0]
-    own_probe = validate.speed_probes(world, rows["a773"])[0][0]  # AIConfigurator, Llama-3.1-8B, c = 8
-    engine = next(p for p in fit.DEFAULT_PARAMETERS if p.name == "framework:tensorrt-llm.request_overhead_ms")
-    server = next(p for p in fit.DEFAULT_PARAMETERS if p.name == "framework:tensorrt-llm.server_overhead_ms.nim")
-    assert engine.effect(own_probe) == ("request", 1e-3) and engine.effect(nim_probe) is None
-    assert server.effect(nim_probe) == ("request", 1e-3) and server.effect(own_probe) is None
+    trt_dynamo = validate.speed_probes(world, rows["a773"])[0][0]  # AIConfigurator, Llama-3.1-8B, c = 8
+    sglang_own = validate.speed_probes(world, rows["p1"])[0][0]  # sglang.launch_server, bench_serving
+    sglang_dynamo = validate.speed_probes(world, rows["a1"])[0][0]  # AIConfigurator, Qwen3-32B, c = 16
+    named = {p.name: p for p in fit.DEFAULT_PARAMETERS}
+    own = named["framework:sglang.request_overhead_ms"]
+    dynamo = named["framework:sglang.server_overhead_ms.dynamo"]
+    nim = named["framework:tensorrt-llm.server_overhead_ms.nim"]
+    assert own.effect(sglang_own) == ("request", 1e-3) and own.effect(sglang_dynamo) is None
+    assert dynamo.effect(sglang_dynamo) == ("request", 1e-3) and dynamo.effect(sglang_own) is None
+    assert nim.effect(nim_probe) == ("request", 1e-3) and nim.effect(trt_dynamo) is None
+    assert named["framework:tensorrt-llm.server_overhead_ms.dynamo"].effect(trt_dynamo) == ("request", 1e-3)
+    assert "framework:tensorrt-llm.request_overhead_ms" not in named  # no row ran behind trtllm-serve
+    engines = world.frameworks
     assert nim_probe.scheduling.request_overhead_s == pytest.approx(
-        world.frameworks.get("tensorrt-llm").server_overhead_ms["nim"] / 1e3)
+        engines.get("tensorrt-llm").server_overhead_ms["nim"] / 1e3)
+    assert sglang_dynamo.scheduling.request_overhead_s == pytest.approx(
+        engines.get("sglang").server_overhead_ms["dynamo"] / 1e3)
+    assert sglang_own.scheduling.request_overhead_s == pytest.approx(engines.get("sglang").request_overhead_ms / 1e3)
+
+
+def test_aiconfigurator_rows_ran_behind_dynamo():
+    """AIConfigurator's run.sh templates put Dynamo's frontend in front of every engine: its rows say so;
+    a row's own api_server, or none, otherwise."""
+    rows = validate.load_rows()
+    assert {validate.api_server_of(r) for r in rows if r.source.startswith(validate.AICONFIGURATOR)} == {"dynamo"}
+    assert {validate.api_server_of(r) for r in rows if "nim/benchmarking" in r.source} == {"nim"}
+    assert {validate.api_server_of(r) for r in rows if r.source.startswith("datacrunch-research")} == {""}
 
 
 def test_estimate_behind_nim_drops_trtllms_own_overhead():

@@ -26,10 +26,11 @@ def config(world, model="llama-3.1-8b", method="bf16", gpu="h100-sxm", framework
 
 
 def bare(world, framework, prompt, output, sequences=None, **traffic):
-    """Timing without the fitted per-request overhead and wave persistence: the scheduler alone."""
+    """Timing without the fitted per-request overhead, wave persistence and overlap scheduler's first-token
+    step: the scheduler alone."""
     c = config(world, framework=framework)
     times = serving.timing(world, c, TrafficClass(prompt_tokens=prompt, output_tokens=output, **traffic))
-    sched = replace(times.scheduling, request_overhead_s=0.0, wave_persistence=0.0)
+    sched = replace(times.scheduling, request_overhead_s=0.0, wave_persistence=0.0, first_token_steps=0.0)
     if sequences is not None:
         sched = sched.with_sequences(min(sequences, sched.max_sequences))
     return serving.Timing(times.steps, sched)

@@ -183,7 +183,8 @@ class FrameworkPlugin:
         return Scheduling(framework.scheduler, budget, sequences, framework.chunked_prefill,
                           framework.kv_reservation == "reserved", source=framework.scheduling_source,
                           request_overhead_s=framework.request_overhead_ms / 1e3,
-                          wave_persistence=framework.wave_persistence)
+                          wave_persistence=framework.wave_persistence,
+                          first_token_steps=framework.first_token_steps)
 
     def communication_terms(self, config: Config, step: Step) -> list[Term]:
         """Tensor parallel: two ring all-reduces of the new tokens' hidden states per layer."""

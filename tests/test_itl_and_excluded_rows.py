@@ -1,0 +1,160 @@
+"""Median inter-token latency (what `sglang.bench_serving` reports as median ITL) as its own statistic,
+and validation rows kept with a reason but not scored."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from quantplan.solver import serving, validate
+from quantplan.solver.stepmodel import StepModel
+
+# A step model simple enough to solve by hand: a decode step reads 1 GB at 100 GB/s (10 ms, whatever
+# the batch); a prompt token costs 1 GFLOP at 10 TFLOP/s (0.1 ms), so a prefill batch of p >= 100
+# tokens takes p x 0.1 ms (compute-bound) and one of fewer tokens the 10 ms weight read.
+STEPS = StepModel(weight_bytes=1e9, expert_bytes=0.0, bytes_per_sequence=0.0, bytes_per_prompt_token=0.0,
+                  flops_per_sequence=0.0, flops_per_prompt_token=1e9, bandwidth=1e11, decode_peak=1e15,
+                  prefill_peak=1e13, host_bytes=0.0, host_bytes_per_sequence=0.0, host_bytes_per_prompt_token=0.0,
+                  host_bandwidth=0.0, overhead_s=0.0, overhead_per_sequence_s=0.0, overhead_per_prompt_token_s=0.0)
+PREFILL_FIRST = serving.Timing(STEPS, serving.Scheduling("prefill-first", 8192, 1000, True, False))
+
+
+def test_median_gap_is_the_plain_step_while_fewer_than_half_the_steps_carry_prompts():
+    assert serving._median_gap(0.010, 0.025, 0.3) == 0.010
+    assert serving._median_gap(0.010, 0.025, 0.7) == 0.025
+
+
+def test_prefill_first_median_itl_is_the_decode_step_below_the_mean_tpot():
+    """200-token prompts at 5/s: a decode step of 10 ms is followed, with probability 1 - exp(-a) (a = 5 x
+    tau arrivals), by a prefill batch of 200 a / (1 - exp(-a)) tokens at 0.1 ms each, so on average it
+    adds 0.02 a = 0.1 tau: tau = 10 / 0.9 = 11.11 ms. a = 0.056, so 5.4% of the gaps hold a prefill
+    batch: the median gap is the plain 10 ms step, 10% under the mean TPOT."""
+    load = serving.poisson(PREFILL_FIRST, 200, 101, 5.0)
+    assert load.tpot == pytest.approx(0.010 / 0.9, rel=1e-6)
+    assert load.itl_median == pytest.approx(0.010, rel=1e-12)
+    assert serving.statistic(load, "tpot", "itl_p50") == load.itl_median
+    assert serving.statistic(load, "tpot", "p50") == pytest.approx(0.010 / 0.9, rel=1e-6)
+
+
+def test_prefill_first_median_itl_holds_a_prefill_batch_when_most_gaps_do():
+    """At 30/s, tau = 10 / (1 - 0.02 x 30) = 25 ms, a = 0.75 arrivals per step, 1 - exp(-0.75) = 52.8% of
+    the gaps hold a prefill batch of 200 x 0.75 / 0.528 = 284 tokens (28.4 ms): the median gap is
+    10 + 28.4 = 38.4 ms, above the mean TPOT."""
+    load = serving.poisson(PREFILL_FIRST, 200, 101, 30.0)
+    assert load.tpot == pytest.approx(0.025, rel=1e-6)
+    share = 1 - math.exp(-0.75)
+    assert load.itl_median == pytest.approx(0.010 + 200 * 0.75 / share * 1e-4, rel=1e-6)
+
+
+def test_prefill_first_fixed_point_settles_near_capacity():
+    """At 40/s the prompts take 40 x 20 ms = 80% of the time: tau = 10 / (1 - 0.8) = 50 ms exactly (a damped
+    iteration of 20 rounds stopped at 45 ms here)."""
+    assert serving.poisson(PREFILL_FIRST, 200, 101, 40.0).tpot == pytest.approx(0.050, rel=1e-9)
+
+
+def test_multi_step_rounds_make_arrivals_wait_for_the_round():
+    """vLLM V0's --num-scheduler-steps 10: a prompt waits for the 10-step round in progress. At 5/s, tau is
+    11.11 ms either way (compute-bound prefill costs 0.1 ms per prompt token however it is batched), the
+    M/D/1 wait is 0.1 x 20 ms / (2 x 0.9) = 1.11 ms (rho = 5 x 200/8192 x 819.2 ms); one step per round:
+    TTFT = 10/2 + 1.11 + a prefill batch of 200 x 0.0556 / (1 - exp(-0.0556)) = 205.6 tokens (20.56 ms) =
+    26.67 ms; ten: 10 x 10/2 + 1.11 + 200 x 0.556 / (1 - exp(-0.556)) = 260.7 tokens (26.07 ms) = 77.18 ms."""
+    ten = serving.Timing(STEPS, serving.Scheduling("prefill-first", 8192, 1000, False, False, scheduler_steps=10))
+    one, rounds = serving.poisson(PREFILL_FIRST, 200, 101, 5.0), serving.poisson(ten, 200, 101, 5.0)
+    tau = 0.010 / 0.9
+    wait = 0.1 * 0.02 / (2 * 0.9)
+    assert one.tpot == pytest.approx(tau, rel=1e-9) and rounds.tpot == pytest.approx(tau, rel=1e-9)
+    for load, k in ((one, 1), (rounds, 10)):
+        a = 5.0 * k * tau
+        assert load.ttft == pytest.approx(k * 0.010 / 2 + wait + 200 * a / -math.expm1(-a) * 1e-4, rel=1e-9)
+    assert rounds.ttft == pytest.approx(0.07718, rel=1e-3) and one.ttft == pytest.approx(0.02667, rel=1e-3)
+
+
+def test_vllm_060_rows_run_as_their_benchmark_started_vllm():
+    """SGLang's benchmark_vllm_060 README starts vLLM 0.6.0 with --num-scheduler-steps 10 (no chunked
+    prefill then); LambdaLabs' runs are vLLM 0.5.4 at --max-model-len 2048: both V0 prefill-first."""
+    rows = {r.id: r for r in validate.load_rows()}
+    base = serving.Scheduling("mixed", 8192, 1024, True, False)
+    sixty = validate.benchmark_limits(rows["p3"], base)
+    assert (sixty.policy, sixty.chunked, sixty.token_budget, sixty.max_sequences, sixty.scheduler_steps) == (
+        "prefill-first", False, 4096, 256, 10)
+    lambda_labs = validate.benchmark_limits(rows["p90"], base)
+    assert (lambda_labs.policy, lambda_labs.token_budget, lambda_labs.scheduler_steps) == ("prefill-first", 2048, 1)
+    assert validate.benchmark_limits(rows["p1"], base) == base  # SGLang's own rows: its defaults
+
+
+def test_mixed_median_itl_is_the_plain_step_at_low_load():
+    """The mixed scheduler at 5/s: prompts ride in about 5 x 10 ms = 5% of the steps, so the median gap is
+    t(d, 0) = 10 ms while the mean TPOT is longer."""
+    mixed = serving.Timing(STEPS, serving.Scheduling("mixed", 8192, 1000, True, False))
+    load = serving.poisson(mixed, 200, 101, 5.0)
+    assert load.itl_median == pytest.approx(0.010, rel=1e-12)
+    assert load.tpot > 0.0105
+
+
+def test_closed_loops_read_the_median_tpot_for_itl():
+    """The closed-loop forms carry no step mixture: the median ITL statistic falls back to the median TPOT."""
+    load = serving.Load(ttft=0.1, tpot=0.02, throughput=1.0, decoding=4.0, tpot_percentiles={50: 0.021})
+    assert serving.statistic(load, "tpot", "itl_p50") == 0.021
+    with pytest.raises(ValueError):
+        serving.statistic(load, "ttft", "itl_p50")
+
+
+def test_sglang_logged_median_itl_rows_use_the_itl_statistic():
+    """datacrunch's sglang.bench_serving logs give median_itl_ms, not a TPOT, and SGLang's README gives both
+    columns: the ITL rows say so (and the README's ITL rows pair with its TPOT rows of the same runs)."""
+    rows = {r.id: r for r in validate.load_rows()}
+    for row in rows.values():
+        itl = "value is sglang median ITL" in row.note or "Median ITL column" in row.note
+        assert (row.statistic == "itl_p50") == itl, row.id
+    for itl, tpot in (("p99", "p2"), ("p100", "p6"), ("p101", "p10"), ("p102", "p14")):
+        assert rows[itl].value < rows[tpot].value and rows[itl].rate == rows[tpot].rate
+
+
+def test_excluded_row_is_reported_with_its_reason_and_not_scored():
+    row = next(r for r in validate.load_rows() if r.id == "p33")  # a scored SGLang rate row
+    kept = row.model_copy(update={"excluded": ""})
+    dropped = row.model_copy(update={"id": "x1", "excluded": "a copied table"})
+    checks = validate.run(rows=[kept, dropped])
+    assert checks[0].predicted is not None and checks[0].error is not None
+    assert checks[1].predicted is None and checks[1].reason == "excluded: a copied table"
+    summary = validate.summary(checks)
+    assert {"id": "x1", "reason": "excluded: a copied table"} in summary["unpredicted"]
+    assert summary["under_load"]["tpot_ms"]["all"]["rows"] == 1
+
+
+def test_shipped_exclusions():
+    """June 2023 llama.cpp (weights on the GPU, attention on the CPU) and the partly copied H200 table."""
+    excluded = {r.id for r in validate.load_rows() if r.excluded}
+    assert excluded == {"v31", "v32", "v33", "v34", "p56", "p57", "p58", "p59", "p89", "p92", "p95", "p98"}
+
+
+def test_overlap_scheduler_hands_the_first_token_out_a_step_late(world):
+    """SGLang's overlap scheduler (first_token_steps 1): the wave of 16 prompts of 1000 tokens on an H100
+    reads TTFT exactly one decode step of 16 sequences, t(16, 0), later than without it; TPOT is the same.
+    The step-by-step simulation hands each token out after the step that follows its prompt's: the
+    second prefill batch for the first half of the wave, a decode step for the second half."""
+    from dataclasses import replace
+
+    from quantplan.solver.scenario import TrafficClass
+    from quantplan.solver.simulate import simulate
+    from tests.test_serving import bare
+
+    assert world.frameworks.get("sglang").first_token_steps == 1
+    plain = bare(world, "sglang", 1000, 200, sequences=16)
+    late = serving.Timing(plain.steps, replace(plain.scheduling, first_token_steps=1.0))
+    without, with_it = (serving.closed_loop(t, 1000, 200, 16, serving.Protocol(10)) for t in (plain, late))
+    assert float(with_it.ttft - without.ttft) == pytest.approx(plain.steps.seconds(16, 0), rel=1e-12)
+    assert float(with_it.tpot) == float(without.tpot)
+    traffic = TrafficClass(prompt_tokens=1000, output_tokens=200, concurrency=16)
+    simulated = [simulate(t, traffic, clients=16).as_dict() for t in (plain, late)]
+    half_and_half = (plain.steps.seconds(0, 7808) + plain.steps.seconds(16, 0)) / 2
+    assert simulated[1]["ttft_ms"] - simulated[0]["ttft_ms"] == pytest.approx(half_and_half * 1e3, rel=0.05)
+    assert simulated[1]["tpot_ms"] == pytest.approx(simulated[0]["tpot_ms"], rel=1e-12)
+
+
+def test_sglang_before_the_overlap_scheduler_hands_tokens_out_at_once():
+    rows = {r.id: r for r in validate.load_rows()}
+    base = serving.Scheduling("prefill-first", 8192, 1024, True, False, first_token_steps=1.0)
+    assert validate.benchmark_limits(rows["p1"], base).first_token_steps == 0.0  # SGLang 0.3.0
+    assert validate.benchmark_limits(rows["p17"], base).first_token_steps == 1.0  # December 2024 build
