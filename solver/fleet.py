@@ -10,7 +10,6 @@ replicas carry their shares, the pool and the budget shared.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 
 from . import program
 from .errors import InfeasibleError
@@ -39,7 +38,7 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
     spaces = [build_space(world, member, prices) for member in members]
     options = []
     for member, space in zip(members, spaces):
-        space.options = free_if_owned([replace(o, owner=space.model.id) for o in space.options], owned)
+        space.options = free_if_owned([o.but(owner=space.model.id) for o in space.options], owned)
         options += prune_dominated(space.options, member.classes, scenario.objective != "cost", set(availability))
     whole = scenario.model_copy(update={"classes": tuple(c for m in members for c in m.classes),
                                         "alternatives": False})

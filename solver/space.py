@@ -43,6 +43,14 @@ class Option:
     def key(self) -> str:
         return f"{self.owner}:{self.config.key}" if self.owner else self.config.key
 
+    def but(self, **changes) -> Option:
+        """A copy with `changes` (dataclasses.replace without re-running __init__: a price sweep re-prices every
+        option of a space at each point)."""
+        copy = object.__new__(Option)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
+
 
 @dataclass
 class Best:
@@ -255,7 +263,7 @@ def _repriced(kept: dict, costs: list) -> Space:
     if costs == kept["costs"]:
         options = list(space.options)
     else:
-        options = [replace(o, cost_per_hour=costs[s]) for o, s in zip(space.options, kept["sources"])]
+        options = [o.but(cost_per_hour=costs[s]) for o, s in zip(space.options, kept["sources"])]
     return replace(space, options=options, incompatible=Counter(space.incompatible))
 
 
@@ -659,4 +667,4 @@ def free_if_owned(options: list[Option], owned: set[str]) -> list[Option]:
     """Owned devices cost nothing by the hour: their options' price goes to zero."""
     if not owned:
         return options
-    return [replace(o, cost_per_hour=0.0) if o.config.gpu.id in owned else o for o in options]
+    return [o.but(cost_per_hour=0.0) if o.config.gpu.id in owned else o for o in options]
