@@ -258,16 +258,19 @@ def problem(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: 
 
 
 def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tuple[str, ...] = (),
-        rows: list[Row] | None = None, setup: Problem | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
+        rows: list[Row] | None = None, setup: Problem | None = None,
+        from_catalog: bool = False) -> tuple[Problem, np.ndarray, list[dict]]:
     """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
-    `setup` (its rows' probes already built) is fitted on its `fitted_rows`."""
+    `setup` (its rows' probes already built) is fitted on its `fitted_rows`. `from_catalog`: the search
+    starts at the catalog's values instead of the fixed starting point (the loss, prior included, is the
+    same): a catalog that holds a converged fit comes back unchanged."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):  # see Trials
-        return _fit(parameters, world, devices, rows, setup)
+        return _fit(parameters, world, devices, rows, setup, from_catalog)
 
 
-def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, list[dict]]:
+def _fit(parameters, world, devices, rows, setup, from_catalog=False) -> tuple[Problem, np.ndarray, list[dict]]:
     setup = setup or problem(parameters, world, devices, rows)
     fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
     for row in setup.fitted_rows:
@@ -275,7 +278,8 @@ def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, 
     used = [i for i, (mask, _, _) in enumerate(setup.effects) if (mask & fitted_probes).any()]
     values = setup.start.copy()
     if used:
-        result = solve(setup, [parameters[i] for i in used], used)
+        chosen = [parameters[i] for i in used]
+        result = solve(setup, chosen, used, start=setup.start[used] if from_catalog else None)
         values[used] = [_round(v) for v in result.x]
         setup.result = result
     row_of = setup.row_of_probe()
@@ -290,19 +294,21 @@ def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, 
     return setup, values, report
 
 
-def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched: bool = True):
-    """scipy's least_squares over `parameters` (`setup.parameters[used]`), from their initial values:
-    scipy's OptimizeResult. `batched` False: plain finite differences, one full evaluation per point
-    (the same path, step for step, only slower: the tests compare the two)."""
+def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched: bool = True,
+          start: np.ndarray | None = None):
+    """scipy's least_squares over `parameters` (`setup.parameters[used]`), from their initial values
+    (or `start`): scipy's OptimizeResult. `batched` False: plain finite differences, one full
+    evaluation per point (the same path, step for step, only slower: the tests compare the two)."""
     from scipy.optimize import least_squares
     from threadpoolctl import threadpool_limits
 
     low = np.array([p.low for p in parameters])
     high = np.array([p.high for p in parameters])
     x0 = np.array([p.initial for p in parameters])
-    trials = Trials(setup, used, x0, high - low)
+    trials = Trials(setup, used, x0, high - low)  # the prior pulls toward the initial values either way
+    begin = x0 if start is None else np.clip(start, low, high)
     with threadpool_limits(1, user_api="blas"):  # see Trials: one thread is far faster here
-        return least_squares(trials.residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
+        return least_squares(trials.residuals, begin, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
                              x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=300,
                              workers=trials.map if batched else map)
 

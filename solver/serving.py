@@ -39,6 +39,8 @@ from .stepmodel import StepModel, step_model
 
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
 FIXED_POINT_ROUNDS = 16
+MAX_RATE_ROUNDS = 30  # closed loop, mixed scheduler: regula falsi on the completion rate
+RATE_TOLERANCE = 1e-10  # ... until its bracket is this narrow (relative)
 POISSON_ROUNDS = 6
 PREFILL_FIRST_ROUNDS = 20  # damped: the share of steps followed by a prefill batch depends on tau  # each round solves the step-time equation exactly for the last round's batch shape
 PERCENTILES = (50, 90, 99)
@@ -199,26 +201,44 @@ def _queue_wait(utilisation, service):
 
 
 def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int, clients, think=0.0):
-    """Steady state of a closed loop under the mixed scheduler once its requests have spread out,
-    solved as a fixed point: each prompt's own chunks, the M/D/1 wait behind other prompts' chunks,
-    and, when prompt work outruns the budget, a completion rate capped by the prefill capacity, the
-    excess showing up as waiting (Little's law, which also counts the wait for a KV slot)."""
+    """Steady state of a closed loop under the mixed scheduler once its requests have spread out: each
+    prompt's own chunks, the M/D/1 wait behind other prompts' chunks, and, when prompt work outruns the
+    budget, a completion rate capped by the prefill capacity, the excess showing up as waiting (Little's
+    law, which also counts the wait for a KV slot).
+
+    Solved for the completion rate: the rate the slots, the prefill capacity and the clients allow falls
+    as the rate rises (more prompt work per step, longer waits), so allowed(rate) - rate has one root,
+    between 0 and the rate of requests made of idle steps, found by regula falsi (Illinois). The step
+    time at a rate is itself a fixed point; it is carried from round to round and extrapolated (Aitken).
+    A plain damped iteration swung between two states when the allowed rate falls steeply (near
+    prefill saturation), and its figures then jumped with tiny changes of the inputs."""
     clients = np.asarray(clients, dtype=float)
     admitted = _admitted(sched, prompt, output, clients)
-    tau = steps.seconds(admitted, 0.0) * np.ones_like(clients)
-    own = steps.seconds(0.0, np.minimum(prompt, sched.token_budget)) * np.ones_like(clients)
-    rate = admitted / (own + (output - 1) * tau)
-    capacity = rate
-    for _ in range(FIXED_POINT_ROUNDS):
-        decoding = np.minimum(rate * (output - 1) * tau, admitted)
-        tau, own, service, utilisation, _, _, _, full, room = _mixed_step(steps, sched, prompt, decoding, rate, tau)
-        capacity = room / (prompt * full)  # prompts/s at a full budget every step
-        own = own + _queue_wait(utilisation, service)
-        lifetime = own + (output - 1) * tau
-        held = np.minimum(admitted / lifetime, capacity)  # the rate slots and prefill capacity allow
-        free = clients / (lifetime + think)  # the rate the clients ask for
-        rate_new = np.minimum(held, free)
-        rate = (rate + rate_new) / 2
+    idle = steps.seconds(0.0, 0.0)
+    ones = np.ones_like(clients * idle)
+    state = _MixedRound(steps, sched, prompt, output, clients, think, admitted, idle,
+                        steps.seconds(admitted, sched.token_budget))
+    tau = steps.seconds(admitted, 0.0) * ones
+    low, high = 0.0 * ones, admitted / (output * idle) * ones  # a lifetime is at least `output` idle steps
+    f_low, tau = state.excess(low, tau)
+    f_high, _ = state.excess(high, tau)
+    side = np.zeros_like(ones)
+    done = high - low <= RATE_TOLERANCE * high
+    for _ in range(MAX_RATE_ROUNDS):
+        if done.all():
+            break
+        rate = _false_position(low, high, f_low, f_high)
+        f, ahead = state.excess(rate, tau)
+        past = f < 0  # the rate is above the root
+        keep_low, keep_high = past & (side < 0), ~past & (side > 0)  # Illinois: an end kept twice halves
+        new = (np.where(past, low, rate), np.where(past, rate, high),
+               np.where(past, np.where(keep_low, f_low / 2, f_low), f),
+               np.where(past, f, np.where(keep_high, f_high / 2, f_high)), np.where(past, -1.0, 1.0), ahead)
+        low, high, f_low, f_high, side, tau = (np.where(done, old, changed) for old, changed in
+                                               zip((low, high, f_low, f_high, side, tau), new))
+        done = done | (high - low <= RATE_TOLERANCE * high) | (f == 0)
+    rate = _false_position(low, high, f_low, f_high)
+    tau, own, held, free, capacity, utilisation, service = state.figures(rate, tau)
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
     in_system = clients - rate * think
     # Little's law counts the waits for a KV slot or for prefill capacity; with neither binding it equals
@@ -227,6 +247,54 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
     ttft = np.where(queued, np.maximum(in_system / rate - (output - 1) * tau, own), own)
     # the random part of TTFT: the wait behind other prompts (a KV-slot wait is a steady shift)
     return ttft, tau, rate, decoding, admitted, np.minimum(rate / capacity, 1.0), _queue_wait(utilisation, service)
+
+
+def _false_position(low, high, f_low, f_high):
+    """Where the line through (low, f_low) and (high, f_high) crosses zero (f_low >= 0 >= f_high)."""
+    span = f_low - f_high
+    found = np.where(span > 0, low + (high - low) * f_low / np.where(span > 0, span, 1.0), (low + high) / 2)
+    return np.clip(found, low, high)
+
+
+@dataclass(frozen=True)
+class _MixedRound:
+    """One closed-loop round under the mixed scheduler at a trial completion rate."""
+
+    steps: StepModel
+    sched: Scheduling
+    prompt: int
+    output: int
+    clients: object
+    think: object
+    admitted: object
+    least: object  # bounds on the step time: an idle step, and every slot decoding with a full budget
+    most: object
+
+    def step(self, rate, tau):
+        decoding = np.minimum(rate * (self.output - 1) * tau, self.admitted)
+        return _mixed_step(self.steps, self.sched, self.prompt, decoding, rate, tau)
+
+    def figures(self, rate, tau):
+        """(step time at `rate`, own TTFT, rates the slots and prefill capacity / the clients allow,
+        prefill capacity, utilisation, service): the step time from `tau` by two updates, their Aitken
+        extrapolation (the update converges slowly, or swings, near prefill saturation) and one more."""
+        one = self.step(rate, tau)[0]
+        two = self.step(rate, one)[0]
+        curve = two - 2 * one + tau
+        bent = np.abs(curve) > 1e-15
+        ahead = np.clip(np.where(bent, tau - (one - tau) ** 2 / np.where(bent, curve, 1.0), two), self.least, self.most)
+        tau, own, service, utilisation, _, _, _, full, room = self.step(rate, ahead)
+        capacity = room / (self.prompt * full)  # prompts/s at a full budget every step
+        own = own + _queue_wait(utilisation, service)
+        lifetime = own + (self.output - 1) * tau
+        held = np.minimum(self.admitted / lifetime, capacity)  # the rate slots and prefill capacity allow
+        free = self.clients / (lifetime + self.think)  # the rate the clients ask for
+        return tau, own, held, free, capacity, utilisation, service
+
+    def excess(self, rate, tau):
+        """(allowed rate - `rate`, the step time there, to start the next round from)."""
+        tau, _, held, free, *_ = self.figures(rate, tau)
+        return np.minimum(held, free) - rate, tau
 
 
 def _admitted(sched: Scheduling, prompt: int, output: int, clients):
