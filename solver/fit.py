@@ -30,6 +30,8 @@ from .validate import GROUPS, Prepared, Row, load_rows, prepare, validation_worl
 # TensorRT-LLM's all-reduce over PCIe pays this much more latency than over NVLink (plugins/frameworks).
 PCIE_LATENCY_FACTOR = 3.0
 LOSS_SCALE = 0.15  # soft-L1: a row's log error beyond ~15% counts about linearly
+TOLERANCE = 1e-6  # stop once a step changes the loss (or the values) by less than this share: far below any
+# difference the rows can tell, and tighter stops only wander along the flat directions
 PRIOR_WEIGHT = 0.02  # per parameter, on its range: weak next to ~1,500 rows' log errors
 
 
@@ -280,7 +282,7 @@ def _fit(parameters, world, devices, rows, setup, from_catalog=False) -> tuple[P
     if used:
         chosen = [parameters[i] for i in used]
         result = solve(setup, chosen, used, start=setup.start[used] if from_catalog else None)
-        values[used] = [_round(v) for v in result.x]
+        values[used] = [_round(_at_bound(v, parameters[i])) for v, i in zip(result.x, used)]
         setup.result = result
     row_of = setup.row_of_probe()
     fitted_row = np.zeros(len(setup.prepared.rows), dtype=bool)
@@ -309,7 +311,7 @@ def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched:
     begin = x0 if start is None else np.clip(start, low, high)
     with threadpool_limits(1, user_api="blas"):  # see Trials: one thread is far faster here
         return least_squares(trials.residuals, begin, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
-                             x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=300,
+                             x_scale="jac", diff_step=1e-4, ftol=TOLERANCE, xtol=TOLERANCE, gtol=TOLERANCE, max_nfev=300,
                              workers=trials.map if batched else map)
 
 
@@ -375,6 +377,14 @@ class Trials:
         # (an overhead against a share) from wandering: the fit is unique and repeatable
         prior = PRIOR_WEIGHT * (x - self.x0) / self.ranges
         return np.concatenate([self.setup.row_residuals(self.setup.rows_from(probe_values)), prior], axis=-1)
+
+
+def _at_bound(value: float, parameter: Parameter) -> float:
+    """A value within a millionth of its range from a bound is that bound (the search stops a hair
+    inside it: NIM's server overhead at 0 ms, for one)."""
+    margin = 1e-6 * (parameter.high - parameter.low)
+    return parameter.low if value - parameter.low <= margin else parameter.high if parameter.high - value <= margin \
+        else value
 
 
 def _round(value: float) -> float:

@@ -39,8 +39,9 @@ from .stepmodel import StepModel, step_model
 
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
 FIXED_POINT_ROUNDS = 16
-MAX_RATE_ROUNDS = 30  # closed loop, mixed scheduler: regula falsi on the completion rate
+MAX_RATE_ROUNDS = 40  # closed loop, mixed scheduler: regula falsi on the completion rate
 RATE_TOLERANCE = 1e-10  # ... until its bracket is this narrow (relative)
+STEP_TOLERANCE = 1e-9  # a trial rate's sign counts once its step time moves less than this (relative)
 POISSON_ROUNDS = 6
 PREFILL_FIRST_ROUNDS = 20  # damped: the share of steps followed by a prefill batch depends on tau  # each round solves the step-time equation exactly for the last round's batch shape
 PERCENTILES = (50, 90, 99)
@@ -215,30 +216,41 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
     clients = np.asarray(clients, dtype=float)
     admitted = _admitted(sched, prompt, output, clients)
     idle = steps.seconds(0.0, 0.0)
-    ones = np.ones_like(clients * idle)
     state = _MixedRound(steps, sched, prompt, output, clients, think, admitted, idle,
                         steps.seconds(admitted, sched.token_budget))
-    tau = steps.seconds(admitted, 0.0) * ones
-    low, high = 0.0 * ones, admitted / (output * idle) * ones  # a lifetime is at least `output` idle steps
-    f_low, tau = state.excess(low, tau)
-    f_high, _ = state.excess(high, tau)
-    side = np.zeros_like(ones)
-    done = high - low <= RATE_TOLERANCE * high
+    shape = state.shape()
+    flat = state.only(None, shape)  # every figure one flat array; rounds then take the unsolved ones only
+    tau = np.ravel(np.broadcast_to(steps.seconds(admitted, 0.0), shape)).astype(float)
+    low = np.zeros_like(tau)
+    high = np.ravel(np.broadcast_to(admitted / (output * idle), shape)).astype(float)  # >= `output` idle steps
+    f_low, tau, _ = flat.excess(low, tau)  # signs certain at the bounds, whatever the step time
+    f_high, _, _ = flat.excess(high, tau)
+    side = np.zeros_like(tau)
+    rate, settled = low.copy(), np.ones_like(tau, dtype=bool)
+    open_ = np.nonzero(high - low > RATE_TOLERANCE * high)[0]
     for _ in range(MAX_RATE_ROUNDS):
-        if done.all():
+        if not len(open_):
             break
-        rate = _false_position(low, high, f_low, f_high)
-        f, ahead = state.excess(rate, tau)
+        part = flat.only(open_)
+        lo, hi, f_lo, f_hi, sd = low[open_], high[open_], f_low[open_], f_high[open_], side[open_]
+        trial = np.where(settled[open_], _false_position(lo, hi, f_lo, f_hi), rate[open_])
+        f, ahead, ok = part.excess(trial, tau[open_])
+        # a sign read off a step time that has not settled at this rate may be wrong: then the rate
+        # stays, only the step time moves, and the sign is read again next round
         past = f < 0  # the rate is above the root
-        keep_low, keep_high = past & (side < 0), ~past & (side > 0)  # Illinois: an end kept twice halves
-        new = (np.where(past, low, rate), np.where(past, rate, high),
-               np.where(past, np.where(keep_low, f_low / 2, f_low), f),
-               np.where(past, f, np.where(keep_high, f_high / 2, f_high)), np.where(past, -1.0, 1.0), ahead)
-        low, high, f_low, f_high, side, tau = (np.where(done, old, changed) for old, changed in
-                                               zip((low, high, f_low, f_high, side, tau), new))
-        done = done | (high - low <= RATE_TOLERANCE * high) | (f == 0)
+        keep_low, keep_high = past & (sd < 0), ~past & (sd > 0)  # Illinois: an end kept twice halves
+        low[open_] = np.where(ok & ~past, trial, lo)
+        high[open_] = np.where(ok & past, trial, hi)
+        f_low[open_] = np.where(ok, np.where(past, np.where(keep_low, f_lo / 2, f_lo), f), f_lo)
+        f_high[open_] = np.where(ok, np.where(past, f, np.where(keep_high, f_high[open_] / 2, f_hi)), f_hi)
+        side[open_] = np.where(ok, np.where(past, -1.0, 1.0), sd)
+        rate[open_], tau[open_], settled[open_] = trial, ahead, ok
+        solved = ok & ((high[open_] - low[open_] <= RATE_TOLERANCE * high[open_]) | (f == 0))
+        open_ = open_[~solved]
     rate = _false_position(low, high, f_low, f_high)
-    tau, own, held, free, capacity, utilisation, service = state.figures(rate, tau)
+    tau, own, held, free, capacity, utilisation, service = (
+        np.reshape(value, shape) for value in flat.figures(rate, tau))
+    rate = rate.reshape(shape)
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
     in_system = clients - rate * think
     # Little's law counts the waits for a KV slot or for prefill capacity; with neither binding it equals
@@ -256,7 +268,7 @@ def _false_position(low, high, f_low, f_high):
     return np.clip(found, low, high)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _MixedRound:
     """One closed-loop round under the mixed scheduler at a trial completion rate."""
 
@@ -269,6 +281,23 @@ class _MixedRound:
     admitted: object
     least: object  # bounds on the step time: an idle step, and every slot decoding with a full budget
     most: object
+
+    def shape(self) -> tuple:
+        """The shape every figure broadcasts to."""
+        arrays = [np.shape(value) for value in _round_arrays(self)]
+        return np.broadcast_shapes(*arrays) if arrays else ()
+
+    def only(self, index, shape=None) -> _MixedRound:
+        """The round flattened to `shape` (index None), or its flat elements `index`."""
+        def pick(value):
+            if np.ndim(value) == 0:
+                return value
+            return np.ravel(np.broadcast_to(value, shape)) if index is None else value[index]
+
+        return replace(self, steps=replace(self.steps, **{name: pick(getattr(self.steps, name))
+                                                            for name in StepModel.__dataclass_fields__}),
+                       sched=replace(self.sched, **{name: pick(getattr(self.sched, name)) for name in _SCHED_ARRAYS}),
+                       **{name: pick(getattr(self, name)) for name in _ROUND_ARRAYS})
 
     def step(self, rate, tau):
         decoding = np.minimum(rate * (self.output - 1) * tau, self.admitted)
@@ -284,6 +313,7 @@ class _MixedRound:
         bent = np.abs(curve) > 1e-15
         ahead = np.clip(np.where(bent, tau - (one - tau) ** 2 / np.where(bent, curve, 1.0), two), self.least, self.most)
         tau, own, service, utilisation, _, _, _, full, room = self.step(rate, ahead)
+        self.settled = np.abs(tau - ahead) <= STEP_TOLERANCE * tau
         capacity = room / (self.prompt * full)  # prompts/s at a full budget every step
         own = own + _queue_wait(utilisation, service)
         lifetime = own + (self.output - 1) * tau
@@ -292,9 +322,20 @@ class _MixedRound:
         return tau, own, held, free, capacity, utilisation, service
 
     def excess(self, rate, tau):
-        """(allowed rate - `rate`, the step time there, to start the next round from)."""
+        """(allowed rate - `rate`, the step time there, to start the next round from, whether that step
+        time had settled: one more update moved it less than STEP_TOLERANCE)."""
         tau, _, held, free, *_ = self.figures(rate, tau)
-        return np.minimum(held, free) - rate, tau
+        return np.minimum(held, free) - rate, tau, self.settled
+
+
+_SCHED_ARRAYS = ("token_budget", "max_sequences", "reserve_full", "kv_tokens", "request_overhead_s",
+                 "wave_persistence")
+_ROUND_ARRAYS = ("prompt", "output", "clients", "think", "admitted", "least", "most")
+
+
+def _round_arrays(state: _MixedRound) -> list:
+    return ([getattr(state.steps, name) for name in StepModel.__dataclass_fields__]
+            + [getattr(state.sched, name) for name in _SCHED_ARRAYS] + [getattr(state, name) for name in _ROUND_ARRAYS])
 
 
 def _admitted(sched: Scheduling, prompt: int, output: int, clients):

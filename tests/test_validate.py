@@ -7,6 +7,7 @@ import json
 import tomllib
 from importlib import resources
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -110,16 +111,19 @@ def test_shipped_error_bars_match_a_fresh_validation(checks):
 
 
 def test_fit_reproduces_the_catalog():
-    """`quantplan fit` on the shipped rows returns the shipped values: every fitted value within 0.5% of
-    the catalog's (a value at a bound, like NIM's server overhead at 0 ms, within 0.01 ms), at a loss no
-    higher than the catalog's. The fit is deterministic and the catalog holds its rounded output, so the
-    values agree to their four digits here; 0.5% leaves room for the last bits of a BLAS or scipy
-    update along the loss's flat directions (an overhead against a share)."""
+    """`quantplan fit` on the shipped rows returns the shipped values, from its fixed starting point and
+    started from the catalog's values (a fixed point): each within 0.5% or, for a value at a bound (NIM's
+    server overhead and vLLM's prompt-step overhead sit at 0), within 0.01 of its unit; the loss no
+    higher than the catalog's. Not exactly: the trial values adjust probes built at the catalog's values,
+    so a refit with other catalog values rounds differently in the last bits and ends elsewhere along
+    the loss's flat directions (an overhead against a share), ~0.2% at most on the shipped rows."""
     setup, values, report = fit.fit()
     assert all(entry["rows"] for entry in report)
-    for entry in report:
-        assert entry["after"] == pytest.approx(entry["before"], rel=5e-3, abs=1e-2), entry["parameter"]
-    assert setup.loss(values) <= setup.loss(setup.start) * (1 + 1e-6)
+    catalog = setup.loss(setup.start)
+    for start, found in (("fixed", report), ("catalog", fit.fit(setup=setup, from_catalog=True)[2])):
+        for entry in found:
+            assert entry["after"] == pytest.approx(entry["before"], rel=5e-3, abs=1e-2), (start, entry["parameter"])
+        assert setup.loss(np.array([e["after"] for e in found])) <= catalog * (1 + 1e-6)
     errors = {(e["sample"], e["metric"]): e for e in fit.errors(setup, values)}
     assert errors["in-sample", "tpot_ms"]["after_median"] <= 0.11
 
