@@ -236,7 +236,9 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
         trial = np.where(settled[open_], _false_position(lo, hi, f_lo, f_hi), rate[open_])
         f, ahead, ok = part.excess(trial, tau[open_])
         # a sign read off a step time that has not settled at this rate may be wrong: then the rate
-        # stays, only the step time moves, and the sign is read again next round
+        # stays, only the step time moves, and the sign is read again next round, and then taken (the
+        # step time can hover about a jump of its update, a whole prompt more or less in a step)
+        ok = ok | ~settled[open_]
         past = f < 0  # the rate is above the root
         keep_low, keep_high = past & (sd < 0), ~past & (sd > 0)  # Illinois: an end kept twice halves
         low[open_] = np.where(ok & ~past, trial, lo)
@@ -313,7 +315,8 @@ class _MixedRound:
         bent = np.abs(curve) > 1e-15
         ahead = np.clip(np.where(bent, tau - (one - tau) ** 2 / np.where(bent, curve, 1.0), two), self.least, self.most)
         tau, own, service, utilisation, _, _, _, full, room = self.step(rate, ahead)
-        self.settled = np.abs(tau - ahead) <= STEP_TOLERANCE * tau
+        self.moved = np.abs(tau - ahead) / tau  # what one more update changes (relative)
+        self.settled = self.moved <= STEP_TOLERANCE
         capacity = room / (self.prompt * full)  # prompts/s at a full budget every step
         own = own + _queue_wait(utilisation, service)
         lifetime = own + (self.output - 1) * tau
@@ -325,7 +328,11 @@ class _MixedRound:
         """(allowed rate - `rate`, the step time there, to start the next round from, whether that step
         time had settled: one more update moved it less than STEP_TOLERANCE)."""
         tau, _, held, free, *_ = self.figures(rate, tau)
-        return np.minimum(held, free) - rate, tau, self.settled
+        allowed = np.minimum(held, free)
+        # far from the root the sign holds even off a step time still moving: the allowed rate moves
+        # by at most ~50x the step time's share (the prefill wait at 98% utilisation)
+        clear = np.abs(allowed - rate) > 100 * self.moved * np.maximum(allowed, rate)
+        return allowed - rate, tau, self.settled | clear
 
 
 _SCHED_ARRAYS = ("token_budget", "max_sequences", "reserve_full", "kv_tokens", "request_overhead_s",
