@@ -226,7 +226,7 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
     f_low, tau, _ = flat.excess(low, tau)  # signs certain at the bounds, whatever the step time
     f_high, _, _ = flat.excess(high, tau)
     side = np.zeros_like(tau)
-    rate, settled = low.copy(), np.ones_like(tau, dtype=bool)
+    rate, settled, root = low.copy(), np.ones_like(tau, dtype=bool), np.full_like(tau, np.nan)
     open_ = np.nonzero(high - low > RATE_TOLERANCE * high)[0]
     for _ in range(MAX_RATE_ROUNDS):
         if not len(open_):
@@ -247,9 +247,12 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
         f_high[open_] = np.where(ok, np.where(past, f, np.where(keep_high, f_high[open_] / 2, f_hi)), f_hi)
         side[open_] = np.where(ok, np.where(past, -1.0, 1.0), sd)
         rate[open_], tau[open_], settled[open_] = trial, ahead, ok
-        solved = ok & ((high[open_] - low[open_] <= RATE_TOLERANCE * high[open_]) | (f == 0))
+        # solved: the bracket is narrow, or the allowed rate is the trial rate to the same tolerance
+        hit = ok & (np.abs(f) <= RATE_TOLERANCE * trial)
+        root[open_] = np.where(hit, trial, np.nan)
+        solved = hit | (ok & (high[open_] - low[open_] <= RATE_TOLERANCE * high[open_]))
         open_ = open_[~solved]
-    rate = _false_position(low, high, f_low, f_high)
+    rate = np.where(np.isnan(root), _false_position(low, high, f_low, f_high), root)
     tau, own, held, free, capacity, utilisation, service = (
         np.reshape(value, shape) for value in flat.figures(rate, tau))
     rate = rate.reshape(shape)
