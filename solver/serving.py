@@ -40,7 +40,7 @@ from .stepmodel import StepModel, step_model
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
 FIXED_POINT_ROUNDS = 16
 MAX_RATE_ROUNDS = 40  # closed loop, mixed scheduler: regula falsi on the completion rate
-RATE_TOLERANCE = 1e-10  # ... until its bracket is this narrow (relative)
+RATE_TOLERANCE = 1e-10  # ... until the allowed rate is the trial's, or its bracket this narrow (relative)
 STEP_TOLERANCE = 1e-9  # a trial rate's sign counts once its step time moves less than this (relative)
 POISSON_ROUNDS = 6
 PREFILL_FIRST_ROUNDS = 20  # damped: the share of steps followed by a prefill batch depends on tau  # each round solves the step-time equation exactly for the last round's batch shape
@@ -254,7 +254,7 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
         open_ = open_[~solved]
     rate = np.where(np.isnan(root), _false_position(low, high, f_low, f_high), root)
     tau, own, held, free, capacity, utilisation, service = (
-        np.reshape(value, shape) for value in flat.figures(rate, tau))
+        np.reshape(value, shape) for value in flat.figures(rate, tau)[:-1])
     rate = rate.reshape(shape)
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
     in_system = clients - rate * think
@@ -273,7 +273,7 @@ def _false_position(low, high, f_low, f_high):
     return np.clip(found, low, high)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _MixedRound:
     """One closed-loop round under the mixed scheduler at a trial completion rate."""
 
@@ -310,32 +310,31 @@ class _MixedRound:
 
     def figures(self, rate, tau):
         """(step time at `rate`, own TTFT, rates the slots and prefill capacity / the clients allow,
-        prefill capacity, utilisation, service): the step time from `tau` by two updates, their Aitken
-        extrapolation (the update converges slowly, or swings, near prefill saturation) and one more."""
+        prefill capacity, utilisation, service, how far the last update moved the step time (relative)):
+        the step time from `tau` by two updates, their Aitken extrapolation (the update converges
+        slowly, or swings, near prefill saturation) and one more."""
         one = self.step(rate, tau)[0]
         two = self.step(rate, one)[0]
         curve = two - 2 * one + tau
         bent = np.abs(curve) > 1e-15
         ahead = np.clip(np.where(bent, tau - (one - tau) ** 2 / np.where(bent, curve, 1.0), two), self.least, self.most)
         tau, own, service, utilisation, _, _, _, full, room = self.step(rate, ahead)
-        self.moved = np.abs(tau - ahead) / tau  # what one more update changes (relative)
-        self.settled = self.moved <= STEP_TOLERANCE
         capacity = room / (self.prompt * full)  # prompts/s at a full budget every step
         own = own + _queue_wait(utilisation, service)
         lifetime = own + (self.output - 1) * tau
         held = np.minimum(self.admitted / lifetime, capacity)  # the rate slots and prefill capacity allow
         free = self.clients / (lifetime + self.think)  # the rate the clients ask for
-        return tau, own, held, free, capacity, utilisation, service
+        return tau, own, held, free, capacity, utilisation, service, np.abs(tau - ahead) / tau
 
     def excess(self, rate, tau):
         """(allowed rate - `rate`, the step time there, to start the next round from, whether that step
         time had settled: one more update moved it less than STEP_TOLERANCE)."""
-        tau, _, held, free, *_ = self.figures(rate, tau)
+        tau, _, held, free, *_, moved = self.figures(rate, tau)
         allowed = np.minimum(held, free)
         # far from the root the sign holds even off a step time still moving: the allowed rate moves
         # by at most ~50x the step time's share (the prefill wait at 98% utilisation)
-        clear = np.abs(allowed - rate) > 100 * self.moved * np.maximum(allowed, rate)
-        return allowed - rate, tau, self.settled | clear
+        clear = np.abs(allowed - rate) > 100 * moved * np.maximum(allowed, rate)
+        return allowed - rate, tau, (moved <= STEP_TOLERANCE) | clear
 
 
 _SCHED_ARRAYS = ("token_budget", "max_sequences", "reserve_full", "kv_tokens", "request_overhead_s",
