@@ -116,6 +116,8 @@ def workload_options(function):
                      help="Budget, USD per hour: no plan above it (with --objective latency or balanced too)."),
         click.option("--gpu-class", type=click.Choice(("datacenter", "consumer", "all")),
                      help="Plan on data-center parts, consumer GPUs and laptops, or all (default all)."),
+        click.option("--api-server", help="The API server in front of the engines when not their own (e.g. nim): "
+                                          "its per-request TTFT overhead; engines without one for it are left out."),
         catalog_option,
     ]
     for option in reversed(options):
@@ -140,6 +142,7 @@ def scenario_from_options(scenario_file, options: dict):
         "max_configurations": options.get("max_configurations"), "time_limit_s": options.get("time_limit"),
         "solver": options.get("solver"), "margin": options.get("margin"), "provider": options.get("provider"),
         "max_cost_per_hour": options.get("max_cost_per_hour"), "gpu_class": options.get("gpu_class"),
+        "api_server": options.get("api_server"),
     }
     if options.get("gpu_count"):
         top["gpu_count"] = _pairs(options["gpu_count"], "--gpu-count", int)

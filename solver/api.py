@@ -198,6 +198,15 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
                       world: World | None = None) -> tuple[Plan, Space | None]:
     scenario = as_scenario(scenario)
     world = world or load_world(scenario.catalogs)
+    if scenario.api_server:  # another API server in front of the engines: its overhead, its engines only
+        from .servers import behind_api_server
+
+        world, scenario, server_note = behind_api_server(world, scenario)
+        try:
+            plan, space = solve_with_space(scenario.model_copy(update={"api_server": None}), world)
+        except InfeasibleError as error:
+            raise InfeasibleError(f"{error}; {server_note}", [*error.reasons, server_note]) from None
+        return plan.model_copy(update={"api_server": scenario.api_server, "notes": [server_note, *plan.notes]}), space
     if scenario.fleet:
         from .fleet import solve_fleet
 

@@ -33,6 +33,8 @@ PCIE_LATENCY_FACTOR = 3.0
 # trtllm-serve): they keep their catalog values, which say where they come from
 NO_ROWS = {("tensorrt-llm", "request_overhead_ms")}
 LOSS_SCALE = 0.15  # soft-L1: a row's log error beyond ~15% counts about linearly
+TOLERANCE = 1e-6  # stop once a step changes the loss (or the values) by less than this share: far below any
+# difference the rows can tell, and tighter stops only wander along the flat directions
 PRIOR_WEIGHT = 0.02  # per parameter, on its range: weak next to ~1,500 rows' log errors
 
 
@@ -264,16 +266,19 @@ def problem(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: 
 
 
 def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tuple[str, ...] = (),
-        rows: list[Row] | None = None, setup: Problem | None = None) -> tuple[Problem, np.ndarray, list[dict]]:
+        rows: list[Row] | None = None, setup: Problem | None = None,
+        from_catalog: bool = False) -> tuple[Problem, np.ndarray, list[dict]]:
     """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
-    `setup` (its rows' probes already built) is fitted on its `fitted_rows`."""
+    `setup` (its rows' probes already built) is fitted on its `fitted_rows`. `from_catalog`: the search
+    starts at the catalog's values instead of the fixed starting point (the loss, prior included, is the
+    same): a catalog that holds a converged fit comes back unchanged."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):  # see Trials
-        return _fit(parameters, world, devices, rows, setup)
+        return _fit(parameters, world, devices, rows, setup, from_catalog)
 
 
-def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, list[dict]]:
+def _fit(parameters, world, devices, rows, setup, from_catalog=False) -> tuple[Problem, np.ndarray, list[dict]]:
     setup = setup or problem(parameters, world, devices, rows)
     fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
     for row in setup.fitted_rows:
@@ -281,8 +286,9 @@ def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, 
     used = [i for i, (mask, _, _) in enumerate(setup.effects) if (mask & fitted_probes).any()]
     values = setup.start.copy()
     if used:
-        result = solve(setup, [parameters[i] for i in used], used)
-        values[used] = [_round(v) for v in result.x]
+        chosen = [parameters[i] for i in used]
+        result = solve(setup, chosen, used, start=setup.start[used] if from_catalog else None)
+        values[used] = [_round(_at_bound(v, parameters[i])) for v, i in zip(result.x, used)]
         setup.result = result
     row_of = setup.row_of_probe()
     fitted_row = np.zeros(len(setup.prepared.rows), dtype=bool)
@@ -296,20 +302,22 @@ def _fit(parameters, world, devices, rows, setup) -> tuple[Problem, np.ndarray, 
     return setup, values, report
 
 
-def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched: bool = True):
-    """scipy's least_squares over `parameters` (`setup.parameters[used]`), from their initial values:
-    scipy's OptimizeResult. `batched` False: plain finite differences, one full evaluation per point
-    (the same path, step for step, only slower: the tests compare the two)."""
+def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched: bool = True,
+          start: np.ndarray | None = None):
+    """scipy's least_squares over `parameters` (`setup.parameters[used]`), from their initial values
+    (or `start`): scipy's OptimizeResult. `batched` False: plain finite differences, one full
+    evaluation per point (the same path, step for step, only slower: the tests compare the two)."""
     from scipy.optimize import least_squares
     from threadpoolctl import threadpool_limits
 
     low = np.array([p.low for p in parameters])
     high = np.array([p.high for p in parameters])
     x0 = np.array([p.initial for p in parameters])
-    trials = Trials(setup, used, x0, high - low)
+    trials = Trials(setup, used, x0, high - low)  # the prior pulls toward the initial values either way
+    begin = x0 if start is None else np.clip(start, low, high)
     with threadpool_limits(1, user_api="blas"):  # see Trials: one thread is far faster here
-        return least_squares(trials.residuals, x0, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
-                             x_scale="jac", diff_step=1e-4, ftol=1e-10, xtol=1e-10, gtol=1e-10, max_nfev=300,
+        return least_squares(trials.residuals, begin, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
+                             x_scale="jac", diff_step=1e-4, ftol=TOLERANCE, xtol=TOLERANCE, gtol=TOLERANCE, max_nfev=300,
                              workers=trials.map if batched else map)
 
 
@@ -375,6 +383,14 @@ class Trials:
         # (an overhead against a share) from wandering: the fit is unique and repeatable
         prior = PRIOR_WEIGHT * (x - self.x0) / self.ranges
         return np.concatenate([self.setup.row_residuals(self.setup.rows_from(probe_values)), prior], axis=-1)
+
+
+def _at_bound(value: float, parameter: Parameter) -> float:
+    """A value within a millionth of its range from a bound is that bound (the search stops a hair
+    inside it: NIM's server overhead at 0 ms, for one)."""
+    margin = 1e-6 * (parameter.high - parameter.low)
+    return parameter.low if value - parameter.low <= margin else parameter.high if parameter.high - value <= margin \
+        else value
 
 
 def _round(value: float) -> float:

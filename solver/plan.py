@@ -115,6 +115,7 @@ class Plan(Out):
     pool: list[dict] = []  # a fleet: per device, GPUs used and available
     traffic: tuple[TrafficClass, ...] = ()  # the traffic classes planned for (launch: lengths, load, SLOs)
     prices: PricesUsed | None = None  # which prices the plan used (provider or median) and what was left out
+    api_server: str | None = None  # the API server assumed in front of the engines (None: each engine's own)
 
 
 def figures(option: Option, traffic: TrafficClass, share: float, count: int = 1) -> ClassFigures:

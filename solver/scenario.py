@@ -152,6 +152,8 @@ class Scenario(Input):
     gpu_class: Literal["datacenter", "consumer", "all"] = "all"
     models: tuple[FleetModel, ...] = ()  # a fleet: several models sharing one device pool
     owned: dict[str, int] = Field(default_factory=dict)  # devices one owns: that many, at no hourly price
+    # the API server in front of the engines when not their own (solver/servers.py), e.g. "nim"
+    api_server: str | None = None
 
     @property
     def fleet(self) -> bool:

@@ -39,6 +39,9 @@ from .stepmodel import StepModel, step_model
 
 MAX_PREFILL_UTILISATION = 0.9  # above this a Poisson queue of prefills is too close to unstable
 FIXED_POINT_ROUNDS = 16
+MAX_RATE_ROUNDS = 40  # closed loop, mixed scheduler: regula falsi on the completion rate
+RATE_TOLERANCE = 1e-10  # ... until the allowed rate is the trial's, or its bracket this narrow (relative)
+STEP_TOLERANCE = 1e-9  # a trial rate's sign counts once its step time moves less than this (relative)
 POISSON_ROUNDS = 6
 PREFILL_FIRST_ROUNDS = 12  # Newton steps on the prefill-first step-time equation (converged to ~1e-9 in 6-8)
 PERCENTILES = (50, 90, 99)
@@ -209,26 +212,60 @@ def _queue_wait(utilisation, service):
 
 
 def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int, clients, think=0.0):
-    """Steady state of a closed loop under the mixed scheduler once its requests have spread out,
-    solved as a fixed point: each prompt's own chunks, the M/D/1 wait behind other prompts' chunks,
-    and, when prompt work outruns the budget, a completion rate capped by the prefill capacity, the
-    excess showing up as waiting (Little's law, which also counts the wait for a KV slot)."""
+    """Steady state of a closed loop under the mixed scheduler once its requests have spread out: each
+    prompt's own chunks, the M/D/1 wait behind other prompts' chunks, and, when prompt work outruns the
+    budget, a completion rate capped by the prefill capacity, the excess showing up as waiting (Little's
+    law, which also counts the wait for a KV slot).
+
+    Solved for the completion rate: the rate the slots, the prefill capacity and the clients allow falls
+    as the rate rises (more prompt work per step, longer waits), so allowed(rate) - rate has one root,
+    between 0 and the rate of requests made of idle steps, found by regula falsi (Illinois). The step
+    time at a rate is itself a fixed point; it is carried from round to round and extrapolated (Aitken).
+    A plain damped iteration swung between two states when the allowed rate falls steeply (near
+    prefill saturation), and its figures then jumped with tiny changes of the inputs."""
     clients = np.asarray(clients, dtype=float)
     admitted = _admitted(sched, prompt, output, clients)
-    tau = steps.seconds(admitted, 0.0) * np.ones_like(clients)
-    own = steps.seconds(0.0, np.minimum(prompt, sched.token_budget)) * np.ones_like(clients)
-    rate = admitted / (own + (output - 1) * tau)
-    capacity = rate
-    for _ in range(FIXED_POINT_ROUNDS):
-        decoding = np.minimum(rate * (output - 1) * tau, admitted)
-        tau, own, service, utilisation, _, _, _, full, room = _mixed_step(steps, sched, prompt, decoding, rate, tau)
-        capacity = room / (prompt * full)  # prompts/s at a full budget every step
-        own = own + _queue_wait(utilisation, service)
-        lifetime = own + (output - 1) * tau
-        held = np.minimum(admitted / lifetime, capacity)  # the rate slots and prefill capacity allow
-        free = clients / (lifetime + think)  # the rate the clients ask for
-        rate_new = np.minimum(held, free)
-        rate = (rate + rate_new) / 2
+    idle = steps.seconds(0.0, 0.0)
+    state = _MixedRound(steps, sched, prompt, output, clients, think, admitted, idle,
+                        steps.seconds(admitted, sched.token_budget))
+    shape = state.shape()
+    flat = state.only(None, shape)  # every figure one flat array; rounds then take the unsolved ones only
+    tau = np.ravel(np.broadcast_to(steps.seconds(admitted, 0.0), shape)).astype(float)
+    low = np.zeros_like(tau)
+    high = np.ravel(np.broadcast_to(admitted / (output * idle), shape)).astype(float)  # >= `output` idle steps
+    f_low, tau, _ = flat.excess(low, tau)  # signs certain at the bounds, whatever the step time
+    f_high, _, _ = flat.excess(high, tau)
+    side = np.zeros_like(tau)
+    rate, settled, root = low.copy(), np.ones_like(tau, dtype=bool), np.full_like(tau, np.nan)
+    open_ = np.nonzero(high - low > RATE_TOLERANCE * high)[0]
+    for _ in range(MAX_RATE_ROUNDS):
+        if not len(open_):
+            break
+        part = flat.only(open_)
+        lo, hi, f_lo, f_hi, sd = low[open_], high[open_], f_low[open_], f_high[open_], side[open_]
+        trial = np.where(settled[open_], _false_position(lo, hi, f_lo, f_hi), rate[open_])
+        f, ahead, ok = part.excess(trial, tau[open_])
+        # a sign read off a step time that has not settled at this rate may be wrong: then the rate
+        # stays, only the step time moves, and the sign is read again next round, and then taken (the
+        # step time can hover about a jump of its update, a whole prompt more or less in a step)
+        ok = ok | ~settled[open_]
+        past = f < 0  # the rate is above the root
+        keep_low, keep_high = past & (sd < 0), ~past & (sd > 0)  # Illinois: an end kept twice halves
+        low[open_] = np.where(ok & ~past, trial, lo)
+        high[open_] = np.where(ok & past, trial, hi)
+        f_low[open_] = np.where(ok, np.where(past, np.where(keep_low, f_lo / 2, f_lo), f), f_lo)
+        f_high[open_] = np.where(ok, np.where(past, f, np.where(keep_high, f_high[open_] / 2, f_hi)), f_hi)
+        side[open_] = np.where(ok, np.where(past, -1.0, 1.0), sd)
+        rate[open_], tau[open_], settled[open_] = trial, ahead, ok
+        # solved: the bracket is narrow, or the allowed rate is the trial rate to the same tolerance
+        hit = ok & (np.abs(f) <= RATE_TOLERANCE * trial)
+        root[open_] = np.where(hit, trial, np.nan)
+        solved = hit | (ok & (high[open_] - low[open_] <= RATE_TOLERANCE * high[open_]))
+        open_ = open_[~solved]
+    rate = np.where(np.isnan(root), _false_position(low, high, f_low, f_high), root)
+    tau, own, held, free, capacity, utilisation, service = (
+        np.reshape(value, shape) for value in flat.figures(rate, tau)[:-1])
+    rate = rate.reshape(shape)
     decoding = np.minimum(rate * (output - 1) * tau, admitted)
     in_system = clients - rate * think
     # Little's law counts the waits for a KV slot or for prefill capacity; with neither binding it equals
@@ -237,6 +274,87 @@ def _closed_mixed(steps: StepModel, sched: Scheduling, prompt: int, output: int,
     ttft = np.where(queued, np.maximum(in_system / rate - (output - 1) * tau, own), own)
     # the random part of TTFT: the wait behind other prompts (a KV-slot wait is a steady shift)
     return ttft, tau, rate, decoding, admitted, np.minimum(rate / capacity, 1.0), _queue_wait(utilisation, service)
+
+
+def _false_position(low, high, f_low, f_high):
+    """Where the line through (low, f_low) and (high, f_high) crosses zero (f_low >= 0 >= f_high)."""
+    span = f_low - f_high
+    found = np.where(span > 0, low + (high - low) * f_low / np.where(span > 0, span, 1.0), (low + high) / 2)
+    return np.clip(found, low, high)
+
+
+@dataclass(frozen=True)
+class _MixedRound:
+    """One closed-loop round under the mixed scheduler at a trial completion rate."""
+
+    steps: StepModel
+    sched: Scheduling
+    prompt: int
+    output: int
+    clients: object
+    think: object
+    admitted: object
+    least: object  # bounds on the step time: an idle step, and every slot decoding with a full budget
+    most: object
+
+    def shape(self) -> tuple:
+        """The shape every figure broadcasts to."""
+        arrays = [np.shape(value) for value in _round_arrays(self)]
+        return np.broadcast_shapes(*arrays) if arrays else ()
+
+    def only(self, index, shape=None) -> _MixedRound:
+        """The round flattened to `shape` (index None), or its flat elements `index`."""
+        def pick(value):
+            if np.ndim(value) == 0:
+                return value
+            return np.ravel(np.broadcast_to(value, shape)) if index is None else value[index]
+
+        return replace(self, steps=replace(self.steps, **{name: pick(getattr(self.steps, name))
+                                                            for name in StepModel.__dataclass_fields__}),
+                       sched=replace(self.sched, **{name: pick(getattr(self.sched, name)) for name in _SCHED_ARRAYS}),
+                       **{name: pick(getattr(self, name)) for name in _ROUND_ARRAYS})
+
+    def step(self, rate, tau):
+        decoding = np.minimum(rate * (self.output - 1) * tau, self.admitted)
+        return _mixed_step(self.steps, self.sched, self.prompt, decoding, rate, tau)
+
+    def figures(self, rate, tau):
+        """(step time at `rate`, own TTFT, rates the slots and prefill capacity / the clients allow,
+        prefill capacity, utilisation, service, how far the last update moved the step time (relative)):
+        the step time from `tau` by two updates, their Aitken extrapolation (the update converges
+        slowly, or swings, near prefill saturation) and one more."""
+        one = self.step(rate, tau)[0]
+        two = self.step(rate, one)[0]
+        curve = two - 2 * one + tau
+        bent = np.abs(curve) > 1e-15
+        ahead = np.clip(np.where(bent, tau - (one - tau) ** 2 / np.where(bent, curve, 1.0), two), self.least, self.most)
+        tau, own, service, utilisation, _, _, _, full, room = self.step(rate, ahead)
+        capacity = room / (self.prompt * full)  # prompts/s at a full budget every step
+        own = own + _queue_wait(utilisation, service)
+        lifetime = own + (self.output - 1) * tau
+        held = np.minimum(self.admitted / lifetime, capacity)  # the rate slots and prefill capacity allow
+        free = self.clients / (lifetime + self.think)  # the rate the clients ask for
+        return tau, own, held, free, capacity, utilisation, service, np.abs(tau - ahead) / tau
+
+    def excess(self, rate, tau):
+        """(allowed rate - `rate`, the step time there, to start the next round from, whether that step
+        time had settled: one more update moved it less than STEP_TOLERANCE)."""
+        tau, _, held, free, *_, moved = self.figures(rate, tau)
+        allowed = np.minimum(held, free)
+        # far from the root the sign holds even off a step time still moving: the allowed rate moves
+        # by at most ~50x the step time's share (the prefill wait at 98% utilisation)
+        clear = np.abs(allowed - rate) > 100 * moved * np.maximum(allowed, rate)
+        return allowed - rate, tau, (moved <= STEP_TOLERANCE) | clear
+
+
+_SCHED_ARRAYS = ("token_budget", "max_sequences", "reserve_full", "kv_tokens", "request_overhead_s",
+                 "wave_persistence")
+_ROUND_ARRAYS = ("prompt", "output", "clients", "think", "admitted", "least", "most")
+
+
+def _round_arrays(state: _MixedRound) -> list:
+    return ([getattr(state.steps, name) for name in StepModel.__dataclass_fields__]
+            + [getattr(state.sched, name) for name in _SCHED_ARRAYS] + [getattr(state, name) for name in _ROUND_ARRAYS])
 
 
 def _admitted(sched: Scheduling, prompt: int, output: int, clients):

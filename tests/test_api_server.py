@@ -126,3 +126,77 @@ def test_cli_unknown_api_server_is_one_line_and_exit_2():
                                       "--framework", "vllm", "--api-server", "nim"])
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "API server 'nim'" in result.output
+
+
+# ---------------------------------------------------------------- solve behind a named server
+
+
+def _scenario(**top):
+    """Llama-3.1-8B FP8 on one H100 under TensorRT-LLM, one user (a closed loop at c = 1, whose completion
+    rate the per-request overhead does not enter), SLOs loose enough that both servers plan the same."""
+    from quantplan.solver.scenario import make_scenario
+
+    return make_scenario({"model": "llama-3.1-8b", "gpus": ["h100-sxm"], "methods": ["fp8"], "max_gpus": 1,
+                          "frameworks": ["tensorrt-llm"], "alternatives": False, **top,
+                          "classes": [{"name": "chat", "concurrency": 1, "prompt_tokens": 1000,
+                                       "output_tokens": 200, "ttft_ms": 5000, "tpot_ms": 200}]})
+
+
+def _with_nim(world, overhead_ms: float):
+    """`world` with NIM's server in front of TensorRT-LLM at `overhead_ms` (the catalog fits it at 0 ms)."""
+    from quantplan.solver.catalog import Registry
+
+    frameworks = [f.model_copy(update={"server_overhead_ms": {"nim": overhead_ms}}) if f.id == "tensorrt-llm" else f
+                  for f in world.frameworks]
+    return replace(world, frameworks=Registry("framework", frameworks))
+
+
+def test_a_plan_behind_a_named_server_differs_by_the_two_overheads(world):
+    """TensorRT-LLM's own server costs 129.5 ms a request (catalogs/frameworks.toml request_overhead_ms), a
+    NIM at 12.5 ms: the same replica's TTFT is 129.5 - 12.5 = 117.0 ms lower behind NIM, its TPOT and cost
+    unchanged, and the plan names the server it assumed."""
+    from quantplan.solver.api import solve
+
+    world = _with_nim(world, 12.5)
+    own, nim = solve(_scenario(), world), solve(_scenario(api_server="nim"), world)
+    assert world.frameworks.get("tensorrt-llm").request_overhead_ms == 129.5
+    assert (own.replicas[0].key, own.cost_per_hour) == (nim.replicas[0].key, nim.cost_per_hour)
+    assert own.replicas[0].ttft_ms - nim.replicas[0].ttft_ms == pytest.approx(117.0, abs=1e-6)
+    assert nim.replicas[0].tpot_ms == pytest.approx(own.replicas[0].tpot_ms, rel=1e-12)
+    assert (own.api_server, nim.api_server) == (None, "nim")
+    assert nim.notes[0].startswith("API server nim in front of the engine") and "tensorrt-llm 12.5 ms" in nim.notes[0]
+
+
+def test_frameworks_without_an_overhead_for_the_server_are_left_out_and_counted(world):
+    """Only TensorRT-LLM has an overhead for NIM: asked for vLLM and SGLang as well, the plan is TensorRT-LLM's
+    and its note counts the two left out; asked for vLLM alone, there is nothing to plan (one error)."""
+    from quantplan.solver.api import solve
+
+    plan = solve(_scenario(api_server="nim", frameworks=["vllm", "sglang", "tensorrt-llm"]), world)
+    assert {g.framework for g in plan.replicas} == {"tensorrt-llm"}
+    assert "2 frameworks left out, with no overhead known for nim in front of them: vllm, sglang" in plan.notes[0]
+    with pytest.raises(QuantplanError, match="none of the frameworks considered \\(vllm\\).*tensorrt-llm"):
+        solve(_scenario(api_server="nim", frameworks=["vllm"]), world)
+
+
+def test_solve_names_the_server_in_json_and_rejects_an_unknown_one(tmp_path):
+    """`api_server` at the top of a scenario file and `--api-server` alike; an unknown server is one line on
+    stderr and exit 2."""
+    import json
+
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    path = tmp_path / "nim.toml"
+    path.write_text('model = "llama-3.1-8b"\ngpus = ["h100-sxm"]\nmethods = ["fp8"]\nmax_gpus = 1\n'
+                    'api_server = "nim"\nalternatives = false\n\n[[class]]\nname = "chat"\nconcurrency = 1\n'
+                    'prompt_tokens = 1000\noutput_tokens = 200\nttft_ms = 5000\ntpot_ms = 200\n')
+    runner = CliRunner()
+    found = runner.invoke(cli, ["solve", str(path), "--json"])
+    assert found.exit_code == 0, found.output
+    plan = json.loads(found.output)
+    assert plan["api_server"] == "nim" and {g["framework"] for g in plan["replicas"]} == {"tensorrt-llm"}
+    unknown = runner.invoke(cli, ["solve", str(path), "--api-server", "triton"])
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip().count("\n") == 0 and "api_server 'triton'" in unknown.stderr

@@ -51,7 +51,7 @@ source = "test price"
 """
 
 # The engine's "true" efficiencies on the new device: what the synthetic benchmark is computed from.
-TRUTH = {"bandwidth_efficiency": 0.70, "prefill_efficiency": 0.45, "step_overhead_ms": 2.5,
+TRUTH = {"bandwidth_efficiency": 0.70, "prefill_efficiency": 0.45, "step_overhead_ms": 3.5,
          "request_overhead_ms": 30.0}
 # Runs (clients, prompt tokens, output tokens): several loads and lengths, so every figure is informed.
 RUNS = ((1, 128, 128), (8, 1024, 512), (48, 256, 1024), (96, 128, 1024))

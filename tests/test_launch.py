@@ -46,6 +46,8 @@ def plans():
     found = {name: _plan(load_scenario(f"{EXAMPLES}/{name}.toml").model_copy(update={"alternatives": False}))
              for name in ("chat-7b-a100", "blog-2-70b-batch-2xh100", "blog-3-7b-m2max-laptop",
                           "mixed-fleet-two-classes")}
+    found["chat-sglang"] = _plan(load_scenario(f"{EXAMPLES}/chat-7b-a100.toml").model_copy(
+        update={"alternatives": False, "frameworks": ["sglang"]}))
     found["vllm-awq"] = _restricted("llama-3.1-8b", "h100-sxm", "vllm", "awq-int4")
     found["vllm-qwen-awq"] = _restricted("qwen3-8b", "h100-sxm", "vllm", "awq-int4")
     found["vllm-actorder"] = _restricted("llama-3.1-8b", "a100-80gb", "vllm", "gptq-int4-actorder")
@@ -64,11 +66,22 @@ def launched(plans, world):
     return {name: launch(plan, world) for name, plan in plans.items()}
 
 
+def test_vllm_command_for_the_chat_example(launched):
+    """chat-7b-a100 plans 1 x (1x A100-80GB, BF16, vLLM, batch 8) for 128 + 256 tokens: context 384;
+    running limit 8; memory share 1 - 0.10 (vLLM's memory_reserve_fraction); 2048 batched tokens (vLLM's
+    default on an A100, which its >= 70 GiB tier of 8192 leaves out)."""
+    [r] = launched["chat-7b-a100"]
+    assert r.framework == "vllm" and r.count == 1 and r.checkpoint.kind == "base"
+    assert r.command == ("vllm serve meta-llama/Llama-2-7b-hf --host 0.0.0.0 --port 8000 --dtype bfloat16 "
+                         "--tensor-parallel-size 1 --max-num-seqs 8 --kv-cache-dtype auto --max-model-len 384 "
+                         "--gpu-memory-utilization 0.9 --max-num-batched-tokens 2048")
+
+
 def test_sglang_command_for_the_chat_example(launched):
-    """chat-7b-a100 plans 1 x (1x A100-80GB, BF16, SGLang, batch 8) for 128 + 256 tokens: context
+    """chat-7b-a100 on SGLang plans 1 x (1x A100-80GB, BF16, SGLang, batch 8) for 128 + 256 tokens: context
     384; running limit 8; memory share 1 - 0.12 (SGLang's memory_reserve_fraction); chunked prefill
     8192 (SGLang's tier for 80 GB >= 36.7 GB)."""
-    [r] = launched["chat-7b-a100"]
+    [r] = launched["chat-sglang"]
     assert r.framework == "sglang" and r.count == 1 and r.checkpoint.kind == "base"
     assert r.command == ("python -m sglang.launch_server --model-path meta-llama/Llama-2-7b-hf --host 0.0.0.0 "
                          "--port 30000 --dtype bfloat16 --tp-size 1 --max-running-requests 8 --kv-cache-dtype auto "
@@ -267,7 +280,7 @@ def test_solve_emit_launch_appends_the_launch():
                                       "launch", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["replicas"][0]["framework"] == data["launch"]["replicas"][0]["framework"] == "sglang"
+    assert data["replicas"][0]["framework"] == data["launch"]["replicas"][0]["framework"] == "vllm"
 
 
 TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 256,
