@@ -285,20 +285,21 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
     every mix); if mixes still break after MAX_SHARING_ROUNDS, every class is served on replicas of its own.
 
     `resolve(options, screening)`: the program's solution over `options`; the rounds between only screen (a plan
-    within 1% of the cheapest, no tie-breaks: it shows which mixes break), and once a screened plan shares
-    nothing broken the options are solved in full (proven optimal, tie-breaks), which may choose other mixes,
-    checked the same way.
+    within 1% of the cheapest, no tie-breaks: it shows which mixes break); once a screened plan shares nothing
+    broken, the proven cheapest plan (still no tie-breaks: on a hard program they cost most of a solve) is
+    checked the same way, and once that breaks nothing either the options are solved in full (proven optimal,
+    tie-breaks), which may choose other mixes, checked the same way.
     Returns (solution, groups, options, notes); raises InfeasibleError when the devices cannot serve
     the classes apart.
     """
     notes: list[str] = []
-    original, rounds, complete = options, 0, True
+    original, rounds, stage = options, 0, "full"
     partners: dict[str, set[str]] = {}
     while True:
         groups = [replica_group(a.option, a.replicas, a.shares, classes)
                   for a in sorted(solution.assignments, key=lambda a: a.option.key)]
         broken = _shared_violations(groups, classes)
-        if not broken and complete:
+        if not broken and stage == "full":
             return solution, groups, options, notes
         if broken and rounds < MAX_SHARING_ROUNDS:
             for group in groups:  # whom each broken class shared a replica with
@@ -315,9 +316,10 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
             notes.append(f"mixes kept breaking an SLO under the combined load after {MAX_SHARING_ROUNDS} rounds: "
                          f"every class is served on replicas of its own")
         rounds += bool(broken)
-        complete = not broken  # a screened plan breaks nothing: now the full solve
+        # a screened plan breaks nothing: the proven cheapest; that breaks nothing either: the full solve
+        stage = "screen" if broken else {"screen": "cost", "cost": "full"}[stage]
         try:
-            solution = _resolve(resolve, options, screening=not complete)
+            solution = _resolve(resolve, options, screening={"screen": True, "cost": "cost", "full": False}[stage])
         except program.NoPlanInTime as stopped:
             raise _out_of_time(stopped) from None
         except program.NoSolution:

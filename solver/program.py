@@ -268,14 +268,15 @@ def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: 
 def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
           objective: str = "cost", max_configurations: int | None = None, solver: str = "highs",
           time_limit: float = 60.0, write_lp: str | None = None,
-          max_cost_per_hour: float | None = None, screening: bool = False) -> Solution:
+          max_cost_per_hour: float | None = None, screening: bool | str = False) -> Solution:
     """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible.
 
     `write_lp`: also write the program (with its domain names) to that LP file.
     `max_cost_per_hour`: a budget every objective must stay within.
     `screening`: under the cost objective, a plan within SCREENING_GAP of the cheapest or the best after
     SCREENING_NODES nodes, without tie-breaks (one solver run): for plans that are only checked (settle_sharing's
-    rounds), never returned.
+    rounds), never returned; "cost": the proven cheapest plan, without tie-breaks (settle_sharing's check before
+    the tie-breaks are paid for).
     """
     if not options:
         raise NoSolution("no candidates")
@@ -302,8 +303,8 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         problem.setObjective(cost)
         problem.writeLP(write_lp)
     if objective == "cost":
-        best = _optimum(problem, cost, solver, time_limit, statuses, *((SCREENING_GAP, SCREENING_NODES) if screening
-                                                                        else (MIP_GAP, None)))
+        best = _optimum(problem, cost, solver, time_limit, statuses,
+                        *((SCREENING_GAP, SCREENING_NODES) if screening is True else (MIP_GAP, None)))
         if not screening:
             problem += cost <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_cost"
             _lexicographic(problem, _tie_breaks(options, classes, replicas, shares), solver, time_limit, statuses)

@@ -202,6 +202,12 @@ def test_a_screening_solve_is_one_run_and_skips_the_tie_breaks(world, monkeypatc
     assert program.solve([a, b], traffic, {}, screening=True).cost_per_hour == pytest.approx(5.0)
     assert len(runs) == 1
     runs.clear()
+    gaps = []
+    monkeypatch.setattr(program, "_run", lambda *args, **kw: gaps.append(kw["gap"]) or original(*args, **kw))
+    # "cost": the proven cheapest plan (the full solve's gap), still one run and no tie-breaks
+    assert program.solve([a, b], traffic, {}, screening="cost").cost_per_hour == pytest.approx(5.0)
+    assert gaps == [program.MIP_GAP]
+    monkeypatch.setattr(program, "_run", lambda *args, **kw: runs.append(1) or original(*args, **kw))
     assert program.solve([a, b], traffic, {}).cost_per_hour == pytest.approx(5.0)
     # cost, quality loss: the cost stage's plan (1 + 1 replicas) already has the fewest GPUs any plan can have
     # (10 users / 8 per L40S replica: 1.25, so 2), and nothing lies outside the validation data
