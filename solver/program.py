@@ -379,10 +379,33 @@ def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[
 
 def _fewest_gpus(options: list[Option], classes) -> float:
     """A lower bound on the GPUs of any plan: each class needs at least its load's GPUs on the option that
-    serves it with the fewest (a replica's GPUs carry the shares of every class it serves), in whole GPUs."""
-    need = sum(min(o.config.gpus * load_per_replica(o, k) for o in options if k.name in o.performance)
-               for k in classes)
-    return float(math.ceil(need - 1e-9))
+    serves it with the fewest (a replica's GPUs carry the shares of every class it serves). Classes that no
+    option links (no option serves two of them: a fleet's models, classes split apart) sit on replicas of
+    their own, so each such group's bound is rounded up on its own: to whole GPUs, and to a multiple of the
+    GPUs per replica its options have in common (only 4-GPU replicas: a multiple of 4)."""
+    parent = {k.name: k.name for k in classes}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for option in options:
+        names = [name for name in option.performance if name in parent]
+        for name in names[1:]:
+            parent[root(name)] = root(names[0])
+    groups: dict[str, list] = {}
+    for k in classes:
+        groups.setdefault(root(k.name), []).append(k)
+    total = 0
+    for members in groups.values():
+        names = {k.name for k in members}
+        need = sum(min(o.config.gpus * load_per_replica(o, k) for o in options if k.name in o.performance)
+                   for k in members)
+        step = math.gcd(*{o.config.gpus for o in options if names & set(o.performance)})
+        total += math.ceil(need / step - 1e-9) * step
+    return float(total)
 
 
 def _lexicographic(problem, objectives, solver: str, time_limit: float, statuses: list) -> None:

@@ -299,11 +299,18 @@ def test_a_screening_solve_stops_at_a_node_count_and_still_returns_its_plan(worl
 
 def test_fewest_gpus_bound_is_each_class_on_its_leanest_option(world):
     """Chat 10 users: 1-GPU option of 4 users (2.5 GPUs of load) or 2-GPU option of 8 (2.5); summaries 6
-    users on a 4-GPU option of 12 (2.0): at least 4.5 GPUs, so 5."""
+    users on a 4-GPU option of 12 (2.0 GPUs of load). No option serves both, so each rounds up alone: chat
+    to 3 GPUs, summaries to a multiple of its options' 4 GPUs, 4: at least 7 (the optimum: one 2-GPU and one
+    1-GPU replica, and one 4-GPU replica). With an option serving both (8-GPU replicas of 24 users each: 0.42
+    + 0.25 replicas, 5.33 GPUs of load) the classes form one group: at least 2.5 + 2.0 = 4.5 GPUs, so 5."""
     traffic = (chat(10), TrafficClass(name="summaries", concurrency=6))
     options = [option(world, "l4", 1.0, {"chat": 4}), option(world, "l40s", 3.0, {"chat": 8}, gpus=2),
                option(world, "a100-80gb", 9.0, {"summaries": 12}, gpus=4)]
-    assert program._fewest_gpus(options, traffic) == 5.0
+    assert program._fewest_gpus(options, traffic) == 7.0
+    solution = program.solve(options, traffic, {})
+    assert sum(a.option.config.gpus * a.replicas for a in solution.assignments) == 7
+    both = option(world, "h100-sxm", 20.0, {"chat": 24, "summaries": 24}, gpus=8)
+    assert program._fewest_gpus(options + [both], traffic) == 5.0
 
 
 def test_a_tie_break_stage_the_plan_already_wins_is_not_solved(world, monkeypatch):
