@@ -18,7 +18,7 @@ from .plan import (Alternative, Plan, SolveStats, mean_request_latency_ms, repli
 from .prices import PricesUsed, prices_used
 from .registry import World, load_world
 from .scenario import Scenario, TrafficClass, make_scenario
-from .space import Option, Space, _Performances, build_space, candidate_devices, free_if_owned, pool
+from .space import Option, Space, build_space, candidate_devices, free_if_owned, pool, served_figures
 
 
 def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
@@ -109,8 +109,9 @@ def _criteria(options: list[Option], classes, with_latency: bool, limited: set[s
         gpus = np.array([o.config.gpus for o in chosen], dtype=int)
         keys = [o.key for o in chosen]
         latency = np.full((count, len(names)), np.inf) if with_latency else None
-        if all(type(o.performance) is _Performances for o in chosen):
-            capacity, tpot = _space_figures(chosen, names)
+        found = served_figures(chosen, names)
+        if found is not None:
+            capacity, tpot = found
         else:
             capacity, tpot = np.zeros((count, len(names))), np.empty(count)
             for row, option in enumerate(chosen):
@@ -129,27 +130,6 @@ def _criteria(options: list[Option], classes, with_latency: bool, limited: set[s
         position = np.empty(count, dtype=int)
         position[ranked] = np.arange(count)
         yield members, (cost, gpus, loss, outside, capacity, latency, position)
-
-
-def _space_figures(chosen: list[Option], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Capacity by class and mean TPOT (ms, 6 decimals) of options straight from the candidate space: read from
-    the load models' arrays (each served class's Figures and the option's element in them) without building
-    records; the mean adds the classes in the order a record's table holds them, as the plain path does."""
-    count = len(chosen)
-    capacity, total = np.zeros((count, len(names))), np.zeros(count)
-    served = np.array([len(o.performance) for o in chosen], dtype=float)
-    for column, name in enumerate(names):
-        by_figures: dict[int, tuple] = {}
-        for row, option in enumerate(chosen):
-            pair = option.performance._names.get(name)
-            if pair is not None:
-                found = by_figures.setdefault(id(pair[0]), (pair[0], [], []))
-                found[1].append(row)
-                found[2].append(pair[1])
-        for figures, rows, elements in by_figures.values():
-            capacity[rows, column] = figures.capacity[elements]
-            total[rows] = total[rows] + figures.tpot_ms[elements]
-    return capacity, np.array([round(value, 6) for value in (total / served).tolist()])
 
 
 def _prune_pairwise(options: list[Option], classes: tuple[TrafficClass, ...],

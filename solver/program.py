@@ -340,6 +340,16 @@ def _independent(options: list[Option], classes, availability: dict[str, int]) -
     """The program's independent parts: groups of classes with the options that serve them, where no option
     serves classes of two groups and no limited device is shared (a limited device joins its options' classes).
     Classes served apart (settle_sharing's last resort) make one part each. [] when everything is one part."""
+    groups, root = _linked(options, classes, availability)
+    if len(groups) < 2:
+        return []
+    return [([o for o in options if root(next(iter(o.performance))) == part], tuple(kept))
+            for part, kept in groups.items()]
+
+
+def _linked(options: list[Option], classes, limited=()) -> tuple[dict[str, list[TrafficClass]], object]:
+    """Classes joined wherever one option serves two of them (and, for the devices in `limited`, wherever their
+    options share that device): the groups by their root, and the function that finds a class's root."""
     parent = {k.name: k.name for k in classes}
 
     def root(node):
@@ -349,18 +359,15 @@ def _independent(options: list[Option], classes, availability: dict[str, int]) -
         return node
 
     for option in options:
-        nodes = list(option.performance)
-        if option.config.gpu.id in availability:
+        nodes = [name for name in option.performance if name in parent]
+        if option.config.gpu.id in limited:
             nodes.append(parent.setdefault(f"device:{option.config.gpu.id}", f"device:{option.config.gpu.id}"))
         for node in nodes[1:]:
             parent[root(node)] = root(nodes[0])
     groups: dict[str, list[TrafficClass]] = {}
     for k in classes:
         groups.setdefault(root(k.name), []).append(k)
-    if len(groups) < 2:
-        return []
-    return [([o for o in options if root(next(iter(o.performance))) == part], tuple(kept))
-            for part, kept in groups.items()]
+    return groups, root
 
 
 def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[str, object, float]]:
@@ -383,21 +390,7 @@ def _fewest_gpus(options: list[Option], classes) -> float:
     option links (no option serves two of them: a fleet's models, classes split apart) sit on replicas of
     their own, so each such group's bound is rounded up on its own: to whole GPUs, and to a multiple of the
     GPUs per replica its options have in common (only 4-GPU replicas: a multiple of 4)."""
-    parent = {k.name: k.name for k in classes}
-
-    def root(name: str) -> str:
-        while parent[name] != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
-
-    for option in options:
-        names = [name for name in option.performance if name in parent]
-        for name in names[1:]:
-            parent[root(name)] = root(names[0])
-    groups: dict[str, list] = {}
-    for k in classes:
-        groups.setdefault(root(k.name), []).append(k)
+    groups, _ = _linked(options, classes)
     total = 0
     for members in groups.values():
         names = {k.name for k in members}

@@ -605,13 +605,37 @@ class _LazyRecords(Mapping):
 
 class _Performances(_LazyRecords):
     """Option.performance, from the load models' figures (`names`: class -> (its Figures, this option's element in
-    them)); pruning reads capacity and TPOT from the same figures without building records (api._space_figures)."""
+    them)); pruning reads capacity and TPOT from the same figures without building records (served_figures)."""
 
     __slots__ = ()
 
     def _make(self, name: str):
         figures, element = self._names[name]
         return figures.performance(element)
+
+
+def served_figures(chosen: list[Option], names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Capacity by class and mean TPOT (ms, 6 decimals) of options straight from the candidate space: read from
+    the load models' arrays (each served class's Figures and the option's element in them) without building
+    records; the mean adds the classes in the order a record's table holds them, as the records would. None when
+    some option's records are not the space's own (split mixes, tests): read those from the records."""
+    if not all(type(o.performance) is _Performances for o in chosen):
+        return None
+    count = len(chosen)
+    capacity, total = np.zeros((count, len(names))), np.zeros(count)
+    served = np.array([len(o.performance) for o in chosen], dtype=float)
+    for column, name in enumerate(names):
+        by_figures: dict[int, tuple] = {}
+        for row, option in enumerate(chosen):
+            pair = option.performance._names.get(name)
+            if pair is not None:
+                found = by_figures.setdefault(id(pair[0]), (pair[0], [], []))
+                found[1].append(row)
+                found[2].append(pair[1])
+        for figures, rows, elements in by_figures.values():
+            capacity[rows, column] = figures.capacity[elements]
+            total[rows] = total[rows] + figures.tpot_ms[elements]
+    return capacity, np.array([round(value, 6) for value in (total / served).tolist()])
 
 
 class _MemoryRecords(_LazyRecords):

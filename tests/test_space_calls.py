@@ -9,10 +9,9 @@ from pathlib import Path
 from quantplan.plugins.builtin import builtin_plugins
 from quantplan.plugins.hookspecs import hookimpl
 from quantplan.plugins.manager import make_plugin_set, take_failures
-from quantplan.solver.api import _space_figures
 from quantplan.solver.registry import build_world
 from quantplan.solver.scenario import make_scenario
-from quantplan.solver.space import build_space
+from quantplan.solver.space import build_space, served_figures
 from quantplan.solver.terms import Term
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -231,7 +230,7 @@ def test_option_records_are_built_when_read_and_read_as_dicts(world):
     assert "chat" in option.performance and "nope" not in option.performance
     assert not option.performance._built  # `in` builds nothing
     names = [k["name"] for k in CLASSES]
-    capacity, tpot = _space_figures([option], names)
+    capacity, tpot = served_figures([option], names)
     for column, name in enumerate(names):
         assert capacity[0, column] == (option.performance[name].capacity if name in option.performance else 0.0)
     assert tpot[0] == round(sum(option.performance[n].tpot_ms for n in option.performance) / 2, 6)
