@@ -51,7 +51,7 @@ def test_example_1_awq_alone_misses_ttft_on_one_a100():
 
 def test_example_2_fp8_on_two_h100(plans, world):
     """The blog's answer (FP8 W8A8 on 2x H100) holds, and it costs what two single-H100 INT4 replicas of
-    64 clients each cost ($5.98/h either way): at equal cost the tie-break keeps the smaller quality loss."""
+    64 clients each cost ($13.04/h either way: 2 x $6.5175): at equal cost the tie-break keeps the smaller quality loss."""
     plan = plans["blog-2-70b-batch-2xh100"]
     [group] = plan.replicas
     assert (group.gpu, group.gpus_per_replica, group.method) == ("h100-sxm", 2, "fp8")
