@@ -202,8 +202,9 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     # across the devices without a limit: the skyline of per-device skylines is the skyline of the whole
     options = prune_dominated(pruned, scenario.classes, latency, limited=set(availability))
     model_id = space.model.id
+    memo: dict = {}  # programs met again in settle_sharing's rounds are not solved again
     try:
-        solution = _solve(options, scenario, availability)
+        solution = _solve(options, scenario, availability, memo=memo)
     except program.NoPlanInTime as stopped:
         raise _out_of_time(stopped) from None
     except program.NoSolution:
@@ -215,7 +216,8 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
         reasons = infeasibility(world, scenario, space, model_id, unconstrained)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, sharing_notes = settle_sharing(
-        solution, options, scenario.classes, lambda chosen, screening: _solve(chosen, scenario, availability, screening))
+        solution, options, scenario.classes, lambda chosen, screening: _solve(chosen, scenario, availability, screening,
+                                                                              memo))
     tokens = served_tokens_per_s(solution, scenario.classes)
     alternatives = (_alternatives(by_method, scenario, availability, solution, pruned)
                     if scenario.alternatives else [])
@@ -245,10 +247,10 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
 
 
 def _solve(options: list[Option], scenario: Scenario, availability: dict[str, int],
-           screening: bool = False) -> program.Solution:
+           screening: bool = False, memo: dict | None = None) -> program.Solution:
     return program.solve(options, scenario.classes, availability, scenario.objective,
                          scenario.max_configurations, scenario.solver, scenario.time_limit_s, scenario.write_lp,
-                         scenario.max_cost_per_hour, screening)
+                         scenario.max_cost_per_hour, screening, memo)
 
 
 ALTERNATIVES_PER_KIND = 3

@@ -43,15 +43,16 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
     whole = scenario.model_copy(update={"classes": tuple(c for m in members for c in m.classes),
                                         "alternatives": False})
     merged = _merged(spaces)
+    memo: dict = {}  # programs met again in settle_sharing's rounds (a model's part, most often) are not solved again
     try:
-        solution = _solve(options, whole, availability)
+        solution = _solve(options, whole, availability, memo=memo)
     except program.NoPlanInTime as stopped:
         raise _out_of_time(stopped) from None
     except program.NoSolution:
         reasons = _why_not(world, scenario, members, spaces, options, whole, availability)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, notes = settle_sharing(
-        solution, options, whole.classes, lambda chosen, screening: _solve(chosen, whole, availability, screening))
+        solution, options, whole.classes, lambda chosen, screening: _solve(chosen, whole, availability, screening, memo))
     notes += _unbounded_quality_notes(world, whole.classes, groups)
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]

@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import QuantplanError
 from .scenario import TrafficClass
@@ -268,7 +268,7 @@ def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: 
 def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int],
           objective: str = "cost", max_configurations: int | None = None, solver: str = "highs",
           time_limit: float = 60.0, write_lp: str | None = None,
-          max_cost_per_hour: float | None = None, screening: bool | str = False) -> Solution:
+          max_cost_per_hour: float | None = None, screening: bool | str = False, memo: dict | None = None) -> Solution:
     """Minimise the objective, then break ties deterministically; raise NoSolution when infeasible.
 
     `write_lp`: also write the program (with its domain names) to that LP file.
@@ -277,21 +277,44 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
     SCREENING_NODES nodes, without tie-breaks (one solver run): for plans that are only checked (settle_sharing's
     rounds), never returned; "cost": the proven cheapest plan, without tie-breaks (settle_sharing's check before
     the tie-breaks are paid for).
+    `memo`: programs solved before in the same planning run (settle_sharing's rounds), by their options, classes,
+    devices and settings: a program met again is not solved again, and a full solve whose proven cheapest cost
+    is known (a "cost" screening of the same program) starts from it instead of solving for it again. The memo
+    holds the options it was asked about (their identities key it).
     """
     if not options:
         raise NoSolution("no candidates")
     options = sorted(options, key=lambda o: o.key)  # the solver sees one model whatever the input order
+    if memo is None or write_lp:
+        return _solve(options, classes, availability, objective, max_configurations, solver, time_limit, write_lp,
+                      max_cost_per_hour, screening, None)
+    settings = (objective, max_configurations, solver, time_limit, max_cost_per_hour)
+    key = (tuple(map(id, options)), tuple(map(id, classes)), tuple(sorted(availability.items())), settings)
+    found = memo.get((key, screening))
+    if found is None:
+        try:
+            found = _solve(options, classes, availability, objective, max_configurations, solver, time_limit, None,
+                           max_cost_per_hour, screening, memo, known=memo.get((key, "cost")))
+        except NoSolution as failed:
+            found = failed
+        memo[key, screening] = found
+        memo.setdefault("kept", []).append((options, classes))  # the identities in the key stay those objects
+    if isinstance(found, NoSolution):
+        raise found
+    return found
+
+
+def _solve(options: list[Option], classes: tuple[TrafficClass, ...], availability: dict[str, int], objective: str,
+           max_configurations: int | None, solver: str, time_limit: float, write_lp: str | None,
+           max_cost_per_hour: float | None, screening: bool | str, memo: dict | None,
+           known: Solution | NoSolution | None = None) -> Solution:
+    """solve() without the memo. `known`: the proven cheapest plan of this very program (a "cost" screening),
+    whose cost a full solve takes instead of solving for it."""
     started = time.perf_counter()
-    parts = _independent(options, classes, availability) if (
-        objective == "cost" and max_configurations is None and max_cost_per_hour is None and not write_lp) else []
-    if len(parts) > 1:  # nothing couples them: the sum of each part's lexicographic optimum is the whole's
-        found = in_parallel(lambda part: solve(part[0], part[1], availability, objective, None, solver, time_limit,
-                                               None, None, screening), parts)
-        assignments = sorted((a for f in found for a in f.assignments), key=lambda a: a.option.key)
-        gaps = [f.gap for f in found if f.status == "time_limit"]
-        return Solution("time_limit" if gaps else "optimal", sum(f.cost_per_hour for f in found), assignments,
-                        gap=max(gaps) if gaps else 0.0, solve_seconds=time.perf_counter() - started,
-                        availability=dict(availability))
+    if objective == "cost" and max_configurations is None and not write_lp:
+        found = _by_parts(options, classes, availability, solver, time_limit, max_cost_per_hour, screening, memo)
+        if found is not None:
+            return replace(found, solve_seconds=time.perf_counter() - started)
     problem, replicas, shares = build(options, classes, availability, max_configurations)
     cost = pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in options)
     latency = pulp.lpSum(request_latency_ms(o, k) / 1000.0 * shares[o.key, k.name]
@@ -301,10 +324,16 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
         problem += cost <= max_cost_per_hour, "budget"
     if write_lp:
         problem.setObjective(cost)
-        problem.writeLP(write_lp)
+        try:
+            problem.writeLP(write_lp, max_length=255)  # CPLEX LP's limit on a name's length
+        except pulp.PulpError as refused:
+            raise QuantplanError(f"cannot write the program to {write_lp}: {refused}") from None
     if objective == "cost":
-        best = _optimum(problem, cost, solver, time_limit, statuses,
-                        *((SCREENING_GAP, SCREENING_NODES) if screening is True else (MIP_GAP, None)))
+        if isinstance(known, Solution) and known.status == "optimal" and not screening and max_configurations is None:
+            best = _start_from(known, replicas, shares, statuses)
+        else:
+            best = _optimum(problem, cost, solver, time_limit, statuses,
+                            *((SCREENING_GAP, SCREENING_NODES) if screening is True else (MIP_GAP, None)))
         if not screening:
             problem += cost <= best + OPTIMALITY_TOLERANCE * max(1.0, abs(best)), "keep_cost"
             _lexicographic(problem, _tie_breaks(options, classes, replicas, shares), solver, time_limit, statuses)
@@ -336,15 +365,148 @@ def solve(options: list[Option], classes: tuple[TrafficClass, ...], availability
                     availability=dict(availability))
 
 
-def _independent(options: list[Option], classes, availability: dict[str, int]) -> list[tuple[list[Option], tuple]]:
-    """The program's independent parts: groups of classes with the options that serve them, where no option
-    serves classes of two groups and no limited device is shared (a limited device joins its options' classes).
-    Classes served apart (settle_sharing's last resort) make one part each. [] when everything is one part."""
-    groups, root = _linked(options, classes, availability)
+def _parts(options: list[Option], classes) -> list[tuple[list[Option], tuple]]:
+    """The program's parts: groups of classes with the options that serve them, where no option serves classes
+    of two groups (a fleet's models; classes served apart, settle_sharing's last resort, make one part each).
+    Only devices with a limit (and the budget) can still couple them. [] when everything is one part."""
+    groups, root = _linked(options, classes)
     if len(groups) < 2:
         return []
     return [([o for o in options if root(next(iter(o.performance))) == part], tuple(kept))
             for part, kept in groups.items()]
+
+
+def _by_parts(options: list[Option], classes, availability: dict[str, int], solver: str, time_limit: float,
+              max_cost_per_hour: float | None, screening: bool | str, memo: dict | None) -> Solution | None:
+    """The cost objective's lexicographic optimum assembled from the parts' (`_parts`), or None where the parts
+    cannot decide it alone (one part; a part with more than MAX_PART_SOLVES plans to weigh; a screened plan over
+    the budget).
+
+    Each part first gets the whole of every limit. Where their plans together stay within the limits, that is
+    the optimum: no plan does better on any part. Where they do not, the devices over their limit are contested:
+    each part is solved again with less of them (from each plan, one GPU fewer than it used of each contested
+    device in turn), which gives its lexicographic optimum (cost, GPUs, load outside the validation data, quality
+    loss) for every share of the contested devices. The plans, one per part, whose contested GPUs sum within the
+    limits with the least total (a knapsack over the parts, exact) are the optimum of the program in which only
+    the contested devices are shared, a relaxation of the whole; where a device not contested yet goes over its
+    limit, it is contested too and the knapsack runs again. The budget: a proven cheapest plan over it means none
+    is within it."""
+    parts = _parts(options, classes)
+    if not parts:
+        return None
+
+    def part(index: int, limits: dict[str, int]) -> Solution | None:  # None: no plan within these limits
+        try:
+            return solve(parts[index][0], parts[index][1], limits, "cost", None, solver, time_limit, None, None,
+                         screening, memo)
+        except NoPlanInTime:
+            raise
+        except NoSolution:
+            return None
+
+    chosen = in_parallel(lambda index: part(index, availability), list(range(len(parts))))
+    if any(found is None for found in chosen):
+        raise NoSolution("a part of the program has no plan")
+    contested: list[str] = []
+    while over := [device for device, limit in sorted(availability.items())
+                   if sum(_devices_used(found, device) for found in chosen) > limit]:
+        contested += over
+        plans = in_parallel(lambda index: _staircase(lambda limits: part(index, limits), availability, contested),
+                            list(range(len(parts))))
+        if any(found is None for found in plans):
+            return None
+        chosen = _knapsack(plans, contested, availability, screening)
+        if chosen is None:
+            raise NoSolution(f"the parts of the program do not fit in the devices {', '.join(contested)}")
+    gaps = [found.gap for found in chosen if found.status == "time_limit"]
+    whole = Solution("time_limit" if gaps else "optimal", sum(found.cost_per_hour for found in chosen),
+                     sorted((a for found in chosen for a in found.assignments), key=lambda a: a.option.key),
+                     gap=max(gaps) if gaps else 0.0, availability=dict(availability))
+    if max_cost_per_hour is not None and whole.cost_per_hour > max_cost_per_hour + OPTIMALITY_TOLERANCE * max(
+            1.0, max_cost_per_hour):
+        if screening is True or gaps:  # a plan within 1% of the cheapest: the cheapest may still be within it
+            return None
+        raise NoSolution("over the budget")
+    return whole
+
+
+MAX_PART_SOLVES = 64  # a part's solves over the shares of the contested devices before the whole program decides
+
+
+def _staircase(part, availability: dict[str, int], contested: list[str]) -> list[Solution] | None:
+    """A part's distinct lexicographic optima over every share of the `contested` devices (`part(limits)`: its
+    plan within those limits, None when it has none); None past MAX_PART_SOLVES solves. A plan found within
+    shares `a` that uses `u` of them is also the optimum for every share between `u` and `a`; the other shares
+    below `a` lie below `a` with one device at one GPU fewer than `u` of it, and are searched from there."""
+    tried: set[tuple[int, ...]] = set()
+    found: dict[tuple, Solution] = {}
+    waiting = [tuple(availability[device] for device in contested)]
+    while waiting:
+        shares = waiting.pop()
+        if shares in tried:
+            continue
+        if len(tried) >= MAX_PART_SOLVES:
+            return None
+        tried.add(shares)
+        plan = part({**availability, **dict(zip(contested, shares))})
+        if plan is None:
+            continue
+        found.setdefault(tuple((a.option.key, a.replicas) for a in plan.assignments), plan)
+        used = [_devices_used(plan, device) for device in contested]
+        waiting += [shares[:j] + (used[j] - 1,) + shares[j + 1:] for j in range(len(contested)) if used[j] > 0]
+    return sorted(found.values(), key=lambda plan: [_devices_used(plan, device) for device in contested])
+
+
+def _devices_used(solution: Solution, device: str) -> int:
+    return sum(a.replicas * a.option.config.gpus for a in solution.assignments if a.option.config.gpu.id == device)
+
+
+def _standing(solution: Solution, screening: bool | str) -> tuple:
+    """What the lexicographic stages compare, rounded so that sums compare exactly: cost; then (a full solve)
+    GPUs, load served outside the validation data, load-weighted quality loss."""
+    cost = round(solution.cost_per_hour, 6)
+    if screening:
+        return (cost,)
+    shares = [(a.option, share) for a in solution.assignments for share in a.shares.values()]
+    return (cost, sum(a.replicas * a.option.config.gpus for a in solution.assignments),
+            round(sum(share for option, share in shares if option.extrapolated), 9),
+            round(sum(option.quality.relative * share for option, share in shares), 9))
+
+
+def _knapsack(plans: list[list[Solution]], contested: list[str], availability: dict[str, int],
+              screening: bool | str) -> list[Solution] | None:
+    """One plan per part, their GPUs of each contested device within its limit, least in `_standing` summed (ties:
+    fewer contested GPUs, then the earlier plans); None when no choice fits."""
+    limits = [availability[device] for device in contested]
+    best: dict[tuple[int, ...], tuple[tuple, list[Solution]]] = {(0,) * len(contested): ((), [])}
+    for found in plans:
+        reached: dict[tuple[int, ...], tuple[tuple, list[Solution]]] = {}
+        for used, (standing, taken) in sorted(best.items()):
+            for plan in found:
+                total = tuple(u + _devices_used(plan, device) for u, device in zip(used, contested))
+                if any(t > limit for t, limit in zip(total, limits)):
+                    continue
+                own = _standing(plan, screening)
+                summed = tuple(round(a + b, 9) for a, b in zip(standing, own)) if standing else own
+                if total not in reached or summed < reached[total][0]:
+                    reached[total] = (summed, [*taken, plan])
+        best = reached
+    if not best:
+        return None
+    return min(best.items(), key=lambda item: (item[1][0], item[0]))[1][1]
+
+
+def _start_from(known: Solution, replicas, shares, statuses: list) -> float:
+    """Take the proven cheapest plan `known` of this program as the cost stage's plan (the tie-breaks' starting
+    point and their retry's); returns its cost."""
+    for variable in (*replicas.values(), *shares.values()):
+        variable.varValue = 0.0
+    for assignment in known.assignments:
+        replicas[assignment.option.key].varValue = float(assignment.replicas)
+        for name, share in assignment.shares.items():
+            shares[assignment.option.key, name].varValue = share
+    statuses.append(("optimal", 0.0))
+    return known.cost_per_hour
 
 
 def _linked(options: list[Option], classes, limited=()) -> tuple[dict[str, list[TrafficClass]], object]:

@@ -174,22 +174,48 @@ def test_skyline_pruning_keeps_exactly_what_the_pairwise_comparison_keeps():
 
 def test_independent_parts_are_solved_apart_with_the_same_optimum(world):
     """Chat (10 users) only on A ($2/h, 4 users: 3 replicas = $6) and summaries (12 users) only on B ($1/h,
-    5 users: 3 replicas = $3): no option serves both and no device is limited, so the program splits into two
-    parts whose optima add up ($9). With L4 limited to 8 GPUs the device couples them: one part."""
+    5 users: 3 replicas = $3): no option serves both, so the program splits into two parts whose optima add up
+    ($9). With L4 limited to 8 GPUs the parts still decide it (their 3 + 3 L4 fit); limited to 5, no plan."""
     traffic = (chat(10), TrafficClass(name="summaries", concurrency=12))
     a = option(world, "l4", 2.0, {"chat": 4})
     b = option(world, "l40s", 1.0, {"summaries": 5})
-    parts = program._independent([a, b], traffic, {})
+    parts = program._parts([a, b], traffic)
     assert [([o.key for o in part], [k.name for k in kept]) for part, kept in parts] == [
         ([a.key], ["chat"]), ([b.key], ["summaries"])]
     solution = program.solve([a, b], traffic, {})
     assert solution.cost_per_hour == pytest.approx(9.0)
     assert sorted((x.option.key, x.replicas) for x in solution.assignments) == sorted([(a.key, 3), (b.key, 3)])
     b_on_l4 = option(world, "l4", 1.0, {"summaries": 5}, batch=16)
-    assert program._independent([a, b_on_l4], traffic, {"l4": 8}) == []
     assert program.solve([a, b_on_l4], traffic, {"l4": 8}).cost_per_hour == pytest.approx(9.0)
     with pytest.raises(program.NoSolution):  # 6 replicas of one GPU each do not fit in 5
         program.solve([a, b_on_l4], traffic, {"l4": 5})
+
+
+def test_parts_that_contest_a_limited_device_share_it_at_the_least_total(world):
+    """Chat (10 users): 3 L4 replicas at $1/h for 4 users ($3), or one H100 replica ($4/h, 10 users).
+    Summaries (12 users): 3 L4 replicas at $1/h for 5 users ($3), or one L40S replica ($5/h, 12 users).
+    Two L4 replicas and the other device cost more than the other device alone (chat $2 + $4, summaries
+    $2 + $5), so with fewer than 3 L4 each part takes none. With 4 L4 the parts want 6: the choices are
+    chat on L4 + summaries on L40S ($3 + $5 = $8), chat on H100 + summaries on L4 ($4 + $3 = $7, the cheapest),
+    neither on L4 ($9). With 6 L4 both take theirs ($6); with 2, neither ($9)."""
+    traffic = (chat(10), TrafficClass(name="summaries", concurrency=12))
+    chat_l4, chat_h100 = option(world, "l4", 1.0, {"chat": 4}), option(world, "h100-sxm", 4.0, {"chat": 10})
+    sum_l4 = option(world, "l4", 1.0, {"summaries": 5}, batch=16)
+    sum_l40s = option(world, "l40s", 5.0, {"summaries": 12}, batch=16)
+    options = [chat_l4, chat_h100, sum_l4, sum_l40s]
+    staircase = program._staircase(lambda limits: program.solve([chat_l4, chat_h100], traffic[:1], limits),
+                                   {"l4": 4}, ["l4"])
+    assert [(program._devices_used(plan, "l4"), plan.cost_per_hour) for plan in staircase] == [(0, 4.0), (3, 3.0)]
+    solution = program.solve(options, traffic, {"l4": 4})
+    assert solution.cost_per_hour == pytest.approx(7.0)
+    assert sorted((x.option.key, x.replicas) for x in solution.assignments) == sorted(
+        [(chat_h100.key, 1), (sum_l4.key, 3)])
+    assert program.solve(options, traffic, {"l4": 6}).cost_per_hour == pytest.approx(6.0)
+    assert program.solve(options, traffic, {"l4": 2}).cost_per_hour == pytest.approx(9.0)
+    # the same optimum from the one program over both parts (a cap on distinct configurations, here no cap at
+    # all, is a constraint the parts cannot split: the whole program decides)
+    whole = program.solve(options, traffic, {"l4": 4}, max_configurations=len(options))
+    assert whole.cost_per_hour == pytest.approx(7.0)
 
 
 def test_a_screening_solve_is_one_run_and_skips_the_tie_breaks(world, monkeypatch):
