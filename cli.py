@@ -344,7 +344,8 @@ def validate(filters, show_rows, write_error_bars, as_json):
     if write_error_bars:
         devices = {g.id: g.device_class for g in world.gpus}
         vendors = {g.id: g.vendor.lower() for g in world.gpus}
-        Path(write_error_bars).write_text(errorbars.to_toml(errorbars.compute(checks, devices, vendors)))
+        links = {g.id: g.interconnect for g in world.gpus}
+        Path(write_error_bars).write_text(errorbars.to_toml(errorbars.compute(checks, devices, vendors, links)))
     if as_json:
         click.echo(json.dumps({"summary": result, "rows": [c.model_dump() for c in checks]}, indent=2))
         return

@@ -727,7 +727,7 @@ def estimate(model: str, method: str, gpu: str, framework: str, gpus: int = 1, b
     speed = (step_terms(world, config, Step("decode", running, running, prompt_tokens + output_tokens / 2))
              + step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)))
     divisor = used.memory_divisor
-    bars, warnings = errorbars.describe(f.id, g.device_class, running, gpus, g.vendor)
+    bars, warnings = errorbars.describe(f.id, g.device_class, running, gpus, g.vendor, g.interconnect)
     if not config.execution.measured:
         warnings = [*warnings, f"no speed measurement of the {config.execution.kernel} kernel"]
     return EstimateResult(

@@ -35,6 +35,9 @@ class Coverage(BaseModel):
     max_gpus: int
     rows: int
     vendor: str = "nvidia"  # lower-case GPU vendor of the rows (an engine measured on NVIDIA says nothing of AMD)
+    # the link between the GPUs of the rows' multi-GPU replicas ("*": single-GPU rows, or a table from before
+    # links were told apart): tensor parallelism measured over NVLink says little of it over PCIe
+    interconnect: str = "*"
 
 
 class ErrorBars(BaseModel):
@@ -54,8 +57,10 @@ class ErrorBars(BaseModel):
                 return bar, f"no {framework} rows: all {bar.rows} {group} rows"
         return None, "no validation rows"
 
-    def coverage(self, framework: str, device_class: str, batch: int, gpus: int, vendor: str = "nvidia") -> list[str]:
-        """Reasons the configuration lies outside the validation data; empty when it is inside."""
+    def coverage(self, framework: str, device_class: str, batch: int, gpus: int, vendor: str = "nvidia",
+                 interconnect: str = "*") -> list[str]:
+        """Reasons the configuration lies outside the validation data; empty when it is inside. Several GPUs per
+        replica count as measured only where rows ran that many over the same link (`interconnect`)."""
         rows = [c for c in self.covered if c.framework == framework and c.device_class == device_class
                 and c.vendor in (vendor.lower(), "*")]
         if device_class in ("apple", "cpu"):  # the vendor is the class there
@@ -67,8 +72,14 @@ class ErrorBars(BaseModel):
         found = []
         if batch > max(c.max_batch for c in rows):
             found.append(f"batch {batch} above the largest measured for {framework} ({max(c.max_batch for c in rows)})")
-        if gpus > max(c.max_gpus for c in rows):
-            found.append(f"{gpus} GPUs above the most measured for {framework} ({max(c.max_gpus for c in rows)})")
+        linked = [c.max_gpus for c in rows if c.interconnect in (interconnect, "*")]
+        if gpus > max(linked, default=1):
+            if max(c.max_gpus for c in rows) >= gpus:  # measured that wide, over another link only
+                others = sorted({c.interconnect for c in rows if c.max_gpus >= gpus} - {"*"})
+                found.append(f"{gpus} GPUs over {interconnect}: {framework} measured that wide over "
+                             f"{', '.join(others)} only")
+            else:
+                found.append(f"{gpus} GPUs above the most measured for {framework} ({max(c.max_gpus for c in rows)})")
         return found
 
     def factor(self, group: str, framework: str, margin: str) -> float:
@@ -81,9 +92,11 @@ class ErrorBars(BaseModel):
         return 1.0 + (bar.median_ape if margin == "median" else bar.p90_ape)
 
 
-def compute(checks: list, devices: dict[str, str], vendors: dict[str, str] | None = None) -> ErrorBars:
+def compute(checks: list, devices: dict[str, str], vendors: dict[str, str] | None = None,
+            interconnects: dict[str, str] | None = None) -> ErrorBars:
     """Error bars and coverage from validation checks (`devices`: gpu id -> device class; `vendors`: gpu id ->
-    lower-case vendor, NVIDIA where not given)."""
+    lower-case vendor, NVIDIA where not given; `interconnects`: gpu id -> the link between its GPUs, which
+    keys the coverage of multi-GPU rows)."""
     import numpy as np
 
     from .validate import TARGETS
@@ -101,14 +114,16 @@ def compute(checks: list, devices: dict[str, str], vendors: dict[str, str] | Non
     for check in scored:
         if check.group == "memory":
             continue
-        key = (check.framework, devices.get(check.gpu, check.device_class), (vendors or {}).get(check.gpu, "nvidia"))
+        link = (interconnects or {}).get(check.gpu, "*") if check.gpus > 1 else "*"
+        key = (check.framework, devices.get(check.gpu, check.device_class), (vendors or {}).get(check.gpu, "nvidia"),
+               link)
         entry = covered.setdefault(key, {"max_batch": 1, "max_gpus": 1, "rows": 0})
         entry["max_batch"] = max(entry["max_batch"], check.batch or 1024)
         entry["max_gpus"] = max(entry["max_gpus"], check.gpus)
         entry["rows"] += 1
     return ErrorBars(generated_by="quantplan validate --write-error-bars catalogs/error_bars.toml", bar=bars,
-                     covered=[Coverage(framework=f, device_class=d, vendor=w, **v)
-                              for (f, d, w), v in sorted(covered.items())])
+                     covered=[Coverage(framework=f, device_class=d, vendor=w, interconnect=i, **v)
+                              for (f, d, w, i), v in sorted(covered.items())])
 
 
 def to_toml(bars: ErrorBars) -> str:
@@ -121,7 +136,7 @@ def to_toml(bars: ErrorBars) -> str:
     for item in bars.covered:
         lines += ["[[covered]]", f'framework = "{item.framework}"', f'device_class = "{item.device_class}"',
                   f"max_batch = {item.max_batch}", f"max_gpus = {item.max_gpus}", f"rows = {item.rows}",
-                  f'vendor = "{item.vendor}"', ""]
+                  f'vendor = "{item.vendor}"', f'interconnect = "{item.interconnect}"', ""]
     return "\n".join(lines)
 
 
@@ -132,7 +147,7 @@ def shipped() -> ErrorBars:
 
 
 def describe(framework: str, device_class: str, batch: int, gpus: int,
-             vendor: str = "nvidia") -> tuple[dict, list[str]]:
+             vendor: str = "nvidia", interconnect: str = "*") -> tuple[dict, list[str]]:
     """Error bars for the figures a plan or estimate reports, and coverage warnings."""
     try:
         bars = shipped()
@@ -144,4 +159,4 @@ def describe(framework: str, device_class: str, batch: int, gpus: int,
         if bar is not None:
             table[figure] = {"median_pct": round(bar.median_ape * 100, 1), "p90_pct": round(bar.p90_ape * 100, 1),
                              "basis": basis}
-    return table, bars.coverage(framework, device_class, batch, gpus, vendor)
+    return table, bars.coverage(framework, device_class, batch, gpus, vendor, interconnect)

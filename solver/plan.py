@@ -150,7 +150,7 @@ def replica_group(option: Option, count: int, shares: dict[str, float],
     headline, memory = next(f for f in per_class if f.name == main), option.memory[main]
     note = config.execution.note or f"{config.execution.compute_dtype} compute, {config.execution.kernel} kernel"
     bars, warnings = errorbars.describe(config.framework.id, config.gpu.device_class, config.batch, config.gpus,
-                                        config.gpu.vendor)
+                                        config.gpu.vendor, config.gpu.interconnect)
     if not config.execution.measured:
         warnings = [*warnings, f"no speed measurement of the {config.execution.kernel} kernel"]
     return ReplicaGroup(

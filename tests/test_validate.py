@@ -104,13 +104,32 @@ def test_every_row_names_its_source():
 def test_shipped_error_bars_match_a_fresh_validation(checks):
     world = validate.validation_world()
     fresh = errorbars.compute(checks, {g.id: g.device_class for g in world.gpus},
-                              {g.id: g.vendor.lower() for g in world.gpus})
+                              {g.id: g.vendor.lower() for g in world.gpus}, {g.id: g.interconnect for g in world.gpus})
     with resources.files("quantplan.catalogs").joinpath("error_bars.toml").open("rb") as handle:
         shipped = errorbars.ErrorBars(**tomllib.load(handle))
+    assert shipped.covered == fresh.covered
     assert [(b.group, b.framework, b.rows) for b in shipped.bar] == [(b.group, b.framework, b.rows) for b in fresh.bar]
     for old, new in zip(shipped.bar, fresh.bar):
         assert old.median_ape == pytest.approx(new.median_ape, abs=1e-5)
         assert old.p90_ape == pytest.approx(new.p90_ape, abs=1e-5)
+
+
+def test_multi_gpu_coverage_follows_the_link_between_the_gpus():
+    """vLLM rows on one H100 and on 8 NVLink H100s: 8 NVLink GPUs are covered, 2 PCIe GPUs are not (tensor
+    parallelism was never measured over PCIe), one PCIe GPU is; a table without links (`*`) covers any link."""
+    bars = errorbars.ErrorBars(generated_by="hand", bar=[], covered=[
+        errorbars.Coverage(framework="vllm", device_class="datacenter", max_batch=256, max_gpus=1, rows=10),
+        errorbars.Coverage(framework="vllm", device_class="datacenter", max_batch=256, max_gpus=8, rows=5,
+                           interconnect="nvlink")])
+    assert bars.coverage("vllm", "datacenter", 64, 8, "nvidia", "nvlink") == []
+    assert bars.coverage("vllm", "datacenter", 64, 1, "nvidia", "pcie") == []
+    assert bars.coverage("vllm", "datacenter", 64, 2, "nvidia", "pcie") == [
+        "2 GPUs over pcie: vllm measured that wide over nvlink only"]
+    assert bars.coverage("vllm", "datacenter", 64, 16, "nvidia", "nvlink") == [
+        "16 GPUs above the most measured for vllm (8)"]
+    unlinked = errorbars.ErrorBars(generated_by="hand", bar=[], covered=[
+        errorbars.Coverage(framework="vllm", device_class="datacenter", max_batch=256, max_gpus=8, rows=5)])
+    assert unlinked.coverage("vllm", "datacenter", 64, 2, "nvidia", "pcie") == []
 
 
 def test_fit_reproduces_the_catalog():
