@@ -879,19 +879,26 @@ def shared_load(loads: dict) -> dict:
         if not math.isfinite(tau_new):
             break
         tau = tau_new if tau == 0 else (tau + tau_new) / 2
-        base = _own_prefill(combined, sched, prompt, float(np.asarray(result.decoding)))
         for n in names:
-            own = _own_prefill(combined, sched, loads[n][0].prompt_tokens, float(np.asarray(result.decoding)))
-            ttft[n] = float(np.asarray(result.ttft)) + own - base
+            ttft[n] = _own_ttft(combined, sched, prompt, loads[n][0].prompt_tokens, result, float(np.asarray(result.ttft)))
     if result is None or not math.isfinite(tau):
         return {n: (math.inf,) * 4 for n in names}
-    base = _own_prefill(combined, sched, prompt, float(np.asarray(result.decoding)))
     found = {}
     for n in names:
-        shift = _own_prefill(combined, sched, loads[n][0].prompt_tokens, float(np.asarray(result.decoding))) - base
-        found[n] = (ttft[n] * 1e3, tau * 1e3, (float(np.asarray(result.ttft_percentiles[90])) + shift) * 1e3,
-                    float(np.asarray(result.tpot_percentiles[90])) * 1e3)
+        p90 = _own_ttft(combined, sched, prompt, loads[n][0].prompt_tokens, result,
+                        float(np.asarray(result.ttft_percentiles[90])))
+        found[n] = (ttft[n] * 1e3, tau * 1e3, p90 * 1e3, float(np.asarray(result.tpot_percentiles[90])) * 1e3)
     return found
+
+
+def _own_ttft(steps: StepModel, sched: Scheduling, mean_prompt: int, prompt: int, result: Load, ttft: float) -> float:
+    """A class's TTFT in the combined stream: the stream's TTFT (at its mean prompt) with the mean prompt's own
+    prefill swapped for the class's. What the stream waits before its prefill (queue, API server) is common to
+    every class and never less than the server's per-request overhead: a short prompt beside long ones waits
+    as long, it does not arrive before it is sent."""
+    decoding = float(np.asarray(result.decoding))
+    waited = max(ttft - _own_prefill(steps, sched, mean_prompt, decoding), sched.request_overhead_s)
+    return waited + _own_prefill(steps, sched, prompt, decoding)
 
 
 def _own_prefill(steps: StepModel, sched: Scheduling, prompt: int, decoding: float) -> float:

@@ -305,6 +305,23 @@ def test_classes_on_one_replica_see_the_combined_load(world):
     assert shared["summary"][0] > shared["chat"][0]  # its own prompt is longer
 
 
+def test_a_short_prompt_beside_long_ones_waits_at_least_its_own_prefill_and_the_server(world):
+    """A 256-token class sharing a replica with 16,000-token prompts: the stream's mean prompt is long, and its
+    TTFT (mean and p90) less the mean prompt's prefill plus the short prompt's own was negative before (-60 ms
+    on the fleet example). Each class waits what the stream waits, never less than the API server's overhead,
+    then its own prefill: its TTFT is at least both, and never less than the long class's minus the
+    difference of their prefills."""
+    c = config(world, framework="sglang")
+    short = TrafficClass(name="short", prompt_tokens=256, output_tokens=2000, concurrency=4)
+    long = TrafficClass(name="long", prompt_tokens=16000, output_tokens=1000, concurrency=4)
+    times = {k.name: serving.timing(world, c, k) for k in (short, long)}
+    shared = serving.shared_load({"short": (short, times["short"], 4.0), "long": (long, times["long"], 4.0)})
+    sched, steps = times["short"].scheduling, times["short"].steps
+    for ttft in (shared["short"][0], shared["short"][2]):  # mean, p90
+        assert ttft >= (float(np.asarray(sched.request_overhead_s)) + steps.seconds(0.0, 256.0)) * 1e3 > 0
+    assert shared["long"][0] > shared["short"][0]
+
+
 def test_solver_keeps_classes_apart_when_mixing_breaks_an_slo():
     """Two classes whose SLOs each hold on a replica alone: a plan never puts them together on a replica
     where the combined load breaks one, and a shared replica's figures are the combined ones."""
