@@ -902,6 +902,10 @@ def _own_ttft(steps: StepModel, sched: Scheduling, mean_prompt: int, prompt: int
 
 
 def _own_prefill(steps: StepModel, sched: Scheduling, prompt: int, decoding: float) -> float:
+    """The part of a prompt's TTFT its own length sets: under prefill-first scheduling one prefill batch that
+    holds it whole (no decodes ride along: `_poisson_prefill_first`), else its chunks beside the decodes."""
+    if sched.policy == "prefill-first":
+        return steps.seconds(0.0, prompt)
     room = max(sched.token_budget - decoding, 1.0)
     return max(math.ceil(prompt / room), 1) * steps.seconds(decoding, min(prompt, room))
 
