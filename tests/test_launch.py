@@ -47,7 +47,7 @@ def plans():
              for name in ("chat-7b-a100", "blog-2-70b-batch-2xh100", "blog-3-7b-m2max-laptop",
                           "mixed-fleet-two-classes")}
     found["chat-sglang"] = _plan(load_scenario(f"{EXAMPLES}/chat-7b-a100.toml").model_copy(
-        update={"alternatives": False, "frameworks": ["sglang"]}))
+        update={"alternatives": False, "frameworks": ("sglang",)}))
     found["vllm-awq"] = _restricted("llama-3.1-8b", "h100-sxm", "vllm", "awq-int4")
     found["vllm-qwen-awq"] = _restricted("qwen3-8b", "h100-sxm", "vllm", "awq-int4")
     found["vllm-actorder"] = _restricted("llama-3.1-8b", "a100-80gb", "vllm", "gptq-int4-actorder")
