@@ -45,6 +45,7 @@ STEP_TOLERANCE = 1e-9  # a trial rate's sign counts once its step time moves les
 POISSON_ROUNDS = 6
 PREFILL_FIRST_ROUNDS = 12  # Newton steps on the prefill-first step-time equation (converged to ~1e-9 in 6-8)
 PERCENTILES = (50, 90, 99)
+QUANTILE_GRID = 400  # points of the closed loop's TTFT distribution its percentiles are read at
 Z = {50: 0.0, 90: 1.2816, 99: 2.3263}  # standard normal quantiles
 
 
@@ -481,17 +482,31 @@ def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0
     rho = np.clip(np.broadcast_to(np.asarray(utilisation, dtype=float), shape)[..., None], 1e-6, 0.98)
     base = np.maximum(steady - wait, 0.0)
     top = np.maximum(last, steady + 6 * wait / rho) * 1.05 + 1e-9
-    grid = top * np.linspace(0.0, 1.0, 400)
-    with np.errstate(over="ignore", invalid="ignore"):
-        tail = np.where(wait > 0, rho * np.exp(-(grid - base) * rho / np.maximum(wait, 1e-15)), 0.0)
-    spread = np.where(grid >= base, 1.0 - tail, 0.0)
-    in_wave = np.clip((grid - first) / np.maximum(last - first, 1e-12), 0.0, 1.0)
-    in_wave = np.where(last - first > 1e-12, in_wave, (grid >= last).astype(float))
-    cdf = weight * in_wave + (1 - weight) * spread
+    steps = np.linspace(0.0, 1.0, QUANTILE_GRID)
+
+    def cdf(index):  # the mixture's distribution at grid points `index` (one per element)
+        grid = top * steps[index]
+        with np.errstate(over="ignore", invalid="ignore"):
+            tail = np.where(wait > 0, rho * np.exp(-(grid - base) * rho / np.maximum(wait, 1e-15)), 0.0)
+        spread = np.where(grid >= base, 1.0 - tail, 0.0)
+        in_wave = np.clip((grid - first) / np.maximum(last - first, 1e-12), 0.0, 1.0)
+        in_wave = np.where(last - first > 1e-12, in_wave, (grid >= last).astype(float))
+        return weight * in_wave + (1 - weight) * spread, grid
+
+    # the first grid point where the distribution reaches each percentile, by bisection over the grid's
+    # indices (the distribution only grows along it), 0 where none does
+    ends = np.full(np.shape(top), QUANTILE_GRID - 1)
+    reached_at_end = cdf(ends)[0]
     found = {}
     for p in PERCENTILES:
-        index = np.argmax(cdf >= p / 100 - 1e-12, axis=-1)
-        value = np.take_along_axis(grid, index[..., None], axis=-1)[..., 0]
+        target = p / 100 - 1e-12
+        low, high = np.zeros(np.shape(top), dtype=int), ends.copy()  # cdf(high) reaches it, where any does
+        while np.any(high > low):
+            middle = (low + high) // 2
+            above = cdf(middle)[0] >= target
+            high, low = np.where(above, middle, high), np.where(above, low, middle + 1)
+        index = np.where(reached_at_end >= target, high, 0)
+        value = cdf(index)[1][..., 0]
         found[p] = value if value.ndim else float(value)
     return found
 
