@@ -400,3 +400,14 @@ def test_a_share_of_a_class_smaller_than_a_replica_opens_one(world):
     assert solution.cost_per_hour == pytest.approx(2.0)
     assert [(x.option.key, x.replicas) for x in solution.assignments] == [(a.key, 1)]
     assert program.solve([a, b, c], traffic, {}).cost_per_hour == pytest.approx(2.0)  # 2 x C + A: $3
+
+
+def test_the_program_is_written_with_long_names(world, tmp_path):
+    """A fleet's classes split apart give variables names past 100 characters (model, class and configuration
+    in each): the LP file takes names up to 255 (CPLEX LP's limit), where PuLP's default of 100 refused them."""
+    traffic = (TrafficClass(name="llama-3.1-70b/assistant-" + "x" * 40, concurrency=10, output_tokens=100),)
+    long = option(world, "l4", 2.0, {traffic[0].name: 4}).but(owner="llama-3.1-70b|llama-3.1-70b/assistant")
+    path = tmp_path / "program.lp"
+    assert program.solve([long], traffic, {}, write_lp=str(path)).cost_per_hour == pytest.approx(6.0)
+    written = path.read_text()
+    assert max(len(word) for word in written.split()) > 100 and "replicas" in written
