@@ -411,3 +411,17 @@ def test_the_program_is_written_with_long_names(world, tmp_path):
     assert program.solve([long], traffic, {}, write_lp=str(path)).cost_per_hour == pytest.approx(6.0)
     written = path.read_text()
     assert max(len(word) for word in written.split()) > 100 and "replicas" in written
+
+
+def test_a_budget_over_the_parts_cheapest_plan_has_no_plan(world):
+    """The two independent parts above cost $6 + $3: a budget of $9 holds, $8.99 does not (the parts' proven
+    cheapest plan is over it, so no plan is within it), the same from a screening solve (whose plan is only
+    within 1% of the cheapest: the whole program decides) and from the whole program (a configuration cap)."""
+    traffic = (chat(10), TrafficClass(name="summaries", concurrency=12))
+    a, b = option(world, "l4", 2.0, {"chat": 4}), option(world, "l40s", 1.0, {"summaries": 5})
+    assert program.solve([a, b], traffic, {}, max_cost_per_hour=9.0).cost_per_hour == pytest.approx(9.0)
+    for screening in (False, True, "cost"):
+        with pytest.raises(program.NoSolution):
+            program.solve([a, b], traffic, {}, max_cost_per_hour=8.99, screening=screening)
+    with pytest.raises(program.NoSolution):
+        program.solve([a, b], traffic, {}, max_cost_per_hour=8.99, max_configurations=2)
