@@ -53,11 +53,16 @@ class Config:
 
     @property
     def key(self) -> str:
-        """Readable, unique name: used for ILP variable names and tie-breaking."""
-        offload = "" if self.gpu_layer_fraction >= 1.0 else f"/ngl{self.gpu_layers}"
-        experts = f"/ep{self.expert_parallel}" if self.expert_parallel > 1 else ""
-        return (f"{self.gpu.id}/{self.method.id}/{self.framework.id}/tp{self.gpus}{experts}/"
-                f"b{self.batch}/kv-{self.kv.id}{offload}")
+        """Readable, unique name: used for ILP variable names and tie-breaking. Made once per configuration
+        (pruning and the program read it for every option, many times): kept beside the fields, not among
+        them, so equality and hashing do not see it; `with_batch` drops it."""
+        found = self.__dict__.get("_key")
+        if found is None:
+            offload = "" if self.gpu_layer_fraction >= 1.0 else f"/ngl{self.gpu_layers}"
+            experts = f"/ep{self.expert_parallel}" if self.expert_parallel > 1 else ""
+            found = self.__dict__["_key"] = (f"{self.gpu.id}/{self.method.id}/{self.framework.id}/tp{self.gpus}"
+                                             f"{experts}/b{self.batch}/kv-{self.kv.id}{offload}")
+        return found
 
     @property
     def gpu_layers(self) -> int:
@@ -73,6 +78,7 @@ class Config:
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy.__dict__["batch"] = batch
+        copy.__dict__.pop("_key", None)
         return copy
 
 
