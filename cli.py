@@ -1032,7 +1032,13 @@ def quality(ctx, baseline, candidate, data, engine, use_case, top_k, max_tokens_
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: click's usage errors also become one line and exit code 2."""
+    """Console-script entry point: click's usage errors also become one line and exit code 2. Run as the
+    process's own command line (`argv` None), the process ends after the command: what its plans leave alive
+    stays out of the garbage collector's later passes (solver/collection.py)."""
+    if argv is None:
+        from quantplan.solver import collection
+
+        collection.keep_out_of_collections()
     try:
         code = cli.main(args=argv, prog_name="quantplan", standalone_mode=False)
     except click.exceptions.Exit as done:

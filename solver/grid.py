@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 from quantplan.plugins.manager import record_failures, take_failures
 
+from . import collection
 from .api import as_scenario, solve
 from .errors import InfeasibleError, QuantplanError
 from .registry import World, load_world
@@ -63,6 +64,8 @@ def vary(scenario: Scenario, axis: str, value: float, world: World) -> Scenario:
 
 def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float, ...]) -> dict:
     """One grid point (module-level so that process pools and clusters can run it)."""
+    if multiprocessing.parent_process() is not None:  # a pool's worker: it ends with the sweep
+        collection.keep_out_of_collections()
     scenario = make_scenario(scenario_data)
     key = tuple(scenario.catalogs)
     world = _WORLDS.get(key) or _WORLDS.setdefault(key, load_world(scenario.catalogs))
