@@ -6,7 +6,7 @@ import math
 
 from .plan import ReplicaGroup
 from .serving import distinct
-from .program import Solution
+from .program import Solution, gpus_by_device
 from .scenario import Scenario
 from .gates import gate
 from .space import Space
@@ -40,8 +40,9 @@ def binding_constraints(world, scenario: Scenario, solution: Solution, groups: l
         nxt = _next_batch_limit(space, group) if group.batch_size < users or users == 0 else ""
         if nxt:
             found.append(nxt)
+    taken = gpus_by_device(solution.assignments)
     for device, limit in sorted(solution.availability.items()):
-        used = sum(a.replicas * a.option.config.gpus for a in solution.assignments if a.option.config.gpu.id == device)
+        used = taken.get(device, 0)
         if used and used >= limit:
             found.append(f"availability: all {limit} {device} in use")
     if scenario.max_configurations and len(groups) >= scenario.max_configurations:
@@ -114,10 +115,7 @@ def infeasibility(world, scenario: Scenario, space: Space, model_id: str, uncons
                            + [f"{d}={n} owned" for d, n in sorted(scenario.owned.items())])
         needed = ""
         if unconstrained is not None:
-            use: dict[str, int] = {}
-            for assignment in unconstrained.assignments:
-                device = assignment.option.config.gpu.id
-                use[device] = use.get(device, 0) + assignment.replicas * assignment.option.config.gpus
+            use = gpus_by_device(unconstrained.assignments)
             plan = _plan_text(unconstrained)
             needed = (f"; the cheapest plan that meets them needs "
                       f"{', '.join(f'{n} {d}' for d, n in sorted(use.items()))} ({plan}, "

@@ -84,10 +84,7 @@ def _merged(spaces: list[Space]) -> Space:
 
 def pool_use(solution: program.Solution, availability: dict[str, int]) -> list[dict]:
     """GPUs each device type gives the plan, against what the pool holds (None: as many as rented)."""
-    use: dict[str, int] = {}
-    for assignment in solution.assignments:
-        device = assignment.option.config.gpu.id
-        use[device] = use.get(device, 0) + assignment.replicas * assignment.option.config.gpus
+    use = program.gpus_by_device(solution.assignments)
     return [{"gpu": device, "used": use.get(device, 0), "available": availability.get(device)}
             for device in sorted(set(use) | set(availability))]
 

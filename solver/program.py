@@ -457,8 +457,17 @@ def _staircase(part, availability: dict[str, int], contested: list[str]) -> list
     return sorted(found.values(), key=lambda plan: [_devices_used(plan, device) for device in contested])
 
 
+def gpus_by_device(assignments) -> dict[str, int]:
+    """The GPUs `assignments` (a plan's replica groups) take, by device id."""
+    used: dict[str, int] = {}
+    for assignment in assignments:
+        device = assignment.option.config.gpu.id
+        used[device] = used.get(device, 0) + assignment.replicas * assignment.option.config.gpus
+    return used
+
+
 def _devices_used(solution: Solution, device: str) -> int:
-    return sum(a.replicas * a.option.config.gpus for a in solution.assignments if a.option.config.gpu.id == device)
+    return gpus_by_device(solution.assignments).get(device, 0)
 
 
 def _standing(solution: Solution, screening: bool | str) -> tuple:
@@ -468,7 +477,7 @@ def _standing(solution: Solution, screening: bool | str) -> tuple:
     if screening:
         return (cost,)
     shares = [(a.option, share) for a in solution.assignments for share in a.shares.values()]
-    return (cost, sum(a.replicas * a.option.config.gpus for a in solution.assignments),
+    return (cost, sum(gpus_by_device(solution.assignments).values()),
             round(sum(share for option, share in shares if option.extrapolated), 9),
             round(sum(option.quality.relative * share for option, share in shares), 9))
 
@@ -638,10 +647,7 @@ def break_ties(assignments: list[Assignment], options: list[Option], classes,
     """
     by_name = {k.name: k for k in classes}
     availability = availability or {}
-    use: dict[str, int] = {}
-    for assignment in assignments:
-        device = assignment.option.config.gpu.id
-        use[device] = use.get(device, 0) + assignment.replicas * assignment.option.config.gpus
+    use = gpus_by_device(assignments)
     merged: dict[str, Assignment] = {}
     for assignment in sorted(assignments, key=lambda a: a.option.key):
         current = assignment.option

@@ -667,8 +667,8 @@ def _tightest(quality_gate, assessed: Quality) -> tuple[str, float]:
 
 
 def outside_coverage(config: Config) -> bool:
-    """No validation rows of this framework on this device class at this many GPUs per replica, or a
-    kernel with no speed measurement."""
+    """No validation rows of this framework on this device class at this many GPUs per replica over this
+    link between them, or a kernel with no speed measurement."""
     return not config.execution.measured or bool(
         errorbars.shipped().coverage(config.framework.id, config.gpu.device_class, 1, config.gpus, config.gpu.vendor,
                                      config.gpu.interconnect))

@@ -107,8 +107,7 @@ class PriceProblem:
         except program.NoSolution:
             self.cache[price] = None
             return None
-        slope = sum(a.replicas * a.option.config.gpus for a in solution.assignments
-                    if a.option.config.gpu.id == self.device)
+        slope = program.gpus_by_device(solution.assignments).get(self.device, 0)
         cost = solution.cost_per_hour
         result = (plan_label(solution), cost, cost - slope * price, float(slope))
         self.cache[price] = result
