@@ -424,6 +424,7 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
     else:
         spread_ttft, tau, rate, decoding, admitted, utilisation, wait = _closed_mixed(
             steps, sched, prompt, output, clients, protocol.think_s)
+        tpot_spread = _closed_tpot_spread(steps, sched, prompt, output, decoding, rate, tau) if percentiles else 0.0
         persist = np.asarray(sched.wave_persistence, dtype=float)
         steady_ttft = persist * (waiting_rounds + wave_ttft) + (1 - persist) * spread_ttft
         steady_tpot = persist * wave_tpot + (1 - persist) * tau
@@ -439,9 +440,47 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
         weight = first + (1 - first) * persist
     if not percentiles:
         return _with_request_overhead(load, sched, steps)
-    load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread),
-                   tpot_percentiles={p: load.tpot for p in PERCENTILES})
+    if sched.policy == "prefill-first":  # every request of a wave decodes through the same steps
+        tpot_p = {p: load.tpot for p in PERCENTILES}
+    else:
+        tpot_p = {p: _closed_tpot_quantile(weight, wave_tpot, tau, tpot_spread, p / 100) for p in PERCENTILES}
+    load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread), tpot_percentiles=tpot_p)
     return _with_request_overhead(load, sched, steps)
+
+
+def _closed_tpot_spread(steps: StepModel, sched: Scheduling, prompt: int, output: int, decoding, rate, tau):
+    """Standard deviation of a request's TPOT in the closed loop's steady state: each of its O - 1 steps
+    carries another prompt's chunk with the probability the step mixture at (`rate`, `tau`) gives, so the
+    count of such steps is binomial (the Poisson path's first term; in a closed loop the sequences decoding
+    hardly vary, so its second term, the spread of that count, is left out)."""
+    share, plain, loaded = _mixed_step(steps, sched, prompt, decoding, rate, tau)[4:7]
+    return np.sqrt(np.maximum(share * (1 - share), 0) / np.maximum(output - 1, 1)) * np.maximum(loaded - plain, 0.0)
+
+
+def _closed_tpot_quantile(weight, wave, mean, spread, q: float):
+    """Quantile `q` of the closed loop's TPOT over requests: a share `weight` meets a lockstep wave (TPOT
+    `wave`, the same for all of them), the rest the steady state, normal about `mean` with `spread`.
+    Below the wave's value the distribution is the normal part's alone, at it jumps by `weight`: the
+    quantile is the normal part's own at q / (1 - weight) where that lies below the wave's value, else the
+    wave's value, or past it the normal part's at (q - weight) / (1 - weight)."""
+    weight = np.clip(np.asarray(weight, dtype=float), 0.0, 1.0)
+    wave, mean, spread = (np.asarray(value, dtype=float) for value in (wave, mean, spread))
+    rest = np.maximum(1.0 - weight, 1e-12)
+    under = mean + spread * _normal_quantile(q / rest)
+    over = mean + spread * _normal_quantile((q - weight) / rest)
+    found = np.where((q < rest) & (under <= wave), under, np.where(over > wave, over, wave))
+    return float(found) if found.ndim == 0 else found
+
+
+def _normal_quantile(q):
+    """The standard normal quantile (statistics.NormalDist), its argument kept inside (0, 1): evaluated once
+    per distinct argument (the shares of a class's requests in a wave take few values across candidates)."""
+    q = np.clip(np.asarray(q, dtype=float), 1e-12, 1 - 1e-12)
+    from statistics import NormalDist
+
+    distinct, where = np.unique(np.ravel(q), return_inverse=True)
+    found = np.array([NormalDist().inv_cdf(float(value)) for value in distinct])[np.ravel(where)]
+    return found.reshape(q.shape) if q.ndim else float(found[0])
 
 
 def behind_server(sched: Scheduling, framework, server: str) -> Scheduling:
