@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import forked
 from .candidates import Config
 from .scenario import TrafficClass
 from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, closed_loop, poisson, rate_capacities,
@@ -24,6 +25,7 @@ from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, c
 from .stepmodel import StepModel, stack
 
 BLOCK = 2048  # elements per numpy pass: bounds the closed loop's percentile grids (BLOCK x 400 floats)
+FORKED_BLOCKS = 4  # a class with this many blocks or more shares them with a forked child (solver/forked.py)
 
 
 @dataclass(frozen=True)
@@ -67,33 +69,44 @@ class Figures:
         for index, s in enumerate(scheds):
             groups.setdefault((s.policy, s.chunked), []).append(index)
         bounds = search_bounds(traffic, jobs) if traffic.load_kind == "rate" else ()
+        blocks = []  # (policy, chunked, elements): one numpy pass each
         for (policy, chunked), members in sorted(groups.items()):
             elements = np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in members])
-            for first in range(0, len(elements), BLOCK):
-                part = elements[first:first + BLOCK]
-                owner = self.owner[part]
-                block = StepModel(*(np.asarray(getattr(steps, name))[owner] for name in StepModel.__dataclass_fields__))
-                sched = Scheduling(policy, settings["token_budget"][owner], self.running[part], chunked,
-                                   settings["reserve_full"][owner], settings["kv_tokens"][owner],
-                                   request_overhead_s=settings["request_overhead_s"][owner],
-                                   wave_persistence=settings["wave_persistence"][owner],
-                                   scheduler_steps=settings["scheduler_steps"][owner],
-                                   first_token_steps=settings["first_token_steps"][owner])
-                timing = Timing(block, sched)
-                if traffic.load_kind == "rate":
-                    self.capacity[part] = rate_capacities(timing, traffic, sched.max_sequences,
-                                                          tuple(b[owner] for b in bounds))
-                    at = np.maximum(np.minimum(self.capacity[part], traffic.rate_per_s), 1e-9)
-                    self.at[part] = at
-                    load = poisson(timing, traffic.prompt_tokens, traffic.output_tokens, at)
-                else:
-                    load = closed_loop(timing, traffic.prompt_tokens, traffic.output_tokens, self.running[part],
-                                       _protocol(traffic))
-                self.ttft[part], self.tpot[part] = load.ttft, load.tpot  # numpy broadcasts a scalar figure
-                self.throughput[part], self.decoding[part] = load.throughput, load.decoding
-                for p in PERCENTILES:
-                    self.ttft_p[p][part] = load.ttft_percentiles[p]
-                    self.tpot_p[p][part] = load.tpot_percentiles[p]
+            blocks += [(policy, chunked, elements[first:first + BLOCK]) for first in range(0, len(elements), BLOCK)]
+
+        def evaluate(block) -> dict:
+            policy, chunked, part = block
+            owner = self.owner[part]
+            steps_here = StepModel(*(np.asarray(getattr(steps, name))[owner] for name in StepModel.__dataclass_fields__))
+            sched = Scheduling(policy, settings["token_budget"][owner], self.running[part], chunked,
+                               settings["reserve_full"][owner], settings["kv_tokens"][owner],
+                               request_overhead_s=settings["request_overhead_s"][owner],
+                               wave_persistence=settings["wave_persistence"][owner],
+                               scheduler_steps=settings["scheduler_steps"][owner],
+                               first_token_steps=settings["first_token_steps"][owner])
+            timing = Timing(steps_here, sched)
+            found = {}
+            if traffic.load_kind == "rate":
+                found["capacity"] = rate_capacities(timing, traffic, sched.max_sequences,
+                                                    tuple(b[owner] for b in bounds))
+                found["at"] = at = np.maximum(np.minimum(found["capacity"], traffic.rate_per_s), 1e-9)
+                load = poisson(timing, traffic.prompt_tokens, traffic.output_tokens, at)
+            else:
+                load = closed_loop(timing, traffic.prompt_tokens, traffic.output_tokens, self.running[part],
+                                   _protocol(traffic))
+            found.update(ttft=load.ttft, tpot=load.tpot, throughput=load.throughput, decoding=load.decoding,
+                         ttft_p=load.ttft_percentiles, tpot_p=load.tpot_percentiles)
+            return found
+
+        # the blocks are independent: half of them in a forked child where a second CPU is free
+        for (_, _, part), found in zip(blocks, forked.in_two(evaluate, blocks, [], minimum=FORKED_BLOCKS)):
+            if "capacity" in found:
+                self.capacity[part], self.at[part] = found["capacity"], found["at"]
+            self.ttft[part], self.tpot[part] = found["ttft"], found["tpot"]  # numpy broadcasts a scalar figure
+            self.throughput[part], self.decoding[part] = found["throughput"], found["decoding"]
+            for p in PERCENTILES:
+                self.ttft_p[p][part] = found["ttft_p"][p]
+                self.tpot_p[p][part] = found["tpot_p"][p]
 
     def _decide(self) -> None:
         """Milliseconds at the class's statistic, and which elements meet the SLOs (as _figures decides)."""

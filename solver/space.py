@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from . import collection, errorbars
+from . import collection, errorbars, forked
 from . import terms as q
 from .candidates import Config, Execution
 from .estimator import Memory, Quality, cost_terms, memory, quality
@@ -278,6 +278,8 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
     prepared: list[Prepared] = []
     origins: list[int] = []
     reuse, probes, qualities = _first_pass_cache(world, scenario, model, batches, limits)
+    _first_passes(world, scenario, model, batches, limits, reuse, probes, qualities,
+                  [config for config, cost in zip(listed, costs) if cost is not None])
     for index, (config, cost) in enumerate(zip(listed, costs)):
         if cost is None:  # an unpriced device is no configuration at all
             if scenario.provider:
@@ -313,6 +315,27 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
         options += found
         sources += [origin] * len(found)
     return Space(model, options, incompatible, per_class, count), sources
+
+
+def _first_passes(world: World, scenario: Scenario, model: ModelSpec, batches, limits: dict, reuse: dict,
+                  probes: dict, qualities: dict, priced: list[Config]) -> None:
+    """The first pass of every priced configuration not in `reuse` yet, half of them in a forked child where a
+    second CPU is free (solver/forked.py): the plugin calls are most of a candidate space's time."""
+    todo = list({(config.key, config.execution): config for config in priced
+                 if (config.key, config.execution) not in reuse}.values())
+
+    def first(config: Config):
+        key = (config.key, config.execution)
+        entry, events = _first_pass(world, scenario, config, batches, qualities, probes, limits)
+        return key, entry, events, probes.get(key)
+
+    known = [world, world.plugins, model, scenario, *priced,
+             *(record for registry in (world.gpus, world.methods, world.kv_caches, world.frameworks, world.models)
+               for record in registry)]
+    for key, entry, events, probe in forked.in_two(first, todo, known, lambda: world.plugins.dropped):
+        reuse[key] = (entry, events)
+        if probe is not None:
+            probes.setdefault(key, probe)
 
 
 _FIRST_PASS: dict = {}  # the last space's first pass, by configuration (see _first_pass_cache)

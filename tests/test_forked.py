@@ -1,0 +1,114 @@
+"""Candidate evaluation over two processes (solver/forked.py): the same results as one process, the parent's own
+objects back, and every failure in the child answered by computing its items in the parent."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from quantplan.solver import forked, space
+from quantplan.solver.registry import load_world
+from quantplan.solver.scenario import make_scenario
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the child is a plain fork (Linux only)")
+
+
+@pytest.fixture
+def two(monkeypatch):
+    """Forking allowed whatever threads the test run holds, from a handful of items on."""
+    monkeypatch.setattr(forked, "available", lambda: True)
+    monkeypatch.setattr(forked, "MIN_ITEMS", 4)
+
+
+def test_every_other_item_is_computed_in_a_child_and_the_order_kept(two):
+    parent = os.getpid()
+    found = forked.in_two(lambda item: (item * item, os.getpid()), list(range(9)), [])
+    assert [value for value, _ in found] == [item * item for item in range(9)]
+    assert {pid for _, pid in found[0::2]} == {parent}
+    assert parent not in {pid for _, pid in found[1::2]}
+
+
+def test_known_objects_come_back_as_themselves(two):
+    records = [object(), object()]
+    found = forked.in_two(lambda item: {"record": records[item % 2], "copy": [item]}, list(range(6)), records)
+    assert all(result["record"] is records[index % 2] for index, result in enumerate(found))
+    assert [result["copy"] for result in found] == [[item] for item in range(6)]
+
+
+def test_none_and_arrays_travel_by_value(two):
+    """None is no known object (a lookup's default must not pass for it): the child's answer is taken."""
+    import numpy as np
+
+    parent = os.getpid()
+    found = forked.in_two(lambda item: (None, np.full(2, item), os.getpid()), list(range(6)), [])
+    assert [(a, b.tolist()) for a, b, _ in found] == [(None, [item, item]) for item in range(6)]
+    assert parent not in {pid for _, _, pid in found[1::2]}
+
+
+def test_a_child_that_fails_leaves_its_items_to_the_parent(two):
+    parent = os.getpid()
+
+    def only_here(item):
+        if os.getpid() != parent:
+            raise RuntimeError("broken in the child")
+        return item + 1
+
+    assert forked.in_two(only_here, list(range(8)), []) == list(range(1, 9))
+
+
+def test_a_result_that_cannot_travel_is_computed_in_the_parent(two):
+    parent = os.getpid()
+    found = forked.in_two(lambda item: (lambda: item) if os.getpid() != parent else item, list(range(6)), [])
+    assert found == list(range(6))  # a function does not pickle: the child's answer is not taken
+
+
+def test_a_child_whose_state_changed_is_not_taken(two):
+    """A plugin dropped in the child (its count of drops moves) must be dropped in the parent, with its
+    message: the parent computes those items again itself."""
+    parent = os.getpid()
+    state = {"dropped": 0}
+
+    def work(item):
+        if os.getpid() != parent:
+            state["dropped"] = 1
+        return (item, os.getpid())
+
+    found = forked.in_two(work, list(range(6)), [], lambda: state["dropped"])
+    assert [item for item, _ in found] == list(range(6))
+    assert {pid for _, pid in found} == {parent}
+
+
+def test_too_few_items_or_no_second_cpu_stay_in_this_process(monkeypatch):
+    parent = os.getpid()
+    monkeypatch.setattr(forked, "available", lambda: True)
+    assert {pid for pid in forked.in_two(lambda _: os.getpid(), list(range(5)), [])} == {parent}  # < MIN_ITEMS
+    monkeypatch.setattr(forked, "available", lambda: False)
+    monkeypatch.setattr(forked, "MIN_ITEMS", 1)
+    assert {pid for pid in forked.in_two(lambda _: os.getpid(), list(range(5)), [])} == {parent}
+
+
+def test_a_space_built_over_two_processes_is_the_space_built_in_one(two, monkeypatch):
+    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s", "a100-80gb", "h100-sxm"],
+                              "classes": [{"name": "chat", "concurrency": 16, "ttft_ms": 2000, "tpot_ms": 60},
+                                          {"name": "rag", "rate_per_s": 1.0, "prompt_tokens": 4000,
+                                           "output_tokens": 200, "ttft_ms": 3000}]})
+
+    def options(split: bool):
+        monkeypatch.setattr(forked, "MIN_ITEMS", 4 if split else 10**9)
+        world = load_world()
+        built = space.build_space(world, scenario, world.with_prices({}))
+        return world, built
+
+    world, two_processes = options(True)
+    _, one_process = options(False)
+    assert len(two_processes.options) == len(one_process.options) > 0
+    for a, b in zip(two_processes.options, one_process.options):
+        assert a.key == b.key and a.cost_per_hour == b.cost_per_hour
+        assert a.config.gpu is world.gpus.get(a.config.gpu.id)  # the parent's records, not copies
+        for name, figures in a.performance.items():
+            other = b.performance[name]
+            assert (figures.capacity, figures.ttft_ms, figures.tpot_ms) == (other.capacity, other.ttft_ms,
+                                                                             other.tpot_ms)
+    assert two_processes.incompatible == one_process.incompatible
