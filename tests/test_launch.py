@@ -48,6 +48,9 @@ def plans():
                           "mixed-fleet-two-classes")}
     found["chat-sglang"] = _plan(load_scenario(f"{EXAMPLES}/chat-7b-a100.toml").model_copy(
         update={"alternatives": False, "frameworks": ("sglang",)}))
+    # blog example 2 in FP8: SGLang on 2x H100 (the example's own plan is one H100 of INT4 on vLLM)
+    found["blog-2-fp8"] = _plan(load_scenario(f"{EXAMPLES}/blog-2-70b-batch-2xh100.toml").model_copy(
+        update={"alternatives": False, "methods": ("fp8",)}))
     found["vllm-awq"] = _restricted("llama-3.1-8b", "h100-sxm", "vllm", "awq-int4")
     found["vllm-qwen-awq"] = _restricted("qwen3-8b", "h100-sxm", "vllm", "awq-int4")
     found["vllm-actorder"] = _restricted("llama-3.1-8b", "a100-80gb", "vllm", "gptq-int4-actorder")
@@ -232,11 +235,14 @@ def test_kubernetes_manifest_has_the_required_fields(launched):
 
 
 def test_compose_file_reserves_the_gpus(launched):
-    [r] = launched["blog-2-70b-batch-2xh100"]
+    [r] = launched["blog-2-fp8"]
     document = yaml.safe_load(manifests.compose([r]))
     service = document["services"][r.name]
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
     assert service["entrypoint"] == ["python3", "-m", "sglang.launch_server"] and service["command"] == r.args
+    [one] = launched["blog-2-70b-batch-2xh100"]  # one H100 of INT4 on vLLM
+    service = yaml.safe_load(manifests.compose([one]))["services"][one.name]
+    assert service["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
 
 
 def test_yaml_writer_quotes_what_yaml_would_misread():

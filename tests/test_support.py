@@ -118,13 +118,18 @@ def solve_json(*argv: str) -> tuple[int, dict]:
 
 
 def test_equal_cost_plans_prefer_less_quality_loss_across_replica_structures():
-    """Blog example 2: FP8 on 2x H100 and two single-H100 AWQ replicas both cost two H100-hours; FP8 loses
-    less perplexity, so it wins whichever the solver meets first."""
+    """Blog example 2 at twice its clients (256; at its own 128 one single-H100 INT4 replica is now cheapest):
+    FP8 on 2x H100 and two single-H100 INT4 replicas both cost two H100-hours; FP8 loses less perplexity, so
+    it wins whichever the solver meets first."""
     from quantplan.solver.registry import load_world
 
-    _, plan = solve_json("examples/blog-2-70b-batch-2xh100.toml", "--no-alternatives")
+    _, plan = solve_json("--model", "llama-2-70b", "--gpu", "h100-sxm", "--max-gpus", "2", "--gpu-count",
+                         "h100-sxm=2", "--concurrency", "256", "--prompt-tokens", "512", "--output-tokens", "256",
+                         "--ttft-ms", "5000", "--min-tokens-per-s", "10", "--max-ppl-delta", "0.1")
     assert plan["cost_per_hour"] == pytest.approx(2 * load_world().with_prices({})["h100-sxm"].usd_per_hour)
     assert [(g["method"], g["gpus_per_replica"], g["count"]) for g in plan["replicas"]] == [("fp8", 2, 1)]
+    int4 = [a for a in plan["alternatives"] if a["label"] in ("awq-int4 only", "gptq-int4 only")]
+    assert int4 and all(a["cost_per_hour"] == pytest.approx(plan["cost_per_hour"]) for a in int4)
 
 
 def test_an_unmeasured_engine_loses_a_tie_to_a_measured_one():

@@ -1,0 +1,64 @@
+"""The Marlin kernel's bandwidth and compute shares (vLLM/SGLang gptq_marlin, awq_marlin, compressed-tensors
+W4A16) are fitted where rows constrain them, like TensorRT-LLM's W4A16 GEMM: they touch only the probes that
+run on Marlin, and `quantplan fit --write` puts them in methods.toml's [[kernel]] marlin block."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+
+import pytest
+
+from quantplan.solver import fit, validate
+
+MARLIN = {p.field: p for p in fit.DEFAULT_PARAMETERS if p.kind == "kernel" and p.id == "marlin"}
+
+
+def test_marlin_shares_are_fitted_parameters():
+    assert set(MARLIN) == {"bandwidth_efficiency", "compute_efficiency"}
+    for parameter in MARLIN.values():
+        assert parameter.low < parameter.initial < parameter.high
+
+
+def test_the_marlin_shares_touch_the_probes_on_marlin_only():
+    """AWQ and GPTQ on vLLM (an A100 row) and GPTQ on ExLlamaV2 run on Marlin; BF16 on vLLM, AWQ on
+    TensorRT-LLM (its own W4A16 GEMM) and FP8 on an H100 (FP8 tensor cores) do not."""
+    world = validate.validation_world()
+    rows = {r.id: r for r in validate.load_rows()}
+    bandwidth, compute = MARLIN["bandwidth_efficiency"], MARLIN["compute_efficiency"]
+    for row_id in ("p412", "p413", "p406", "v100"):
+        for probe in validate.speed_probes(world, rows[row_id])[0]:
+            assert probe.config.execution.kernel == "marlin", row_id
+            assert bandwidth.effect(probe) == ("bandwidth", 1.0) and compute.effect(probe) == ("peaks", 1.0)
+    for row_id in ("p160", "v84", "p60"):  # vLLM BF16 on A100, TensorRT-LLM AWQ on H200, NIM FP8 on H100
+        for probe in validate.speed_probes(world, rows[row_id])[0]:
+            assert bandwidth.effect(probe) is None and compute.effect(probe) is None, row_id
+
+
+def test_rows_on_marlin_move_its_compute_share_and_only_they():
+    """Batch-1 decode rows (ExLlamaV2 GPTQ on an RTX 4090) constrain the bandwidth share alone: the compute
+    share stays at its start. The A100 rows' prompt-heavy P99 TTFTs (AWQ and W4A16 GPTQ, vLLM 0.19) move it
+    far from the README estimate it starts at."""
+    rows = {r.id: r for r in validate.load_rows()}
+    _, values, report = fit.fit(rows=[rows["v100"], rows["v101"]])
+    found = {e["parameter"]: e for e in report}
+    assert found["kernel:marlin.compute_efficiency"]["after"] == pytest.approx(MARLIN["compute_efficiency"].initial,
+                                                                               abs=0.01)
+    assert found["kernel:marlin.bandwidth_efficiency"]["rows"] == ["v100", "v101"]
+    a100 = [rows[f"p{i}"] for i in range(412, 430)]
+    _, _, report = fit.fit(rows=a100)
+    found = {e["parameter"]: e for e in report}
+    assert found["kernel:marlin.compute_efficiency"]["rows"] == sorted(r.id for r in a100)
+    assert found["kernel:marlin.compute_efficiency"]["after"] > 0.7
+
+
+def test_marlin_shares_are_written_to_the_kernel_block(tmp_path):
+    with resources.as_file(resources.files("quantplan.catalogs").joinpath("methods.toml")) as path:
+        shutil.copy(path, tmp_path / "methods.toml")
+    fit.write_catalog([MARLIN["bandwidth_efficiency"], MARLIN["compute_efficiency"]], [0.8, 0.6], tmp_path)
+    text = (tmp_path / "methods.toml").read_text()
+    block = text[text.index('[[kernel]]\nid = "marlin"'):]
+    block = block[:block.index("\n[[", 1)]
+    assert "\nbandwidth_efficiency = 0.8\n" in block and "\ncompute_efficiency = 0.6\n" in block
+    other = text[text.index('[[kernel]]\nid = "trtllm-w4a16"'):]
+    assert "bandwidth_efficiency = 0.8\n" not in other.split("\n[[")[0]
