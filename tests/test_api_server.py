@@ -43,12 +43,17 @@ def test_the_overhead_is_added_once_to_every_ttft_figure():
 
 
 def test_nim_rows_are_predicted_behind_nims_server():
-    """The 27 NIM rows (NIM 1.8.0, 2 x H100) name their server; a NIM TTFT row differs from the same row
-    behind trtllm's own server by exactly the two catalog overheads' difference."""
+    """The NIM rows name their server: 27 fitted (NIM 1.8.0, 2 x H100) and 96 held out (an older NIM on A100,
+    never fitted); a NIM TTFT row differs from the same row behind trtllm's own server by exactly the two
+    catalog overheads' difference."""
     rows = validate.load_rows()
     nim = [r for r in rows if r.api_server]
-    assert len(nim) == 27 and {r.api_server for r in nim} == {"nim"}
-    assert all(r.engine_version.startswith("NIM") for r in nim)
+    assert {r.api_server for r in nim} == {"nim"} and all(r.engine_version.startswith("NIM") for r in nim)
+    fitted = [r for r in nim if not r.held_out]
+    assert len(fitted) == 27 and {r.gpu for r in fitted} == {"h100-sxm"}
+    held = [r for r in nim if r.held_out]
+    assert len(held) == 96 and {r.gpu for r in held} == {"a100-80gb"}
+    assert not {r.id for r in held} & {r.id for r in validate.load_rows(held_out=False)}
     world = validate.validation_world()
     trtllm = world.frameworks.get("tensorrt-llm")
     row = next(r for r in nim if r.id == "p60")  # 5000 in / 500 out, concurrency 1, TTFT 406.77 ms

@@ -163,3 +163,19 @@ def test_sglang_before_the_overlap_scheduler_hands_tokens_out_at_once():
     base = serving.Scheduling("prefill-first", 8192, 1024, True, False, first_token_steps=1.0)
     assert validate.benchmark_limits(rows["p1"], base).first_token_steps == 0.0  # SGLang 0.3.0
     assert validate.benchmark_limits(rows["p17"], base).first_token_steps == 1.0  # December 2024 build
+
+
+def test_held_out_rows_are_scored_apart_and_never_fitted():
+    """A held-out row (validation_load_held_out.csv) is predicted and scored in its own table, not among the
+    rows the fit used; the fit's rows leave it out."""
+    row = next(r for r in validate.load_rows() if r.id == "p33")  # a scored SGLang rate row
+    held = row.model_copy(update={"id": "h1", "held_out": True})
+    checks = validate.run(rows=[row, held])
+    assert checks[1].held_out and checks[1].error == pytest.approx(checks[0].error)
+    summary = validate.summary(checks)
+    assert summary["under_load"]["tpot_ms"]["all"]["rows"] == 1
+    assert summary["under_load_held_out"]["tpot_ms"]["all"]["rows"] == 1
+    shipped = validate.load_rows()
+    held_ids = {r.id for r in shipped if r.held_out}
+    assert {"p200", "p295", "p296", "p313"} <= held_ids  # the A100 NIM runs and GPUStack's bursts
+    assert not held_ids & {r.id for r in validate.load_rows(held_out=False)}

@@ -300,12 +300,13 @@ def test_a_screening_solve_stops_at_a_node_count_and_still_returns_its_plan(worl
     """Screening stops at SCREENING_NODES nodes, not at a time (the same input screens to the same plan on any
     machine): HiGHS then says kSolutionLimit, which PuLP does not know; the plan found so far comes back, marked
     as not proven (a stop at a limit: PuLP calls it "Optimal", its solution status says integer feasible).
-    70B, three classes on four devices (92 options after pruning): one node does not finish it (with 64 chat
-    users it did until the catalog's refit of Dec 3; with the refitted efficiencies the root node solves that one)."""
+    70B, three classes on four devices (82 options after pruning): one node does not finish it (with 64 chat
+    users it did until the catalog's refit of Dec 3, with 96 until the Marlin shares were fitted: with each
+    refit the root node solved the smaller one)."""
     from quantplan.solver.scenario import make_scenario
     from quantplan.solver.space import build_space
 
-    classes = [{"name": "chat", "prompt_tokens": 1024, "output_tokens": 256, "concurrency": 96, "ttft_ms": 2000,
+    classes = [{"name": "chat", "prompt_tokens": 1024, "output_tokens": 256, "concurrency": 128, "ttft_ms": 2000,
                 "tpot_ms": 50},
                {"name": "rag", "prompt_tokens": 6000, "output_tokens": 300, "rate_per_s": 2.0, "ttft_ms": 3000},
                {"name": "batch", "prompt_tokens": 512, "output_tokens": 512, "concurrency": 256}]
