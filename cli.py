@@ -363,7 +363,8 @@ def validate(filters, show_rows, write_error_bars, as_json):
                     [[key, v["rows"], f"{v['median_ape']:.1%}", f"{v['p90_ape']:.1%}", f"{v['max_ape']:.1%}",
                       ("met" if v["meets"] else "MISSED") if "meets" in v else ""] for key, v in table.items()],
                     console)
-    for name, title in (("under_load", "Latency under load, dense models"), ("under_load_moe", "Latency under load, MoE"),
+    for name, title in (("under_load", "Latency under load, dense models"),
+                        ("under_load_moe", "Latency under load, MoE"),
                         ("under_load_held_out", "Latency under load, held-out rows (never fitted: out of sample)")):
         lines = []
         for metric, entry in result[name].items():

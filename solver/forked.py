@@ -8,8 +8,9 @@ computed in the child are the very records the parent would have made, and the s
 
 The child is a plain `os.fork` (Linux only, where forking a process with no other thread running is safe) and
 only when there is a second CPU and this process is not itself a worker of a pool (a sweep's points already
-take the CPUs). Whatever goes wrong in the child (an exception, a plugin dropped there, a result that cannot
-travel), the parent computes the child's items itself: the answer is the same, only slower.
+take the CPUs); `QUANTPLAN_FORK=0` in the environment keeps everything in one process. Whatever goes wrong
+in the child (an exception, a plugin dropped there, a result that cannot travel), the parent computes the
+child's items itself: the answer is the same, only slower.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def disable() -> None:
 def available() -> bool:
     import multiprocessing
 
-    return (sys.platform == "linux" and not _SWITCH["off"] and (os.cpu_count() or 1) >= 2
+    return (sys.platform == "linux" and not _SWITCH["off"] and os.environ.get("QUANTPLAN_FORK", "1") != "0"
+            and (os.cpu_count() or 1) >= 2
             and multiprocessing.parent_process() is None and threading.active_count() == 1)
 
 

@@ -77,7 +77,8 @@ class Figures:
         def evaluate(block) -> dict:
             policy, chunked, part = block
             owner = self.owner[part]
-            steps_here = StepModel(*(np.asarray(getattr(steps, name))[owner] for name in StepModel.__dataclass_fields__))
+            steps_here = StepModel(*(np.asarray(getattr(steps, name))[owner]
+                                     for name in StepModel.__dataclass_fields__))
             sched = Scheduling(policy, settings["token_budget"][owner], self.running[part], chunked,
                                settings["reserve_full"][owner], settings["kv_tokens"][owner],
                                request_overhead_s=settings["request_overhead_s"][owner],

@@ -112,3 +112,8 @@ def test_a_space_built_over_two_processes_is_the_space_built_in_one(two, monkeyp
             assert (figures.capacity, figures.ttft_ms, figures.tpot_ms) == (other.capacity, other.ttft_ms,
                                                                              other.tpot_ms)
     assert two_processes.incompatible == one_process.incompatible
+
+
+def test_the_environment_can_keep_everything_in_one_process(monkeypatch):
+    monkeypatch.setenv("QUANTPLAN_FORK", "0")
+    assert not forked.available()
