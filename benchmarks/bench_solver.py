@@ -55,6 +55,31 @@ def solve_figures(world, classes, repeats: int) -> None:
           f"{solve_s:.3f} s (median of {repeats}), status {solution.status}, ${solution.cost_per_hour:.2f}/h")
 
 
+def fork_figures(repeats: int) -> None:
+    """The 3-class candidate space built in one process and over two (solver/forked.py), each from a fresh world
+    (nothing kept from an earlier build), the two alternating run after run."""
+    import os
+
+    scenario = make_scenario({"model": "llama-3.1-70b", "classes": THREE_CLASSES, "alternatives": False})
+    before = os.environ.get("QUANTPLAN_FORK")
+    found: dict[str, list[float]] = {"0": [], "1": []}
+    try:
+        for _ in range(repeats):
+            for flag in found:
+                os.environ["QUANTPLAN_FORK"] = flag
+                world = load_world()
+                start = time.perf_counter()
+                build_space(world, scenario, world.with_prices({}))
+                found[flag].append(time.perf_counter() - start)
+    finally:
+        if before is None:
+            os.environ.pop("QUANTPLAN_FORK")
+        else:
+            os.environ["QUANTPLAN_FORK"] = before
+    print(f"  3-class candidate space: one process {statistics.median(found['0']):.2f} s, two processes "
+          f"{statistics.median(found['1']):.2f} s (medians of {repeats}; QUANTPLAN_FORK=0 / default)")
+
+
 def sweep_figures(world, grid_points: int) -> None:
     scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["a100-80gb", "l40s", "l4", "a10g", "h100-sxm"],
                               "max_gpus": 2, "alternatives": False,
@@ -300,6 +325,8 @@ def main() -> None:
     solve_figures(world, THREE_CLASSES, args.repeats)
     if not args.quick:
         solve_figures(world, ten_classes(), 1)
+    print("Candidate evaluation over two processes:")
+    fork_figures(min(args.repeats, 3))
     if not args.quick:
         print("Price sweep:")
         sweep_figures(world, args.grid)
