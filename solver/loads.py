@@ -25,7 +25,7 @@ from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, c
 from .stepmodel import StepModel, stack
 
 BLOCK = 2048  # elements per numpy pass: bounds the closed loop's percentile grids (BLOCK x 400 floats)
-FORKED_BLOCKS = 4  # a class with this many blocks or more shares them with a forked child (solver/forked.py)
+FORKED_BLOCKS = 4  # a class with this many blocks or more shares them with forked children (solver/forked.py)
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ class Figures:
                          ttft_p=load.ttft_percentiles, tpot_p=load.tpot_percentiles)
             return found
 
-        # the blocks are independent: half of them in a forked child where a second CPU is free
-        for (_, _, part), found in zip(blocks, forked.in_two(evaluate, blocks, [], minimum=FORKED_BLOCKS)):
+        # the blocks are independent: shared out to forked children where more CPUs are free
+        for (_, _, part), found in zip(blocks, forked.spread(evaluate, blocks, [], minimum=FORKED_BLOCKS)):
             if "capacity" in found:
                 self.capacity[part], self.at[part] = found["capacity"], found["at"]
             self.ttft[part], self.tpot[part] = found["ttft"], found["tpot"]  # numpy broadcasts a scalar figure

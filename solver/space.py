@@ -319,8 +319,8 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
 
 def _first_passes(world: World, scenario: Scenario, model: ModelSpec, batches, limits: dict, reuse: dict,
                   probes: dict, qualities: dict, priced: list[Config]) -> None:
-    """The first pass of every priced configuration not in `reuse` yet, half of them in a forked child where a
-    second CPU is free (solver/forked.py): the plugin calls are most of a candidate space's time."""
+    """The first pass of every priced configuration not in `reuse` yet, shared out to forked children where more
+    CPUs are free (solver/forked.py): the plugin calls are most of a candidate space's time."""
     todo = list({(config.key, config.execution): config for config in priced
                  if (config.key, config.execution) not in reuse}.values())
 
@@ -332,7 +332,7 @@ def _first_passes(world: World, scenario: Scenario, model: ModelSpec, batches, l
     known = [world, world.plugins, model, scenario, *priced,
              *(record for registry in (world.gpus, world.methods, world.kv_caches, world.frameworks, world.models)
                for record in registry)]
-    for key, entry, events, probe in forked.in_two(first, todo, known, lambda: world.plugins.dropped):
+    for key, entry, events, probe in forked.spread(first, todo, known, lambda: world.plugins.dropped):
         reuse[key] = (entry, events)
         if probe is not None:
             probes.setdefault(key, probe)

@@ -1,5 +1,5 @@
-"""Candidate evaluation over two processes (solver/forked.py): the same results as one process, the parent's own
-objects back, and every failure in the child answered by computing its items in the parent."""
+"""Candidate evaluation over several processes (solver/forked.py): the same results as one process, the parent's
+own objects back, and every failure in a child answered by computing its items in the parent."""
 
 from __future__ import annotations
 
@@ -20,19 +20,38 @@ def two(monkeypatch):
     """Forking allowed whatever threads the test run holds, from a handful of items on."""
     monkeypatch.setattr(forked, "available", lambda: True)
     monkeypatch.setattr(forked, "MIN_ITEMS", 4)
+    monkeypatch.setattr(forked, "processes", lambda: 2)
 
 
 def test_every_other_item_is_computed_in_a_child_and_the_order_kept(two):
     parent = os.getpid()
-    found = forked.in_two(lambda item: (item * item, os.getpid()), list(range(9)), [])
+    found = forked.spread(lambda item: (item * item, os.getpid()), list(range(9)), [])
     assert [value for value, _ in found] == [item * item for item in range(9)]
     assert {pid for _, pid in found[0::2]} == {parent}
     assert parent not in {pid for _, pid in found[1::2]}
 
 
+def test_more_cpus_take_more_children_each_a_share_in_turn(two, monkeypatch):
+    monkeypatch.setattr(forked, "processes", lambda: 3)
+    parent = os.getpid()
+    found = forked.spread(lambda item: (item * 10, os.getpid()), list(range(10)), [])
+    assert [value for value, _ in found] == [item * 10 for item in range(10)]
+    owners = [pid for _, pid in found]
+    assert set(owners[0::3]) == {parent}
+    assert len(set(owners[1::3])) == len(set(owners[2::3])) == 1
+    assert len({parent, owners[1], owners[2]}) == 3
+
+
+def test_processes_follow_the_cpus_up_to_the_cap(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert forked.processes() == forked.MAX_PROCESSES
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert forked.processes() == 1
+
+
 def test_known_objects_come_back_as_themselves(two):
     records = [object(), object()]
-    found = forked.in_two(lambda item: {"record": records[item % 2], "copy": [item]}, list(range(6)), records)
+    found = forked.spread(lambda item: {"record": records[item % 2], "copy": [item]}, list(range(6)), records)
     assert all(result["record"] is records[index % 2] for index, result in enumerate(found))
     assert [result["copy"] for result in found] == [[item] for item in range(6)]
 
@@ -42,7 +61,7 @@ def test_none_and_arrays_travel_by_value(two):
     import numpy as np
 
     parent = os.getpid()
-    found = forked.in_two(lambda item: (None, np.full(2, item), os.getpid()), list(range(6)), [])
+    found = forked.spread(lambda item: (None, np.full(2, item), os.getpid()), list(range(6)), [])
     assert [(a, b.tolist()) for a, b, _ in found] == [(None, [item, item]) for item in range(6)]
     assert parent not in {pid for _, _, pid in found[1::2]}
 
@@ -55,12 +74,12 @@ def test_a_child_that_fails_leaves_its_items_to_the_parent(two):
             raise RuntimeError("broken in the child")
         return item + 1
 
-    assert forked.in_two(only_here, list(range(8)), []) == list(range(1, 9))
+    assert forked.spread(only_here, list(range(8)), []) == list(range(1, 9))
 
 
 def test_a_result_that_cannot_travel_is_computed_in_the_parent(two):
     parent = os.getpid()
-    found = forked.in_two(lambda item: (lambda: item) if os.getpid() != parent else item, list(range(6)), [])
+    found = forked.spread(lambda item: (lambda: item) if os.getpid() != parent else item, list(range(6)), [])
     assert found == list(range(6))  # a function does not pickle: the child's answer is not taken
 
 
@@ -75,7 +94,7 @@ def test_a_child_whose_state_changed_is_not_taken(two):
             state["dropped"] = 1
         return (item, os.getpid())
 
-    found = forked.in_two(work, list(range(6)), [], lambda: state["dropped"])
+    found = forked.spread(work, list(range(6)), [], lambda: state["dropped"])
     assert [item for item, _ in found] == list(range(6))
     assert {pid for _, pid in found} == {parent}
 
@@ -83,10 +102,10 @@ def test_a_child_whose_state_changed_is_not_taken(two):
 def test_too_few_items_or_no_second_cpu_stay_in_this_process(monkeypatch):
     parent = os.getpid()
     monkeypatch.setattr(forked, "available", lambda: True)
-    assert {pid for pid in forked.in_two(lambda _: os.getpid(), list(range(5)), [])} == {parent}  # < MIN_ITEMS
+    assert {pid for pid in forked.spread(lambda _: os.getpid(), list(range(5)), [])} == {parent}  # < MIN_ITEMS
     monkeypatch.setattr(forked, "available", lambda: False)
     monkeypatch.setattr(forked, "MIN_ITEMS", 1)
-    assert {pid for pid in forked.in_two(lambda _: os.getpid(), list(range(5)), [])} == {parent}
+    assert {pid for pid in forked.spread(lambda _: os.getpid(), list(range(5)), [])} == {parent}
 
 
 def test_a_space_built_over_two_processes_is_the_space_built_in_one(two, monkeypatch):
