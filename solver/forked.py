@@ -59,42 +59,55 @@ def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | Non
     before = unchanged()
     children = []
     for part in range(1, parts):
-        reading, writing = os.pipe()
-        child = os.fork()
+        try:
+            reading, writing = os.pipe()
+        except OSError:  # no more descriptors: the parent computes the remaining parts
+            break
+        try:
+            child = os.fork()
+        except OSError:  # no more processes: the same
+            os.close(reading)
+            os.close(writing)
+            break
         if child == 0:  # a child: compute, send, leave without running the parent's exit handlers
             os.close(reading)
             _answer(function, items[part::parts], table, unchanged, before, writing)
         os.close(writing)
         children.append((part, child, reading))
     merged = [None] * len(items)
+    answers = {}
     merged[0::parts] = [function(item) for item in items[0::parts]]
     for part, child, reading in children:
         with os.fdopen(reading, "rb") as pipe:
             data = pipe.read()
         os.waitpid(child, 0)
         try:
-            answer = _Unpickler(io.BytesIO(data), table).load()
+            answers[part] = _Unpickler(io.BytesIO(data), table).load()
         except Exception:  # noqa: BLE001 - a truncated or unreadable answer: computed here instead
-            answer = ("failed",)
-        mine = items[part::parts]
-        merged[part::parts] = answer[1] if answer[0] == "done" else [function(item) for item in mine]
+            answers[part] = ("failed",)
+    for part in range(1, parts):
+        answer = answers.get(part, ("failed",))
+        merged[part::parts] = answer[1] if answer[0] == "done" else [function(item) for item in items[part::parts]]
     return merged
 
 
 def _answer(function, items: list, table: dict, unchanged, before, writing: int) -> None:
-    """A child's work: its items' results (or why there are none) down the pipe, then exit."""
-    code = 0
+    """A child's work: its items' results (or why there are none) down the pipe, then exit, whatever happens (a
+    child must never return into the parent's code)."""
+    code = 1
     try:
-        found = [function(item) for item in items]
-        payload = ("dropped",) if unchanged() != before else ("done", found)
-        buffer = io.BytesIO()
-        _Pickler(buffer, table).dump(payload)
-        data = buffer.getvalue()
-    except BaseException:  # noqa: BLE001 - anything: the parent computes these items itself
-        data, code = pickle.dumps(("failed",)), 1
-    with os.fdopen(writing, "wb") as pipe:
-        pipe.write(data)
-    os._exit(code)
+        try:
+            found = [function(item) for item in items]
+            payload = ("dropped",) if unchanged() != before else ("done", found)
+            buffer = io.BytesIO()
+            _Pickler(buffer, table).dump(payload)
+            data, code = buffer.getvalue(), 0
+        except BaseException:  # noqa: BLE001 - anything: the parent computes these items itself
+            data = pickle.dumps(("failed",))
+        with os.fdopen(writing, "wb") as pipe:
+            pipe.write(data)
+    finally:
+        os._exit(code)
 
 
 class _Pickler(pickle.Pickler):

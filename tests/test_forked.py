@@ -77,6 +77,14 @@ def test_a_child_that_fails_leaves_its_items_to_the_parent(two):
     assert forked.spread(only_here, list(range(8)), []) == list(range(1, 9))
 
 
+def test_a_fork_that_fails_leaves_its_part_to_the_parent(two, monkeypatch):
+    def refused():
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(os, "fork", refused)
+    assert forked.spread(lambda item: item * 2, list(range(6)), []) == [item * 2 for item in range(6)]
+
+
 def test_a_result_that_cannot_travel_is_computed_in_the_parent(two):
     parent = os.getpid()
     found = forked.spread(lambda item: (lambda: item) if os.getpid() != parent else item, list(range(6)), [])
