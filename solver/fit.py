@@ -2,9 +2,9 @@
 
 A handful of structural parameters (per engine: bandwidth share, decode and prefill compute shares,
 per-step overhead, all-reduce latency, per-request TTFT overhead; per kernel: bandwidth and compute
-shares (TensorRT-LLM's W4A16 GEMM, Marlin); per MoE model with rows: how unevenly its router spreads tokens over experts) are fitted
-with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1 loss, so a few odd
-rows (old builds, overloaded servers) do not steer the fit. The rows' load-model probes are built
+shares (TensorRT-LLM's W4A16 GEMM, Marlin); per MoE model with rows: how unevenly its router spreads tokens
+over experts) are fitted with scipy's `least_squares` on log(predicted / measured) under a robust soft-L1
+loss, so a few odd rows (old builds, overloaded servers) do not steer the fit. The rows' load-model probes are built
 once (solver/probes.py); each trial value changes the stacked step models directly, so the fit calls
 no plugin, and the finite differences of one Jacobian run as one array pass over the probes each
 parameter touches (`Trials`). `--devices` fits on some devices' rows only and reports the error on the
@@ -38,8 +38,9 @@ TOLERANCE = 1e-6  # stop once a step changes the loss (or the values) by less th
 PRIOR_WEIGHT = 0.02  # per parameter, on its range: weak next to ~1,500 rows' log errors
 RESTARTS = 10  # least_squares runs again from where it stopped while the rows' loss still falls by RESTART_GAIN
 RESTART_GAIN = 1e-5  # (its xtol stop can come on a step the trust region shrank in a flat valley, above the
-# valley's floor: with the 114 A100 rows of 2026-12-03 the fixed start stopped 0.5% above a minimum that a fit
-# started from its result went on to; a restart starts a fresh trust region. Judged by Problem.loss, the
+# valley's floor: fitted on the 114 A100 rows now in validation_load_held_out.csv, the fixed start stopped 0.5%
+# above a minimum that a fit started from its result went on to; a restart starts a fresh trust region. On the
+# shipped rows it changes nothing: the fit without restarts returns the same catalog. Judged by Problem.loss, the
 # rows' own loss, not least_squares' cost: the trials adjust probes built at the catalog's values, and a
 # restart that lowers the cost can raise the loss far from them)
 

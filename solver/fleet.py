@@ -52,7 +52,8 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
         reasons = _why_not(world, scenario, members, spaces, options, whole, availability)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, notes = settle_sharing(
-        solution, options, whole.classes, lambda chosen, screening: _solve(chosen, whole, availability, screening, memo))
+        solution, options, whole.classes,
+        lambda chosen, screening: _solve(chosen, whole, availability, screening, memo))
     notes += _unbounded_quality_notes(world, whole.classes, groups)
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]

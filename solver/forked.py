@@ -24,19 +24,13 @@ import threading
 
 MIN_ITEMS = 200  # fewer items than this: the fork and the transfer cost more than the second CPU saves
 MAX_PROCESSES = 4  # more: each child fills its own caches and pickles its answer, and the parent reads them in turn
-_SWITCH = {"off": False}
 _ABSENT = object()  # not None: None itself travels by value
-
-
-def disable() -> None:
-    """Compute everything in this process (tests of the serial path, a caller that forks on its own)."""
-    _SWITCH["off"] = True
 
 
 def available() -> bool:
     import multiprocessing
 
-    return (sys.platform == "linux" and not _SWITCH["off"] and os.environ.get("QUANTPLAN_FORK", "1") != "0"
+    return (sys.platform == "linux" and os.environ.get("QUANTPLAN_FORK", "1") != "0"
             and (os.cpu_count() or 1) >= 2
             and multiprocessing.parent_process() is None and threading.active_count() == 1)
 

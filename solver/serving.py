@@ -934,7 +934,8 @@ def shared_load(loads: dict) -> dict:
             break
         tau = tau_new if tau == 0 else (tau + tau_new) / 2
         for n in names:
-            ttft[n] = _own_ttft(combined, sched, prompt, loads[n][0].prompt_tokens, result, float(np.asarray(result.ttft)))
+            ttft[n] = _own_ttft(combined, sched, prompt, loads[n][0].prompt_tokens, result,
+                                float(np.asarray(result.ttft)))
     if result is None or not math.isfinite(tau):
         return {n: (math.inf,) * 4 for n in names}
     found = {}

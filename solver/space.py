@@ -289,10 +289,7 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
                 incompatible[f"no price for {config.gpu.id}: give --price {config.gpu.id}=USD"] += 1
             continue
         count += 1
-        key = (config.key, config.execution)
-        if key not in reuse:
-            reuse[key] = _first_pass(world, scenario, config, batches, qualities, probes, limits)
-        entry, events = reuse[key]
+        entry, events = reuse[config.key, config.execution]  # every priced configuration's, made just above
         for kind, name, value, what in events:  # the diagnostics the first pass left, replayed
             if kind == "smallest":
                 per_class[name].smallest_memory.offer(value, what)
