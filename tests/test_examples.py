@@ -55,7 +55,7 @@ def test_example_2_int4_on_one_h100(plans, world):
     """The blog's answer (FP8 W8A8 on 2x H100) is no longer the cheapest: INT4 on vLLM's Marlin kernel,
     whose compute share the INT4 rows p412-p431 fit at 0.97 (0.45 estimated before: INT4 then needed two
     single-H100 replicas of 64 clients, $13.04/h like FP8, and the tie-break kept FP8), serves all 128 clients
-    from one H100 at batch 128 (TPOT ~95 ms, 10.5 tok/s each), half the FP8 plan's cost. A GPTQ/AWQ replica
+    from one H100 at batch 128 (TPOT ~94 ms, 10.7 tok/s each), half the FP8 plan's cost. A GPTQ/AWQ replica
     at that batch is an extrapolation of Marlin's share: the INT4 rows under load are prompt-heavy A100 runs
     and 1000-request bursts (the README says so)."""
     plan = plans["blog-2-70b-batch-2xh100"]

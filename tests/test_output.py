@@ -29,6 +29,6 @@ def test_human_output_fits_the_terminal_width():
 
 def test_consumer_and_extrapolated_groups_are_labelled():
     text = human("solve", "--model", "llama-3.1-8b", "--concurrency", "4", "--gpu", "rtx4090", "--method",
-                 "awq-int4", "--framework", "sglang", "--max-gpus", "1", "--no-alternatives", width=200)
+                 "awq-int4", "--framework", "tensorrt-llm", "--max-gpus", "1", "--no-alternatives", width=200)
     assert "(consumer)" in text and "(extrapolated)" in text
     assert "include the p90 validation error" in text

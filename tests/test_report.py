@@ -40,8 +40,8 @@ def test_pareto_front_by_hand():
 def test_candidates_match_the_plan_figures():
     """chat-7b-a100: 8 users on one A100 (gpu_count 1). The plan's own configuration, as a candidate, needs
     8 users / capacity 8 = 1 replica at the A100's catalog price, and its request latency is TTFT + 255 x TPOT of the plan
-    (71.13 + 255 x 10.334 = 2,706.4 ms; 68.32 + 255 x 9.860 = 2,582.7 ms before the A100 rows of the validation
-    set moved vLLM's fitted bandwidth share from 0.846 to 0.786); no candidate needs more than the one A100 available."""
+    (SGLang: 96.70 + 255 x 10.475 = 2,767.9 ms; on vLLM, the plan before the current-build rows p500-p586 joined the
+    fit, 71.13 + 255 x 10.334 = 2,706.4 ms); no candidate needs more than the one A100 available."""
     scenario = load_scenario(CHAT)
     plan, space = solve_with_space(scenario)
     found = pareto.candidates(space.options, scenario.classes, {"a100-80gb": 1})
@@ -49,7 +49,7 @@ def test_candidates_match_the_plan_figures():
     mine = next(c for c in found if c.key == group.key)
     assert (mine.replicas, mine.cost_per_hour) == (1, pytest.approx(A100_PRICE))
     assert mine.latency_ms == pytest.approx(group.ttft_ms + 255 * group.tpot_ms, rel=1e-9)
-    assert mine.latency_ms == pytest.approx(2706.4, abs=1.0)
+    assert mine.latency_ms == pytest.approx(2767.9, abs=1.0)
     assert all(c.devices <= 1 for c in found) and len(found) > 10
     assert pareto.plan_point(plan, space.options, scenario.classes) == pytest.approx(
         (mine.cost_per_hour, mine.latency_ms, mine.ppl_delta))
@@ -62,17 +62,17 @@ def test_page_holds_every_section_and_the_plan_row(chat_report):
     for anchor in ("workload", "plan", "why", "alternatives", "pareto", "memory", "sweep", "launch"):
         assert f'<section id="{anchor}">' in page
     rows = re.findall(r'<tr class="plan-row">(.*?)</tr>', page)
-    assert len(rows) == 1 and "1x a100-80gb bf16 vllm kv=bf16" in rows[0]
-    # the TTFT cell carries its error bars: vllm's median 16.8% and p90 39.3% (catalogs/error_bars.toml, counting
-    # the held-out rows of validation_load_held_out.csv; 16.0% and 37.5% without them, 17.8% and 37.3% before the
-    # INT4 rows p406-p431 joined vLLM's rows and the fit, TTFT 71.13 ms then)
-    assert "72 (60-84; p90 44-100)" in rows[0]  # 72.0 x (1 -/+ 0.168), x (1 -/+ 0.393)
+    assert len(rows) == 1 and "1x a100-80gb bf16 sglang kv=bf16" in rows[0]
+    # the TTFT and TPOT cells carry their error bars: SGLang's TTFT median 10.35% and p90 30.34%, TPOT 8.41% and
+    # 20.05% (catalogs/error_bars.toml, counting the held-out rows of validation_load_held_out.csv)
+    assert "97 (87-107; p90 67-126)" in rows[0]  # 96.70 x (1 -/+ 0.1035), x (1 -/+ 0.3034)
+    assert "10.5 (9.6-11.4; p90 8.4-12.6)" in rows[0]  # 10.475 x (1 -/+ 0.0841), x (1 -/+ 0.2005)
     assert "availability: all 1 a100-80gb in use" in page  # the binding constraint
     assert "128 prompt + 256 output tokens" in page  # the workload as understood
     assert page.count("<svg") == 5  # TTFT and TPOT against the SLO, Pareto scatter, memory bars, price sweep
-    # the mean TTFT (a concurrency class) with vllm's error bars, against the 150 ms SLO; TPOT against 25 ms
-    assert "chat on a100-80gb/bf16/b8: TTFT 72.0 ms; median error 16.8%, p90 39.3%; SLO 150 ms" in page
-    assert "chat on a100-80gb/bf16/b8: TPOT 10.3 ms; median error 6.2%, p90 17.5%; SLO 25 ms" in page
+    # the mean TTFT (a concurrency class) with SGLang's error bars, against the 150 ms SLO; TPOT against 25 ms
+    assert "chat on a100-80gb/bf16/b8: TTFT 96.7 ms; median error 10.4%, p90 30.3%; SLO 150 ms" in page
+    assert "chat on a100-80gb/bf16/b8: TPOT 10.5 ms; median error 8.4%, p90 20.0%; SLO 25 ms" in page
     assert "chosen plan" in page
     # memory of one A100 for Llama-2-7B bf16 at batch 8: 13.48 GB of weights, 1.61 GB of KV cache
     assert "<td class=\"num\">13.48</td><td class=\"num\">1.61</td>" in page
@@ -161,8 +161,8 @@ def test_launch_section_gives_what_quantplan_launch_gives(chat_report):
     section = re.search(r'<section id="launch">(.*?)</section>', chat_report.html).group(1)
     [replica] = launch(json.loads(chat_report.plan.model_dump_json()), load_world())
     assert f"<pre>{escape(replica.command)}</pre>" in section
-    assert replica.command.startswith("vllm serve")
-    assert "--max-num-seqs 8" in replica.command
+    assert replica.command.startswith("python -m sglang.launch_server")
+    assert "--max-running-requests 8" in replica.command
     assert f"Checkpoint ({replica.checkpoint.kind}): {escape(replica.checkpoint.path)}" in section
     [benchmark] = replica.benchmarks
     assert f"<pre>{escape(benchmark.command)}</pre>" in section and "--max-concurrency 8" in benchmark.command
@@ -198,10 +198,11 @@ def test_cli_writes_the_page_and_json_summary(tmp_path):
 
 def test_infeasible_scenario_writes_why_and_exits_1(tmp_path):
     """The blog's 50 ms TTFT for 8 users on one A100 has no plan: the page says what cannot be met (one
-    A100 is not enough) and what would be (four SGLang INT8 W8A8 replicas of two users each: ExLlamaV2 GPTQ INT4,
-    two replicas of four users on the Marlin shares the INT4 rows fitted, lies outside the validation data and is
-    planned at the p90 TTFT error, which the held-out A100 rows widened from 53.7% to 62.9%, past the 50 ms SLO),
-    stderr says infeasible, exit 1."""
+    A100 is not enough) and what would be (two SGLang INT8 W8A8 replicas of four users each, TTFT 48.5 ms behind
+    SGLang's own server, whose per-request overhead the fit with the current-build rows p500-p586 put at 14.95 ms
+    (four replicas of two users at 20.79 ms before); ExLlamaV2 GPTQ INT4, two replicas of four users on the Marlin
+    shares the INT4 rows fitted, lies outside the validation data and is planned at the p90 TTFT error, past the
+    50 ms SLO), stderr says infeasible, exit 1."""
     out = tmp_path / "plan.html"
     result = CliRunner().invoke(cli, ["report", str(EXAMPLES / "blog-1-7b-chat-a100.toml"), "-o", str(out)])
     assert result.exit_code == 1 and result.stderr.startswith("infeasible:")
@@ -209,7 +210,7 @@ def test_infeasible_scenario_writes_why_and_exits_1(tmp_path):
     assert "<b>infeasible</b>" in page and "TTFT &lt;= 50 ms" in page
     why = re.search(r'<section id="why">(.*?)</section>', page).group(1)
     assert "not within the devices available (a100-80gb=1)" in why
-    assert "needs 4 a100-80gb (4 x (1x a100-80gb, int8-w8a8, sglang, batch 2)" in why
+    assert "needs 2 a100-80gb (2 x (1x a100-80gb, int8-w8a8, sglang, batch 4)" in why
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -322,7 +323,7 @@ def test_page_loads_in_headless_chromium(tmp_path, chat_report):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-rendered="yes"' in dom.stdout  # the page's script ran to the end
     assert re.search(r'<pre id="page-errors" hidden="">\s*</pre>', dom.stdout), "the page reported a script error"
-    assert "1x a100-80gb bf16 vllm kv=bf16" in re.search(r'<tr class="plan-row">(.*?)</tr>', dom.stdout).group(1)
+    assert "1x a100-80gb bf16 sglang kv=bf16" in re.search(r'<tr class="plan-row">(.*?)</tr>', dom.stdout).group(1)
     assert not [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     shot = tmp_path / "plan.png"
     taken = _browse(browser, page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2000")

@@ -144,14 +144,17 @@ def test_an_unmeasured_engine_loses_a_tie_to_a_measured_one():
 def test_auto_margin_plans_an_extrapolated_configuration_at_its_p90_error():
     from quantplan.solver import errorbars
 
+    # TensorRT-LLM has no speed row on a consumer device (SGLang has: AccelMark's RTX 4090 runs)
     argv = ("--model", "llama-3.1-8b", "--concurrency", "4", "--gpu", "rtx4090", "--method", "awq-int4",
-            "--framework", "sglang", "--max-gpus", "1", "--no-alternatives")
+            "--framework", "tensorrt-llm", "--max-gpus", "1", "--no-alternatives")
     _, auto = solve_json(*argv)
     _, none = solve_json(*argv, "--margin", "none")
     group, plain = auto["replicas"][0], none["replicas"][0]
     assert group["basis"] == "extrapolated" and group["margin"] == "p90" and plain["margin"] == "none"
-    factor = errorbars.shipped().factor("decode", "sglang", "p90")
-    assert group["tpot_ms"] / plain["tpot_ms"] == pytest.approx(factor, rel=1e-6)
+    # decode work is planned at the decode p90 factor and prompt work at the TTFT one; TensorRT-LLM's in-flight
+    # batching puts prompt chunks into the decode steps, so TPOT grows by a factor between the two
+    decode, ttft = (errorbars.shipped().factor(group_name, "tensorrt-llm", "p90") for group_name in ("decode", "ttft"))
+    assert 1 < decode < group["tpot_ms"] / plain["tpot_ms"] < ttft
     assert any("outside the validation data" in note for note in auto["notes"])
 
 
