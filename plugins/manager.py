@@ -99,13 +99,7 @@ class PluginSet:
         Answers of built-in plugins are not checked again on every call (tests hold them to the rules of
         plugins/results.py); every other plugin's are.
         """
-        key = (hook_name, config.model.id, config.gpu.id, config.method.id, config.framework.id, config.kv.id)
-        impls = self._involved.get(key)
-        if impls is None:
-            impls = [(impl.function, impl.argnames, impl.plugin_name, impl.plugin_name not in self.trusted)
-                     for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls())
-                     if not hasattr(impl.plugin, "owns") or impl.plugin.owns(config)]
-            self._involved[key] = impls
+        impls = self._impls(hook_name, config)
         kwargs["config"] = config
         results = []
         for function, argnames, name, checked in impls:
@@ -122,6 +116,24 @@ class PluginSet:
             kwargs.pop("config")
             return self.call_for(hook_name, config, **kwargs)
         return results
+
+    def built_in_only(self, hook_name: str, config) -> bool:
+        """Whether only built-in plugins answer `hook_name` for `config`: they take arrays of lengths (contexts,
+        prompts) where a hook's documentation promises scalars, so the candidate space asks them for several
+        traffic classes in one call; another plugin is asked one length at a time."""
+        return not any(checked for _, _, _, checked in self._impls(hook_name, config))
+
+    def _impls(self, hook_name: str, config) -> list[tuple]:
+        """(function, argument names, plugin name, answers checked) of the plugins involved in `config`, cached
+        per (model, device, method, framework, KV)."""
+        key = (hook_name, config.model.id, config.gpu.id, config.method.id, config.framework.id, config.kv.id)
+        impls = self._involved.get(key)
+        if impls is None:
+            impls = [(impl.function, impl.argnames, impl.plugin_name, impl.plugin_name not in self.trusted)
+                     for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls())
+                     if not hasattr(impl.plugin, "owns") or impl.plugin.owns(config)]
+            self._involved[key] = impls
+        return impls
 
     def _drop(self, name: str, error: str) -> None:
         self._involved.clear()

@@ -109,6 +109,27 @@ def memory(world: World, config: Config, context_tokens: int, found: list[Term] 
     )
 
 
+def memories(world: World, config: Config, contexts: list[int]) -> list[Memory]:
+    """memory(world, config, c) for every context c in `contexts`, in one call to the plugins where only built-in
+    ones answer (they take an array of contexts: one row per context, a column per batch size where the batch is
+    an array); one call per context otherwise. The figures are those of the separate calls, to the bit."""
+    if len(contexts) < 2 or not world.plugins.built_in_only("quantplan_memory_terms", config):
+        return [memory(world, config, context) for context in contexts]
+    column = np.array(contexts).reshape(-1, *([1] * np.ndim(config.batch)))
+    block = memory(world, config, column)
+    return [_row(block, index, column.ndim) for index in range(len(contexts))]
+
+
+def _row(block: Memory, index: int, full: int) -> Memory:
+    """One context's record out of memories()' block, whose context-dependent figures have `full` dimensions
+    (the first one the context's); a figure of fewer dimensions did not depend on the context."""
+    values = dict(block.__dict__)
+    for name, value in block.__dict__.items():
+        if type(value) is np.ndarray and value.ndim == full:
+            values[name] = value[index] if value.shape[0] > 1 else value[0]  # a row per context, or one for all
+    return Memory(**values)
+
+
 def step_terms(world: World, config: Config, step: Step) -> list[Term]:
     return _flatten(world.plugins.call_for("quantplan_step_terms", config, step=step))
 

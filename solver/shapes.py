@@ -163,9 +163,14 @@ def attention_flops_per_token(model: ModelSpec, context: float) -> float:
     return 4.0 * model.layers * model.attention_heads * model.head_dim * context
 
 
-def prefill_attention_flops(model: ModelSpec, prompt_tokens: int) -> float:
-    """Causal attention over a whole prompt: half of the P x P score matrix, two matmuls."""
-    return 2.0 * model.layers * model.attention_heads * model.head_dim * float(prompt_tokens) ** 2
+def prefill_attention_flops(model: ModelSpec, prompt_tokens: int):
+    """Causal attention over a whole prompt: half of the P x P score matrix, two matmuls (whole tokens; an array
+    of prompt lengths gives an array)."""
+    if getattr(prompt_tokens, "ndim", 0):
+        import numpy as np
+
+        return 2.0 * model.layers * model.attention_heads * model.head_dim * np.trunc(prompt_tokens) ** 2
+    return 2.0 * model.layers * model.attention_heads * model.head_dim * float(int(prompt_tokens)) ** 2
 
 
 _CONFIG_FIELDS = {

@@ -12,13 +12,13 @@ import numpy as np
 from . import collection, errorbars, forked
 from . import terms as q
 from .candidates import Config, Execution
-from .estimator import Memory, Quality, cost_terms, memory, quality
+from .estimator import Memory, Quality, cost_terms, memories, memory, quality
 from .gates import gate
 from .loads import Figures, Job
 from .registry import World
 from .scenario import Scenario, TrafficClass
 from .serving import Performance, Timing, engine_scheduling, kv_capacity_tokens
-from .stepmodel import step_model
+from .stepmodel import step_models
 from .specs import ModelSpec
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
@@ -370,7 +370,8 @@ class Probe:
 
 
 def _probe(world: World, scenario: Scenario, config: Config, qualities: dict) -> Probe:
-    at_batch_one = AtBatchOne(world, config)
+    # what the classes ask of memory at batch 1: placement, KV capacity (serving.kv_capacity_tokens), diagnostics
+    at_batch_one = AtBatchOne(world, config).ask([1, *(traffic.context_tokens for traffic in scenario.classes)])
     placed = fit_placement(world, config, scenario.classes, at_batch_one)
     if placed is None:
         return Probe(None, None, None, [("smallest", traffic.name,
@@ -423,6 +424,12 @@ class AtBatchOne:
             found = self.found[context_tokens] = memory(self.world, self.config, context_tokens)
         return found
 
+    def ask(self, contexts) -> AtBatchOne:
+        """Memory at every context of `contexts` not asked yet, in one call to the plugins (estimator.memories)."""
+        missing = sorted({c for c in contexts if c not in self.found})
+        self.found.update(zip(missing, memories(self.world, self.config, missing)))
+        return self
+
 
 def fit_placement(world: World, config: Config, classes, at_batch_one: AtBatchOne | None = None) -> Config | None:
     """The config at batch 1, offloaded to host RAM if llama.cpp needs that to fit; None if nothing fits.
@@ -470,14 +477,14 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
     applied = ("p90" if outside else "none") if margin == "auto" else margin
     at_batch_one = at_batch_one or AtBatchOne(world, config)
     engine = None
-    steps: dict[tuple[int, int], object] = {}
-    memories: dict[str, Memory] = {}
+    held = dict(zip([traffic.name for traffic in classes],
+                    memories(world, vector, [traffic.context_tokens for traffic in classes])))
+    steps = _steps(world, config, classes, held, assessed, limits, timings)
     jobs: dict[str, Job] = {}
     failing: set[str] = set()
     for traffic in classes:
-        used = memory(world, vector, traffic.context_tokens)
+        used = held[traffic.name]
         fits = np.atleast_1d(used.fits)
-        memories[traffic.name] = used
         if not fits[0]:
             per_class[traffic.name].smallest_memory.offer(float(np.atleast_1d(used.used_per_gpu)[0]) / 1e9,
                                                           _describe(config.with_batch(batches[0])))
@@ -489,11 +496,8 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
             continue
         times = timings.get(traffic.name) if timings is not None else None
         if times is None:
-            lengths = (traffic.prompt_tokens, traffic.output_tokens)
-            if lengths not in steps:
-                steps[lengths] = step_model(world, config, *lengths)
             engine = engine or engine_scheduling(world, config)
-            times = Timing(steps[lengths], replace(engine, kv_tokens=kv_capacity_tokens(world, config, traffic,
+            times = Timing(steps[traffic.prompt_tokens, traffic.output_tokens], replace(engine, kv_tokens=kv_capacity_tokens(world, config, traffic,
                                                                                          at_batch_one)))
             if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
                 bars = errorbars.shipped()
@@ -502,7 +506,24 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
             if timings is not None:
                 timings[traffic.name] = times
         jobs[traffic.name] = Job(config, times, tuple(batches[:leading]))
-    return Prepared(config, cost, assessed, outside, applied, memories, jobs, failing)
+    return Prepared(config, cost, assessed, outside, applied, held, jobs, failing)
+
+
+def _steps(world, config, classes, held: dict, assessed, limits, timings) -> dict:
+    """Step models by (prompt, output) lengths of the classes _prepare needs them for (some batch size fits, the
+    quality gate passes, no earlier call left its timing), asked of the plugins together (stepmodel.step_models)."""
+    lengths = []
+    for traffic in classes:
+        if not np.atleast_1d(held[traffic.name].fits)[0]:  # no batch size fits
+            continue
+        if limits is not None and not limits[traffic.name].passes(assessed):
+            continue
+        if timings is not None and timings.get(traffic.name) is not None:
+            continue
+        pair = (traffic.prompt_tokens, traffic.output_tokens)
+        if pair not in lengths:
+            lengths.append(pair)
+    return dict(zip(lengths, step_models(world, config, lengths))) if lengths else {}
 
 
 def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) -> list[Option]:

@@ -137,6 +137,37 @@ def step_model(world: World, config: Config, prompt_tokens: int, output_tokens: 
     decode = q.totals(step_terms(world, config, Step("decode", PROBE_SEQUENCES, PROBE_SEQUENCES, context)),
                       "decode")
     prefill = q.totals(step_terms(world, config, Step("prefill", 1, prompt_tokens, prompt_tokens)), "prefill")
+    return _from_probes(config, prompt_tokens, decode, prefill)
+
+
+def step_models(world: World, config: Config, lengths: list[tuple[int, int]]) -> list[StepModel]:
+    """step_model(world, config, prompt, output) for every (prompt, output) in `lengths`: one decode and one prefill
+    probe for all of them where only built-in plugins answer (they take arrays of contexts and prompt lengths: a
+    row per pair), one pair at a time otherwise. The coefficients are those of the separate probes, to the bit."""
+    if len(lengths) < 2 or not world.plugins.built_in_only("quantplan_step_terms", config):
+        return [step_model(world, config, *pair) for pair in lengths]
+    prompts = np.array([prompt for prompt, _ in lengths])
+    contexts = np.array([prompt + output / 2 for prompt, output in lengths]).reshape(-1, 1)
+    decode = q.totals(step_terms(world, config, Step("decode", PROBE_SEQUENCES, PROBE_SEQUENCES, contexts)),
+                      "decode")
+    prefill = q.totals(step_terms(world, config, Step("prefill", 1, prompts, prompts)), "prefill")
+    return [_from_probes(config, int(prompts[i]), _pick_row(decode, i, 2), _pick_row(prefill, i, 1))
+            for i in range(len(lengths))]
+
+
+def _pick_row(totals: dict, index: int, full: int) -> dict:
+    """One pair's totals out of step_models()' probes: a quantity with `full` dimensions has a row per pair (or one
+    row for all); one with fewer did not depend on the lengths."""
+    picked = dict(totals)
+    for name, value in totals.items():
+        if type(value) is np.ndarray and value.ndim == full:
+            value = value[index] if value.shape[0] > 1 else value[0]
+            picked[name] = value.item() if full == 1 else value
+    return picked
+
+
+def _from_probes(config: Config, prompt_tokens: int, decode: dict, prefill: dict) -> StepModel:
+    """The coefficients of t(d, p) from the totals of a decode probe (PROBE_SEQUENCES) and a prefill probe."""
     model = config.model
     ranks = config.expert_parallel
     touched = np.asarray(experts_touched_fraction(model, PROBE_SEQUENCES, ranks), dtype=float) * np.ones(3)

@@ -40,7 +40,7 @@ SINGLE = {CAPACITY, HOST_CAPACITY, BANDWIDTH, HOST_BANDWIDTH, PEAK_FLOPS, PPL_BA
 
 
 def show(value, digits: str = "g") -> str:
-    """A number for a term's detail; an array (several batch sizes at once) reads as 'per batch'."""
+    """A number for a term's detail; an array (several batch sizes or traffic classes at once) reads as 'per batch'."""
     if hasattr(value, "ndim") and value.ndim:
         return "per-batch"
     return format(float(value), digits)

@@ -206,8 +206,8 @@ def test_a_concurrency_sweep_asks_the_plugins_for_memory_only(world, monkeypatch
                                "ttft_ms": 1500, "tpot_ms": 60})
 
     steps = []
-    step_model = space_module.step_model
-    monkeypatch.setattr(space_module, "step_model", lambda *a: steps.append(1) or step_model(*a))
+    step_models = space_module.step_models
+    monkeypatch.setattr(space_module, "step_models", lambda *a: steps.append(1) or step_models(*a))
     build_space(world, scenario(40), world.with_prices({}))
     assert steps
     asked = len(steps)
@@ -266,9 +266,9 @@ def test_a_class_a_configuration_cannot_serve_on_quality_gets_no_step_model(worl
     from quantplan.solver import space as space_module
 
     asked = []
-    step_model = space_module.step_model
-    monkeypatch.setattr(space_module, "step_model",
-                        lambda w, c, p, o: asked.append((c.method.id, p)) or step_model(w, c, p, o))
+    step_models = space_module.step_models
+    monkeypatch.setattr(space_module, "step_models",
+                        lambda w, c, pairs: asked.extend((c.method.id, p) for p, _ in pairs) or step_models(w, c, pairs))
     strict = {"name": "strict", "prompt_tokens": 777, "output_tokens": 77, "concurrency": 4, "max_ppl_delta": 0.001}
     loose = {"name": "loose", "prompt_tokens": 512, "output_tokens": 128, "concurrency": 4}
     scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l40s"], "max_gpus": 1,
@@ -281,3 +281,66 @@ def test_a_class_a_configuration_cannot_serve_on_quality_gets_no_step_model(worl
     assert diagnostics.fits > diagnostics.meets_quality > 0  # INT4 fits but misses the floor
     assert "max_ppl_delta" in diagnostics.best_quality.what  # the nearest miss is named
     assert all(o.config.method.id == "fp16" for o in space.options if "strict" in o.performance)
+
+
+def test_built_in_plugins_are_asked_for_every_class_at_once(world, monkeypatch):
+    """With only built-in plugins, a configuration's memory at batch 1 (every context), its memory over the batch
+    sizes (every class) and its step probes (every class's lengths) are one call each, not one per class."""
+    asked = []
+    call_for = world.plugins.call_for
+
+    def counted(hook, config, **kwargs):
+        asked.append((hook, config.key.rsplit("/b", 1)[0], hasattr(config.batch, "shape"),
+                      kwargs.get("step").phase if "step" in kwargs else ""))
+        return call_for(hook, config, **kwargs)
+
+    monkeypatch.setattr(world.plugins, "call_for", counted)
+    _forget_kept_spaces()
+    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["l4", "h100-sxm"], "max_gpus": 2,
+                              "methods": ["bf16", "fp8", "awq-int4"], "kv_cache_dtypes": ["fp16"],
+                              "classes": CLASSES, "alternatives": False})
+    space = build_space(world, scenario, world.with_prices({}))
+    assert len({o.config.key.rsplit("/b", 1)[0] for o in space.options}) >= 6
+    for kind in (("quantplan_memory_terms", False, ""), ("quantplan_memory_terms", True, ""),
+                 ("quantplan_step_terms", False, "decode"), ("quantplan_step_terms", False, "prefill")):
+        keys = [key for hook, key, array, phase in asked if (hook, array, phase) == kind]
+        assert keys and len(keys) == len(set(keys)), kind  # once per configuration, whatever the classes
+    _forget_kept_spaces()
+
+
+def test_asked_together_the_figures_are_those_asked_apart(world):
+    """estimator.memories and stepmodel.step_models (one call for several contexts or lengths) give the records
+    that one call per context or per pair of lengths gives, to the bit: dense, tensor-parallel, MoE and
+    offloaded configurations, a batch and an array of batch sizes."""
+    import numpy as np
+
+    from quantplan.solver.candidates import Config
+    from quantplan.solver.estimator import memories, memory
+    from quantplan.solver.space import execution_of
+    from quantplan.solver.stepmodel import step_model, step_models
+
+    cases = [("llama-3.1-70b", "fp8", "h100-sxm", "vllm", "fp8", 2, 1.0),
+             ("qwen3-235b-a22b", "fp8", "h100-sxm", "tensorrt-llm", "fp8", 4, 1.0),
+             ("llama-3.1-8b", "awq-int4", "l4", "sglang", "fp16", 1, 1.0),
+             ("llama-3.1-70b", "gguf-q4_k_m", "rtx-4090", "llama.cpp", "fp16", 1, 0.5)]
+    contexts, lengths = [1, 640, 4200, 640], [(512, 128), (4000, 200), (128, 2048)]
+    for model, method, gpu, framework, kv, gpus, fraction in cases:
+        parts = (world.models.get(model), world.methods.get(method), world.gpus.get(gpu),
+                 world.frameworks.get(framework))
+        execution = execution_of(world, parts[1], parts[2], parts[3])
+        config = Config(*parts, world.kv_caches.get(kv), gpus, execution, gpu_layer_fraction=fraction)
+        for batch in (1, np.array([1.0, 8.0, 64.0])):
+            sized = config.with_batch(batch)
+            together = memories(world, sized, contexts)
+            assert _same(together, [memory(world, sized, c) for c in contexts]), (config.key, batch)
+        assert _same(step_models(world, config, lengths), [step_model(world, config, *p) for p in lengths])
+
+
+def _same(records: list, expected: list) -> bool:
+    """Every field of every record equal to the bit (arrays element by element; a NumPy scalar equals a float)."""
+    import numpy as np
+
+    return len(records) == len(expected) and all(
+        np.array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)))
+        and np.shape(getattr(a, name)) == np.shape(getattr(b, name))
+        for a, b in zip(records, expected) for name in a.__dataclass_fields__)

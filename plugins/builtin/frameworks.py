@@ -120,7 +120,7 @@ class FrameworkPlugin:
         divisor = config.gpus if framework.parallelism == "tensor" else 1
         import numpy as np
 
-        tokens = np.minimum(framework.max_batched_tokens, max(context_tokens, 1) * config.batch)
+        tokens = np.minimum(framework.max_batched_tokens, np.maximum(context_tokens, 1) * config.batch)
         activations = tokens * (2 * ffn / divisor + 4 * model.hidden_size) * 2
         return [
             Term(q.RUNTIME, framework.runtime_overhead_gb * 1e9, self.name,

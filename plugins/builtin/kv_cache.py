@@ -50,7 +50,7 @@ class KVCachePlugin:
     def quantplan_memory_terms(self, config: Config, context_tokens: int) -> list[Term]:
         per_token = kv_bytes_per_token_per_gpu(config)
         total = per_token * config.batch * context_tokens
-        detail = (f"{q.show(config.batch)} seq x {context_tokens} tokens x {per_token / 1024:.1f} KiB/token/GPU "
+        detail = (f"{q.show(config.batch)} seq x {q.show(context_tokens)} tokens x {per_token / 1024:.1f} KiB/token/GPU "
                   f"({config.kv.id}, {config.model.kv_heads} KV heads)")
         if not config.hybrid:
             return [Term(q.KV_CACHE, total, self.name, detail)]
@@ -66,11 +66,11 @@ class KVCachePlugin:
         if step.phase == "decode":
             read = step.sequences * step.context * per_token
             flops = step.sequences * shapes.attention_flops_per_token(model, step.context)
-            how = f"attend to {step.context:.0f} cached tokens x {q.show(step.sequences)} seq"
+            how = f"attend to {q.show(step.context, '.0f')} cached tokens x {q.show(step.sequences)} seq"
         else:
             read = step.new_tokens * per_token  # the prompt's K and V are written once
-            flops = step.sequences * shapes.prefill_attention_flops(model, int(step.context))
-            how = f"causal attention over {step.context:.0f}-token prompts x {q.show(step.sequences)}"
+            flops = step.sequences * shapes.prefill_attention_flops(model, step.context)
+            how = f"causal attention over {q.show(step.context, '.0f')}-token prompts x {q.show(step.sequences)}"
         if config.framework.parallelism == "tensor":
             flops /= where.read_divisor
         else:
