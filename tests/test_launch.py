@@ -48,6 +48,8 @@ def plans():
                           "mixed-fleet-two-classes")}
     found["chat-vllm"] = _plan(load_scenario(f"{EXAMPLES}/chat-7b-a100.toml").model_copy(
         update={"alternatives": False, "frameworks": ("vllm",)}))
+    found["chat-sglang"] = _plan(load_scenario(f"{EXAMPLES}/chat-7b-a100.toml").model_copy(
+        update={"alternatives": False, "frameworks": ("sglang",)}))
     # blog example 2 in FP8: SGLang on 2x H100 (the example's own plan is one H100 of INT4 on vLLM)
     found["blog-2-fp8"] = _plan(load_scenario(f"{EXAMPLES}/blog-2-70b-batch-2xh100.toml").model_copy(
         update={"alternatives": False, "methods": ("fp8",)}))
@@ -81,10 +83,11 @@ def test_vllm_command_for_the_chat_example(launched):
 
 
 def test_sglang_command_for_the_chat_example(launched):
-    """chat-7b-a100 plans 1 x (1x A100-80GB, BF16, SGLang, batch 8) for 128 + 256 tokens (vLLM costs the same; the
-    tie goes to SGLang's lower TPOT): context 384; running limit 8; memory share 1 - 0.12 (SGLang's
-    memory_reserve_fraction); chunked prefill 8192 (SGLang's tier for 80 GB >= 36.7 GB)."""
-    [r] = launched["chat-7b-a100"]
+    """chat-7b-a100 on SGLang plans 1 x (1x A100-80GB, BF16, SGLang, batch 8) for 128 + 256 tokens (the example's
+    own plan is TensorRT-LLM's at the same cost since trtllm-serve's overhead was fitted): context 384; running
+    limit 8; memory share 1 - 0.12 (SGLang's memory_reserve_fraction); chunked prefill 8192 (SGLang's tier for
+    80 GB >= 36.7 GB)."""
+    [r] = launched["chat-sglang"]
     assert r.framework == "sglang" and r.count == 1 and r.checkpoint.kind == "base"
     assert r.command == ("python -m sglang.launch_server --model-path meta-llama/Llama-2-7b-hf --host 0.0.0.0 "
                          "--port 30000 --dtype bfloat16 --tp-size 1 --max-running-requests 8 --kv-cache-dtype auto "
@@ -286,7 +289,7 @@ def test_solve_emit_launch_appends_the_launch():
                                       "launch", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["replicas"][0]["framework"] == data["launch"]["replicas"][0]["framework"] == "sglang"
+    assert data["replicas"][0]["framework"] == data["launch"]["replicas"][0]["framework"] == "tensorrt-llm"
 
 
 TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 256,

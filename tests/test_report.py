@@ -40,8 +40,9 @@ def test_pareto_front_by_hand():
 def test_candidates_match_the_plan_figures():
     """chat-7b-a100: 8 users on one A100 (gpu_count 1). The plan's own configuration, as a candidate, needs
     8 users / capacity 8 = 1 replica at the A100's catalog price, and its request latency is TTFT + 255 x TPOT of the plan
-    (SGLang: 96.70 + 255 x 10.475 = 2,767.9 ms; on vLLM, the plan before the current-build rows p500-p586 joined the
-    fit, 71.13 + 255 x 10.334 = 2,706.4 ms); no candidate needs more than the one A100 available."""
+    (TensorRT-LLM: 62.95 + 255 x 9.671 = 2,529.1 ms, since trtllm-serve's request overhead was fitted on GPUStack's rows
+    p641-p646 (27 ms, not the 129.5 ms estimate); SGLang before them, 96.70 + 255 x 10.475 = 2,767.9 ms); no candidate
+    needs more than the one A100 available."""
     scenario = load_scenario(CHAT)
     plan, space = solve_with_space(scenario)
     found = pareto.candidates(space.options, scenario.classes, {"a100-80gb": 1})
@@ -49,7 +50,7 @@ def test_candidates_match_the_plan_figures():
     mine = next(c for c in found if c.key == group.key)
     assert (mine.replicas, mine.cost_per_hour) == (1, pytest.approx(A100_PRICE))
     assert mine.latency_ms == pytest.approx(group.ttft_ms + 255 * group.tpot_ms, rel=1e-9)
-    assert mine.latency_ms == pytest.approx(2767.9, abs=1.0)
+    assert mine.latency_ms == pytest.approx(2529.1, abs=1.0)
     assert all(c.devices <= 1 for c in found) and len(found) > 10
     assert pareto.plan_point(plan, space.options, scenario.classes) == pytest.approx(
         (mine.cost_per_hour, mine.latency_ms, mine.ppl_delta))
@@ -62,17 +63,17 @@ def test_page_holds_every_section_and_the_plan_row(chat_report):
     for anchor in ("workload", "plan", "why", "alternatives", "pareto", "memory", "sweep", "launch"):
         assert f'<section id="{anchor}">' in page
     rows = re.findall(r'<tr class="plan-row">(.*?)</tr>', page)
-    assert len(rows) == 1 and "1x a100-80gb bf16 sglang kv=bf16" in rows[0]
-    # the TTFT and TPOT cells carry their error bars: SGLang's TTFT median 10.35% and p90 30.34%, TPOT 8.41% and
-    # 20.05% (catalogs/error_bars.toml, counting the held-out rows of validation_load_held_out.csv)
-    assert "97 (87-107; p90 67-126)" in rows[0]  # 96.70 x (1 -/+ 0.1035), x (1 -/+ 0.3034)
-    assert "10.5 (9.6-11.4; p90 8.4-12.6)" in rows[0]  # 10.475 x (1 -/+ 0.0841), x (1 -/+ 0.2005)
+    assert len(rows) == 1 and "1x a100-80gb bf16 tensorrt-llm kv=fp16" in rows[0]
+    # the TTFT and TPOT cells carry their error bars: TensorRT-LLM's TTFT median 21.55% and p90 69.10%, TPOT 9.08% and
+    # 22.92% (catalogs/error_bars.toml, counting the held-out rows of validation_load_held_out.csv)
+    assert "63 (49-76; p90 19-106)" in rows[0]  # 62.95 x (1 -/+ 0.2155), x (1 -/+ 0.6910)
+    assert "9.7 (8.8-10.6; p90 7.5-11.9)" in rows[0]  # 9.671 x (1 -/+ 0.0908), x (1 -/+ 0.2292)
     assert "availability: all 1 a100-80gb in use" in page  # the binding constraint
     assert "128 prompt + 256 output tokens" in page  # the workload as understood
     assert page.count("<svg") == 5  # TTFT and TPOT against the SLO, Pareto scatter, memory bars, price sweep
-    # the mean TTFT (a concurrency class) with SGLang's error bars, against the 150 ms SLO; TPOT against 25 ms
-    assert "chat on a100-80gb/bf16/b8: TTFT 96.7 ms; median error 10.4%, p90 30.3%; SLO 150 ms" in page
-    assert "chat on a100-80gb/bf16/b8: TPOT 10.5 ms; median error 8.4%, p90 20.0%; SLO 25 ms" in page
+    # the mean TTFT (a concurrency class) with TensorRT-LLM's error bars, against the 150 ms SLO; TPOT against 25 ms
+    assert "chat on a100-80gb/bf16/b8: TTFT 63.0 ms; median error 21.5%, p90 69.1%; SLO 150 ms" in page
+    assert "chat on a100-80gb/bf16/b8: TPOT 9.7 ms; median error 9.1%, p90 22.9%; SLO 25 ms" in page
     assert "chosen plan" in page
     # memory of one A100 for Llama-2-7B bf16 at batch 8: 13.48 GB of weights, 1.61 GB of KV cache
     assert "<td class=\"num\">13.48</td><td class=\"num\">1.61</td>" in page
@@ -151,8 +152,8 @@ def test_fleet_page_names_each_model_and_the_pool(tmp_path):
 
 
 def test_launch_section_gives_what_quantplan_launch_gives(chat_report):
-    """The page shows, escaped, the commands `quantplan launch` makes for the same plan: SGLang on one A100
-    with the plan's batch (8) as its running limit, the base checkpoint, and the benchmark at 8 clients."""
+    """The page shows, escaped, the commands `quantplan launch` makes for the same plan: TensorRT-LLM's trtllm-serve
+    on one A100 with the plan's batch (8) as its batch limit, the base checkpoint, and the benchmark at 8 clients."""
     from html import escape
 
     from quantplan.solver.launch import launch
@@ -161,8 +162,8 @@ def test_launch_section_gives_what_quantplan_launch_gives(chat_report):
     section = re.search(r'<section id="launch">(.*?)</section>', chat_report.html).group(1)
     [replica] = launch(json.loads(chat_report.plan.model_dump_json()), load_world())
     assert f"<pre>{escape(replica.command)}</pre>" in section
-    assert replica.command.startswith("python -m sglang.launch_server")
-    assert "--max-running-requests 8" in replica.command
+    assert replica.command.startswith("trtllm-serve meta-llama/Llama-2-7b-hf")
+    assert "--max_batch_size 8" in replica.command
     assert f"Checkpoint ({replica.checkpoint.kind}): {escape(replica.checkpoint.path)}" in section
     [benchmark] = replica.benchmarks
     assert f"<pre>{escape(benchmark.command)}</pre>" in section and "--max-concurrency 8" in benchmark.command
@@ -323,7 +324,7 @@ def test_page_loads_in_headless_chromium(tmp_path, chat_report):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-rendered="yes"' in dom.stdout  # the page's script ran to the end
     assert re.search(r'<pre id="page-errors" hidden="">\s*</pre>', dom.stdout), "the page reported a script error"
-    assert "1x a100-80gb bf16 sglang kv=bf16" in re.search(r'<tr class="plan-row">(.*?)</tr>', dom.stdout).group(1)
+    assert "1x a100-80gb bf16 tensorrt-llm kv=fp16" in re.search(r'<tr class="plan-row">(.*?)</tr>', dom.stdout).group(1)
     assert not [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     shot = tmp_path / "plan.png"
     taken = _browse(browser, page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2000")
