@@ -117,17 +117,16 @@ def memories(world: World, config: Config, contexts: list[int]) -> list[Memory]:
         return [memory(world, config, context) for context in contexts]
     column = np.array(contexts).reshape(-1, *([1] * np.ndim(config.batch)))
     block = memory(world, config, column)
-    return [_row(block, index, column.ndim) for index in range(len(contexts))]
+    return [Memory(**{name: block_row(value, index, column.ndim) for name, value in block.__dict__.items()})
+            for index in range(len(contexts))]
 
 
-def _row(block: Memory, index: int, full: int) -> Memory:
-    """One context's record out of memories()' block, whose context-dependent figures have `full` dimensions
-    (the first one the context's); a figure of fewer dimensions did not depend on the context."""
-    values = dict(block.__dict__)
-    for name, value in block.__dict__.items():
-        if type(value) is np.ndarray and value.ndim == full:
-            values[name] = value[index] if value.shape[0] > 1 else value[0]  # a row per context, or one for all
-    return Memory(**values)
+def block_row(value, index: int, full: int):
+    """Row `index` of a figure asked for several lengths at once (memories, stepmodel.step_models): a figure with
+    `full` dimensions has a row per length (or one row for all); one with fewer did not depend on the lengths."""
+    if type(value) is np.ndarray and value.ndim == full:
+        return value[index] if value.shape[0] > 1 else value[0]
+    return value
 
 
 def step_terms(world: World, config: Config, step: Step) -> list[Term]:

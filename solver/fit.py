@@ -29,9 +29,6 @@ from .validate import GROUPS, Prepared, Row, load_rows, prepare, validation_worl
 
 # TensorRT-LLM's all-reduce over PCIe pays this much more latency than over NVLink (plugins/frameworks).
 PCIE_LATENCY_FACTOR = 3.0
-# no row measures these: they keep their catalog values, which say where they come from (TensorRT-LLM's own
-# server, trtllm-serve, has rows since GPUStack's Qwen3-8B H100 runs p641-p646 joined: fitted like the others)
-NO_ROWS: set[tuple[str, str]] = set()
 LOSS_SCALE = 0.15  # soft-L1: a row's log error beyond ~15% counts about linearly
 TOLERANCE = 1e-6  # stop once a step changes the loss (or the values) by less than this share: far below any
 # difference the rows can tell, and tighter stops only wander along the flat directions
@@ -130,8 +127,7 @@ DEFAULT_PARAMETERS = tuple(
          ("bandwidth_efficiency.datacenter", 0.4, 0.95, 0.75), ("decode_compute_efficiency", 0.15, 0.95, 0.5),
          ("prefill_efficiency", 0.2, 0.9, 0.6), ("step_overhead_ms", 0.05, 8.0, 1.0),
          ("allreduce_latency_us", 2.0, 200.0, 10.0), ("request_overhead_ms", 0.0, 300.0, 20.0),
-         ("sequence_overhead_us", 0.0, 200.0, 10.0))
-     if (f, field) not in NO_ROWS]
+         ("sequence_overhead_us", 0.0, 200.0, 10.0))]
     + [Parameter("framework", f, "wave_persistence", 0.0, 1.0, 0.1) for f in ("tensorrt-llm", "vllm")]
     + [Parameter("framework", "tensorrt-llm", "server_overhead_ms.nim", 0.0, 300.0, 20.0)]
     + [Parameter("framework", f, "server_overhead_ms.dynamo", 0.0, 300.0, 20.0)

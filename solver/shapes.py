@@ -169,8 +169,10 @@ def prefill_attention_flops(model: ModelSpec, prompt_tokens: int):
     if getattr(prompt_tokens, "ndim", 0):
         import numpy as np
 
-        return 2.0 * model.layers * model.attention_heads * model.head_dim * np.trunc(prompt_tokens) ** 2
-    return 2.0 * model.layers * model.attention_heads * model.head_dim * float(int(prompt_tokens)) ** 2
+        tokens = np.trunc(prompt_tokens)
+    else:
+        tokens = float(int(prompt_tokens))
+    return 2.0 * model.layers * model.attention_heads * model.head_dim * tokens ** 2
 
 
 _CONFIG_FIELDS = {

@@ -476,11 +476,9 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
     # auto: p90 outside the validation data (an unmeasured combination cannot win on an optimistic guess)
     applied = ("p90" if outside else "none") if margin == "auto" else margin
     at_batch_one = at_batch_one or AtBatchOne(world, config)
-    engine = None
     held = dict(zip([traffic.name for traffic in classes],
                     memories(world, vector, [traffic.context_tokens for traffic in classes])))
-    steps = _steps(world, config, classes, held, assessed, limits, timings)
-    jobs: dict[str, Job] = {}
+    served: dict[str, int] = {}  # classes that get figures: batch sizes that fit, up to the first that does not
     failing: set[str] = set()
     for traffic in classes:
         used = held[traffic.name]
@@ -488,42 +486,41 @@ def _prepare(world, config, batches, classes, cost, assessed, per_class, margin=
         if not fits[0]:
             per_class[traffic.name].smallest_memory.offer(float(np.atleast_1d(used.used_per_gpu)[0]) / 1e9,
                                                           _describe(config.with_batch(batches[0])))
-        leading = len(fits) if fits.all() else int(np.argmin(fits))  # fitting sizes up to the first that does not
+        leading = len(fits) if fits.all() else int(np.argmin(fits))
         if not leading:
             continue
         if limits is not None and not limits[traffic.name].passes(assessed):
             failing.add(traffic.name)  # it fits, but no option can serve this class: no figures needed
             continue
-        times = timings.get(traffic.name) if timings is not None else None
-        if times is None:
-            engine = engine or engine_scheduling(world, config)
-            times = Timing(steps[traffic.prompt_tokens, traffic.output_tokens], replace(engine, kv_tokens=kv_capacity_tokens(world, config, traffic,
-                                                                                         at_batch_one)))
-            if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
-                bars = errorbars.shipped()
-                times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
-                                          bars.factor("ttft", config.framework.id, applied))
-            if timings is not None:
-                timings[traffic.name] = times
-        jobs[traffic.name] = Job(config, times, tuple(batches[:leading]))
+        served[traffic.name] = leading
+    known = timings if timings is not None else {}
+    missing = [traffic for traffic in classes if traffic.name in served and traffic.name not in known]
+    found = _timings(world, config, missing, applied, at_batch_one)
+    if timings is not None:
+        timings.update(found)
+    jobs = {name: Job(config, known.get(name) or found[name], tuple(batches[:leading]))
+            for name, leading in served.items()}
     return Prepared(config, cost, assessed, outside, applied, held, jobs, failing)
 
 
-def _steps(world, config, classes, held: dict, assessed, limits, timings) -> dict:
-    """Step models by (prompt, output) lengths of the classes _prepare needs them for (some batch size fits, the
-    quality gate passes, no earlier call left its timing), asked of the plugins together (stepmodel.step_models)."""
-    lengths = []
+def _timings(world, config, classes, applied: str, at_batch_one: AtBatchOne) -> dict[str, Timing]:
+    """Each class's step model (asked of the plugins for all the classes' lengths at once: stepmodel.step_models)
+    and the engine's scheduler with the class's KV capacity, at the margin `applied`; by class name."""
+    if not classes:
+        return {}
+    lengths = list(dict.fromkeys((traffic.prompt_tokens, traffic.output_tokens) for traffic in classes))
+    steps = dict(zip(lengths, step_models(world, config, lengths)))
+    engine = engine_scheduling(world, config)
+    found = {}
     for traffic in classes:
-        if not np.atleast_1d(held[traffic.name].fits)[0]:  # no batch size fits
-            continue
-        if limits is not None and not limits[traffic.name].passes(assessed):
-            continue
-        if timings is not None and timings.get(traffic.name) is not None:
-            continue
-        pair = (traffic.prompt_tokens, traffic.output_tokens)
-        if pair not in lengths:
-            lengths.append(pair)
-    return dict(zip(lengths, step_models(world, config, lengths))) if lengths else {}
+        capacity = kv_capacity_tokens(world, config, traffic, at_batch_one)
+        times = Timing(steps[traffic.prompt_tokens, traffic.output_tokens], replace(engine, kv_tokens=capacity))
+        if applied != "none":  # plan against the typical (or 90th-percentile) error of this framework
+            bars = errorbars.shipped()
+            times = times.pessimistic(bars.factor("decode", config.framework.id, applied),
+                                      bars.factor("ttft", config.framework.id, applied))
+        found[traffic.name] = times
+    return found
 
 
 def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) -> list[Option]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import terms as q
 from .candidates import Config, Step
-from .estimator import step_terms
+from .estimator import block_row, step_terms
 from .registry import World
 from .shapes import experts_touched_fraction, rank_imbalance, routed_share, routed_share_scalar
 
@@ -151,19 +151,9 @@ def step_models(world: World, config: Config, lengths: list[tuple[int, int]]) ->
     decode = q.totals(step_terms(world, config, Step("decode", PROBE_SEQUENCES, PROBE_SEQUENCES, contexts)),
                       "decode")
     prefill = q.totals(step_terms(world, config, Step("prefill", 1, prompts, prompts)), "prefill")
-    return [_from_probes(config, int(prompts[i]), _pick_row(decode, i, 2), _pick_row(prefill, i, 1))
+    return [_from_probes(config, int(prompts[i]), {name: block_row(value, i, 2) for name, value in decode.items()},
+                         {name: block_row(value, i, 1) for name, value in prefill.items()})
             for i in range(len(lengths))]
-
-
-def _pick_row(totals: dict, index: int, full: int) -> dict:
-    """One pair's totals out of step_models()' probes: a quantity with `full` dimensions has a row per pair (or one
-    row for all); one with fewer did not depend on the lengths."""
-    picked = dict(totals)
-    for name, value in totals.items():
-        if type(value) is np.ndarray and value.ndim == full:
-            value = value[index] if value.shape[0] > 1 else value[0]
-            picked[name] = value.item() if full == 1 else value
-    return picked
 
 
 def _from_probes(config: Config, prompt_tokens: int, decode: dict, prefill: dict) -> StepModel:
