@@ -50,6 +50,14 @@ pulp = _Pulp()
 
 OPTIMALITY_TOLERANCE = 1e-6
 MIP_GAP = 1e-9  # relative: proven optimal
+# HiGHS restarts a MIP (presolves it again) when root-node fixing leaves integer columns inactive. On the small
+# programs of one model's classes (up to a few hundred options) the restarts, and the sub-MIP heuristics run
+# again after each, cost more than they save. Measured in process on this 2-core machine (Dec 4), same optima:
+# the 3-class benchmark's 27 programs took 3.7 s of solver time instead of 5.8-6.3 s (whole `quantplan solve`
+# 9.6-10.5 s instead of 12.1-13.1 s, back to back), the fleet example's 3.7 s instead of 4.5 s. On the 10-class
+# benchmark's programs (800-5,700 columns) restarts pay: without them its solves took 120 s instead of 73 s.
+# So they stay on above this many columns.
+RESTART_COLUMNS = 700
 # a plan only checked, never returned (settle_sharing's rounds): within 1%, or the best after so many
 # branch-and-bound nodes (a count, not seconds: the same input screens to the same plan on any machine)
 SCREENING_GAP, SCREENING_NODES = 0.01, 500
@@ -138,7 +146,8 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
     return problem, replicas, shares
 
 
-def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP, nodes: int | None = None):
+def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP, nodes: int | None = None,
+            columns: int = 0):
     if name == "cbc":
         limits = {"maxNodes": nodes} if nodes else {}
         solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, warmStart=warm, gapRel=gap, **limits)
@@ -146,6 +155,8 @@ def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_G
             raise QuantplanError("solver 'cbc' was asked for but is not installed; use --solver highs")
         return solver
     limits = {"mip_max_nodes": nodes} if nodes else {}
+    if columns <= RESTART_COLUMNS:
+        limits["mip_allow_restart"] = False
     return _highs()(warm, msg=False, timeLimit=time_limit, mip_rel_gap=gap, threads=1, **limits)
 
 
@@ -247,7 +258,7 @@ def _gap(problem) -> float:
 
 def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP,
          nodes: int | None = None) -> tuple[str, float]:
-    solver = _solver(solver_name, time_limit, warm, gap, nodes)
+    solver = _solver(solver_name, time_limit, warm, gap, nodes, len(problem.variables()))
     with _quiet_stdout():
         problem.solve(solver)
     status = pulp.LpStatus[problem.status]

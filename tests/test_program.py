@@ -426,3 +426,13 @@ def test_a_budget_over_the_parts_cheapest_plan_has_no_plan(world):
             program.solve([a, b], traffic, {}, max_cost_per_hour=8.99, screening=screening)
     with pytest.raises(program.NoSolution):
         program.solve([a, b], traffic, {}, max_cost_per_hour=8.99, max_configurations=2)
+
+
+def test_highs_restarts_only_on_programs_past_restart_columns():
+    """Small programs (one model's classes) solve without HiGHS's restarts, larger ones keep them (the measurements
+    behind RESTART_COLUMNS are in its comment); the rest of the settings are the same either way."""
+    small = program._solver("highs", 60.0, columns=program.RESTART_COLUMNS)
+    large = program._solver("highs", 60.0, columns=program.RESTART_COLUMNS + 1)
+    assert small.optionsDict == {**large.optionsDict, "mip_allow_restart": False}
+    assert "mip_allow_restart" not in large.optionsDict
+    assert large.optionsDict["mip_rel_gap"] == program.MIP_GAP and large.threads == small.threads == 1
