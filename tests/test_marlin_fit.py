@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from importlib import resources
 
+import numpy as np
 import pytest
 
 from quantplan.solver import fit, validate
@@ -38,7 +39,8 @@ def test_the_marlin_shares_touch_the_probes_on_marlin_only():
 def test_rows_on_marlin_move_its_compute_share_and_only_they():
     """Batch-1 decode rows (ExLlamaV2 GPTQ on an RTX 4090) constrain the bandwidth share alone: the compute
     share stays at its start. The A100 rows' prompt-heavy P99 TTFTs (AWQ and W4A16 GPTQ, vLLM 0.19) move it
-    far from the README estimate it starts at."""
+    far from the README estimate it starts at (0.45; 0.69 with vLLM's wave persistence held at the catalog's, as
+    these rows hold fewer than fit.MIN_WAVE_ROWS closed-loop TTFTs; 0.70+ when they moved it too)."""
     rows = {r.id: r for r in validate.load_rows()}
     _, values, report = fit.fit(rows=[rows["v100"], rows["v101"]])
     found = {e["parameter"]: e for e in report}
@@ -49,7 +51,7 @@ def test_rows_on_marlin_move_its_compute_share_and_only_they():
     _, _, report = fit.fit(rows=a100)
     found = {e["parameter"]: e for e in report}
     assert found["kernel:marlin.compute_efficiency"]["rows"] == sorted(r.id for r in a100)
-    assert found["kernel:marlin.compute_efficiency"]["after"] > 0.7
+    assert found["kernel:marlin.compute_efficiency"]["after"] > 0.65
 
 
 def test_marlin_shares_are_written_to_the_kernel_block(tmp_path):
@@ -62,3 +64,20 @@ def test_marlin_shares_are_written_to_the_kernel_block(tmp_path):
     assert "\nbandwidth_efficiency = 0.8\n" in block and "\ncompute_efficiency = 0.6\n" in block
     other = text[text.index('[[kernel]]\nid = "trtllm-w4a16"'):]
     assert "bandwidth_efficiency = 0.8\n" not in other.split("\n[[")[0]
+
+
+def test_wave_persistence_is_fitted_only_where_closed_loop_ttfts_pin_it():
+    """TensorRT-LLM's rows off H100 are offline throughputs and TTFTs: they touch its wave persistence but hold no
+    closed-loop TTFT at c > 1, so the fit keeps the parameter where it is; 20 of the H100 closed-loop TTFT rows
+    (fit.MIN_WAVE_ROWS) let the fit move it, 19 do not."""
+    rows = [r for r in validate.load_rows(held_out=False) if r.framework == "tensorrt-llm"]  # the rows fit reads
+    index = next(i for i, p in enumerate(fit.DEFAULT_PARAMETERS) if p.name == "framework:tensorrt-llm.wave_persistence")
+    off_h100 = [r for r in rows if r.gpu != "h100-sxm"]
+    assert off_h100 and not any(r.mode == "concurrency" and r.metric == "ttft_ms" for r in off_h100)
+    waves = [r for r in rows if r.gpu == "h100-sxm" and r.mode == "concurrency" and r.metric == "ttft_ms"
+             and r.batch > 1][:fit.MIN_WAVE_ROWS]
+    for chosen, pinned in ((off_h100, False), (waves, True), (waves[:-1], False)):
+        setup = fit.problem(rows=chosen)
+        every = np.ones(len(setup.prepared.batch.probes), dtype=bool)
+        assert setup.effects[index][0].any()  # the rows touch it either way
+        assert fit._identified(setup, index, every) is pinned
