@@ -81,3 +81,20 @@ def test_wave_persistence_is_fitted_only_where_closed_loop_ttfts_pin_it():
         every = np.ones(len(setup.prepared.batch.probes), dtype=bool)
         assert setup.effects[index][0].any()  # the rows touch it either way
         assert fit._identified(setup, index, every) is pinned
+
+
+def test_single_wave_runs_do_not_pin_wave_persistence():
+    """A run of one request per client (LambdaLabsML's vLLM sweeps) is its first wave alone: persistence changes none
+    of its figures, so however many such rows there are, they do not let the fit move it."""
+    rows = [r for r in validate.load_rows(held_out=False) if r.framework == "vllm" and r.mode == "concurrency"
+            and r.metric == "ttft_ms" and r.batch > 1 and not r.excluded]
+    single = [r for r in rows if r.requests_per_client == 1]
+    assert len(single) >= fit.MIN_WAVE_ROWS
+    index = next(i for i, p in enumerate(fit.DEFAULT_PARAMETERS) if p.name == "framework:vllm.wave_persistence")
+    setup = fit.problem(rows=single)
+    every = np.ones(len(setup.prepared.batch.probes), dtype=bool)
+    assert setup.effects[index][0].any() and not fit._identified(setup, index, every)
+    at_catalog = setup.predictions(setup.start)
+    lockstep = setup.start.copy()
+    lockstep[index] = 1.0
+    assert np.allclose(setup.predictions(lockstep), at_catalog, rtol=1e-2, equal_nan=True)
