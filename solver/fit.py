@@ -287,13 +287,13 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
 
 
 # An engine's wave persistence (how far a closed-loop benchmark's first wave of identical requests stays in
-# lockstep) shows in the TTFT of closed-loop rows at more than one client; offline throughput rows touch it too,
-# but do not pin it. Fitted off H100 (where TensorRT-LLM has no such row off H100, only 58 offline throughput rows
-# and 5 offline TTFTs), it went 0.065 -> 0.835 and the H100 fold's TTFT error to 85% median; held, 29%. So it is
-# fitted only from at least this many closed-loop TTFT rows at c > 1 that run past their first wave (a run of one
-# request per client is a single wave: LambdaLabsML's 25 A100 vLLM rows, on which persistence changes no figure,
-# yet counted they let it be fitted off H100, to 0.96, from 18 P99 rows); with fewer it keeps its value, as a
-# parameter no row touches does. The shipped rows hold hundreds per engine: the catalog's fit is unchanged.
+# lockstep) shows in the TTFT of closed-loop rows at more than one client that run past their first wave; offline
+# throughput rows touch it too, but do not pin it, and a run of one request per client is a single wave (on
+# LambdaLabsML's 25 A100 vLLM rows persistence changes no figure). Fitted off H100 it went 0.065 -> 0.835 for
+# TensorRT-LLM (no such row there: 58 offline throughputs, 5 offline TTFTs) and 0.071 -> 1.0 for vLLM (18 P99 rows
+# beside the 25 single waves), and the H100 fold's TTFT read 85.4% median; held, 22.7%. So it is fitted only from
+# at least this many such rows; with fewer it keeps its value, as a parameter no row touches does. The shipped rows
+# hold 489 (TensorRT-LLM) and 162 (vLLM): the catalog's fit is unchanged.
 MIN_WAVE_ROWS = 20
 
 

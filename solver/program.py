@@ -54,7 +54,7 @@ MIP_GAP = 1e-9  # relative: proven optimal
 # programs of one model's classes (up to a few hundred options) the restarts, and the sub-MIP heuristics run
 # again after each, cost more than they save. Measured in process on this 2-core machine (Dec 4), same optima:
 # the 3-class benchmark's 27 programs took 3.7 s of solver time instead of 5.8-6.3 s (whole `quantplan solve`
-# 9.6-10.5 s instead of 12.1-13.1 s, back to back), the fleet example's 3.7 s instead of 4.5 s. On the 10-class
+# 2.3-3.4 s faster in each of four pairs run back to back), the fleet example's 3.7 s instead of 4.5 s. On the 10-class
 # benchmark's programs (800-5,700 columns) restarts pay: without them its solves took 120 s instead of 73 s.
 # So they stay on above this many columns.
 RESTART_COLUMNS = 700
