@@ -471,7 +471,7 @@ def fit(devices, write_to, fold_key, as_json):
         if not (Path(write_to) / name).is_file():
             raise QuantplanError(f"--write {write_to}: no {name} there to update (give a copy of catalogs/)")
         check_output_path(str(Path(write_to) / name), "--write")
-    setup, values, report = fitting.fit(devices=chosen)
+    setup, values, report = fitting.fit(devices=chosen, cold=bool(chosen))  # out of sample: nothing from held rows
     errors = fitting.errors(setup, values, chosen)
     if write_to:
         fitting.write_catalog(setup.parameters, values, Path(write_to))

@@ -275,15 +275,17 @@ def problem(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: 
 
 def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tuple[str, ...] = (),
         rows: list[Row] | None = None, setup: Problem | None = None,
-        from_catalog: bool = False) -> tuple[Problem, np.ndarray, list[dict]]:
+        from_catalog: bool = False, cold: bool = False) -> tuple[Problem, np.ndarray, list[dict]]:
     """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
     `setup` (its rows' probes already built) is fitted on its `fitted_rows`. `from_catalog`: the search
     starts at the catalog's values instead of the fixed starting point (the loss, prior included, is the
-    same): a catalog that holds a converged fit comes back unchanged."""
+    same): a catalog that holds a converged fit comes back unchanged. `cold`: a parameter the rows do not fit
+    takes its fixed starting value instead of the catalog's (a cross-validation fold: the catalog was fitted
+    on the held-out rows too, and what it says of a parameter the fold's rows cannot pin came from them)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):  # see Trials
-        return _fit(parameters, world, devices, rows, setup, from_catalog)
+        return _fit(parameters, world, devices, rows, setup, from_catalog, cold)
 
 
 # An engine's wave persistence (how far a closed-loop benchmark's first wave of identical requests stays in
@@ -316,20 +318,21 @@ def _placed(values: np.ndarray, used: list[int], x: np.ndarray) -> np.ndarray:
     return found
 
 
-def _fit(parameters, world, devices, rows, setup, from_catalog=False) -> tuple[Problem, np.ndarray, list[dict]]:
+def _fit(parameters, world, devices, rows, setup, from_catalog=False,
+         cold=False) -> tuple[Problem, np.ndarray, list[dict]]:
     setup = setup or problem(parameters, world, devices, rows)
     fitted_probes = np.zeros(len(setup.prepared.batch.probes), dtype=bool)
     for row in setup.fitted_rows:
         fitted_probes[setup.prepared.members[row]] = True
     used = [i for i, (mask, _, _) in enumerate(setup.effects) if (mask & fitted_probes).any()
             and _identified(setup, i, fitted_probes)]
-    values = setup.start.copy()
+    values = np.array([p.initial for p in parameters]) if cold else setup.start.copy()
     if used:
         chosen = [parameters[i] for i in used]
-        result = solve(setup, chosen, used, start=setup.start[used] if from_catalog else None)
+        result = solve(setup, chosen, used, start=setup.start[used] if from_catalog else None, base=values)
         loss = setup.loss(_placed(values, used, result.x))
         for _ in range(RESTARTS):  # least_squares stops on a shrunken step in a flat valley: go on from there
-            again = solve(setup, chosen, used, start=result.x)
+            again = solve(setup, chosen, used, start=result.x, base=values)
             again_loss = setup.loss(_placed(values, used, again.x))  # the rows' loss, not the trials' cost
             if not again_loss < loss * (1 - RESTART_GAIN):
                 break
@@ -349,17 +352,18 @@ def _fit(parameters, world, devices, rows, setup, from_catalog=False) -> tuple[P
 
 
 def solve(setup: Problem, parameters: list[Parameter], used: list[int], batched: bool = True,
-          start: np.ndarray | None = None):
+          start: np.ndarray | None = None, base: np.ndarray | None = None):
     """scipy's least_squares over `parameters` (`setup.parameters[used]`), from their initial values
-    (or `start`): scipy's OptimizeResult. `batched` False: plain finite differences, one full
-    evaluation per point (the same path, step for step, only slower: the tests compare the two)."""
+    (or `start`), the other parameters at `base` (default: the catalog's values): scipy's OptimizeResult.
+    `batched` False: plain finite differences, one full evaluation per point (the same path, step for step,
+    only slower: the tests compare the two)."""
     from scipy.optimize import least_squares
     from threadpoolctl import threadpool_limits
 
     low = np.array([p.low for p in parameters])
     high = np.array([p.high for p in parameters])
     x0 = np.array([p.initial for p in parameters])
-    trials = Trials(setup, used, x0, high - low)  # the prior pulls toward the initial values either way
+    trials = Trials(setup, used, x0, high - low, base)  # the prior pulls toward the initial values either way
     begin = x0 if start is None else np.clip(start, low, high)
     with threadpool_limits(1, user_api="blas"):  # see Trials: one thread is far faster here
         return least_squares(trials.residuals, begin, bounds=(low, high), loss="soft_l1", f_scale=LOSS_SCALE,
@@ -386,8 +390,10 @@ class Trials:
     BLAS thread. That also makes the fit independent of the machine's core count: the SVD's last bits
     depend on the threads, and a flat fit (a cross-validation fold) can then end elsewhere."""
 
-    def __init__(self, setup: Problem, used: list[int], x0: np.ndarray, ranges: np.ndarray) -> None:
+    def __init__(self, setup: Problem, used: list[int], x0: np.ndarray, ranges: np.ndarray,
+                 base: np.ndarray | None = None) -> None:
         self.setup, self.used, self.x0, self.ranges = setup, used, x0, ranges
+        self.base = setup.start if base is None else base  # the parameters not fitted
         self.last: tuple[np.ndarray, np.ndarray] | None = None  # (x, every probe's figure there)
 
     def residuals(self, x: np.ndarray) -> np.ndarray:
@@ -419,7 +425,7 @@ class Trials:
         return mask
 
     def _trial(self, x: np.ndarray) -> np.ndarray:
-        trial = self.setup.start.copy()
+        trial = self.base.copy()
         trial[self.used] = x
         return trial
 
@@ -521,8 +527,8 @@ def cross_validate(key: str, parameters=DEFAULT_PARAMETERS, world: World | None 
                    rows: list[Row] | None = None, progress=None) -> dict:
     """Leave one group out: for each device (model, source, engine) with speed rows, fit every parameter
     on the other groups' rows and predict this group's. Returns the pooled out-of-sample errors by metric
-    and load regime, and one line per fold. A parameter no remaining row touches keeps its catalog
-    value (`fit` leaves unused parameters alone), which is what a user on that group would get."""
+    and load regime, and one line per fold. A parameter the remaining rows cannot pin takes its fixed
+    starting value, not the catalog's: the catalog was fitted on this group's rows too (`fit(cold=True)`)."""
     if key not in FOLD_KEYS:
         raise QuantplanError(f"--cross-validate {key}: choose one of {', '.join(FOLD_KEYS)}")
     setup = problem(parameters, world, rows=rows)
@@ -534,7 +540,7 @@ def cross_validate(key: str, parameters=DEFAULT_PARAMETERS, world: World | None 
     for number, group in enumerate(groups):
         held = every[labels[every] == group]
         setup.fitted_rows = every[labels[every] != group]
-        _, values, _ = fit(parameters, setup=setup)
+        _, values, _ = fit(parameters, setup=setup, cold=True)
         predicted[held] = setup.predictions(values)[held]
         folds.append({"group": group, **_summary(setup, predicted, held)})
         if progress:
