@@ -97,6 +97,20 @@ def routed_share(share, tokens, concentration=0.0, imbalance=0.0):
     n = np.maximum(np.asarray(tokens, dtype=float), 1.0)
     share = np.asarray(share, dtype=float)
     concentration = np.asarray(concentration, dtype=float)
+    imbalance = np.asarray(imbalance, dtype=float)
+    shape = np.broadcast_shapes(n.shape, share.shape, concentration.shape, imbalance.shape)
+    found = np.zeros(shape)
+    routed = np.broadcast_to(share > 0, shape)  # dense elements (share 0) read no routed expert
+    if routed.any():  # the law on the routed elements alone (a fit's probes are mostly dense: gammaln is costly)
+        pick = lambda value: np.broadcast_to(value, shape)[routed]  # noqa: E731
+        found[routed] = _busiest(pick(share), pick(n), pick(concentration), pick(imbalance))
+    return float(found) if found.ndim == 0 else found
+
+
+def _busiest(share, n, concentration, imbalance):
+    """routed_share's law on 1-d arrays of routed elements (share > 0, n >= 1)."""
+    import numpy as np
+
     uniform = (1.0 - share) ** n
     if np.any(concentration > 0):
         from scipy.special import gammaln
@@ -108,9 +122,7 @@ def routed_share(share, tokens, concentration=0.0, imbalance=0.0):
     else:
         miss = uniform
     mean = 1.0 - miss
-    busiest = np.minimum(mean + np.asarray(imbalance, dtype=float) * np.sqrt(mean * miss), 1.0)
-    found = np.where(share > 0, busiest, 0.0)
-    return float(found) if found.ndim == 0 else found
+    return np.minimum(mean + imbalance * np.sqrt(mean * miss), 1.0)
 
 
 def routed_share_scalar(share: float, tokens: float, concentration: float, imbalance: float) -> float:
