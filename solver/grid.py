@@ -15,6 +15,7 @@ from .api import as_scenario, solve
 from .errors import InfeasibleError, QuantplanError
 from .registry import World, load_world
 from .scenario import Scenario, make_scenario
+from .space import expected_batches, useful_batches
 from .sweep import Point
 
 AXES = {
@@ -30,8 +31,8 @@ ENGINES = ("serial", "processes", "dask", "ray")
 _WORLDS: dict[tuple, World] = {}
 
 
-def vary(scenario: Scenario, axis: str, value: float, world: World) -> Scenario:
-    """The scenario with `axis` set to `value` (price axes take 'price:<device>')."""
+def vary(scenario: Scenario, axis: str, value: float, world: World | None) -> Scenario:
+    """The scenario with `axis` set to `value` (price axes take 'price:<device>'; only they read `world`)."""
     data = scenario.model_dump()
     if axis == "price-factor":
         base = world.with_prices(scenario.prices, scenario.provider)
@@ -62,8 +63,10 @@ def vary(scenario: Scenario, axis: str, value: float, world: World) -> Scenario:
     return make_scenario(data, f"sweep {axis}={value:g}")
 
 
-def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float, ...]) -> dict:
-    """One grid point (module-level so that process pools and clusters can run it)."""
+def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float, ...],
+                batches: tuple[int, ...] = ()) -> dict:
+    """One grid point (module-level so that process pools and clusters can run it). `batches`: the batch sizes
+    the whole grid's points ask for (batch_hint): a process makes each configuration's first pass once for all."""
     if multiprocessing.parent_process() is not None:  # a pool's worker: it ends with the sweep
         collection.keep_out_of_collections()
     scenario = make_scenario(scenario_data)
@@ -72,7 +75,8 @@ def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float,
     for axis, value in zip(axes, values):
         scenario = vary(scenario, axis, value, world)
     try:
-        plan = solve(scenario, world)
+        with expected_batches(batches):
+            plan = solve(scenario, world)
     except InfeasibleError as error:
         return {"values": list(values), "status": "infeasible", "plan": "; ".join(error.reasons)[:300],
                 "cost_per_hour": None, "plugin_failures": take_failures()}
@@ -92,7 +96,8 @@ def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float
     if engine not in ENGINES:
         raise QuantplanError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     data = scenario.model_dump()
-    jobs = [(data, axes, point) for point in grid]
+    hint = batch_hint(scenario, axes, grid)
+    jobs = [(data, axes, point, hint) for point in grid]
     if engine == "serial" or len(jobs) == 1:
         order = by_load(axes, grid)
         return _in_grid_order(order, _collect((solve_point(*jobs[i]) for i in order), progress))
@@ -108,6 +113,18 @@ def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float
     if engine == "dask":
         return _dask(jobs, address, workers, progress)
     return _ray(jobs, address, progress)
+
+
+def batch_hint(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float, ...]]) -> tuple[int, ...]:
+    """The batch sizes the grid's points build their candidate spaces with, where an axis changes them (the
+    number of users cuts a concurrency class's sizes: space.useful_batches); () where none does."""
+    if "concurrency" not in axes:
+        return ()
+    column = axes.index("concurrency")
+    sizes: set[int] = set()
+    for value in sorted({point[column] for point in grid}):
+        sizes.update(useful_batches(vary(scenario, "concurrency", value, None)))
+    return tuple(sorted(sizes))
 
 
 def by_load(axes: tuple[str, ...], grid: list[tuple[float, ...]]) -> list[int]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
+from contextlib import contextmanager
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -274,11 +276,13 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
     limits = {c.name: gate(world, c) for c in scenario.classes}
     per_class = {c.name: ClassDiagnostics() for c in scenario.classes}
     batches = useful_batches(scenario)
+    made_at = _first_pass_batches(batches)  # a sweep's union of its points' sizes, or these
+    keep = None if made_at == batches else np.searchsorted(made_at, batches)
     count = 0
     prepared: list[Prepared] = []
     origins: list[int] = []
-    reuse, probes, qualities = _first_pass_cache(world, scenario, model, batches, limits)
-    _first_passes(world, scenario, model, batches, limits, reuse, probes, qualities,
+    reuse, probes, qualities = _first_pass_cache(world, scenario, model, made_at, limits)
+    _first_passes(world, scenario, model, made_at, limits, reuse, probes, qualities,
                   [config for config, cost in zip(listed, costs) if cost is not None])
     for index, (config, cost) in enumerate(zip(listed, costs)):
         if cost is None:  # an unpriced device is no configuration at all
@@ -296,6 +300,8 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
             else:
                 incompatible[what] += 1
         if entry is not None:
+            if keep is not None:
+                entry = _narrowed(entry, keep, batches, len(made_at))
             prepared.append(replace(entry, cost=cost))
             origins.append(index)
     figures = {traffic.name: Figures(traffic, [p.jobs[traffic.name] for p in prepared if traffic.name in p.jobs])
@@ -336,6 +342,49 @@ def _first_passes(world: World, scenario: Scenario, model: ModelSpec, batches, l
 
 
 _FIRST_PASS: dict = {}  # the last space's first pass, by configuration (see _first_pass_cache)
+_BATCH_HINT: frozenset = frozenset()  # batch sizes the coming spaces will ask for (expected_batches)
+
+
+@contextmanager
+def expected_batches(sizes):
+    """Tell the spaces built inside the block which batch sizes they will ask for between them (a concurrency
+    sweep's points each cut the sizes at their own number of users, so each would miss the last point's first
+    pass): first passes are made once over all of them, and each space takes its own sizes out of them."""
+    global _BATCH_HINT
+    before, _BATCH_HINT = _BATCH_HINT, frozenset(int(size) for size in sizes)
+    try:
+        yield
+    finally:
+        _BATCH_HINT = before
+
+
+def _first_pass_batches(batches: list[int]) -> list[int]:
+    """The batch sizes to make first passes at: the expected sizes where they hold `batches` and start where
+    they do (a first pass's diagnostics are taken at its smallest size), else `batches`."""
+    if _BATCH_HINT and _BATCH_HINT.issuperset(batches) and min(_BATCH_HINT) == batches[0]:
+        return sorted(_BATCH_HINT)
+    return list(batches)
+
+
+def _narrowed(entry: Prepared, keep: np.ndarray, batches: list[int], made: int) -> Prepared:
+    """A first pass made over `made` batch sizes, cut to `batches` (at positions `keep` of them): memory arrays
+    sliced, each class's sizes up to the first that does not fit (memory grows with batch, so they are those the
+    first pass would have kept at `batches` alone). Elementwise figures: the same bits."""
+    memories = {name: _memory_at(used, keep, made) for name, used in entry.memories.items()}
+    jobs = {}
+    for name, job in entry.jobs.items():
+        fits = np.atleast_1d(memories[name].fits)
+        leading = len(fits) if fits.all() else int(np.argmin(fits))
+        jobs[name] = Job(job.config, job.times, tuple(batches[:leading]))
+    found = copy.copy(entry)
+    found.memories, found.jobs = memories, jobs
+    return found
+
+
+def _memory_at(used: Memory, keep: np.ndarray, made: int) -> Memory:
+    """`used` (figures over `made` batch sizes, or constants) at the sizes `keep`."""
+    return Memory(**{name: value[keep] if type(value) is np.ndarray and value.shape == (made,) else value
+                     for name, value in used.__dict__.items()})
 
 
 def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batches: list[int], limits: dict) -> tuple:

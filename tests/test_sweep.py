@@ -150,3 +150,31 @@ def test_cli_two_axis_region_map(tmp_path):
 def test_sweep_rejects_a_bad_range():
     result = CliRunner().invoke(cli, ["sweep", "--model", "llama-2-7b", "--price-range", "l40s=3:1"])
     assert result.exit_code == 2 and "FROM must be below TO" in result.output
+
+
+def test_a_concurrency_sweep_makes_first_passes_once_and_cuts_each_points_sizes_out_of_them():
+    """A concurrency sweep's points cut the batch sizes at their own number of users (space.useful_batches); with
+    the grid's union as the hint (grid.batch_hint), each configuration's first pass is made once over all of them
+    and every point takes its own sizes out: the candidate space of each point, option by option, and the plan are
+    those built without the hint."""
+    from quantplan.solver import space
+    from quantplan.solver.registry import load_world
+
+    base = chat_scenario(classes=[
+        {"name": "chat", "concurrency": 8, "prompt_tokens": 512, "output_tokens": 256, "ttft_ms": 1500, "tpot_ms": 40},
+        {"name": "long", "concurrency": 4, "prompt_tokens": 4000, "output_tokens": 300, "ttft_ms": 3000,
+         "tpot_ms": 60}])
+    points = [(8.0,), (200.0,)]
+    hint = grid.batch_hint(base, ("concurrency",), points)
+    # two classes of `value` users each: the default sizes up to 2 x value, and value itself
+    assert hint == (1, 2, 4, 8, 16, 32, 64, 128, 200, 256)
+    world = load_world()
+    for (value,) in points:
+        scenario = grid.vary(base, "concurrency", value, None)
+        with space.expected_batches(hint):
+            assert space._first_pass_batches(space.useful_batches(scenario)) == list(hint)
+            hinted = space.build_space(world, scenario, world.with_prices({}))
+        plain = space.build_space(load_world(), scenario, world.with_prices({}))  # a fresh world: nothing kept
+        assert [repr(o) for o in hinted.options] == [repr(o) for o in plain.options]
+        assert hinted.incompatible == plain.incompatible and repr(hinted.per_class) == repr(plain.per_class)
+    assert grid.batch_hint(base, ("rate",), [(1.0,), (2.0,)]) == ()
