@@ -130,6 +130,8 @@ ACCELMARK_TTFT = {"p509", "p511", "p513", "p515", "p517", "p519", "p521", "p523"
 # surajssd/llm-k8s: vLLM 0.8.3 with --enable-prefix-caching, the same 200 ShareGPT prompts replayed at QPS 1, 4, 16
 # and inf in one server session: every TTFT after the first rate's is of cached prompts
 LLM_K8S_TTFT = {"p593", "p594", "p595", "p599", "p600", "p601", "p605", "p606", "p607"}
+# AccelMark's vLLM 0.7.3 (V0 engine) BF16 and INT8 W8A8 TPOT pairs, held out: V0's host time per step sets them
+ACCELMARK_V0 = {f"p{n}" for n in range(800, 816)}
 
 
 def test_shipped_exclusions():
@@ -138,11 +140,12 @@ def test_shipped_exclusions():
     returned no token and count as TTFT 0 in the median, and GPUStack's 1000-request INT4 bursts whose same-page
     BF16 run quantplan's engine model misses by more than a factor 2 (A100 and RTX 4090 Qwen3-8B, A100 Qwen3-32B), and
     AccelMark's TTFTs (three runs over the same requests pooled in one engine session with prefix caching on, the engine
-    called in-process), and llm-k8s's TTFTs after its first rate (prompts replayed with prefix caching on)."""
+    called in-process), and llm-k8s's TTFTs after its first rate (prompts replayed with prefix caching on), and
+    AccelMark's vLLM 0.7.3 TPOT pairs (V0 engine, whose host time per step quantplan does not model)."""
     excluded = {r.id for r in validate.load_rows() if r.excluded}
     assert excluded == {"v31", "v32", "v33", "v34", "p56", "p57", "p58", "p59", "p89", "p92", "p95", "p98",
                         "p127", "p131", "p133", "p143", "p149",
-                        "p400", "p401", "p402", "p403", "p404", "p405", "p408", "p409", "p410", "p411"} | ACCELMARK_TTFT | LLM_K8S_TTFT
+                        "p400", "p401", "p402", "p403", "p404", "p405", "p408", "p409", "p410", "p411"} | ACCELMARK_TTFT | LLM_K8S_TTFT | ACCELMARK_V0
 
 
 def test_overlap_scheduler_hands_the_first_token_out_a_step_late(world):
