@@ -56,13 +56,14 @@ def test_nvidia_rates_are_halves_of_the_sparse_headlines(rows):
 
 
 def test_validation_rows_for_the_new_devices_carry_sources():
-    """Public measurements (TensorRT-LLM perf overview, Oracle/AMD vLLM tables, one llama.cpp report); MLPerf
-    and the other reserved sources are not used."""
+    """Public measurements (TensorRT-LLM perf overview, Oracle/AMD vLLM tables, two llama.cpp reports: the
+    RTX 5090 one and the llm-tracker.info RTX PRO 6000 llama-bench page); MLPerf and the other reserved
+    sources are not used."""
     from quantplan.solver import validate
 
     rows = [r for r in validate.load_rows() if r.gpu in NEW]
     counts = {device: sum(r.gpu == device for r in rows) for device in NEW}
-    assert counts["gb200"] == 12 and counts["rtx-pro-6000"] == 6 and counts["mi300x"] == 12
+    assert counts["gb200"] == 12 and counts["rtx-pro-6000"] == 12 and counts["mi300x"] == 12
     assert counts["rtx5090"] == 13  # one llama.cpp report; 12 AccelMark vLLM rows (validation_load_public.csv)
     for row in rows:
         assert len(row.source) > 30 and "mlperf" not in (row.source + row.note).lower(), row.id
