@@ -447,7 +447,8 @@ def _render_quality_model(table: dict, console) -> None:
 
 @cli.command()
 @click.option("--devices", help="Fit on these devices' rows only (comma-separated ids); report the others "
-                                "as out-of-sample.")
+                                "as out-of-sample (a parameter those rows cannot pin at its fixed start, not the "
+                                "catalog's value; --write keeps the catalog's there).")
 @click.option("--write", "write_to", type=click.Path(file_okay=False),
               help="Write the fitted values into the catalogs in this folder (frameworks.toml, methods.toml).")
 @click.option("--cross-validate", "fold_key", type=click.Choice(["device", "model", "source", "engine"]),
@@ -471,9 +472,13 @@ def fit(devices, write_to, fold_key, as_json):
         if not (Path(write_to) / name).is_file():
             raise QuantplanError(f"--write {write_to}: no {name} there to update (give a copy of catalogs/)")
         check_output_path(str(Path(write_to) / name), "--write")
-    setup, values, report = fitting.fit(devices=chosen, cold=bool(chosen))  # out of sample: nothing from held rows
+    # out of sample (--devices): a parameter these devices' rows cannot pin takes its fixed start, not the
+    # catalog's value (fitted on the held-out rows too)
+    setup, values, report = fitting.fit(devices=chosen, cold=bool(chosen))
     errors = fitting.errors(setup, values, chosen)
     if write_to:
+        if chosen:  # the catalog written keeps its own values where these devices' rows pin nothing
+            _, values, report = fitting.fit(setup=setup)
         fitting.write_catalog(setup.parameters, values, Path(write_to))
     if as_json:
         click.echo(json.dumps({"parameters": report, "errors": errors, "devices": list(chosen)}, indent=2))

@@ -115,3 +115,31 @@ def test_cold_fit_takes_no_value_from_the_catalog_for_parameters_its_rows_cannot
     assert [cold[index[n]] for n in names] == [20.0, 0.1]
     _, warm, _ = fit.fit(setup=setup)
     assert [warm[index[n]] for n in names] == [catalog[n] for n in names]
+
+
+def test_fit_on_some_devices_reports_cold_and_writes_the_catalogs_values_where_its_rows_pin_nothing(tmp_path):
+    """`quantplan fit --devices m1-max,m4 --write DIR`: the out-of-sample errors come from a cold fit (Dynamo's
+    overhead, which no Apple row touches, at its fixed start); the catalog written keeps its own value there."""
+    import json
+    import shutil
+    from importlib import resources
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    shipped = Path(str(resources.files("quantplan.catalogs")))
+    for name in ("frameworks.toml", "methods.toml", "models.toml"):
+        shutil.copy(shipped / name, tmp_path / name)
+    result = CliRunner().invoke(cli, ["fit", "--devices", "m1-max,m4", "--write", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found["devices"] == ["m1-max", "m4"] and any(e["sample"] == "out-of-sample" for e in found["errors"])
+    written = (tmp_path / "frameworks.toml").read_text()
+    catalog = (shipped / "frameworks.toml").read_text()
+    assert written.count("dynamo = 118.9") == catalog.count("dynamo = 118.9") == 1  # TensorRT-LLM's, kept
+    setup = fit.problem(devices=("m1-max", "m4"))
+    _, cold, _ = fit.fit(setup=setup, cold=True)
+    name = "framework:tensorrt-llm.server_overhead_ms.dynamo"
+    assert cold[next(i for i, p in enumerate(fit.DEFAULT_PARAMETERS) if p.name == name)] == 20.0
