@@ -550,7 +550,7 @@ def estimate(ctx, model, model_config, method, gpu, framework, gpus, concurrency
              price, provider,
              catalogs, as_json):
     """Predictions for one configuration under load, with every term and the plugin that gave it."""
-    from quantplan.solver.api import estimate as run
+    from quantplan.solver.estimate import estimate as run
     from quantplan.solver.report import render_estimate
 
     if (model is None) == (model_config is None):

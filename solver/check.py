@@ -181,7 +181,7 @@ def fp8_without_tensor_cores(world, d: Deployment):
 
 
 def _estimate(world, d: Deployment, method: str | None = None, batch: int | None = None):
-    from .api import estimate
+    from .estimate import estimate
 
     return estimate(world.models.get(d.model).id, method or d.method, d.gpu, d.framework, d.gpus,
                     batch or d.batch, d.prompt_tokens, d.output_tokens,

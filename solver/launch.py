@@ -144,7 +144,7 @@ def _first_error(error) -> str:
 
 def replica(index: int, group: ReplicaGroup, model: ModelSpec, workload: dict[str, TrafficClass], world,
             calibration_data: str, model_config: str | None = None) -> Replica:
-    from .api import estimate
+    from .estimate import estimate
 
     served = [workload[c.name] for c in group.classes if c.name in workload] or list(workload.values())
     context = max(k.context_tokens for k in served)

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
     from rich.table import Table
 
-    from .api import EstimateResult
+    from .estimate import EstimateResult
     from .plan import Plan
 
 
