@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from contextlib import contextmanager
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
