@@ -516,6 +516,8 @@ def _cross_validate(fitting, key: str, as_json: bool) -> None:
     render_rows(f"Each fold: the {key} held out (median / p90 (rows))", [key, "TPOT", "TTFT", "other"],
                 [[f["group"], cell(f.get("tpot_ms")), cell(f.get("ttft_ms")), cell(f.get("other"))]
                  for f in found["folds"]], console)
+    console.print(f"Each fold is fitted cold: a parameter the other {key}s' rows cannot pin takes its fixed starting "
+                  "value, not the catalog's (which was fitted on every row).", style="dim")
 
 
 @cli.command()
