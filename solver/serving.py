@@ -742,7 +742,7 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
     clients = np.asarray(clients, dtype=float)
     planned = Timing(times.steps, times.scheduling.with_sequences(running))
     if traffic.load_kind == "rate":
-        capacity = rate_capacities(times, traffic, running)
+        capacity = _capacities(times, traffic, running)
         at = np.full_like(capacity, rate) if rate is not None else np.minimum(capacity, traffic.rate_per_s)
         at = np.maximum(at, 1e-9)
         load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, at)
@@ -765,6 +765,25 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
     limit = config.framework.max_batch
     return [replace(f, violations=f.violations + (f"batch {int(b)} > {config.framework.id} max batch {limit}",))
             if b > limit else f for f, b in zip(found, running)]
+
+
+_CAPACITIES: dict = {}  # (id(times), traffic, running limits) -> (times, capacities): see _capacities
+CAPACITY_MEMO_SIZE = 4096  # entries kept before the memo starts over
+
+
+def _capacities(times: Timing, traffic: TrafficClass, running: np.ndarray) -> np.ndarray:
+    """rate_capacities(times, traffic, running), kept for the same step model and scheduler (the very object,
+    held in the memo so that its id stays its own): a plan's figures (plan.figures) ask it again for every
+    replica group that each settle-sharing round and each fleet part shows, at the same batch."""
+    key = (id(times), traffic, tuple(running.tolist()))
+    kept = _CAPACITIES.get(key)
+    if kept is not None and kept[0] is times:
+        return kept[1].copy()
+    found = rate_capacities(times, traffic, running)
+    if len(_CAPACITIES) >= CAPACITY_MEMO_SIZE:
+        _CAPACITIES.clear()
+    _CAPACITIES[key] = (times, found.copy())
+    return found
 
 
 def _protocol(traffic: TrafficClass) -> Protocol:

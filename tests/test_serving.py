@@ -507,3 +507,22 @@ def test_a_broken_class_leaves_the_mix_where_it_broke_and_keeps_a_copy_of_its_ow
     by_partners = served(_split_off(options, {}, "partners", {"long": {"batch"}}))
     assert (other.key, ("chat", "long")) in by_partners and (small.key, ("batch", "chat")) in by_partners
     assert ("long:" + large.key, ("long",)) in by_partners and len(by_partners) == 5
+
+
+def test_a_plans_figures_reuse_the_capacity_of_the_same_step_model_and_scheduler(world, monkeypatch):
+    """plan.figures asks `performance` at a rate for every replica group each settle-sharing round shows: the
+    capacity search runs once per step model and scheduler (the very Timing object), class and batch, and gives
+    what a fresh search gives; another Timing object, even an equal one, is searched anew."""
+    traffic = TrafficClass(prompt_tokens=1000, output_tokens=300, rate_per_s=1.0, ttft_ms=1000, tpot_ms=60)
+    c = config(world).with_batch(32)
+    times = serving.timing(world, c, traffic)
+    calls = []
+    search = serving.rate_capacities
+    monkeypatch.setattr(serving, "rate_capacities", lambda *a, **k: calls.append(1) or search(*a, **k))
+    monkeypatch.setattr(serving, "_CAPACITIES", {})
+    first = serving.performance(c, traffic, times, rate=0.5)
+    again = serving.performance(c, traffic, times, rate=0.8)
+    assert len(calls) == 1 and first.capacity == again.capacity
+    assert first.capacity == search(times, traffic, [32.0])[0]  # a fresh search: the same figure
+    copy = serving.Timing(times.steps, times.scheduling)
+    assert serving.performance(c, traffic, copy, rate=0.5).capacity == first.capacity and len(calls) == 2
