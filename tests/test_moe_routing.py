@@ -148,3 +148,33 @@ def test_estimate_rejects_an_expert_parallel_size_the_replica_cannot_hold(size, 
     result = _estimate("--expert-parallel", size)
     assert result.exit_code == 2
     assert words in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_llama_cpp_moe_prompt_runs_its_routed_experts_at_the_measured_share(world):
+    """llama.cpp's routed-expert GEMMs get a micro-batch's tokens x k / E each: a MoE prompt step's compute share is
+    1 / ((1 - s) + s / e), e = 0.13 at 32 tokens per expert (Qwen3-30B-A3B: 512 x 8 / 128), growing with the tokens
+    (Mixtral 8x7B: 512 x 2 / 8 = 128 tokens, e = 0.13 x 4 = 0.52), held at 0.13 below 32; dense models and decode
+    steps get no such term."""
+    from quantplan.plugins.builtin import llama_cpp
+    from quantplan.solver.candidates import Config, Step
+    from quantplan.solver.estimator import step_terms
+    from quantplan.solver.space import execution_of
+    from quantplan.solver.terms import COMPUTE_EFFICIENCY
+
+    def share(model_id: str, step: Step):
+        model = world.models.get(model_id)
+        m, g, f = world.methods.get("gguf-q4_k_m"), world.gpus.get("h100-sxm"), world.frameworks.get("llama.cpp")
+        config = Config(model, m, g, f, world.kv_caches.get("fp16"), 1, execution_of(world, m, g, f), 1)
+        found = [t.value for t in step_terms(world, config, step)
+                 if t.quantity == COMPUTE_EFFICIENCY and "routed experts" in t.detail]
+        counts = shapes.parameter_counts(model)
+        routed = counts.moe_layers * model.experts_per_token * counts.expert_size
+        return found, routed / (counts.dense_linear + routed)
+
+    for model_id, prompt, expected_e in (("qwen3-30b-a3b", 512, 0.13), ("qwen3-30b-a3b", 4000, 0.13),
+                                         ("qwen3-30b-a3b", 100, 0.13), ("mixtral-8x7b", 512, 0.52)):
+        found, s = share(model_id, Step("prefill", 1, prompt, prompt))
+        assert found == [pytest.approx(1 / ((1 - s) + s / expected_e))], (model_id, prompt)
+    assert llama_cpp.ROUTED_PREFILL_EFFICIENCY_AT_32 == 0.13
+    assert share("qwen3-30b-a3b", Step("decode", 8, 8, 1000))[0] == []
+    assert share("llama-3.1-8b", Step("prefill", 1, 512, 512))[0] == []

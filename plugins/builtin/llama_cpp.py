@@ -21,6 +21,19 @@ from quantplan.solver.terms import Term
 # the dense rows v334/v336) 25 us, 35 us against the dense rows' own miss; 30 us sits in that range.
 MOE_LAYER_OVERHEAD_US = 30.0
 
+# Prompt processing of a routed-expert (MoE) model: llama.cpp multiplies each expert's weights by the tokens routed
+# to it (mul_mat_id), a micro-batch's tokens x k / E of them, far fewer than a dense layer's GEMM gets. Measured on
+# one RTX PRO 6000 at one build and page (llm-tracker.info, rows v333-v338): Qwen3-30B-A3B Q4_K_M pp512 7,640
+# tok/s against quantplan's 11,009 (0.694 of it) while the dense Llama-3.3-70B Q4_K_M reads 1,794 against 478
+# (3.753) and Llama-2-7B Q4_0 16,634 against 4,992 (3.332): next to the dense rows, the MoE prompt runs at
+# 0.694 / 3.753 = 0.185 (0.208 against the Q4_0 row) of what the model gives it. With the routed experts' share s
+# of a token's linear FLOPs (0.664 for Qwen3-30B-A3B: shapes.parameter_counts), 1 / 0.185 = (1 - s) + s / e gives
+# the routed GEMMs e = 0.13 of the dense efficiency at 512 x 8 / 128 = 32 tokens per expert (0.15 against Q4_0).
+# One measured point: below 32 tokens per expert e is held there; above, it is taken to grow in proportion to the
+# tokens (a fuller tile, the mechanism llama.cpp's MoE prefill work describes) up to 1 at 32 / 0.13 = 246 tokens.
+ROUTED_PREFILL_EFFICIENCY_AT_32 = 0.13
+MICRO_BATCH_TOKENS = 512  # llama.cpp's default n_ubatch (common/common.h): a prompt is processed 512 tokens a pass
+
 
 class LlamaCppPlugin(FrameworkPlugin):
     def host_execution(self, method: MethodSpec, gpu: GPUSpec) -> Execution:
@@ -47,6 +60,8 @@ class LlamaCppPlugin(FrameworkPlugin):
             found.append(Term(q.OVERHEAD, moe_layers * MOE_LAYER_OVERHEAD_US / 1e6 * step.passes, self.name,
                               f"MoE FFN kernels (router, top-k, expert weighting, adds): {MOE_LAYER_OVERHEAD_US:g} us "
                               f"x {moe_layers} MoE layers per pass", step.phase))
+        if config.model.is_moe and config.gpu.kind == "gpu" and step.phase == "prefill":
+            found.append(_routed_prefill(config, step, self.name))
         if config.gpus > 1:
             hop = (LAYER_SPLIT_HOP_S + step.new_tokens / step.passes * config.model.hidden_size * 2
                    / PCIE_COPY_BYTES_PER_S) * step.passes
@@ -66,3 +81,21 @@ class LlamaCppPlugin(FrameworkPlugin):
 
 def plugin() -> LlamaCppPlugin:
     return plugin_for("llama.cpp", LlamaCppPlugin)
+
+
+def _routed_prefill(config: Config, step: Step, source: str) -> Term:
+    """Compute share of a MoE prompt step: the routed experts' GEMMs at ROUTED_PREFILL_EFFICIENCY_AT_32 of the dense
+    efficiency at 32 tokens per expert, growing with the tokens each expert gets per micro-batch."""
+    import numpy as np
+
+    model = config.model
+    counts = parameter_counts(model)
+    routed = counts.moe_layers * model.experts_per_token * counts.expert_size
+    share = routed / (counts.dense_linear + routed)
+    per_expert = np.minimum(np.asarray(step.new_tokens, dtype=float) / step.passes, MICRO_BATCH_TOKENS) \
+        * model.experts_per_token / model.num_experts
+    efficiency = np.minimum(ROUTED_PREFILL_EFFICIENCY_AT_32 * np.maximum(per_expert, 32.0) / 32.0, 1.0)
+    factor = 1.0 / ((1.0 - share) + share / efficiency)
+    return Term(q.COMPUTE_EFFICIENCY, float(factor) if np.ndim(factor) == 0 else factor, source,
+                f"MoE prompt: routed experts ({share:.0%} of the FLOPs) at {ROUTED_PREFILL_EFFICIENCY_AT_32:g} of dense "
+                f"efficiency at 32 tokens per expert per micro-batch", step.phase)
