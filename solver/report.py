@@ -77,8 +77,8 @@ def render_plan(plan: Plan, console: Console) -> None:
                       + "".join(f"; [yellow]outside validated range: {w}[/yellow]" for w in group.coverage_warnings)
                       + (f"; [yellow]extrapolated: its TTFT/TPOT include the {group.margin} validation error[/yellow]"
                          if group.margin != "none" and group.basis == "extrapolated" else ""))
-    for group in plan.replicas:
-        console.print(_quality_line(group))
+    for line in dict.fromkeys(_quality_line(group) for group in plan.replicas):  # groups alike in it: once
+        console.print(line)
     best = {"cost": "cheapest", "latency": "fastest", "balanced": "best balanced"}.get(plan.objective, "best")
     why = f"[bold]Why this plan[/bold]: the {best} that meets every SLO and quality floor"
     rivals = [a for a in plan.alternatives if not a.label.startswith("unquantized")]

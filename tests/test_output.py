@@ -32,3 +32,12 @@ def test_consumer_and_extrapolated_groups_are_labelled():
                  "awq-int4", "--framework", "tensorrt-llm", "--max-gpus", "1", "--no-alternatives", width=200)
     assert "(consumer)" in text and "(extrapolated)" in text
     assert "include the p90 validation error" in text
+
+
+def test_replica_groups_on_one_device_and_method_print_their_quality_once():
+    # 405B at 2 req/s on MI300X FP8 vLLM: a 4-GPU and an 8-GPU replica (checked in the JSON), one quality
+    text = human("solve", "--model", "llama-3.1-405b", "--rate", "2", "--prompt-tokens", "2000", "--output-tokens",
+                 "400", "--ttft-ms", "3000", "--tpot-ms", "60", "--use-case", "chat_general", "--no-alternatives",
+                 "--gpu", "mi300x", "--method", "fp8", "--framework", "vllm", width=200)
+    assert "4x mi300x fp8 vllm" in text and "8x mi300x fp8 vllm" in text
+    assert sum(line.startswith("Quality (mi300x/fp8)") for line in text.splitlines()) == 1
