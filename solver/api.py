@@ -203,8 +203,9 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
     options = prune_dominated(pruned, scenario.classes, latency, limited=set(availability))
     model_id = space.model.id
     memo: dict = {}  # programs met again in settle_sharing's rounds are not solved again
+    resolve = lambda chosen, screening: _solve(chosen, scenario, availability, screening, memo)  # noqa: E731
     try:
-        solution = _solve(options, scenario, availability, memo=memo)
+        solution, stage = first_solution(options, scenario.objective, resolve)
     except program.NoPlanInTime as stopped:
         raise _out_of_time(stopped) from None
     except program.NoSolution:
@@ -215,9 +216,7 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
             unconstrained = None
         reasons = infeasibility(world, scenario, space, model_id, unconstrained)
         raise InfeasibleError("; ".join(reasons), reasons) from None
-    solution, groups, options, sharing_notes = settle_sharing(
-        solution, options, scenario.classes, lambda chosen, screening: _solve(chosen, scenario, availability, screening,
-                                                                              memo))
+    solution, groups, options, sharing_notes = settle_sharing(solution, options, scenario.classes, resolve, stage)
     tokens = served_tokens_per_s(solution, scenario.classes)
     alternatives = (_alternatives(by_method, scenario, availability, solution, pruned)
                     if scenario.alternatives else [])
@@ -260,7 +259,19 @@ ROUNDS_PER_SCOPE = 4
 MAX_SHARING_ROUNDS = 20
 
 
-def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve):
+def first_solution(options: list[Option], objective: str, resolve) -> tuple[program.Solution, str]:
+    """The plan settle_sharing starts from and the stage it was solved at. Where some option serves two classes
+    on one replica, under the cost objective, a screened plan (resolve(options, True)): the first plan's mixes
+    may break an SLO under their combined load, and the proven optimum with its tie-breaks would then be solved
+    for nothing (on the 10-class benchmark that first full solve took 16 s of the minute). Otherwise, and under
+    the other objectives (which do not screen), the full solve."""
+    if objective == "cost" and any(len(option.performance) > 1 for option in options):
+        return _resolve(resolve, options, screening=True), "screen"
+    return resolve(options, False), "full"
+
+
+def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass, ...], resolve,
+                   stage: str = "full"):
     """Classes sharing a replica must meet their SLOs under the combined load: a class that misses one on an
     option it shares is served there only on replicas of its own; every ROUNDS_PER_SCOPE rounds the split widens
     (SPLIT_SCOPES: every batch size of that configuration, then every mix holding a class it broke beside, then
@@ -271,11 +282,12 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
     broken, the proven cheapest plan (still no tie-breaks: on a hard program they cost most of a solve) is
     checked the same way, and once that breaks nothing either the options are solved in full (proven optimal,
     tie-breaks), which may choose other mixes, checked the same way.
+    `stage`: what `solution` was solved as: "screen" (first_solution's screened plan), "cost" or "full".
     Returns (solution, groups, options, notes); raises InfeasibleError when the devices cannot serve
     the classes apart.
     """
     notes: list[str] = []
-    original, rounds, stage = options, 0, "full"
+    original, rounds = options, 0
     partners: dict[str, set[str]] = {}
     while True:
         groups = [replica_group(a.option, a.replicas, a.shares, classes)

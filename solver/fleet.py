@@ -30,7 +30,7 @@ def member_scenario(scenario: Scenario, index: int) -> Scenario:
 
 
 def solve_fleet(scenario: Scenario, world: World) -> Plan:
-    from .api import _out_of_time, _solve, _unbounded_quality_notes, prune_dominated, settle_sharing
+    from .api import _out_of_time, _solve, _unbounded_quality_notes, first_solution, prune_dominated, settle_sharing
 
     prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
@@ -44,16 +44,15 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
                                         "alternatives": False})
     merged = _merged(spaces)
     memo: dict = {}  # programs met again in settle_sharing's rounds (a model's part, most often) are not solved again
+    resolve = lambda chosen, screening: _solve(chosen, whole, availability, screening, memo)  # noqa: E731
     try:
-        solution = _solve(options, whole, availability, memo=memo)
+        solution, stage = first_solution(options, scenario.objective, resolve)
     except program.NoPlanInTime as stopped:
         raise _out_of_time(stopped) from None
     except program.NoSolution:
         reasons = _why_not(world, scenario, members, spaces, options, whole, availability)
         raise InfeasibleError("; ".join(reasons), reasons) from None
-    solution, groups, options, notes = settle_sharing(
-        solution, options, whole.classes,
-        lambda chosen, screening: _solve(chosen, whole, availability, screening, memo))
+    solution, groups, options, notes = settle_sharing(solution, options, whole.classes, resolve, stage)
     notes += _unbounded_quality_notes(world, whole.classes, groups)
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]

@@ -436,3 +436,22 @@ def test_highs_restarts_only_on_programs_past_restart_columns():
     assert small.optionsDict == {**large.optionsDict, "mip_allow_restart": False}
     assert "mip_allow_restart" not in large.optionsDict
     assert large.optionsDict["mip_rel_gap"] == program.MIP_GAP and large.threads == small.threads == 1
+
+
+def test_settling_starts_from_a_screened_plan_only_where_classes_can_share_a_replica():
+    """api.first_solution: a plan whose mixes may break an SLO under their combined load is screened first
+    (the full solve with its tie-breaks comes once the mixes hold); with no option serving two classes, or under
+    an objective that does not screen, the full solve at once."""
+    from types import SimpleNamespace
+
+    from quantplan.solver.api import first_solution
+
+    asked = []
+    resolve = lambda options, screening: asked.append(screening) or "plan"  # noqa: E731
+    mixed = [SimpleNamespace(performance={"chat": 1, "rag": 1}), SimpleNamespace(performance={"chat": 1})]
+    apart = [SimpleNamespace(performance={"chat": 1}), SimpleNamespace(performance={"rag": 1})]
+    assert first_solution(mixed, "cost", resolve) == ("plan", "screen") and asked == [True]
+    asked.clear()
+    assert first_solution(apart, "cost", resolve) == ("plan", "full") and asked == [False]
+    asked.clear()
+    assert first_solution(mixed, "latency", resolve) == ("plan", "full") and asked == [False]
