@@ -328,8 +328,11 @@ def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv
 @click.option("--rows/--no-rows", "show_rows", default=False, help="Print every row too (default: the summary).")
 @click.option("--write-error-bars", type=click.Path(dir_okay=False),
               help="Write the error-bar table that estimate and solve report (catalogs/error_bars.toml).")
+@click.option("--simulate", is_flag=True,
+              help="Also run the scheduler simulation on every TTFT/TPOT row under load and compare its errors "
+                   "with the closed forms' (minutes on the whole set; --filter narrows it).")
 @json_option
-def validate(filters, show_rows, write_error_bars, as_json):
+def validate(filters, show_rows, write_error_bars, simulate, as_json):
     """Predicted vs measured on the shipped validation set, with error summaries."""
     from quantplan.solver import errorbars
     from quantplan.solver import validate as checks_module
@@ -346,6 +349,15 @@ def validate(filters, show_rows, write_error_bars, as_json):
         vendors = {g.id: g.vendor.lower() for g in world.gpus}
         links = {g.id: g.interconnect for g in world.gpus}
         Path(write_error_bars).write_text(errorbars.to_toml(errorbars.compute(checks, devices, vendors, links)))
+    if simulate:
+        bar, tick = _progress(None, not as_json)
+        try:
+            figures = checks_module.simulated(world, checks_module.select(checks_module.load_rows(), where),
+                                              progress=(lambda done, total: tick(done)) if tick else None)
+        finally:
+            if bar:
+                bar.stop()
+        result["simulation"] = checks_module.simulation_table(checks, figures)
     if as_json:
         click.echo(json.dumps({"summary": result, "rows": [c.model_dump() for c in checks]}, indent=2))
         return
@@ -384,6 +396,14 @@ def validate(filters, show_rows, write_error_bars, as_json):
         console.print(f"quality: {q['within']} of {q['rows']} rows within max(0.05 ppl, 25%); misses: "
                       f"{', '.join(q['misses']) or 'none'}")
     _render_quality_model(result["quality_model"], console)
+    for sample, table in result.get("simulation", {}).items():
+        lines = [[metric, key, pair["closed_form"]["rows"],
+                  f"{pair['closed_form']['median_ape']:.1%} / {pair['closed_form']['p90_ape']:.1%}",
+                  f"{pair['simulation']['median_ape']:.1%} / {pair['simulation']['p90_ape']:.1%}"]
+                 for metric, entry in table.items()
+                 for key, pair in [("all", entry["all"]), *entry["by_regime"].items(), *entry["by_framework"].items()]]
+        render_rows(f"Closed forms vs the scheduler simulation, {sample.replace('_', '-')} rows (median / p90 |error|)",
+                    ["metric", "regime / engine", "rows", "closed form", "simulation"], lines, console)
     if result["unpredicted"]:
         console.print(f"not predicted: {len(result['unpredicted'])} rows (" +
                       "; ".join(f"{u['id']}: {u['reason']}" for u in result["unpredicted"][:6]) + " ...)")

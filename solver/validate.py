@@ -541,3 +541,72 @@ def latency_table(checks: list[Check]) -> dict:
             entry["by_framework"][framework] = _stats([c.error for c in rows if c.framework == framework])
         table[metric] = entry
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# the scheduler simulation against the measurements (`quantplan validate --simulate`)
+
+
+def simulated(world: World, rows: list[Row], progress=None) -> dict[str, float]:
+    """The scheduler simulation's figure (solver/simulate.py) for each TTFT and TPOT row under load, by row id:
+    the row's own step model, scheduler, API-server overhead and load (its clients and requests per client, all
+    starting together, or Poisson arrivals at its rate), read at the row's statistic (`itl_p50`, the median gap
+    over every token, as the median TPOT). Rows the load models cannot carry, or whose configuration does not
+    fit, are left out. Runs with the same inputs (the TTFT and TPOT rows of one benchmark run) are simulated
+    once. `progress(done, total)` after each row."""
+    from .simulate import simulate
+
+    shared = Shared(world)
+    chosen = [r for r in rows if r.under_load and r.metric in ("ttft_ms", "tpot_ms")]
+    runs: dict[str, dict] = {}
+    found: dict[str, float] = {}
+    for done, row in enumerate(chosen, start=1):
+        try:
+            (one,), _ = speed_probes(world, row, shared)
+        except (ValueError, QuantplanError):
+            one = None
+        if one is not None:
+            key = repr((one.steps, one.scheduling, one.prompt, one.output, one.kind, one.load, one.requests_per_client))
+            if key not in runs:
+                timing = Timing(one.steps, one.scheduling)
+                if one.kind == "rate":
+                    traffic = TrafficClass(prompt_tokens=one.prompt, output_tokens=one.output, rate_per_s=one.load)
+                    runs[key] = simulate(timing, traffic, rate=one.load).as_dict()
+                else:
+                    traffic = TrafficClass(prompt_tokens=one.prompt, output_tokens=one.output,
+                                           concurrency=int(one.load), requests_per_client=one.requests_per_client)
+                    runs[key] = simulate(timing, traffic, clients=int(one.load)).as_dict()
+            which = "ttft" if row.metric == "ttft_ms" else "tpot"
+            statistic = "p50" if row.statistic == "itl_p50" else row.statistic
+            figure = runs[key][f"{which}_ms" if statistic == "mean" else f"{which}_{statistic}_ms"]
+            if np.isfinite(figure) and figure > 0:
+                found[row.id] = float(figure)
+        if progress:
+            progress(done, len(chosen))
+    return found
+
+
+def simulation_table(checks: list[Check], figures: dict[str, float]) -> dict:
+    """The closed forms' errors and the simulation's, on the same rows (those both predict), for TTFT and TPOT:
+    all, by load regime and by engine; fitted and held-out rows apart."""
+    table: dict = {}
+    for held_out, name in ((False, "fitted"), (True, "held_out")):
+        for metric in ("ttft_ms", "tpot_ms"):
+            rows = [c for c in checks if c.metric == metric and c.held_out == held_out and c.error is not None
+                    and c.regime in REGIMES and c.id in figures]
+            if not rows:
+                continue
+
+            def pair(group: list[Check]) -> dict:
+                return {"closed_form": _stats([c.error for c in group]),
+                        "simulation": _stats([figures[c.id] / c.measured - 1 for c in group])}
+
+            entry = {"all": pair(rows), "by_regime": {}, "by_framework": {}}
+            for regime in REGIMES:
+                group = [c for c in rows if c.regime == regime]
+                if group:
+                    entry["by_regime"][regime] = pair(group)
+            for framework in sorted({c.framework for c in rows}):
+                entry["by_framework"][framework] = pair([c for c in rows if c.framework == framework])
+            table.setdefault(name, {})[metric] = entry
+    return table

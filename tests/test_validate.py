@@ -196,3 +196,60 @@ def test_cross_validation_predicts_each_device_from_a_fit_without_it():
     per_fold = sum(stats["rows"] for f in found["folds"] for stats in f.values() if isinstance(stats, dict))
     pooled = sum(by_regime["all"]["rows"] for by_regime in found["pooled"].values())
     assert per_fold == pooled == len(rows)
+
+
+def test_the_simulation_reads_each_row_at_its_own_load_protocol_and_statistic():
+    """validate.simulated: a closed-loop row (a1367: 4 clients, 20 requests each, mean) and a Poisson row (p1:
+    4 req/s, median) are simulated on their own probe's step model and scheduler, API-server overhead in, and read
+    at their statistic: the figures of simulate() run by hand on the same inputs."""
+    from quantplan.solver.scenario import TrafficClass
+    from quantplan.solver.serving import Timing
+    from quantplan.solver.simulate import simulate
+
+    world = validate.validation_world()
+    rows = {r.id: r for r in validate.load_rows()}
+    found = validate.simulated(world, [rows["a1367"], rows["p1"], rows["v1"]])
+    assert set(found) == {"a1367", "p1"}  # v1 (bits per weight) is no row under load
+    (closed,), _ = validate.speed_probes(world, rows["a1367"])
+    assert (closed.kind, closed.load, closed.requests_per_client) == ("closed", 4.0, 20.0)
+    by_hand = simulate(Timing(closed.steps, closed.scheduling),
+                       TrafficClass(prompt_tokens=1024, output_tokens=1024, concurrency=4, requests_per_client=20),
+                       clients=4).as_dict()
+    assert found["a1367"] == by_hand["ttft_ms"]
+    (poisson,), _ = validate.speed_probes(world, rows["p1"])
+    assert (poisson.kind, poisson.load, rows["p1"].statistic) == ("rate", 4.0, "p50")
+    by_hand = simulate(Timing(poisson.steps, poisson.scheduling),
+                       TrafficClass(prompt_tokens=224, output_tokens=189, rate_per_s=4.0), rate=4.0).as_dict()
+    assert found["p1"] == by_hand["ttft_p50_ms"]
+
+
+def test_simulation_table_compares_the_closed_forms_and_the_simulation_on_the_same_rows():
+    """Three TTFT rows at 8 clients, measured 100 ms: closed forms 110, 80 and 100 ms (errors +10%, -20%, 0), the
+    simulation 150, 100 and (no figure) -: the simulation's two rows are +50% and 0, and the closed forms are
+    compared on those two rows only (+10%, -20%: median 15%)."""
+    def check(name: str, predicted: float) -> validate.Check:
+        return validate.Check(id=name, metric="ttft_ms", group="ttft", framework="vllm", gpu="h100-sxm",
+                              device_class="datacenter", method="bf16", model="llama-3.1-8b", batch=8, gpus=1,
+                              measured=100.0, predicted=predicted, error=predicted / 100.0 - 1, within=None,
+                              source="by hand", regime="c=2-16")
+
+    table = validate.simulation_table([check("a", 110.0), check("b", 80.0), check("c", 100.0)],
+                                      {"a": 150.0, "b": 100.0})
+    every = table["fitted"]["ttft_ms"]["all"]
+    assert every["closed_form"]["rows"] == every["simulation"]["rows"] == 2
+    assert every["closed_form"]["median_ape"] == pytest.approx(0.15)
+    assert every["simulation"]["median_ape"] == pytest.approx(0.25)
+    assert table["fitted"]["ttft_ms"]["by_regime"]["c=2-16"] == every
+    assert "held_out" not in table
+
+
+def test_cli_validate_simulate_reports_both_errors_on_the_same_rows():
+    result = CliRunner().invoke(cli, ["validate", "--simulate", "--json", "--filter", "id=a1367"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    (row,) = data["rows"]
+    pair = data["summary"]["simulation"]["fitted"]["ttft_ms"]["all"]
+    assert pair["closed_form"]["median_ape"] == pytest.approx(abs(row["error"]))
+    assert pair["simulation"]["rows"] == 1
+    text = CliRunner().invoke(cli, ["validate", "--simulate", "--filter", "id=a1367"], env={"COLUMNS": "120"})
+    assert "Closed forms vs the scheduler simulation, fitted rows" in text.output
