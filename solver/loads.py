@@ -21,7 +21,7 @@ from . import forked
 from .candidates import Config
 from .scenario import TrafficClass
 from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, closed_loop, poisson, rate_capacities,
-                      slo_violations)
+                      running_text, slo_violations)
 from .stepmodel import StepModel, stack
 
 BLOCK = 2048  # elements per numpy pass: bounds the closed loop's percentile grids (BLOCK x 400 floats)
@@ -138,13 +138,13 @@ class Figures:
         tpot_p = {p: v[index] for p, v in rows["tpot_p"].items()}
         ttft, tpot = rows["ttft"][index], rows["tpot"][index]
         capacity = rows["capacity"][index]
+        held = running_text(limit, job.times.scheduling, traffic.prompt_tokens, traffic.output_tokens)
         if traffic.load_kind == "rate":
-            described = (f"Poisson arrivals at {rows['at'][index]:.4g} requests/s per replica, at most {limit} "
-                         f"running")
+            described = f"Poisson arrivals at {rows['at'][index]:.4g} requests/s per replica, {held}"
         else:
             protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
                         if traffic.requests_per_client >= 1 else "steady state")
-            described = f"closed loop, {capacity:g} clients, at most {limit} running, {protocol}"
+            described = f"closed loop, {capacity:g} clients, {held}, {protocol}"
         name = traffic.statistic
         at_ttft = ttft if name == "mean" else ttft_p.get(int(name[1:]), math.inf)
         at_tpot = tpot if name == "mean" else tpot_p.get(int(name[1:]), math.inf)

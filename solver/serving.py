@@ -734,6 +734,15 @@ def performances(config: Config, traffic: TrafficClass, times: Timing, batches) 
     return _evaluate(config, traffic, times, batches, batches, None, check_batch=True)
 
 
+def running_text(limit: int, sched: Scheduling, prompt: int, output: int) -> str:
+    """'at most N running', and how many of them the KV cache holds where that is fewer (the rest wait for a slot:
+    the load models count the wait in TTFT)."""
+    slots = kv_slots(sched, prompt, output)
+    if np.isfinite(slots) and slots < limit:
+        return f"at most {limit} running (the KV cache holds {int(slots)} at once)"
+    return f"at most {limit} running"
+
+
 def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, clients, rate: float | None,
               check_batch: bool) -> list[Performance]:
     """Figures at each (running limit, clients) pair in one array pass; rate classes at `rate` (default:
@@ -748,8 +757,9 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
         load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, at)
         found = []
         for i, limit in enumerate(running):
+            held = running_text(int(limit), times.scheduling, traffic.prompt_tokens, traffic.output_tokens)
             one = _figures(traffic, times, load, float(capacity[i]),
-                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, at most {int(limit)} running", i)
+                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, {held}", i)
             if capacity[i] <= 0 and not one.violations:
                 one = replace(one, violations=(f"batch {int(limit)} cannot hold one request within the SLOs",))
             found.append(one)
@@ -757,8 +767,9 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
         load = closed_loop(planned, traffic.prompt_tokens, traffic.output_tokens, clients, _protocol(traffic))
         protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
                     if traffic.requests_per_client >= 1 else "steady state")
-        found = [_figures(traffic, times, load, float(c),
-                          f"closed loop, {c:g} clients, at most {int(limit)} running, {protocol}", i)
+        found = [_figures(traffic, times, load, float(c), f"closed loop, {c:g} clients, "
+                          f"{running_text(int(limit), times.scheduling, traffic.prompt_tokens, traffic.output_tokens)}, "
+                          f"{protocol}", i)
                  for i, (limit, c) in enumerate(zip(running, clients))]
     if not check_batch:
         return found

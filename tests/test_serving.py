@@ -3,6 +3,7 @@ and the engine scheduling facts they rest on (each engine's documented defaults)
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -526,3 +527,19 @@ def test_a_plans_figures_reuse_the_capacity_of_the_same_step_model_and_scheduler
     assert first.capacity == search(times, traffic, [32.0])[0]  # a fresh search: the same figure
     copy = serving.Timing(times.steps, times.scheduling)
     assert serving.performance(c, traffic, copy, rate=0.5).capacity == first.capacity and len(calls) == 2
+
+
+def test_the_load_line_says_how_many_sequences_the_kv_cache_holds_when_fewer_than_the_running_limit():
+    """20,000 KV tokens, prompts of 8,000 and outputs of 500: paged, a sequence holds 8,000 + 250 on average, so
+    floor(20,000 / 8,250) = 2 run at once; reserved up front 8,500 each, 2 again; 100,000 tokens: 12 (paged);
+    an unbounded cache (or one that holds the whole limit) adds nothing."""
+    paged = serving.Scheduling("mixed", 2048, 256, True, False, kv_tokens=20_000)
+    assert serving.running_text(256, paged, 8000, 500) == "at most 256 running (the KV cache holds 2 at once)"
+    reserved = replace(paged, reserve_full=True)
+    assert serving.running_text(256, reserved, 8000, 500) == "at most 256 running (the KV cache holds 2 at once)"
+    assert serving.running_text(256, replace(paged, kv_tokens=100_000), 8000, 500).endswith("holds 12 at once)")
+    assert serving.running_text(8, replace(paged, kv_tokens=100_000), 8000, 500) == "at most 8 running"
+    assert serving.running_text(256, replace(paged, kv_tokens=math.inf), 8000, 500) == "at most 256 running"
+    # the estimate of a load the KV cache cannot hold at once says so
+    found = estimate("qwen3-32b", "bf16", "a100-80gb", "vllm", batch=256, prompt_tokens=8000, output_tokens=500)
+    assert "running (the KV cache holds" in found.load_model
