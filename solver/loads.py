@@ -20,8 +20,8 @@ import numpy as np
 from . import forked
 from .candidates import Config
 from .scenario import TrafficClass
-from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, closed_loop, poisson, rate_capacities,
-                      running_text, slo_violations)
+from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, capacity_key, closed_loop, poisson,
+                      rate_capacities, running_text, slo_violations)
 from .stepmodel import StepModel, stack
 
 BLOCK = 2048  # elements per numpy pass: bounds the closed loop's percentile grids (BLOCK x 400 floats)
@@ -69,6 +69,7 @@ class Figures:
         for index, s in enumerate(scheds):
             groups.setdefault((s.policy, s.chunked), []).append(index)
         bounds = search_bounds(traffic, jobs) if traffic.load_kind == "rate" else ()
+        known = _known_capacities(traffic, jobs, self.running) if traffic.load_kind == "rate" else None
         blocks = []  # (policy, chunked, elements): one numpy pass each
         for (policy, chunked), members in sorted(groups.items()):
             elements = np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in members])
@@ -88,8 +89,8 @@ class Figures:
             timing = Timing(steps_here, sched)
             found = {}
             if traffic.load_kind == "rate":
-                found["capacity"] = rate_capacities(timing, traffic, sched.max_sequences,
-                                                    tuple(b[owner] for b in bounds))
+                found["capacity"] = (known[part] if known is not None else rate_capacities(
+                    timing, traffic, sched.max_sequences, tuple(b[owner] for b in bounds)))
                 found["at"] = at = np.maximum(np.minimum(found["capacity"], traffic.rate_per_s), 1e-9)
                 load = poisson(timing, traffic.prompt_tokens, traffic.output_tokens, at)
             else:
@@ -108,6 +109,8 @@ class Figures:
             for p in PERCENTILES:
                 self.ttft_p[p][part] = found["ttft_p"][p]
                 self.tpot_p[p][part] = found["tpot_p"][p]
+        if traffic.load_kind == "rate" and known is None:
+            _keep_capacities(traffic, jobs, self.running, self.capacity)
 
     def _decide(self) -> None:
         """Milliseconds at the class's statistic, and which elements meet the SLOs (as _figures decides)."""
@@ -185,6 +188,30 @@ class Figures:
                 "ttft_p": {p: (v * 1e3).tolist() for p, v in self.ttft_p.items()},
                 "tpot_p": {p: (v * 1e3).tolist() for p, v in self.tpot_p.items()},
                 "throughput": self.throughput.tolist(), "decoding": self.decoding.tolist(), "prefill": {}}
+
+
+_RATE_CAPACITIES: dict = {}  # see _known_capacities
+RATE_CAPACITY_MEMO_SIZE = 64  # candidate spaces' capacity arrays kept before the memo starts over
+
+
+def _capacity_memo_key(traffic: TrafficClass, jobs: list[Job], running: np.ndarray) -> tuple:
+    return capacity_key(traffic), tuple(id(job.times) for job in jobs), running.tobytes()
+
+
+def _known_capacities(traffic: TrafficClass, jobs: list[Job], running: np.ndarray) -> np.ndarray | None:
+    """Every element's rate capacity from an earlier Figures of the same jobs (the very step models and schedulers,
+    which a sweep's first-pass cache hands every point) and a class that differs at most in its rate: a rate
+    sweep's or region map's points search each capacity once per process. None when not known."""
+    kept = _RATE_CAPACITIES.get(_capacity_memo_key(traffic, jobs, running))
+    if kept is None or any(a is not b.times for a, b in zip(kept[0], jobs)):
+        return None
+    return kept[1].copy()
+
+
+def _keep_capacities(traffic: TrafficClass, jobs: list[Job], running: np.ndarray, capacity: np.ndarray) -> None:
+    if len(_RATE_CAPACITIES) >= RATE_CAPACITY_MEMO_SIZE:
+        _RATE_CAPACITIES.clear()
+    _RATE_CAPACITIES[_capacity_memo_key(traffic, jobs, running)] = ([job.times for job in jobs], capacity.copy())
 
 
 def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, np.ndarray]:

@@ -778,15 +778,23 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
             if b > limit else f for f, b in zip(found, running)]
 
 
-_CAPACITIES: dict = {}  # (id(times), traffic, running limits) -> (times, capacities): see _capacities
+_CAPACITIES: dict = {}  # (id(times), capacity_key(traffic), running limits) -> (times, capacities): see _capacities
 CAPACITY_MEMO_SIZE = 4096  # entries kept before the memo starts over
+
+
+def capacity_key(traffic: TrafficClass) -> tuple:
+    """What a rate class's capacity search reads of the class (rate_capacities, _rate_ok): its lengths, its SLOs
+    and the statistic they bound. Not its rate: a replica carries what it carries whatever is offered, so a sweep
+    over the rate finds the same capacities at every point."""
+    return traffic.prompt_tokens, traffic.output_tokens, traffic.ttft_ms, traffic.tpot_limit_ms, traffic.statistic
 
 
 def _capacities(times: Timing, traffic: TrafficClass, running: np.ndarray) -> np.ndarray:
     """rate_capacities(times, traffic, running), kept for the same step model and scheduler (the very object,
     held in the memo so that its id stays its own): a plan's figures (plan.figures) ask it again for every
-    replica group that each settle-sharing round and each fleet part shows, at the same batch."""
-    key = (id(times), traffic, tuple(running.tolist()))
+    replica group that each settle-sharing round and each fleet part shows, at the same batch, and a rate sweep's
+    points at every rate (capacity_key)."""
+    key = (id(times), capacity_key(traffic), tuple(running.tolist()))
     kept = _CAPACITIES.get(key)
     if kept is not None and kept[0] is times:
         return kept[1].copy()

@@ -543,3 +543,33 @@ def test_the_load_line_says_how_many_sequences_the_kv_cache_holds_when_fewer_tha
     # the estimate of a load the KV cache cannot hold at once says so
     found = estimate("qwen3-32b", "bf16", "a100-80gb", "vllm", batch=256, prompt_tokens=8000, output_tokens=500)
     assert "running (the KV cache holds" in found.load_model
+
+
+def test_a_rate_sweeps_points_search_each_capacity_once_and_find_what_a_fresh_search_finds(world, monkeypatch):
+    """loads.Figures at 1 and at 4 req/s over the same jobs (the very Timing objects a sweep's first-pass cache hands
+    every point): the capacity search runs once, and every element's capacity, TTFT and TPOT at 4 req/s are those
+    of a search made afresh; other SLOs search anew."""
+    from quantplan.solver import loads
+
+    jobs = []
+    for framework in ("vllm", "sglang"):
+        traffic = TrafficClass(prompt_tokens=1000, output_tokens=300, rate_per_s=1.0, ttft_ms=1000, tpot_ms=60)
+        c = config(world, framework=framework)
+        jobs.append(loads.Job(c, serving.timing(world, c, traffic), (8, 32, 128)))
+    calls = []
+    search = loads.rate_capacities
+    monkeypatch.setattr(loads, "rate_capacities", lambda *a, **k: calls.append(1) or search(*a, **k))
+    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {})
+    slow = TrafficClass(prompt_tokens=1000, output_tokens=300, rate_per_s=1.0, ttft_ms=1000, tpot_ms=60)
+    loads.Figures(slow, jobs)
+    searched = len(calls)
+    fast = slow.model_copy(update={"rate_per_s": 4.0})
+    again = loads.Figures(fast, jobs)
+    assert len(calls) == searched  # no search at the second rate
+    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {})
+    fresh = loads.Figures(fast, jobs)
+    assert len(calls) == 2 * searched
+    for name in ("capacity", "at", "ttft", "tpot"):
+        assert np.array_equal(getattr(again, name), getattr(fresh, name), equal_nan=True)
+    loads.Figures(fast.model_copy(update={"tpot_ms": 30.0}), jobs)  # another SLO: searched anew
+    assert len(calls) == 3 * searched
