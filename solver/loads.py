@@ -60,6 +60,8 @@ class Figures:
 
     def _evaluate(self) -> None:
         traffic, jobs = self.traffic, self.jobs
+        if self._reuse():
+            return
         steps = stack([j.times.steps for j in jobs])
         scheds = [j.times.scheduling for j in jobs]
         settings = {name: np.array([getattr(s, name) for s in scheds], dtype=kind) for name, kind in (
@@ -111,6 +113,22 @@ class Figures:
                 self.tpot_p[p][part] = found["tpot_p"][p]
         if traffic.load_kind == "rate" and known is None:
             _keep_capacities(traffic, jobs, self.running, self.capacity)
+        _keep(_RESULTS, RESULTS_MEMO_SIZE, (_load_key(traffic), *_jobs_key(jobs, self.running)), jobs,
+              {name: getattr(self, name).copy() for name in _RESULT_ARRAYS}
+              | {f"{name}_{p}": getattr(self, name)[p].copy() for name in ("ttft_p", "tpot_p") for p in PERCENTILES})
+
+    def _reuse(self) -> bool:
+        """Take every figure from an earlier Figures of the same jobs (the very Timing objects) and load (a class
+        that differs at most in its SLOs, and for a rate class not in its rate or SLOs either: _load_key): an SLO
+        or quality sweep's points evaluate the load models once per process."""
+        kept = _kept(_RESULTS, (_load_key(self.traffic), *_jobs_key(self.jobs, self.running)), self.jobs)
+        if kept is None:
+            return False
+        for name in _RESULT_ARRAYS:
+            setattr(self, name, kept[name].copy())
+        for name in ("ttft_p", "tpot_p"):
+            setattr(self, name, {p: kept[f"{name}_{p}"].copy() for p in PERCENTILES})
+        return True
 
     def _decide(self) -> None:
         """Milliseconds at the class's statistic, and which elements meet the SLOs (as _figures decides)."""
@@ -190,28 +208,51 @@ class Figures:
                 "throughput": self.throughput.tolist(), "decoding": self.decoding.tolist(), "prefill": {}}
 
 
-_RATE_CAPACITIES: dict = {}  # see _known_capacities
-RATE_CAPACITY_MEMO_SIZE = 64  # candidate spaces' capacity arrays kept before the memo starts over
+# Memos of what the load models found for a candidate space's jobs, kept per process for a sweep's next points
+# (the first-pass cache hands every point the very same Timing objects): keyed by what the figures read of the
+# class, the jobs' Timing objects (held in the entry, so that their ids stay theirs) and the batch sizes.
+_RATE_CAPACITIES: dict = {}  # rate classes' capacities: _known_capacities
+_RESULTS: dict = {}  # every figure: Figures._reuse
+MEMO_SIZE = 64  # entries each memo keeps before it starts over
+RESULTS_MEMO_SIZE = 16  # whole spaces' figures (a few MB each)
+_RESULT_ARRAYS = ("capacity", "at", "ttft", "tpot", "throughput", "decoding")
 
 
-def _capacity_memo_key(traffic: TrafficClass, jobs: list[Job], running: np.ndarray) -> tuple:
-    return capacity_key(traffic), tuple(id(job.times) for job in jobs), running.tobytes()
+def _jobs_key(jobs: list[Job], running: np.ndarray) -> tuple:
+    return tuple(id(job.times) for job in jobs), running.tobytes()
+
+
+def _load_key(traffic: TrafficClass) -> tuple:
+    """What the load models' figures read of a class: a closed loop its lengths and protocol (not its SLOs), a rate
+    class its capacity search's inputs (lengths, SLOs, statistic) and its rate."""
+    if traffic.load_kind == "rate":
+        return "rate", capacity_key(traffic), traffic.rate_per_s
+    return "closed", traffic.prompt_tokens, traffic.output_tokens, traffic.requests_per_client
+
+
+def _kept(memo: dict, key: tuple, jobs: list[Job]):
+    kept = memo.get(key)
+    if kept is None or len(kept[0]) != len(jobs) or any(a is not b.times for a, b in zip(kept[0], jobs)):
+        return None
+    return kept[1]
+
+
+def _keep(memo: dict, size: int, key: tuple, jobs: list[Job], value) -> None:
+    if len(memo) >= size:
+        memo.clear()
+    memo[key] = ([job.times for job in jobs], value)
 
 
 def _known_capacities(traffic: TrafficClass, jobs: list[Job], running: np.ndarray) -> np.ndarray | None:
-    """Every element's rate capacity from an earlier Figures of the same jobs (the very step models and schedulers,
-    which a sweep's first-pass cache hands every point) and a class that differs at most in its rate: a rate
-    sweep's or region map's points search each capacity once per process. None when not known."""
-    kept = _RATE_CAPACITIES.get(_capacity_memo_key(traffic, jobs, running))
-    if kept is None or any(a is not b.times for a, b in zip(kept[0], jobs)):
-        return None
-    return kept[1].copy()
+    """Every element's rate capacity from an earlier Figures of the same jobs and a class that differs at most in
+    its rate (a replica carries what it carries whatever is offered): a rate sweep's or region map's points search
+    each capacity once per process. None when not known."""
+    kept = _kept(_RATE_CAPACITIES, (capacity_key(traffic), *_jobs_key(jobs, running)), jobs)
+    return None if kept is None else kept.copy()
 
 
 def _keep_capacities(traffic: TrafficClass, jobs: list[Job], running: np.ndarray, capacity: np.ndarray) -> None:
-    if len(_RATE_CAPACITIES) >= RATE_CAPACITY_MEMO_SIZE:
-        _RATE_CAPACITIES.clear()
-    _RATE_CAPACITIES[_capacity_memo_key(traffic, jobs, running)] = ([job.times for job in jobs], capacity.copy())
+    _keep(_RATE_CAPACITIES, MEMO_SIZE, (capacity_key(traffic), *_jobs_key(jobs, running)), jobs, capacity.copy())
 
 
 def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, np.ndarray]:

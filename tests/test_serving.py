@@ -559,17 +559,43 @@ def test_a_rate_sweeps_points_search_each_capacity_once_and_find_what_a_fresh_se
     calls = []
     search = loads.rate_capacities
     monkeypatch.setattr(loads, "rate_capacities", lambda *a, **k: calls.append(1) or search(*a, **k))
-    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {})
+    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {}); monkeypatch.setattr(loads, "_RESULTS", {})
     slow = TrafficClass(prompt_tokens=1000, output_tokens=300, rate_per_s=1.0, ttft_ms=1000, tpot_ms=60)
     loads.Figures(slow, jobs)
     searched = len(calls)
     fast = slow.model_copy(update={"rate_per_s": 4.0})
     again = loads.Figures(fast, jobs)
     assert len(calls) == searched  # no search at the second rate
-    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {})
+    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {}); monkeypatch.setattr(loads, "_RESULTS", {})
     fresh = loads.Figures(fast, jobs)
     assert len(calls) == 2 * searched
     for name in ("capacity", "at", "ttft", "tpot"):
         assert np.array_equal(getattr(again, name), getattr(fresh, name), equal_nan=True)
     loads.Figures(fast.model_copy(update={"tpot_ms": 30.0}), jobs)  # another SLO: searched anew
     assert len(calls) == 3 * searched
+
+
+def test_an_slo_sweeps_points_run_the_closed_loop_once_and_decide_each_slo_anew(world, monkeypatch):
+    """A concurrency class's load figures do not read its SLOs: Figures at TTFT <= 500 ms and at 5,000 ms over the
+    same jobs run the closed loop once, give the figures a fresh run gives, and each decides which elements meet
+    its own SLO."""
+    from quantplan.solver import loads
+
+    c = config(world)
+    tight = TrafficClass(prompt_tokens=2000, output_tokens=300, concurrency=64, ttft_ms=500, tpot_ms=60)
+    jobs = [loads.Job(c, serving.timing(world, c, tight), (8, 32, 64))]
+    calls = []
+    run = loads.closed_loop
+    monkeypatch.setattr(loads, "closed_loop", lambda *a, **k: calls.append(1) or run(*a, **k))
+    monkeypatch.setattr(loads, "_RESULTS", {})
+    first = loads.Figures(tight, jobs)
+    loose = tight.model_copy(update={"ttft_ms": 5000.0})
+    again = loads.Figures(loose, jobs)
+    assert len(calls) == 1
+    monkeypatch.setattr(loads, "_RESULTS", {})
+    fresh = loads.Figures(loose, jobs)
+    assert len(calls) == 2
+    for name in ("ttft", "tpot", "throughput", "decoding"):
+        assert np.array_equal(getattr(again, name), getattr(fresh, name), equal_nan=True)
+    assert list(again.meets) == list(fresh.meets) == list(fresh.ttft * 1e3 <= 5000.0)
+    assert list(first.meets) == list(first.ttft * 1e3 <= 500.0)
