@@ -62,6 +62,9 @@ class Figures:
         traffic, jobs = self.traffic, self.jobs
         if self._reuse():
             return
+        needed = self._from_elements() if traffic.load_kind != "rate" else np.ones(len(self.running), dtype=bool)
+        if not needed.any():
+            return
         steps = stack([j.times.steps for j in jobs])
         scheds = [j.times.scheduling for j in jobs]
         settings = {name: np.array([getattr(s, name) for s in scheds], dtype=kind) for name, kind in (
@@ -75,6 +78,7 @@ class Figures:
         blocks = []  # (policy, chunked, elements): one numpy pass each
         for (policy, chunked), members in sorted(groups.items()):
             elements = np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in members])
+            elements = elements[needed[elements]]
             blocks += [(policy, chunked, elements[first:first + BLOCK]) for first in range(0, len(elements), BLOCK)]
 
         def evaluate(block) -> dict:
@@ -111,16 +115,55 @@ class Figures:
             for p in PERCENTILES:
                 self.ttft_p[p][part] = found["ttft_p"][p]
                 self.tpot_p[p][part] = found["tpot_p"][p]
-        if traffic.load_kind == "rate" and known is None:
+        if traffic.load_kind != "rate":
+            self._keep_elements(needed)
+            return
+        if known is None:
             _keep_capacities(traffic, jobs, self.running, self.capacity)
         _keep(_RESULTS, RESULTS_MEMO_SIZE, (_load_key(traffic), *_jobs_key(jobs, self.running)), jobs,
               {name: getattr(self, name).copy() for name in _RESULT_ARRAYS}
               | {f"{name}_{p}": getattr(self, name)[p].copy() for name in ("ttft_p", "tpot_p") for p in PERCENTILES})
 
+    def _element_columns(self) -> list[np.ndarray]:
+        return [self.ttft, self.tpot, self.throughput, self.decoding, *(self.ttft_p[p] for p in PERCENTILES),
+                *(self.tpot_p[p] for p in PERCENTILES)]
+
+    def _from_elements(self) -> np.ndarray:
+        """A closed loop's figures of each element (a job's Timing object, the very one, at one batch size) from an
+        earlier Figures of the same lengths and protocol: a closed loop's figures read neither the class's SLOs nor
+        its number of users (the clients are the batch size), so an SLO sweep's points and a concurrency sweep's
+        batch sizes that earlier points had evaluate the load models once per process (each element is computed
+        apart from the others: the same bits alone or in a block). Returns which elements are still to run."""
+        load = _load_key(self.traffic)
+        needed = np.ones(len(self.running), dtype=bool)
+        rows, values = [], []
+        for index, (owner, batch) in enumerate(zip(self.owner.tolist(), self.running.tolist())):
+            times = self.jobs[owner].times
+            kept = _ELEMENTS.get((load, id(times), batch))
+            if kept is not None and kept[0] is times:
+                rows.append(index)
+                values.append(kept[1])
+        if rows:
+            needed[rows] = False
+            for column, found in zip(self._element_columns(), zip(*values)):
+                column[rows] = found
+        return needed
+
+    def _keep_elements(self, evaluated: np.ndarray) -> None:
+        if len(_ELEMENTS) >= ELEMENTS_MEMO_SIZE:
+            _ELEMENTS.clear()
+        load = _load_key(self.traffic)
+        rows = np.nonzero(evaluated)[0]
+        columns = [column[rows].tolist() for column in self._element_columns()]
+        for row, found in zip(rows.tolist(), zip(*columns)):
+            times = self.jobs[int(self.owner[row])].times
+            _ELEMENTS[load, id(times), float(self.running[row])] = (times, found)
+
     def _reuse(self) -> bool:
-        """Take every figure from an earlier Figures of the same jobs (the very Timing objects) and load (a class
-        that differs at most in its SLOs, and for a rate class not in its rate or SLOs either: _load_key): an SLO
-        or quality sweep's points evaluate the load models once per process."""
+        """A rate class: take every figure from an earlier Figures of the same jobs (the very Timing objects) and
+        load (a class that differs at most in its name: _load_key). None for a closed loop (_from_elements)."""
+        if self.traffic.load_kind != "rate":
+            return False
         kept = _kept(_RESULTS, (_load_key(self.traffic), *_jobs_key(self.jobs, self.running)), self.jobs)
         if kept is None:
             return False
@@ -212,9 +255,11 @@ class Figures:
 # (the first-pass cache hands every point the very same Timing objects): keyed by what the figures read of the
 # class, the jobs' Timing objects (held in the entry, so that their ids stay theirs) and the batch sizes.
 _RATE_CAPACITIES: dict = {}  # rate classes' capacities: _known_capacities
-_RESULTS: dict = {}  # every figure: Figures._reuse
+_RESULTS: dict = {}  # a rate class's every figure: Figures._reuse
+_ELEMENTS: dict = {}  # a closed loop's figures by element (load, id(Timing), batch): Figures._from_elements
 MEMO_SIZE = 64  # entries each memo keeps before it starts over
 RESULTS_MEMO_SIZE = 16  # whole spaces' figures (a few MB each)
+ELEMENTS_MEMO_SIZE = 400_000  # elements (ten floats each)
 _RESULT_ARRAYS = ("capacity", "at", "ttft", "tpot", "throughput", "decoding")
 
 

@@ -559,14 +559,16 @@ def test_a_rate_sweeps_points_search_each_capacity_once_and_find_what_a_fresh_se
     calls = []
     search = loads.rate_capacities
     monkeypatch.setattr(loads, "rate_capacities", lambda *a, **k: calls.append(1) or search(*a, **k))
-    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {}); monkeypatch.setattr(loads, "_RESULTS", {})
+    for memo in ("_RATE_CAPACITIES", "_RESULTS", "_ELEMENTS"):
+        monkeypatch.setattr(loads, memo, {})
     slow = TrafficClass(prompt_tokens=1000, output_tokens=300, rate_per_s=1.0, ttft_ms=1000, tpot_ms=60)
     loads.Figures(slow, jobs)
     searched = len(calls)
     fast = slow.model_copy(update={"rate_per_s": 4.0})
     again = loads.Figures(fast, jobs)
     assert len(calls) == searched  # no search at the second rate
-    monkeypatch.setattr(loads, "_RATE_CAPACITIES", {}); monkeypatch.setattr(loads, "_RESULTS", {})
+    for memo in ("_RATE_CAPACITIES", "_RESULTS", "_ELEMENTS"):
+        monkeypatch.setattr(loads, memo, {})
     fresh = loads.Figures(fast, jobs)
     assert len(calls) == 2 * searched
     for name in ("capacity", "at", "ttft", "tpot"):
@@ -587,12 +589,14 @@ def test_an_slo_sweeps_points_run_the_closed_loop_once_and_decide_each_slo_anew(
     calls = []
     run = loads.closed_loop
     monkeypatch.setattr(loads, "closed_loop", lambda *a, **k: calls.append(1) or run(*a, **k))
-    monkeypatch.setattr(loads, "_RESULTS", {})
+    for memo in ("_RESULTS", "_ELEMENTS"):
+        monkeypatch.setattr(loads, memo, {})
     first = loads.Figures(tight, jobs)
     loose = tight.model_copy(update={"ttft_ms": 5000.0})
     again = loads.Figures(loose, jobs)
     assert len(calls) == 1
-    monkeypatch.setattr(loads, "_RESULTS", {})
+    for memo in ("_RESULTS", "_ELEMENTS"):
+        monkeypatch.setattr(loads, memo, {})
     fresh = loads.Figures(loose, jobs)
     assert len(calls) == 2
     for name in ("ttft", "tpot", "throughput", "decoding"):
