@@ -330,7 +330,7 @@ def sweep(ctx, scenario_file, price_ranges, varies, points, engine, address, csv
               help="Write the error-bar table that estimate and solve report (catalogs/error_bars.toml).")
 @click.option("--simulate", is_flag=True,
               help="Also run the scheduler simulation on every TTFT/TPOT row under load and compare its errors "
-                   "with the closed forms' (minutes on the whole set; --filter narrows it).")
+                   "with the closed forms' (about a minute on the whole set; --filter narrows it).")
 @json_option
 def validate(filters, show_rows, write_error_bars, simulate, as_json):
     """Predicted vs measured on the shipped validation set, with error summaries."""
