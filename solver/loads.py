@@ -258,7 +258,7 @@ _RATE_CAPACITIES: dict = {}  # rate classes' capacities: _known_capacities
 _RESULTS: dict = {}  # a rate class's every figure: Figures._reuse
 _ELEMENTS: dict = {}  # a closed loop's figures by element (load, id(Timing), batch): Figures._from_elements
 MEMO_SIZE = 64  # entries each memo keeps before it starts over
-RESULTS_MEMO_SIZE = 16  # whole spaces' figures (a few MB each)
+RESULTS_MEMO_SIZE = 4  # whole spaces' figures (a few MB each)
 ELEMENTS_MEMO_SIZE = 100_000  # elements (ten floats each, ~570 bytes an entry: ~57 MB)
 _RESULT_ARRAYS = ("capacity", "at", "ttft", "tpot", "throughput", "decoding")
 
