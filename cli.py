@@ -341,7 +341,8 @@ def validate(filters, show_rows, write_error_bars, simulate, as_json):
     where = _pairs(filters, "--filter", str)
     check_output_path(write_error_bars, "--write-error-bars")
     world = checks_module.validation_world()
-    checks = checks_module.run(world, where=where)
+    rows = checks_module.select(checks_module.load_rows(), where)
+    checks = checks_module.run(world, rows)
     result = checks_module.summary(checks)
     result["quality_model"] = checks_module.quality_table()
     if write_error_bars:
@@ -352,8 +353,7 @@ def validate(filters, show_rows, write_error_bars, simulate, as_json):
     if simulate:
         bar, tick = _progress(None, not as_json)
         try:
-            figures = checks_module.simulated(world, checks_module.select(checks_module.load_rows(), where),
-                                              progress=(lambda done, total: tick(done)) if tick else None)
+            figures = checks_module.simulated(world, rows, progress=(lambda done, total: tick(done)) if tick else None)
         finally:
             if bar:
                 bar.stop()

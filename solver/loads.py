@@ -60,8 +60,6 @@ class Figures:
 
     def _evaluate(self) -> None:
         traffic, jobs = self.traffic, self.jobs
-        if self._reuse():
-            return
         needed = self._from_elements() if traffic.load_kind != "rate" else np.ones(len(self.running), dtype=bool)
         if not needed.any():
             return
@@ -117,12 +115,8 @@ class Figures:
                 self.tpot_p[p][part] = found["tpot_p"][p]
         if traffic.load_kind != "rate":
             self._keep_elements(needed)
-            return
-        if known is None:
+        elif known is None:
             _keep_capacities(traffic, jobs, self.running, self.capacity)
-        _keep(_RESULTS, RESULTS_MEMO_SIZE, (_load_key(traffic), *_jobs_key(jobs, self.running)), jobs,
-              {name: getattr(self, name).copy() for name in _RESULT_ARRAYS}
-              | {f"{name}_{p}": getattr(self, name)[p].copy() for name in ("ttft_p", "tpot_p") for p in PERCENTILES})
 
     def _element_columns(self) -> list[np.ndarray]:
         return [self.ttft, self.tpot, self.throughput, self.decoding, *(self.ttft_p[p] for p in PERCENTILES),
@@ -134,7 +128,7 @@ class Figures:
         its number of users (the clients are the batch size), so an SLO sweep's points and a concurrency sweep's
         batch sizes that earlier points had evaluate the load models once per process (each element is computed
         apart from the others: the same bits alone or in a block). Returns which elements are still to run."""
-        load = _load_key(self.traffic)
+        load = _closed_key(self.traffic)
         needed = np.ones(len(self.running), dtype=bool)
         rows, values = [], []
         for index, (owner, batch) in enumerate(zip(self.owner.tolist(), self.running.tolist())):
@@ -152,26 +146,12 @@ class Figures:
     def _keep_elements(self, evaluated: np.ndarray) -> None:
         if len(_ELEMENTS) >= ELEMENTS_MEMO_SIZE:
             _ELEMENTS.clear()
-        load = _load_key(self.traffic)
+        load = _closed_key(self.traffic)
         rows = np.nonzero(evaluated)[0]
         columns = [column[rows].tolist() for column in self._element_columns()]
         for row, found in zip(rows.tolist(), zip(*columns)):
             times = self.jobs[int(self.owner[row])].times
             _ELEMENTS[load, id(times), float(self.running[row])] = (times, found)
-
-    def _reuse(self) -> bool:
-        """A rate class: take every figure from an earlier Figures of the same jobs (the very Timing objects) and
-        load (a class that differs at most in its name: _load_key). None for a closed loop (_from_elements)."""
-        if self.traffic.load_kind != "rate":
-            return False
-        kept = _kept(_RESULTS, (_load_key(self.traffic), *_jobs_key(self.jobs, self.running)), self.jobs)
-        if kept is None:
-            return False
-        for name in _RESULT_ARRAYS:
-            setattr(self, name, kept[name].copy())
-        for name in ("ttft_p", "tpot_p"):
-            setattr(self, name, {p: kept[f"{name}_{p}"].copy() for p in PERCENTILES})
-        return True
 
     def _decide(self) -> None:
         """Milliseconds at the class's statistic, and which elements meet the SLOs (as _figures decides)."""
@@ -255,49 +235,34 @@ class Figures:
 # (the first-pass cache hands every point the very same Timing objects): keyed by what the figures read of the
 # class, the jobs' Timing objects (held in the entry, so that their ids stay theirs) and the batch sizes.
 _RATE_CAPACITIES: dict = {}  # rate classes' capacities: _known_capacities
-_RESULTS: dict = {}  # a rate class's every figure: Figures._reuse
 _ELEMENTS: dict = {}  # a closed loop's figures by element (load, id(Timing), batch): Figures._from_elements
-MEMO_SIZE = 64  # entries each memo keeps before it starts over
-RESULTS_MEMO_SIZE = 4  # whole spaces' figures (a few MB each)
+MEMO_SIZE = 64  # capacity arrays kept before the memo starts over
 ELEMENTS_MEMO_SIZE = 100_000  # elements (ten floats each, ~570 bytes an entry: ~57 MB)
-_RESULT_ARRAYS = ("capacity", "at", "ttft", "tpot", "throughput", "decoding")
 
 
-def _jobs_key(jobs: list[Job], running: np.ndarray) -> tuple:
-    return tuple(id(job.times) for job in jobs), running.tobytes()
+def _closed_key(traffic: TrafficClass) -> tuple:
+    """What a closed loop's figures read of a class: its lengths and protocol (not its SLOs or users)."""
+    return traffic.prompt_tokens, traffic.output_tokens, traffic.requests_per_client
 
 
-def _load_key(traffic: TrafficClass) -> tuple:
-    """What the load models' figures read of a class: a closed loop its lengths and protocol (not its SLOs), a rate
-    class its capacity search's inputs (lengths, SLOs, statistic) and its rate."""
-    if traffic.load_kind == "rate":
-        return "rate", capacity_key(traffic), traffic.rate_per_s
-    return "closed", traffic.prompt_tokens, traffic.output_tokens, traffic.requests_per_client
-
-
-def _kept(memo: dict, key: tuple, jobs: list[Job]):
-    kept = memo.get(key)
-    if kept is None or len(kept[0]) != len(jobs) or any(a is not b.times for a, b in zip(kept[0], jobs)):
-        return None
-    return kept[1]
-
-
-def _keep(memo: dict, size: int, key: tuple, jobs: list[Job], value) -> None:
-    if len(memo) >= size:
-        memo.clear()
-    memo[key] = ([job.times for job in jobs], value)
+def _capacity_memo_key(traffic: TrafficClass, jobs: list[Job], running: np.ndarray) -> tuple:
+    return capacity_key(traffic), tuple(id(job.times) for job in jobs), running.tobytes()
 
 
 def _known_capacities(traffic: TrafficClass, jobs: list[Job], running: np.ndarray) -> np.ndarray | None:
     """Every element's rate capacity from an earlier Figures of the same jobs and a class that differs at most in
     its rate (a replica carries what it carries whatever is offered): a rate sweep's or region map's points search
     each capacity once per process. None when not known."""
-    kept = _kept(_RATE_CAPACITIES, (capacity_key(traffic), *_jobs_key(jobs, running)), jobs)
-    return None if kept is None else kept.copy()
+    kept = _RATE_CAPACITIES.get(_capacity_memo_key(traffic, jobs, running))
+    if kept is None or len(kept[0]) != len(jobs) or any(a is not b.times for a, b in zip(kept[0], jobs)):
+        return None
+    return kept[1].copy()
 
 
 def _keep_capacities(traffic: TrafficClass, jobs: list[Job], running: np.ndarray, capacity: np.ndarray) -> None:
-    _keep(_RATE_CAPACITIES, MEMO_SIZE, (capacity_key(traffic), *_jobs_key(jobs, running)), jobs, capacity.copy())
+    if len(_RATE_CAPACITIES) >= MEMO_SIZE:
+        _RATE_CAPACITIES.clear()
+    _RATE_CAPACITIES[_capacity_memo_key(traffic, jobs, running)] = ([job.times for job in jobs], capacity.copy())
 
 
 def search_bounds(traffic: TrafficClass, jobs: list[Job]) -> tuple[np.ndarray, np.ndarray]:

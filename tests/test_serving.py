@@ -559,7 +559,7 @@ def test_a_rate_sweeps_points_search_each_capacity_once_and_find_what_a_fresh_se
     calls = []
     search = loads.rate_capacities
     monkeypatch.setattr(loads, "rate_capacities", lambda *a, **k: calls.append(1) or search(*a, **k))
-    for memo in ("_RATE_CAPACITIES", "_RESULTS", "_ELEMENTS"):
+    for memo in ("_RATE_CAPACITIES", "_ELEMENTS"):
         monkeypatch.setattr(loads, memo, {})
     slow = TrafficClass(prompt_tokens=1000, output_tokens=300, rate_per_s=1.0, ttft_ms=1000, tpot_ms=60)
     loads.Figures(slow, jobs)
@@ -567,7 +567,7 @@ def test_a_rate_sweeps_points_search_each_capacity_once_and_find_what_a_fresh_se
     fast = slow.model_copy(update={"rate_per_s": 4.0})
     again = loads.Figures(fast, jobs)
     assert len(calls) == searched  # no search at the second rate
-    for memo in ("_RATE_CAPACITIES", "_RESULTS", "_ELEMENTS"):
+    for memo in ("_RATE_CAPACITIES", "_ELEMENTS"):
         monkeypatch.setattr(loads, memo, {})
     fresh = loads.Figures(fast, jobs)
     assert len(calls) == 2 * searched
@@ -589,13 +589,13 @@ def test_an_slo_sweeps_points_run_the_closed_loop_once_and_decide_each_slo_anew(
     calls = []
     run = loads.closed_loop
     monkeypatch.setattr(loads, "closed_loop", lambda *a, **k: calls.append(1) or run(*a, **k))
-    for memo in ("_RESULTS", "_ELEMENTS"):
+    for memo in ("_ELEMENTS",):
         monkeypatch.setattr(loads, memo, {})
     first = loads.Figures(tight, jobs)
     loose = tight.model_copy(update={"ttft_ms": 5000.0})
     again = loads.Figures(loose, jobs)
     assert len(calls) == 1
-    for memo in ("_RESULTS", "_ELEMENTS"):
+    for memo in ("_ELEMENTS",):
         monkeypatch.setattr(loads, memo, {})
     fresh = loads.Figures(loose, jobs)
     assert len(calls) == 2
