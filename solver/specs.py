@@ -233,6 +233,7 @@ class FrameworkSpec(Identified):
     operating_systems: tuple[str, ...] = ()
     method_archs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # method id -> GPU arch ids
     kv_archs: dict[str, tuple[str, ...]] = Field(default_factory=dict)  # KV format -> GPU arch ids
+    model_families: tuple[str, ...] = ()  # model families (ModelSpec.family) the engine loads; empty: every one
     # method id -> kernel used on a supported arch below the method's usual kernel's compute capability
     legacy_kernels: dict[str, str] = Field(default_factory=dict)
     support_source: str = ""

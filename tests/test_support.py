@@ -190,3 +190,14 @@ def test_infeasible_figures_print_enough_digits_to_differ_from_the_slo():
 
     assert distinct(3.03, 3.0, 1) == ("3.03", "3.00")
     assert distinct(120.0, 50.0, 0) == ("120", "50")
+
+
+def test_exllamav2_loads_only_the_architectures_its_loader_knows():
+    """ExLlamaV2's architecture.py (turboderp-org/exllamav2 @753296959325) has Llama, Mistral, Mixtral, Qwen2 and
+    Gemma2 but no Qwen3 or Qwen3-MoE: a Qwen3 model gets no ExLlamaV2 configuration, with the reason; Llama does."""
+    from quantplan.solver.api import estimate
+
+    qwen3 = estimate("qwen3-8b", "gptq-int4", "rtx4090", "exllamav2")
+    assert not qwen3.compatible
+    assert any("exllamav2 does not load qwen3 models" in reason for reason in qwen3.reasons)
+    assert estimate("llama-3.1-8b", "gptq-int4", "rtx4090", "exllamav2").compatible

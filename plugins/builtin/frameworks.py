@@ -91,6 +91,9 @@ class FrameworkPlugin:
             return []
         framework, model, gpus = config.framework, config.model, config.gpus
         reasons = []
+        if framework.model_families and model.family not in framework.model_families:
+            reasons.append(f"{framework.id} does not load {model.family} models (it loads "
+                           f"{', '.join(framework.model_families)})")
         if config.kv.id not in framework.kv_cache_dtypes:
             reasons.append(f"{framework.id} has no {config.kv.id} KV cache")
         elif config.gpu.kind == "gpu" and config.kv.id in framework.kv_archs \
