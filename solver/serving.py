@@ -17,8 +17,9 @@ how prompt work enters the steps:
 A closed-loop benchmark (`vllm bench serve --max-concurrency c`, `aiperf --concurrency c`) starts all
 c requests at once after its warm-up: the first request of each client meets that lockstep wave, the
 rest the steady state, so the mean over a run of k requests per client weighs the wave by 1/k
-(`Protocol`). When c sequences' KV cache does not fit, n < c run and the rest wait whole lifetimes
-(Little's law: TTFT = c / lam - (O - 1) tau). Poisson arrivals (production) give percentiles from
+(`Protocol`). When c sequences' KV cache does not fit, n < c run and the rest wait for a slot: in the
+steady state behind the whole line (Little's law: TTFT = c / lam - (O - 1) tau), in the first round (a
+burst) the j-th in line for the j-th completion (`_first_round_queue`). Poisson arrivals (production) give percentiles from
 the prefill queue's waiting-time tail and the spread of chunk steps over a request's lifetime.
 solver/simulate.py runs the same scheduler step by step; tests hold these closed forms to it.
 """
@@ -430,14 +431,18 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
         steady_tpot = persist * wave_tpot + (1 - persist) * tau
         first = protocol.wave_weight
         excess = (clients - admitted) / clients  # clients of the first wave that wait for a slot
-        first_ttft = (1 - excess) * wave_ttft + excess * steady_ttft
+        queue_first, queue_last = _first_round_queue(steps, output, clients, admitted, wave_first, spread_ttft,
+                                                     tau, rate)
+        first_ttft = (1 - excess) * wave_ttft + excess * (queue_first + queue_last) / 2
         ttft = first * first_ttft + (1 - first) * steady_ttft
-        tpot = first * wave_tpot + (1 - first) * steady_tpot
+        # the queued clients' first requests decode in the steady state's steps, not beside the wave
+        tpot = first * ((1 - excess) * wave_tpot + excess * tau) + (1 - first) * steady_tpot
         rate = persist * wave_rate + (1 - persist) * rate
         load = Load(ttft, tpot, rate, persist * admitted + (1 - persist) * decoding, admitted=admitted,
                     prefill_utilisation=utilisation)
-        spread = (wave_first, wave_last, steady_ttft, (1 - persist) * wait, utilisation)
-        weight = first + (1 - first) * persist
+        spread = (wave_first, wave_last, steady_ttft, (1 - persist) * wait, utilisation,
+                  first * excess, queue_first, queue_last)
+        weight = first * (1 - excess) + (1 - first) * persist
     if not percentiles:
         return _with_request_overhead(load, sched, steps)
     if sched.policy == "prefill-first":  # every request of a wave decodes through the same steps
@@ -446,6 +451,24 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
         tpot_p = {p: _closed_tpot_quantile(weight, wave_tpot, tau, tpot_spread, p / 100) for p in PERCENTILES}
     load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread), tpot_percentiles=tpot_p)
     return _with_request_overhead(load, sched, steps)
+
+
+def _first_round_queue(steps: StepModel, output: int, clients, admitted, wave_first, steady_ttft, tau, rate):
+    """(least, most) TTFT of the first requests of the clients that find no slot when a run starts (`clients` >
+    `admitted`): the j-th of them in line waits for the j-th completion. The first completion comes when the
+    wave's first prompts have decoded (`wave_first` + (O - 1) decode steps at `admitted` sequences), then
+    completions follow at the steady rate, so the j-th comes (j - 1) / rate later; once admitted, a request
+    takes the prefill a request meets in a full steady state (its TTFT less the wait for a slot). Their TTFTs
+    spread evenly between the two; the mean is halfway. Little's law
+    for a loop that runs on (`steady_ttft`) puts each request behind all the others in line, (c - n) / rate:
+    for a single burst of c >> n that is about twice the mean wait, and for c just above n a fraction of it
+    (the line moves only once the first wave finishes)."""
+    line = np.maximum(clients - admitted, 0.0)
+    rate = np.maximum(np.asarray(rate, dtype=float), 1e-12)
+    first_done = wave_first + (output - 1) * steps.seconds(admitted, 0.0)
+    waiting = line / rate  # in steady_ttft: a whole line ahead of each request
+    own = np.maximum(steady_ttft - np.where(line > 0, waiting, 0.0), 0.0)
+    return first_done + own, first_done + own + np.maximum(line - 1, 0.0) / rate
 
 
 def _closed_tpot_spread(steps: StepModel, sched: Scheduling, prompt: int, output: int, decoding, rate, tau):
@@ -507,11 +530,13 @@ def _with_request_overhead(load: Load, sched: Scheduling, steps: StepModel) -> L
                    ttft_percentiles={p: v + extra for p, v in load.ttft_percentiles.items()})
 
 
-def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0.0, utilisation=0.0):
+def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0.0, utilisation=0.0,
+                             queued=0.0, queue_first=0.0, queue_last=0.0):
     """Closed-loop TTFT percentiles of a mixture: a share `weight` of requests meets a wave, whose first
-    tokens spread evenly over [its first, its last]; the others take the steady value, whose wait behind
-    other prompts (mean `wait`) is zero with probability 1 - rho and else exponential (the M/G/1
-    tail). Quantiles are read off the mixture's distribution on a grid."""
+    tokens spread evenly over [its first, its last]; a share `queued` (first requests of the clients the
+    KV cache has no slot for at the start) spread evenly over [`queue_first`, `queue_last`]; the others take
+    the steady value, whose wait behind other prompts (mean `wait`) is zero with probability 1 - rho and else
+    exponential (the M/G/1 tail). Quantiles are read off the mixture's distribution on a grid."""
     shape = np.shape(np.asarray(mean, dtype=float))
     weight = np.broadcast_to(np.asarray(weight, dtype=float), shape)[..., None]
     last = np.broadcast_to(np.maximum(np.asarray(wave_last, dtype=float), 1e-12), shape)[..., None]
@@ -519,8 +544,11 @@ def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0
     steady = np.broadcast_to(np.asarray(steady, dtype=float), shape)[..., None]
     wait = np.broadcast_to(np.asarray(wait, dtype=float), shape)[..., None]
     rho = np.clip(np.broadcast_to(np.asarray(utilisation, dtype=float), shape)[..., None], 1e-6, 0.98)
+    queued = np.broadcast_to(np.asarray(queued, dtype=float), shape)[..., None]
+    queue_last = np.broadcast_to(np.asarray(queue_last, dtype=float), shape)[..., None]
+    queue_first = np.minimum(np.broadcast_to(np.asarray(queue_first, dtype=float), shape)[..., None], queue_last)
     base = np.maximum(steady - wait, 0.0)
-    top = np.maximum(last, steady + 6 * wait / rho) * 1.05 + 1e-9
+    top = np.maximum(np.maximum(last, np.where(queued > 0, queue_last, 0.0)), steady + 6 * wait / rho) * 1.05 + 1e-9
     steps = np.linspace(0.0, 1.0, QUANTILE_GRID)
 
     def cdf(index):  # the mixture's distribution at grid points `index` (one per element)
@@ -530,7 +558,9 @@ def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0
         spread = np.where(grid >= base, 1.0 - tail, 0.0)
         in_wave = np.clip((grid - first) / np.maximum(last - first, 1e-12), 0.0, 1.0)
         in_wave = np.where(last - first > 1e-12, in_wave, (grid >= last).astype(float))
-        return weight * in_wave + (1 - weight) * spread, grid
+        in_queue = np.clip((grid - queue_first) / np.maximum(queue_last - queue_first, 1e-12), 0.0, 1.0)
+        in_queue = np.where(queue_last - queue_first > 1e-12, in_queue, (grid >= queue_last).astype(float))
+        return weight * in_wave + queued * in_queue + (1 - weight - queued) * spread, grid
 
     # the first grid point where the distribution reaches each percentile, by bisection over the grid's
     # indices (the distribution only grows along it), 0 where none does
