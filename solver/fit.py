@@ -278,8 +278,10 @@ def fit(parameters=DEFAULT_PARAMETERS, world: World | None = None, devices: tupl
         from_catalog: bool = False, cold: bool = False) -> tuple[Problem, np.ndarray, list[dict]]:
     """Least-squares fit; returns the problem, the fitted values and a report per parameter. A given
     `setup` (its rows' probes already built) is fitted on its `fitted_rows`. `from_catalog`: the search
-    starts at the catalog's values instead of the fixed starting point (the loss, prior included, is the
-    same): a catalog that holds a converged fit comes back unchanged. `cold`: a parameter the rows do not fit
+    starts at the catalog's values only (the loss, prior included, is the same): a catalog that holds a converged
+    fit comes back unchanged. Otherwise it runs from the fixed starting point and, unless `cold`, from the
+    catalog's values too, and keeps the lower minimum (least_squares stops where the load models' kinks make the
+    valley rugged, and where depends on where it starts). `cold`: a parameter the rows do not fit
     takes its fixed starting value instead of the catalog's (a cross-validation fold: the catalog was fitted
     on the held-out rows too, and what it says of a parameter the fold's rows cannot pin came from them)."""
     from threadpoolctl import threadpool_limits
@@ -331,8 +333,16 @@ def _fit(parameters, world, devices, rows, setup, from_catalog=False,
         chosen = [parameters[i] for i in used]
         result = solve(setup, chosen, used, start=setup.start[used] if from_catalog else None, base=values)
         loss = setup.loss(_placed(values, used, result.x))
+        if not from_catalog and not cold:  # and from the catalog's values: the lower of the two minima is kept
+            other = solve(setup, chosen, used, start=setup.start[used], base=values)
+            other_loss = setup.loss(_placed(values, used, other.x))
+            if other_loss < loss:
+                result, loss = other, other_loss
         for _ in range(RESTARTS):  # least_squares stops on a shrunken step in a flat valley: go on from there
-            again = solve(setup, chosen, used, start=result.x, base=values)
+            # from the values as they will be written (four digits, bounds snapped): the catalog must be a point a
+            # fit started from it does not leave, and a fresh start a hair away can find a descent the stop missed
+            written = np.array([_round(_at_bound(v, parameters[i])) for v, i in zip(result.x, used)])
+            again = solve(setup, chosen, used, start=written, base=values)
             again_loss = setup.loss(_placed(values, used, again.x))  # the rows' loss, not the trials' cost
             if not again_loss < loss * (1 - RESTART_GAIN):
                 break

@@ -418,10 +418,15 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
     wave_rate = admitted / wave_cycle
     waiting_rounds = clients / wave_rate - wave_cycle  # rounds a client waits for a KV slot
     if sched.policy == "prefill-first":  # waves persist: every round is a wave
-        load = Load(waiting_rounds + wave_ttft, wave_tpot, wave_rate, admitted, admitted=admitted,
-                    prefill_utilisation=wave_last / wave_cycle)
-        spread = (wave_first + waiting_rounds, wave_last + waiting_rounds, wave_ttft)
-        weight = 1.0
+        # in a loop that runs on, each request waits for every other wave; in the first round (a burst) the
+        # w-th wave waits for the w - 1 before it only
+        first = protocol.wave_weight
+        first_round = _first_round_waves(clients, admitted) * wave_cycle
+        load = Load(first * first_round + (1 - first) * waiting_rounds + wave_ttft, wave_tpot, wave_rate, admitted,
+                    admitted=admitted, prefill_utilisation=wave_last / wave_cycle)
+        spread = (wave_first + waiting_rounds, wave_last + waiting_rounds, wave_ttft, 0.0, 0.0,
+                  first, wave_first, wave_last + waiting_rounds)
+        weight = 1.0 - first
     else:
         spread_ttft, tau, rate, decoding, admitted, utilisation, wait = _closed_mixed(
             steps, sched, prompt, output, clients, protocol.think_s)
@@ -451,6 +456,17 @@ def closed_loop(timing: Timing, prompt: int, output: int, clients, protocol: Pro
         tpot_p = {p: _closed_tpot_quantile(weight, wave_tpot, tau, tpot_spread, p / 100) for p in PERCENTILES}
     load = replace(load, ttft_percentiles=_closed_ttft_percentiles(weight, load.ttft, *spread), tpot_percentiles=tpot_p)
     return _with_request_overhead(load, sched, steps)
+
+
+def _first_round_waves(clients, admitted):
+    """Mean count of whole waves a client waits for in the first round when `admitted` of `clients` fit at once:
+    q = c // n full waves and a last one of r = c - q n clients, the w-th waiting w - 1 rounds:
+    (n q (q - 1) / 2 + r q) / c."""
+    clients = np.asarray(clients, dtype=float)
+    admitted = np.maximum(np.asarray(admitted, dtype=float), 1.0)
+    full = np.floor(clients / admitted)
+    rest = clients - full * admitted
+    return (admitted * full * (full - 1) / 2 + rest * full) / np.maximum(clients, 1.0)
 
 
 def _first_round_queue(steps: StepModel, output: int, clients, admitted, wave_first, steady_ttft, tau, rate):

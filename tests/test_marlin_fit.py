@@ -40,7 +40,8 @@ def test_rows_on_marlin_move_its_compute_share_and_only_they():
     """Batch-1 decode rows (ExLlamaV2 GPTQ on an RTX 4090) constrain the bandwidth share alone: the compute
     share stays at its start. The A100 rows' prompt-heavy P99 TTFTs (AWQ and W4A16 GPTQ, vLLM 0.19) move it
     far from the README estimate it starts at (0.45; 0.69 with vLLM's wave persistence held at the catalog's, as
-    these rows hold fewer than fit.MIN_WAVE_ROWS closed-loop TTFTs; 0.70+ when they moved it too)."""
+    these rows hold fewer than fit.MIN_WAVE_ROWS closed-loop TTFTs; 0.70+ when they moved it too; 0.649 with the
+    catalog of 2026-12-04, refitted after the first-round queue)."""
     rows = {r.id: r for r in validate.load_rows()}
     _, values, report = fit.fit(rows=[rows["v100"], rows["v101"]])
     found = {e["parameter"]: e for e in report}
@@ -51,7 +52,7 @@ def test_rows_on_marlin_move_its_compute_share_and_only_they():
     _, _, report = fit.fit(rows=a100)
     found = {e["parameter"]: e for e in report}
     assert found["kernel:marlin.compute_efficiency"]["rows"] == sorted(r.id for r in a100)
-    assert found["kernel:marlin.compute_efficiency"]["after"] > 0.65
+    assert found["kernel:marlin.compute_efficiency"]["after"] > 0.6
 
 
 def test_marlin_shares_are_written_to_the_kernel_block(tmp_path):
@@ -104,7 +105,7 @@ def test_cold_fit_takes_no_value_from_the_catalog_for_parameters_its_rows_cannot
     """A fold of cross-validation must not learn from its held-out rows through the catalog, which was fitted on them
     too. Fitted on TensorRT-LLM's rows off H100 only, cold: Dynamo's server overhead (no row behind Dynamo there) and
     wave persistence (touched, not pinned) take their fixed starting values (20 ms, 0.1), not the catalog's (fitted on
-    H100's AIConfigurator rows: 118.9 ms, 0.06472); the default fit keeps the catalog's."""
+    H100's AIConfigurator rows: 117.5 ms, 0.06495); the default fit keeps the catalog's."""
     rows = [r for r in validate.load_rows(held_out=False) if r.framework == "tensorrt-llm" and r.gpu != "h100-sxm"]
     names = ("framework:tensorrt-llm.server_overhead_ms.dynamo", "framework:tensorrt-llm.wave_persistence")
     index = {p.name: i for i, p in enumerate(fit.DEFAULT_PARAMETERS)}
@@ -138,7 +139,7 @@ def test_fit_on_some_devices_reports_cold_and_writes_the_catalogs_values_where_i
     assert found["devices"] == ["m1-max", "m4"] and any(e["sample"] == "out-of-sample" for e in found["errors"])
     written = (tmp_path / "frameworks.toml").read_text()
     catalog = (shipped / "frameworks.toml").read_text()
-    assert written.count("dynamo = 118.9") == catalog.count("dynamo = 118.9") == 1  # TensorRT-LLM's, kept
+    assert written.count("dynamo = 117.5") == catalog.count("dynamo = 117.5") == 1  # TensorRT-LLM's, kept
     setup = fit.problem(devices=("m1-max", "m4"))
     _, cold, _ = fit.fit(setup=setup, cold=True)
     name = "framework:tensorrt-llm.server_overhead_ms.dynamo"

@@ -133,8 +133,9 @@ def test_multi_gpu_coverage_follows_the_link_between_the_gpus():
 
 
 def test_fit_reproduces_the_catalog():
-    """`quantplan fit` on the shipped rows returns the shipped values, from its fixed starting point and
-    started from the catalog's values (a fixed point): each within 0.5% or, for a value at a bound (NIM's
+    """`quantplan fit` on the shipped rows returns the shipped values (it runs from its fixed starting point and
+    from the catalog's values and keeps the lower minimum), and so does a fit started from the catalog's values
+    alone (a fixed point): each within 0.5% or, for a value at a bound (NIM's
     server overhead and vLLM's prompt-step overhead sit at 0), within 0.01 of its unit; the loss no
     higher than the catalog's. Not exactly: the trial values adjust probes built at the catalog's values,
     so a refit with other catalog values rounds differently in the last bits and ends elsewhere along
