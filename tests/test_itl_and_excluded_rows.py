@@ -132,6 +132,8 @@ ACCELMARK_TTFT = {"p509", "p511", "p513", "p515", "p517", "p519", "p521", "p523"
 LLM_K8S_TTFT = {"p593", "p594", "p595", "p599", "p600", "p601", "p605", "p606", "p607"}
 # AccelMark's vLLM 0.7.3 (V0 engine) BF16 and INT8 W8A8 TPOT pairs, held out: V0's host time per step sets them
 ACCELMARK_V0 = {f"p{n}" for n in range(800, 816)}
+# AccelMark's vLLM 0.20 GPTQ and INT8 W8A8 TPOTs on an A100, run with enforce_eager (no CUDA graphs)
+ACCELMARK_EAGER = {"p544", "p546", "p548", "p550"}
 
 
 def test_shipped_exclusions():
@@ -141,7 +143,8 @@ def test_shipped_exclusions():
     BF16 run quantplan's engine model misses by more than a factor 2 (A100 and RTX 4090 Qwen3-8B, A100 Qwen3-32B), and
     AccelMark's TTFTs (three runs over the same requests pooled in one engine session with prefix caching on, the engine
     called in-process), and llm-k8s's TTFTs after its first rate (prompts replayed with prefix caching on), and
-    AccelMark's vLLM 0.7.3 TPOT pairs (V0 engine, whose host time per step quantplan does not model), and the
+    AccelMark's vLLM 0.7.3 TPOT pairs (V0 engine, whose host time per step quantplan does not model), and
+    AccelMark's vLLM 0.20 GPTQ and W8A8 TPOTs on an A100 run with enforce_eager (no CUDA graphs), and the
     llm-tracker.info RTX PRO 6000 llama-bench rows (a GDDR7 card the catalog classes datacenter, whose llama.cpp
     shares are set for HBM datacenter GPUs; kept for their MoE-vs-dense comparison at one build), and one M1 Max
     llama-bench session whose GPU the source names 24-core and 32-core in different places (dense controls 1.5-2.2x
@@ -151,7 +154,8 @@ def test_shipped_exclusions():
                         "p127", "p131", "p133", "p143", "p149",
                         "p400", "p401", "p402", "p403", "p404", "p405", "p408", "p409", "p410", "p411",
                         "v333", "v334", "v335", "v336", "v337", "v338",
-                        *(f"v{i}" for i in range(339, 348))} | ACCELMARK_TTFT | LLM_K8S_TTFT | ACCELMARK_V0
+                        *(f"v{i}" for i in range(339, 348))} | ACCELMARK_TTFT | LLM_K8S_TTFT | ACCELMARK_V0 \
+        | ACCELMARK_EAGER
 
 
 def test_overlap_scheduler_hands_the_first_token_out_a_step_late(world):
