@@ -289,6 +289,7 @@ def speed_probes(world: World, row: Row, shared: Shared | None = None) -> tuple[
 AICONFIGURATOR = "ai-dynamo/aiconfigurator"
 VLLM_060_BENCHMARK = "sgl-project/sglang benchmark/benchmark_vllm_060"
 LAMBDA_VLLM_BENCHMARK = "LambdaLabsML/vllm-benchmark"
+CRUSOE_VLLM_L40S = "crusoecloud/crusoe-cookbook content/vllm-l40s-fp8"
 
 
 def api_server_of(row: Row) -> str:
@@ -320,13 +321,18 @@ def benchmark_limits(row: Row, sched: Scheduling) -> Scheduling:
     (SchedulerConfig, as quoted in vllm-project/vllm PR #8378) and 256 sequences. LambdaLabs'
     vllm-benchmark runs vLLM 0.5.4 with --max-model-len 2048 and max-num-seqs 256 (its benchmark.sh):
     chunked prefill was on by default only past 32K tokens of context, so the same V0 scheduler with a
-    budget of max(2048, 2048) tokens. SGLang builds before 0.4 hand each first token out at once: the
+    budget of max(2048, 2048) tokens. Crusoe's L40S cookbook runs vLLM 0.5.5 with --enable-chunked-prefill and no
+    --max-num-batched-tokens: the V0 scheduler then chunks prompts, decodes first, in a budget of 512 tokens
+    (0.5.x SchedulerConfig's default with chunked prefill, as the rows' notes quote it). SGLang builds before 0.4 hand each first token out at once: the
     overlap scheduler that delays it by a step became the default in sgl-project/sglang PR #2067."""
     if row.source.startswith(VLLM_060_BENCHMARK) and row.framework == "vllm":
         return replace(sched, policy="prefill-first", chunked=False, token_budget=4096,
                        max_sequences=min(256, sched.max_sequences), scheduler_steps=10)
     if row.source.startswith(LAMBDA_VLLM_BENCHMARK):  # vLLM 0.5.4, --max-model-len 2048, no chunked prefill
         return replace(sched, policy="prefill-first", chunked=False, token_budget=2048,
+                       max_sequences=min(256, sched.max_sequences))
+    if row.source.startswith(CRUSOE_VLLM_L40S) and row.framework == "vllm":  # vLLM 0.5.5, chunked prefill on
+        return replace(sched, policy="mixed", chunked=True, token_budget=512,
                        max_sequences=min(256, sched.max_sequences))
     if row.framework == "sglang" and row.engine_version.startswith(("0.1", "0.2", "0.3")):
         return replace(sched, first_token_steps=0.0)  # before the overlap scheduler (PR #2067, v0.4)

@@ -4,6 +4,7 @@ and validation rows kept with a reason but not scored."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -81,6 +82,9 @@ def test_vllm_060_rows_run_as_their_benchmark_started_vllm():
     lambda_labs = validate.benchmark_limits(rows["p90"], base)
     assert (lambda_labs.policy, lambda_labs.token_budget, lambda_labs.scheduler_steps) == ("prefill-first", 2048, 1)
     assert validate.benchmark_limits(rows["p1"], base) == base  # SGLang's own rows: its defaults
+    # Crusoe's L40S cookbook: vLLM 0.5.5 with --enable-chunked-prefill, V0's 512-token budget, decodes first
+    crusoe = validate.benchmark_limits(rows["p709"], replace(base, token_budget=2048, max_sequences=256))
+    assert (crusoe.policy, crusoe.chunked, crusoe.token_budget, crusoe.max_sequences) == ("mixed", True, 512, 256)
 
 
 def test_mixed_median_itl_is_the_plain_step_at_low_load():
