@@ -19,8 +19,9 @@ c requests at once after its warm-up: the first request of each client meets tha
 rest the steady state, so the mean over a run of k requests per client weighs the wave by 1/k
 (`Protocol`). When c sequences' KV cache does not fit, n < c run and the rest wait for a slot: in the
 steady state behind the whole line (Little's law: TTFT = c / lam - (O - 1) tau), in the first round (a
-burst) the j-th in line for the j-th completion (`_first_round_queue`). Poisson arrivals (production) give percentiles from
-the prefill queue's waiting-time tail and the spread of chunk steps over a request's lifetime.
+burst) the j-th in line for the j-th completion (`_first_round_queue`). Poisson arrivals (production)
+give percentiles from the prefill queue's waiting-time tail and the spread of chunk steps over a
+request's lifetime.
 solver/simulate.py runs the same scheduler step by step; tests hold these closed forms to it.
 """
 
@@ -475,10 +476,10 @@ def _first_round_queue(steps: StepModel, output: int, clients, admitted, wave_fi
     wave's first prompts have decoded (`wave_first` + (O - 1) decode steps at `admitted` sequences), then
     completions follow at the steady rate, so the j-th comes (j - 1) / rate later; once admitted, a request
     takes the prefill a request meets in a full steady state (its TTFT less the wait for a slot). Their TTFTs
-    spread evenly between the two; the mean is halfway. Little's law
-    for a loop that runs on (`steady_ttft`) puts each request behind all the others in line, (c - n) / rate:
-    for a single burst of c >> n that is about twice the mean wait, and for c just above n a fraction of it
-    (the line moves only once the first wave finishes)."""
+    spread evenly between the two; the mean is halfway. Little's law for a loop that runs on (`steady_ttft`)
+    puts each request behind all the others in line, (c - n) / rate: for a single burst of c >> n that is about
+    twice the mean wait, and for c just above n a fraction of it (the line moves only once the first wave
+    finishes)."""
     line = np.maximum(clients - admitted, 0.0)
     rate = np.maximum(np.asarray(rate, dtype=float), 1e-12)
     first_done = wave_first + (output - 1) * steps.seconds(admitted, 0.0)
@@ -572,10 +573,7 @@ def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0
         with np.errstate(over="ignore", invalid="ignore"):
             tail = np.where(wait > 0, rho * np.exp(-(grid - base) * rho / np.maximum(wait, 1e-15)), 0.0)
         spread = np.where(grid >= base, 1.0 - tail, 0.0)
-        in_wave = np.clip((grid - first) / np.maximum(last - first, 1e-12), 0.0, 1.0)
-        in_wave = np.where(last - first > 1e-12, in_wave, (grid >= last).astype(float))
-        in_queue = np.clip((grid - queue_first) / np.maximum(queue_last - queue_first, 1e-12), 0.0, 1.0)
-        in_queue = np.where(queue_last - queue_first > 1e-12, in_queue, (grid >= queue_last).astype(float))
+        in_wave, in_queue = _even(grid, first, last), _even(grid, queue_first, queue_last)
         return weight * in_wave + queued * in_queue + (1 - weight - queued) * spread, grid
 
     # the first grid point where the distribution reaches each percentile, by bisection over the grid's
@@ -594,6 +592,12 @@ def _closed_ttft_percentiles(weight, mean, wave_first, wave_last, steady, wait=0
         value = cdf(index)[1][..., 0]
         found[p] = value if value.ndim else float(value)
     return found
+
+
+def _even(grid, low, high):
+    """The distribution of a value spread evenly over [`low`, `high`] at `grid` (a step at `high` when they meet)."""
+    inside = np.clip((grid - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
+    return np.where(high - low > 1e-12, inside, (grid >= high).astype(float))
 
 
 # ---------------------------------------------------------------------------------------------
