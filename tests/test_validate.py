@@ -133,9 +133,9 @@ def test_multi_gpu_coverage_follows_the_link_between_the_gpus():
 
 
 def test_fit_reproduces_the_catalog():
-    """`quantplan fit` on the shipped rows returns the shipped values (it runs from its fixed starting point and
-    from the catalog's values and keeps the lower minimum), and so does a fit started from the catalog's values
-    alone (a fixed point): each within 0.5% or, for a value at a bound (NIM's
+    """A fit of the shipped rows returns the shipped values, searched from its fixed starting point and from the
+    catalog's values, the lower minimum kept (`quantplan fit --from-start`), and so does a fit started from the
+    catalog's values alone (`quantplan fit`: the catalog is a fixed point): each within 0.5% or, for a value at a bound (NIM's
     server overhead and vLLM's prompt-step overhead sit at 0), within 0.01 of its unit; the loss no
     higher than the catalog's. Not exactly: the trial values adjust probes built at the catalog's values,
     so a refit with other catalog values rounds differently in the last bits and ends elsewhere along
@@ -149,6 +149,21 @@ def test_fit_reproduces_the_catalog():
         assert setup.loss(np.array([e["after"] for e in found])) <= catalog * (1 + 1e-6)
     errors = {(e["sample"], e["metric"]): e for e in fit.errors(setup, values)}
     assert errors["in-sample", "tpot_ms"]["after_median"] <= 0.11
+
+
+def test_the_fit_command_starts_from_the_catalog_and_cross_validation_from_the_fixed_start():
+    """`quantplan fit` refines the catalog's values (the shipped catalog comes back within 0.5%); a cross-validation
+    fold must not start from values its held-out rows helped fit, so --from-start is refused there (exit 2)."""
+    from click.testing import CliRunner
+
+    from quantplan.cli import cli
+
+    result = CliRunner().invoke(cli, ["fit", "--json"])
+    assert result.exit_code == 0, result.output
+    for entry in json.loads(result.output)["parameters"]:
+        assert entry["after"] == pytest.approx(entry["before"], rel=5e-3, abs=1e-2), entry["parameter"]
+    refused = CliRunner().invoke(cli, ["fit", "--cross-validate", "device", "--from-start"])
+    assert refused.exit_code == 2 and "--cross-validate stands alone" in refused.output
 
 
 def test_estimate_and_solve_report_error_bars_and_coverage():
