@@ -331,22 +331,25 @@ def _fit(parameters, world, devices, rows, setup, from_catalog=False,
     values = np.array([p.initial for p in parameters]) if cold else setup.start.copy()
     if used:
         chosen = [parameters[i] for i in used]
-        result = solve(setup, chosen, used, start=setup.start[used] if from_catalog else None, base=values)
+        started = setup.start[used] if from_catalog else np.array([p.initial for p in chosen])
+        result = solve(setup, chosen, used, start=started if from_catalog else None, base=values)
         loss = setup.loss(_placed(values, used, result.x))
         if not from_catalog and not cold:  # and from the catalog's values: the lower of the two minima is kept
             other = solve(setup, chosen, used, start=setup.start[used], base=values)
             other_loss = setup.loss(_placed(values, used, other.x))
             if other_loss < loss:
-                result, loss = other, other_loss
+                result, loss, started = other, other_loss, setup.start[used]
         for _ in range(RESTARTS):  # least_squares stops on a shrunken step in a flat valley: go on from there
             # from the values as they will be written (four digits, bounds snapped): the catalog must be a point a
             # fit started from it does not leave, and a fresh start a hair away can find a descent the stop missed
             written = np.array([_round(_at_bound(v, parameters[i])) for v, i in zip(result.x, used)])
+            if np.array_equal(written, started):  # the same start again: the same stop (the fit is deterministic)
+                break
             again = solve(setup, chosen, used, start=written, base=values)
             again_loss = setup.loss(_placed(values, used, again.x))  # the rows' loss, not the trials' cost
             if not again_loss < loss * (1 - RESTART_GAIN):
                 break
-            result, loss = again, again_loss
+            result, loss, started = again, again_loss, written
         values[used] = [_round(_at_bound(v, parameters[i])) for v, i in zip(result.x, used)]
         setup.result = result
     row_of = setup.row_of_probe()
