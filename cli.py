@@ -493,6 +493,8 @@ def fit(devices, write_to, fold_key, from_start, as_json):
         _cross_validate(fitting, fold_key, as_json)
         return
     chosen = tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else ()
+    if chosen and from_start:
+        raise QuantplanError("--from-start: --devices always searches from the fixed start (drop one of them)")
     for name in ("frameworks.toml", "methods.toml") if write_to else ():
         if not (Path(write_to) / name).is_file():
             raise QuantplanError(f"--write {write_to}: no {name} there to update (give a copy of catalogs/)")

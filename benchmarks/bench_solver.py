@@ -325,7 +325,7 @@ def compile_package() -> str:
 
     root = Path(__file__).resolve().parent.parent
     ok = all(compileall.compile_dir(str(root / folder), quiet=1) for folder in ("solver", "plugins", "catalogs"))
-    ok = compileall.compile_file(str(root / "cli.py"), quiet=1) and ok
+    ok = all([compileall.compile_file(str(root / name), quiet=1) for name in ("cli.py", "__init__.py")]) and ok
     return "bytecode compiled first" if ok else "bytecode NOT compiled: a module failed to compile"
 
 

@@ -332,7 +332,7 @@ def _fit(parameters, world, devices, rows, setup, from_catalog=False,
     if used:
         chosen = [parameters[i] for i in used]
         started = setup.start[used] if from_catalog else np.array([p.initial for p in chosen])
-        result = solve(setup, chosen, used, start=started if from_catalog else None, base=values)
+        result = solve(setup, chosen, used, start=started, base=values)
         loss = setup.loss(_placed(values, used, result.x))
         if not from_catalog and not cold:  # and from the catalog's values: the lower of the two minima is kept
             other = solve(setup, chosen, used, start=setup.start[used], base=values)

@@ -483,8 +483,7 @@ def _first_round_queue(steps: StepModel, output: int, clients, admitted, wave_fi
     line = np.maximum(clients - admitted, 0.0)
     rate = np.maximum(np.asarray(rate, dtype=float), 1e-12)
     first_done = wave_first + (output - 1) * steps.seconds(admitted, 0.0)
-    waiting = line / rate  # in steady_ttft: a whole line ahead of each request
-    own = np.maximum(steady_ttft - np.where(line > 0, waiting, 0.0), 0.0)
+    own = np.maximum(steady_ttft - line / rate, 0.0)  # steady_ttft holds a whole line ahead of each request
     return first_done + own, first_done + own + np.maximum(line - 1, 0.0) / rate
 
 
@@ -800,6 +799,9 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
     running = np.asarray(running, dtype=float)
     clients = np.asarray(clients, dtype=float)
     planned = Timing(times.steps, times.scheduling.with_sequences(running))
+    def held(limit) -> str:
+        return running_text(int(limit), times.scheduling, traffic.prompt_tokens, traffic.output_tokens)
+
     if traffic.load_kind == "rate":
         capacity = _capacities(times, traffic, running)
         at = np.full_like(capacity, rate) if rate is not None else np.minimum(capacity, traffic.rate_per_s)
@@ -807,9 +809,8 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
         load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, at)
         found = []
         for i, limit in enumerate(running):
-            held = running_text(int(limit), times.scheduling, traffic.prompt_tokens, traffic.output_tokens)
             one = _figures(traffic, times, load, float(capacity[i]),
-                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, {held}", i)
+                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, {held(limit)}", i)
             if capacity[i] <= 0 and not one.violations:
                 one = replace(one, violations=(f"batch {int(limit)} cannot hold one request within the SLOs",))
             found.append(one)
@@ -817,9 +818,7 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
         load = closed_loop(planned, traffic.prompt_tokens, traffic.output_tokens, clients, _protocol(traffic))
         protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
                     if traffic.requests_per_client >= 1 else "steady state")
-        found = [_figures(traffic, times, load, float(c), f"closed loop, {c:g} clients, "
-                          f"{running_text(int(limit), times.scheduling, traffic.prompt_tokens, traffic.output_tokens)}, "
-                          f"{protocol}", i)
+        found = [_figures(traffic, times, load, float(c), f"closed loop, {c:g} clients, {held(limit)}, {protocol}", i)
                  for i, (limit, c) in enumerate(zip(running, clients))]
     if not check_batch:
         return found

@@ -323,8 +323,9 @@ def benchmark_limits(row: Row, sched: Scheduling) -> Scheduling:
     chunked prefill was on by default only past 32K tokens of context, so the same V0 scheduler with a
     budget of max(2048, 2048) tokens. Crusoe's L40S cookbook runs vLLM 0.5.5 with --enable-chunked-prefill and no
     --max-num-batched-tokens: the V0 scheduler then chunks prompts, decodes first, in a budget of 512 tokens
-    (0.5.x SchedulerConfig's default with chunked prefill, as the rows' notes quote it). SGLang builds before 0.4 hand each first token out at once: the
-    overlap scheduler that delays it by a step became the default in sgl-project/sglang PR #2067."""
+    (0.5.x SchedulerConfig's default with chunked prefill, as the rows' notes quote it). SGLang builds before 0.4
+    hand each first token out at once: the overlap scheduler that delays it by a step became the default in
+    sgl-project/sglang PR #2067."""
     if row.source.startswith(VLLM_060_BENCHMARK) and row.framework == "vllm":
         return replace(sched, policy="prefill-first", chunked=False, token_budget=4096,
                        max_sequences=min(256, sched.max_sequences), scheduler_steps=10)

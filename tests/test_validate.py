@@ -153,7 +153,8 @@ def test_fit_reproduces_the_catalog():
 
 def test_the_fit_command_starts_from_the_catalog_and_cross_validation_from_the_fixed_start():
     """`quantplan fit` refines the catalog's values (the shipped catalog comes back within 0.5%); a cross-validation
-    fold must not start from values its held-out rows helped fit, so --from-start is refused there (exit 2)."""
+    fold must not start from values its held-out rows helped fit, so --from-start is refused there and with --devices
+    (which always starts there) (exit 2)."""
     from click.testing import CliRunner
 
     from quantplan.cli import cli
@@ -164,6 +165,8 @@ def test_the_fit_command_starts_from_the_catalog_and_cross_validation_from_the_f
         assert entry["after"] == pytest.approx(entry["before"], rel=5e-3, abs=1e-2), entry["parameter"]
     refused = CliRunner().invoke(cli, ["fit", "--cross-validate", "device", "--from-start"])
     assert refused.exit_code == 2 and "--cross-validate stands alone" in refused.output
+    refused = CliRunner().invoke(cli, ["fit", "--devices", "h100-sxm", "--from-start"])
+    assert refused.exit_code == 2 and "--devices always searches from the fixed start" in refused.output
 
 
 def test_estimate_and_solve_report_error_bars_and_coverage():
