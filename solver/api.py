@@ -44,7 +44,15 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
     enough). `_prune_pairwise` is the all-pairs definition the tests compare it with.
     """
     keep: list[int] = []
-    for members, crit in _criteria(options, classes, with_latency, limited, per_method):
+    names = [k.name for k in classes]
+    for members in _groups(options, limited, per_method):
+        chosen = [options[i] for i in members]
+        cost = np.array([o.cost_per_hour for o in chosen], dtype=float)
+        remembered = _remembered(chosen, names, with_latency, cost)
+        if remembered is not None:
+            keep += [members[i] for i in remembered]
+            continue
+        crit = _group_criteria(chosen, names, classes, with_latency, cost)
         cost, gpus, loss, outside, capacity, latency, position = crit
         if latency is not None:  # a dominator serves every class its victim serves, at no higher latency
             finite = np.isfinite(latency)
@@ -52,8 +60,46 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
         else:
             served = total = np.zeros(len(members))
         order = np.lexsort((position, total, served, -capacity.sum(axis=1), outside, loss, gpus, cost))
-        keep += [members[i] for i in _skyline(order, crit)]
+        kept = _skyline(order, crit)
+        _remember(chosen, names, with_latency, cost, kept)
+        keep += [members[i] for i in kept]
     return [options[i] for i in sorted(keep)]
+
+
+# The last skylines found, by their options' price-free figures (api._compared: shared by an option and its
+# re-priced copies) and the order of their costs. Cost enters dominance only through comparisons, so options
+# whose figures are those of a group pruned before, with their costs in the same order (ties included), have
+# the same skyline: a price sweep re-prunes each point's options per device, and a device's prices move all its
+# options' costs together.
+_SKYLINES: dict = {}
+MAX_SKYLINES = 4096
+
+
+def _cost_order(cost: np.ndarray) -> np.ndarray:
+    """Each cost's rank among distinct costs (equal costs, equal ranks)."""
+    return np.unique(cost, return_inverse=True)[1]
+
+
+def _remembered(chosen: list[Option], names: list[str], with_latency: bool, cost: np.ndarray) -> list[int] | None:
+    """The skyline (positions in `chosen`) of a group pruned before with the same figures and cost order; None
+    when there is none."""
+    figures = [o.__dict__.get("_compared") for o in chosen]
+    if any(f is None for f in figures):
+        return None
+    found = _SKYLINES.get((tuple(names), with_latency, tuple(map(id, figures))))
+    if found is None or not np.array_equal(found[0], _cost_order(cost)):
+        return None
+    return found[1]
+
+
+def _remember(chosen: list[Option], names: list[str], with_latency: bool, cost: np.ndarray, kept: list[int]) -> None:
+    figures = [o.__dict__.get("_compared") for o in chosen]
+    if any(f is None for f in figures):
+        return
+    if len(_SKYLINES) >= MAX_SKYLINES:
+        _SKYLINES.pop(next(iter(_SKYLINES)))
+    # the figures themselves are kept in the entry: their ids in the key stay theirs while it lives
+    _SKYLINES[tuple(names), with_latency, tuple(map(id, figures))] = (_cost_order(cost), kept, figures)
 
 
 SKYLINE_BLOCK = 256  # options checked at once against those kept so far
@@ -92,44 +138,74 @@ def _dominated(by: np.ndarray, who: np.ndarray, crit) -> np.ndarray:
 def _criteria(options: list[Option], classes, with_latency: bool, limited: set[str] | None = None,
               per_method: bool = False):
     """Per device type (devices not in `limited`, when given, as one group; per method too when `per_method`):
-    member indices and the arrays dominance compares (position: the order of program.rank, as arrays)."""
+    member indices and the arrays dominance compares (_group_criteria)."""
+    names = [k.name for k in classes]
+    for members in _groups(options, limited, per_method):
+        chosen = [options[i] for i in members]
+        yield members, _group_criteria(chosen, names, classes, with_latency,
+                                       np.array([o.cost_per_hour for o in chosen], dtype=float))
+
+
+def _groups(options: list[Option], limited: set[str] | None, per_method: bool) -> list[list[int]]:
+    """Indices of `options` by device type (devices not in `limited`, when given, as one group), and by method
+    too when `per_method`."""
     groups: dict[tuple[str, str], list[int]] = {}
     for index, option in enumerate(options):
         device = option.config.gpu.id
         group = (device if limited is None or device in limited else "", option.config.method.id if per_method else "")
         groups.setdefault(group, []).append(index)
-    names = [k.name for k in classes]
-    for members in groups.values():
-        count = len(members)
-        chosen = [options[i] for i in members]
-        cost = np.array([o.cost_per_hour for o in chosen], dtype=float)
-        loss = np.array([o.quality.relative for o in chosen], dtype=float)
-        rounded = np.array([round(o.quality.relative, 9) for o in chosen], dtype=float)
-        outside = np.array([o.extrapolated for o in chosen], dtype=int)
-        gpus = np.array([o.config.gpus for o in chosen], dtype=int)
-        keys = [o.key for o in chosen]
-        latency = np.full((count, len(names)), np.inf) if with_latency else None
-        found = served_figures(chosen, names)
-        if found is not None:
-            capacity, tpot = found
-        else:
-            capacity, tpot = np.zeros((count, len(names))), np.empty(count)
-            for row, option in enumerate(chosen):
-                performance = option.performance
-                tpot[row] = round(sum(performance[name].tpot_ms for name in performance) / len(performance), 6)
-                for column, name in enumerate(names):
-                    if name in performance:
-                        capacity[row, column] = performance[name].capacity
-        if with_latency:
-            for row, option in enumerate(chosen):
-                for column, name in enumerate(names):
-                    if name in option.performance:
-                        latency[row, column] = program.request_latency_ms(option, classes[column])
-        # program.rank's order: GPUs, outside the data, quality loss (9 decimals), mean TPOT (6 decimals), key
-        ranked = np.lexsort((np.array(keys), tpot, rounded, outside, gpus))
-        position = np.empty(count, dtype=int)
-        position[ranked] = np.arange(count)
-        yield members, (cost, gpus, loss, outside, capacity, latency, position)
+    return list(groups.values())
+
+
+def _group_criteria(chosen: list[Option], names: list[str], classes, with_latency: bool, cost: np.ndarray):
+    """The arrays dominance compares over one group's options (position: the order of program.rank)."""
+    count = len(chosen)
+    loss, rounded, outside, gpus, keys, tpot, capacity = zip(*_compared(chosen, names))
+    loss, rounded, tpot = (np.array(values, dtype=float) for values in (loss, rounded, tpot))
+    outside, gpus = np.array(outside, dtype=int), np.array(gpus, dtype=int)
+    capacity = np.array(capacity, dtype=float).reshape(count, len(names))
+    latency = np.full((count, len(names)), np.inf) if with_latency else None
+    if with_latency:
+        for row, option in enumerate(chosen):
+            for column, name in enumerate(names):
+                if name in option.performance:
+                    latency[row, column] = program.request_latency_ms(option, classes[column])
+    # program.rank's order: GPUs, outside the data, quality loss (9 decimals), mean TPOT (6 decimals), key
+    ranked = np.lexsort((np.array(keys), tpot, rounded, outside, gpus))
+    position = np.empty(count, dtype=int)
+    position[ranked] = np.arange(count)
+    return cost, gpus, loss, outside, capacity, latency, position
+
+
+def _compared(chosen: list[Option], names: list[str]) -> list[tuple]:
+    """Per option, what dominance compares besides cost: (quality loss, the loss to 9 decimals, outside the data,
+    GPUs, key, mean TPOT to 6 decimals, capacity by class in the order of `names`). None of it depends on prices, so
+    it is kept on the option for these names, and a re-priced copy (Option.but) keeps it: a price sweep prunes
+    each point's options anew, and reading the load models' figures again was most of its time."""
+    names_key = tuple(names)
+    rows = [o.__dict__.get("_compared", _NOTHING).get(names_key) for o in chosen]
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if not missing:
+        return rows
+    fresh = [chosen[i] for i in missing]
+    found = served_figures(fresh, names)
+    if found is not None:
+        capacity, tpot = found[0].tolist(), found[1].tolist()
+    else:
+        capacity, tpot = [], []
+        for option in fresh:
+            performance = option.performance
+            tpot.append(round(sum(performance[name].tpot_ms for name in performance) / len(performance), 6))
+            capacity.append([performance[name].capacity if name in performance else 0.0 for name in names])
+    for position, index in enumerate(missing):
+        option = chosen[index]
+        row = (option.quality.relative, round(option.quality.relative, 9), int(option.extrapolated),
+               option.config.gpus, option.key, tpot[position], capacity[position])
+        option.__dict__.setdefault("_compared", {})[names_key] = rows[index] = row
+    return rows
+
+
+_NOTHING: dict = {}
 
 
 def _prune_pairwise(options: list[Option], classes: tuple[TrafficClass, ...],

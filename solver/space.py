@@ -50,6 +50,8 @@ class Option:
         option of a space at each point)."""
         copy = object.__new__(Option)
         copy.__dict__.update(self.__dict__)
+        if changes.keys() - {"cost_per_hour"}:  # pruning's price-free figures (api._compared) no longer hold
+            copy.__dict__.pop("_compared", None)
         copy.__dict__.update(changes)
         return copy
 
@@ -220,7 +222,7 @@ def _build_space(world: World, scenario: Scenario, prices: dict) -> Space:
     else:
         listed, incompatible = kept["configurations"], Counter(kept["incompatible"])
     before_prices = Counter(incompatible)
-    costs = [_cost(world, config, prices) for config in listed]
+    costs = _costs(world, listed, prices)
     if kept is not None and [c is None for c in costs] == kept["unpriced"]:
         return _repriced(kept, costs)
     space, sources = _build(world, scenario, model, listed, costs, incompatible)
@@ -249,6 +251,22 @@ _LAST_CONFIGURATIONS: dict = {}
 _PRICE_ONLY = {"prices", "alternatives", "objective", "max_configurations", "time_limit_s", "solver", "write_lp",
                "max_cost_per_hour"}
 _LAST_SPACE: dict = {}
+
+
+def _costs(world: World, listed: list[Config], prices: dict) -> list[float | None]:
+    """_cost of every configuration. The built-in cost terms are the device's price times the GPUs per replica
+    (plugins/builtin/devices.py), so a configuration that only built-in plugins price costs what another on the
+    same device with as many GPUs costs: asked once per such pair (a price sweep re-prices every point)."""
+    found, same = [], {}
+    for config in listed:
+        if not world.plugins.built_in_only("quantplan_cost_terms", config):
+            found.append(_cost(world, config, prices))
+            continue
+        pair = (config.gpu.id, config.gpus)
+        if pair not in same:
+            same[pair] = _cost(world, config, prices)
+        found.append(same[pair])
+    return found
 
 
 def _cost(world: World, config: Config, prices: dict) -> float | None:

@@ -172,6 +172,28 @@ def test_skyline_pruning_keeps_exactly_what_the_pairwise_comparison_keeps():
                                                             scenario.classes, latency, set())]
 
 
+def test_re_priced_options_are_pruned_as_the_pairwise_comparison_prunes_them(world):
+    """A price sweep's points re-price one space (Option.but); pruning remembers each group's skyline by the
+    options' price-free figures and the order of their costs. Hand-made: on one device, `cheap` (1 GPU, $2/h,
+    capacity 10) dominates `dear` (1 GPU, $3/h, capacity 8). At twice the prices the order holds: the same
+    skyline, remembered. With `dear` re-priced to $1/h it no longer is dominated: both stay."""
+    from quantplan.solver.api import _SKYLINES, _prune_pairwise
+
+    cheap = option(world, "h100-sxm", 2.0, {"chat": 10.0})
+    dear = option(world, "h100-sxm", 3.0, {"chat": 8.0}, method="fp8")
+    assert [o.cost_per_hour for o in prune_dominated([cheap, dear], (chat(),))] == [2.0]
+    remembered = len(_SKYLINES)
+    doubled = [cheap.but(cost_per_hour=4.0), dear.but(cost_per_hour=6.0)]
+    assert [o.cost_per_hour for o in prune_dominated(doubled, (chat(),))] == [4.0]
+    assert len(_SKYLINES) == remembered  # the same figures in the same cost order: nothing pruned anew
+    reordered = [cheap.but(cost_per_hour=2.0), dear.but(cost_per_hour=1.0)]
+    kept = prune_dominated(reordered, (chat(),))
+    assert [o.cost_per_hour for o in kept] == [o.cost_per_hour for o in _prune_pairwise(reordered, (chat(),))]
+    assert [o.cost_per_hour for o in kept] == [2.0, 1.0]
+    # a copy that changes more than the price (a fleet's owner) carries no remembered figures
+    assert "_compared" in cheap.__dict__ and "_compared" not in cheap.but(owner="m").__dict__
+
+
 def test_independent_parts_are_solved_apart_with_the_same_optimum(world):
     """Chat (10 users) only on A ($2/h, 4 users: 3 replicas = $6) and summaries (12 users) only on B ($1/h,
     5 users: 3 replicas = $3): no option serves both, so the program splits into two parts whose optima add up

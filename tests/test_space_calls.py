@@ -180,6 +180,25 @@ def test_a_price_change_reprices_the_last_space(world, monkeypatch):
     assert _described(build_space(world, scenario, cheap)) == _described(fresh)
 
 
+def test_configurations_priced_by_built_in_plugins_are_priced_once_per_device_and_size(world):
+    """Every configuration of the full catalog, at the catalog's prices and at a price changed by hand: the costs
+    asked once per (device, GPUs per replica) are those asked of every configuration; an H100 at $3/h costs
+    $12/h for four."""
+    from collections import Counter
+
+    from quantplan.solver.space import _configurations, _cost, _costs
+
+    scenario = make_scenario({"model": "llama-3.1-70b", "classes": CLASSES[:1]})
+    model = world.models.get("llama-3.1-70b")
+    listed, _ = _configurations(world, scenario, model)
+    assert len(listed) > 1000
+    for prices in (world.with_prices({}), world.with_prices({"h100-sxm": 3.0})):
+        assert _costs(world, listed, prices) == [_cost(world, config, prices) for config in listed]
+    dear = _costs(world, listed, world.with_prices({"h100-sxm": 3.0}))
+    four = Counter(cost for config, cost in zip(listed, dear) if config.gpu.id == "h100-sxm" and config.gpus == 4)
+    assert list(four) == [12.0]
+
+
 def test_sweep_points_at_one_load_run_next_to_each_other():
     """A price x rate map: points at one rate (differing in price only) are neighbours, so a process re-prices
     the space it built; results come back in grid order."""
