@@ -23,7 +23,7 @@ class Record(BaseModel):
     """Frozen, strict base: unknown fields are errors, ids are lower-case, numbers are numbers, finite and
     within the plausible bounds below."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     @field_validator("*", mode="before")
     @classmethod
