@@ -55,6 +55,12 @@ class Option:
         copy.__dict__.update(changes)
         return copy
 
+    def repriced(self, cost_per_hour: float) -> Option:
+        """but(cost_per_hour=...) in one step: a price sweep re-prices every option of a space at each point."""
+        copy = object.__new__(Option)
+        copy.__dict__ = {**self.__dict__, "cost_per_hour": cost_per_hour}
+        return copy
+
 
 @dataclass
 class Best:
@@ -283,7 +289,7 @@ def _repriced(kept: dict, costs: list) -> Space:
     if costs == kept["costs"]:
         options = list(space.options)
     else:
-        options = [o.but(cost_per_hour=costs[s]) for o, s in zip(space.options, kept["sources"])]
+        options = [o.repriced(costs[s]) for o, s in zip(space.options, kept["sources"])]
     return replace(space, options=options, incompatible=Counter(space.incompatible))
 
 
@@ -797,4 +803,4 @@ def free_if_owned(options: list[Option], owned: set[str]) -> list[Option]:
     """Owned devices cost nothing by the hour: their options' price goes to zero."""
     if not owned:
         return options
-    return [o.but(cost_per_hour=0.0) if o.config.gpu.id in owned else o for o in options]
+    return [o.repriced(0.0) if o.config.gpu.id in owned else o for o in options]

@@ -183,7 +183,7 @@ def test_re_priced_options_are_pruned_as_the_pairwise_comparison_prunes_them(wor
     dear = option(world, "h100-sxm", 3.0, {"chat": 8.0}, method="fp8")
     assert [o.cost_per_hour for o in prune_dominated([cheap, dear], (chat(),))] == [2.0]
     remembered = len(_SKYLINES)
-    doubled = [cheap.but(cost_per_hour=4.0), dear.but(cost_per_hour=6.0)]
+    doubled = [cheap.repriced(4.0), dear.but(cost_per_hour=6.0)]
     assert [o.cost_per_hour for o in prune_dominated(doubled, (chat(),))] == [4.0]
     assert len(_SKYLINES) == remembered  # the same figures in the same cost order: nothing pruned anew
     reordered = [cheap.but(cost_per_hour=2.0), dear.but(cost_per_hour=1.0)]
