@@ -138,6 +138,8 @@ LLM_K8S_TTFT = {"p593", "p594", "p595", "p599", "p600", "p601", "p605", "p606", 
 ACCELMARK_V0 = {f"p{n}" for n in range(800, 816)}
 # AccelMark's vLLM 0.20 GPTQ and INT8 W8A8 TPOTs on an A100, run with enforce_eager (no CUDA graphs)
 ACCELMARK_EAGER = {"p544", "p546", "p548", "p550"}
+# the SGLang cookbook's Llama-3.1 70B A100 TTFTs above one client: seeded random prompts replayed with the radix cache on
+SGL_COOKBOOK_TTFT = {f"p{i}" for i in (906, 907, 908, 912, 913, 914, 924, 925, 926, 930, 931, 932)}
 
 
 def test_shipped_exclusions():
@@ -152,14 +154,15 @@ def test_shipped_exclusions():
     llm-tracker.info RTX PRO 6000 llama-bench rows (a GDDR7 card the catalog classes datacenter, whose llama.cpp
     shares are set for HBM datacenter GPUs; kept for their MoE-vs-dense comparison at one build), and one M1 Max
     llama-bench session whose GPU the source names 24-core and 32-core in different places (dense controls 1.5-2.2x
-    slower than the 32-core part; kept for its MoE-vs-dense ratios)."""
+    slower than the 32-core part; kept for its MoE-vs-dense ratios), and the SGLang cookbook's Llama-3.1 70B A100
+    TTFTs above one client (bench_serving's seeded random prompts replayed run after run with the radix cache on)."""
     excluded = {r.id for r in validate.load_rows() if r.excluded}
     assert excluded == {"v31", "v32", "v33", "v34", "p56", "p57", "p58", "p59", "p89", "p92", "p95", "p98",
                         "p127", "p131", "p133", "p143", "p149",
                         "p400", "p401", "p402", "p403", "p404", "p405", "p408", "p409", "p410", "p411",
                         "v333", "v334", "v335", "v336", "v337", "v338",
                         *(f"v{i}" for i in range(339, 348))} | ACCELMARK_TTFT | LLM_K8S_TTFT | ACCELMARK_V0 \
-        | ACCELMARK_EAGER
+        | ACCELMARK_EAGER | SGL_COOKBOOK_TTFT
 
 
 def test_overlap_scheduler_hands_the_first_token_out_a_step_late(world):
