@@ -140,6 +140,9 @@ ACCELMARK_V0 = {f"p{n}" for n in range(800, 816)}
 ACCELMARK_EAGER = {"p544", "p546", "p548", "p550"}
 # the SGLang cookbook's Llama-3.1 70B A100 TTFTs above one client: seeded random prompts replayed with the radix cache on
 SGL_COOKBOOK_TTFT = {f"p{i}" for i in (906, 907, 908, 912, 913, 914, 924, 925, 926, 930, 931, 932)}
+# philschmid/llmperf's A10G TTFTs (NIM 1.0.0 TensorRT-LLM and vLLM 0.4.3, Llama-3-8B): the A10G's catalog FP16 rate
+# (a third-party 70 TFLOPS estimate) would have to run the whole c=1 TTFT's prefill at 80-93% of peak
+A10G_LLMPERF_TTFT = {f"p{n}" for n in range(660, 674)}
 
 
 def test_shipped_exclusions():
@@ -154,15 +157,17 @@ def test_shipped_exclusions():
     llm-tracker.info RTX PRO 6000 llama-bench rows (a GDDR7 card the catalog classes datacenter, whose llama.cpp
     shares are set for HBM datacenter GPUs; kept for their MoE-vs-dense comparison at one build), and one M1 Max
     llama-bench session whose GPU the source names 24-core and 32-core in different places (dense controls 1.5-2.2x
-    slower than the 32-core part; kept for its MoE-vs-dense ratios), and the SGLang cookbook's Llama-3.1 70B A100
-    TTFTs above one client (bench_serving's seeded random prompts replayed run after run with the radix cache on)."""
+    slower than the 32-core part; kept for its MoE-vs-dense ratios), the SGLang cookbook's Llama-3.1 70B A100
+    TTFTs above one client (bench_serving's seeded random prompts replayed run after run with the radix cache on),
+    and philschmid/llmperf's A10G TTFTs (NIM 1.0.0 and vLLM 0.4.3), whose c=1 values would need 80-93% of the
+    A10G's catalog FP16 rate, a third-party estimate, for the prefill alone."""
     excluded = {r.id for r in validate.load_rows() if r.excluded}
     assert excluded == {"v31", "v32", "v33", "v34", "p56", "p57", "p58", "p59", "p89", "p92", "p95", "p98",
                         "p127", "p131", "p133", "p143", "p149",
                         "p400", "p401", "p402", "p403", "p404", "p405", "p408", "p409", "p410", "p411",
                         "v333", "v334", "v335", "v336", "v337", "v338",
                         *(f"v{i}" for i in range(339, 348))} | ACCELMARK_TTFT | LLM_K8S_TTFT | ACCELMARK_V0 \
-        | ACCELMARK_EAGER | SGL_COOKBOOK_TTFT
+        | ACCELMARK_EAGER | SGL_COOKBOOK_TTFT | A10G_LLMPERF_TTFT
 
 
 def test_overlap_scheduler_hands_the_first_token_out_a_step_late(world):
