@@ -28,8 +28,9 @@ def test_human_output_fits_the_terminal_width():
 
 
 def test_consumer_and_extrapolated_groups_are_labelled():
-    text = human("solve", "--model", "llama-3.1-8b", "--concurrency", "4", "--gpu", "rtx4090", "--method",
-                 "awq-int4", "--framework", "tensorrt-llm", "--max-gpus", "1", "--no-alternatives", width=200)
+    # TensorRT-LLM on two RTX 4090s: its consumer rows (one RTX 3090, held out) are all on one GPU
+    text = human("solve", "--model", "llama-3.1-70b", "--concurrency", "4", "--gpu", "rtx4090", "--method",
+                 "awq-int4", "--framework", "tensorrt-llm", "--max-gpus", "2", "--no-alternatives", width=200)
     assert "(consumer)" in text and "(extrapolated)" in text
     assert "include the p90 validation error" in text
 
