@@ -97,14 +97,12 @@ def test_expert_parallel_step_waits_for_the_busiest_device():
 def test_validation_rows_carry_the_sources_expert_parallel_size():
     """AIConfigurator's Qwen3-235B runs name moe_ep in the row note; the column holds it. The held-out
     Qwen3-235B rows (GPUStack's 8x A100 page, p728-p745) ran without --enable-expert-parallel, and the SGLang
-    cookbook's 8x B200 runs (p936-p948) with --tp 8 and no --ep: their files have no expert_parallel column, so
-    they read as 1."""
+    cookbook's 8x B200 runs (p936-p948) with --tp 8 and no --ep: the held-out file has no expert_parallel column,
+    so they read as 1."""
     held = [r for r in validate.load_rows() if r.model == QWEN3_235B and r.held_out]
-    assert len(held) == 18 and all(r.expert_parallel == 1 for r in held)
+    assert len(held) == 31 and all(r.expert_parallel == 1 for r in held)
+    assert all("no --ep given" in r.note for r in held if r.source.startswith("sgl-project/sgl-cookbook"))
     rows = [r for r in validate.load_rows() if r.model == QWEN3_235B and not r.held_out]
-    cookbook = [r for r in rows if r.source.startswith("sgl-project/sgl-cookbook")]
-    assert len(cookbook) == 13 and all(r.expert_parallel == 1 and "no --ep given" in r.note for r in cookbook)
-    rows = [r for r in rows if r not in cookbook]
     assert len(rows) == 252
     for row in rows:
         assert re.search(rf"moe_ep{row.expert_parallel}\b", row.note), row.id
