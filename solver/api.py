@@ -72,7 +72,8 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
 # the same skyline: a price sweep re-prunes each point's options per device, and a device's prices move all its
 # options' costs together.
 _SKYLINES: dict = {}
-MAX_SKYLINES = 4096
+MAX_REMEMBERED = 200_000  # options over all remembered groups (each keeps its options' figures alive): ~40 MB
+_REMEMBERED = [0]
 
 
 def _cost_order(cost: np.ndarray) -> np.ndarray:
@@ -96,10 +97,14 @@ def _remember(chosen: list[Option], names: list[str], with_latency: bool, cost: 
     figures = [o.__dict__.get("_compared") for o in chosen]
     if any(f is None for f in figures):
         return
-    if len(_SKYLINES) >= MAX_SKYLINES:
-        _SKYLINES.pop(next(iter(_SKYLINES)))
+    while _SKYLINES and _REMEMBERED[0] + len(figures) > MAX_REMEMBERED:  # the oldest groups go first
+        _REMEMBERED[0] -= len(_SKYLINES.pop(next(iter(_SKYLINES)))[2])
     # the figures themselves are kept in the entry: their ids in the key stay theirs while it lives
-    _SKYLINES[tuple(names), with_latency, tuple(map(id, figures))] = (_cost_order(cost), kept, figures)
+    key = (tuple(names), with_latency, tuple(map(id, figures)))
+    if key in _SKYLINES:
+        _REMEMBERED[0] -= len(_SKYLINES.pop(key)[2])
+    _SKYLINES[key] = (_cost_order(cost), kept, figures)
+    _REMEMBERED[0] += len(figures)
 
 
 SKYLINE_BLOCK = 256  # options checked at once against those kept so far
