@@ -20,16 +20,19 @@ from quantplan.solver import fit
 
 
 def errors(setup, values, held, rows) -> dict:
+    """By metric: (rows, median, p90, {engine: (rows, median)}) of |predicted / measured - 1| (fit._stats)."""
     predicted = setup.predictions(values)
     found = {}
     for metric in ("tpot_ms", "ttft_ms"):
         chosen = [i for i in held if rows[i].metric == metric and np.isfinite(predicted[i])]
-        error = np.abs(predicted[chosen] / setup.measured[chosen] - 1)
-        by_engine: dict[str, list[float]] = {}
-        for index, value in zip(chosen, error):
-            by_engine.setdefault(rows[index].framework, []).append(float(value))
-        found[metric] = (len(chosen), float(np.median(error)), float(np.percentile(error, 90)),
-                         {name: (len(v), float(np.median(v))) for name, v in sorted(by_engine.items())})
+        if not chosen:
+            continue
+        pooled = fit._stats(setup, predicted, chosen)
+        engines = {}
+        for name in sorted({rows[i].framework for i in chosen}):
+            one = fit._stats(setup, predicted, [i for i in chosen if rows[i].framework == name])
+            engines[name] = (one["rows"], one["median"])
+        found[metric] = (pooled["rows"], pooled["median"], pooled["p90"], engines)
     return found
 
 
@@ -40,6 +43,9 @@ def main() -> None:
     setup = fit.problem(fit.DEFAULT_PARAMETERS)
     rows, every = setup.prepared.rows, setup.fitted_rows
     held = [i for i in every if rows[i].gpu == device]
+    if not held:
+        parser.error(f"--device {device}: no fitted speed rows on it (devices with rows: "
+                     f"{', '.join(sorted({rows[i].gpu for i in every}))})")
     setup.fitted_rows = np.array([i for i in every if rows[i].gpu != device])
     _, values, report = fit.fit(fit.DEFAULT_PARAMETERS, setup=setup, cold=True)  # as the fold fits
     unpinned = [i for i, entry in enumerate(report) if not entry["rows"]]

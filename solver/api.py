@@ -73,7 +73,7 @@ def prune_dominated(options: list[Option], classes: tuple[TrafficClass, ...],
 # options' costs together.
 _SKYLINES: dict = {}
 MAX_REMEMBERED = 200_000  # options over all remembered groups (each keeps its options' figures alive): ~40 MB
-_REMEMBERED = [0]
+_REMEMBERED = 0  # the options the entries of _SKYLINES hold between them
 
 
 def _cost_order(cost: np.ndarray) -> np.ndarray:
@@ -94,17 +94,18 @@ def _remembered(chosen: list[Option], names: list[str], with_latency: bool, cost
 
 
 def _remember(chosen: list[Option], names: list[str], with_latency: bool, cost: np.ndarray, kept: list[int]) -> None:
+    global _REMEMBERED
     figures = [o.__dict__.get("_compared") for o in chosen]
     if any(f is None for f in figures):
         return
-    while _SKYLINES and _REMEMBERED[0] + len(figures) > MAX_REMEMBERED:  # the oldest groups go first
-        _REMEMBERED[0] -= len(_SKYLINES.pop(next(iter(_SKYLINES)))[2])
-    # the figures themselves are kept in the entry: their ids in the key stay theirs while it lives
     key = (tuple(names), with_latency, tuple(map(id, figures)))
     if key in _SKYLINES:
-        _REMEMBERED[0] -= len(_SKYLINES.pop(key)[2])
+        _REMEMBERED -= len(_SKYLINES.pop(key)[2])
+    while _SKYLINES and _REMEMBERED + len(figures) > MAX_REMEMBERED:  # the oldest groups go first
+        _REMEMBERED -= len(_SKYLINES.pop(next(iter(_SKYLINES)))[2])
+    # the figures themselves are kept in the entry: their ids in the key stay theirs while it lives
     _SKYLINES[key] = (_cost_order(cost), kept, figures)
-    _REMEMBERED[0] += len(figures)
+    _REMEMBERED += len(figures)
 
 
 SKYLINE_BLOCK = 256  # options checked at once against those kept so far

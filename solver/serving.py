@@ -799,6 +799,7 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
     running = np.asarray(running, dtype=float)
     clients = np.asarray(clients, dtype=float)
     planned = Timing(times.steps, times.scheduling.with_sequences(running))
+
     def held(limit) -> str:
         return running_text(int(limit), times.scheduling, traffic.prompt_tokens, traffic.output_tokens)
 
