@@ -617,14 +617,16 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
     tau, own, service, utilisation, share, plain, loaded, _, _ = _mixed_step(steps, sched, prompt, decoding,
                                                                              rate, tau)
     wait = _queue_wait(utilisation, service)
-    ttft = wait + own
-    unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
+    slot_wait, waiting, full = _slot_wait(sched, prompt, output, rate, wait + own + (output - 1) * tau)
+    ttft = slot_wait + wait + own
+    unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding) | full
     ttft_p, tpot_p = {}, {}
     spread = np.sqrt(np.maximum(share * (1 - share), 0) / np.maximum(output - 1, 1)) * (loaded - plain)
     spread = spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding)
     for p in PERCENTILES:
         q = p / 100
-        ttft_p[p] = (q - 0.5) * tau + _wait_quantile(utilisation, wait, q) + own
+        ttft_p[p] = ((q - 0.5) * tau + _wait_quantile(utilisation, wait, q) + _slot_wait_quantile(slot_wait, waiting, q)
+                     + own)
         tpot_p[p] = tau + Z[p] * spread
     itl = _median_gap(plain, loaded, share)
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
@@ -669,19 +671,62 @@ def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, out
     utilisation = rate * service
     wait = _queue_wait(utilisation, service)
     plain = steps.seconds(decoding, 0.0)
-    ttft = k * plain / 2 + wait + prefill
-    unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding)
+    slot_wait, waiting, full = _slot_wait(sched, prompt, output, rate,
+                                          k * plain / 2 + wait + prefill + (output - 1) * tau)
+    ttft = k * plain / 2 + wait + prefill + slot_wait
+    unstable = (utilisation >= 1) | (decoding > sched.max_sequences) | _kv_short(sched, prompt, output, decoding) | full
     ttft_p, tpot_p = {}, {}
     # a request lives (O - 1) / k rounds, each followed by a prefill batch with probability `batches`
     spread = np.sqrt(np.maximum(batches * (1 - batches), 0) / np.maximum(k * (output - 1), 1)) * prefill
     spread = spread + np.sqrt(np.maximum(decoding, 0)) * _slope(steps, decoding)
     for p in PERCENTILES:
         q = p / 100
-        ttft_p[p] = q * k * plain + _wait_quantile(utilisation, wait, q) + prefill
+        ttft_p[p] = q * k * plain + _wait_quantile(utilisation, wait, q) + _slot_wait_quantile(slot_wait, waiting, q) \
+            + prefill
         tpot_p[p] = tau + Z[p] * spread
     itl = _median_gap(plain, plain + prefill, batches / k)  # a gap spans its step and any prefill batch after it
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
                                               itl_median=itl), sched, steps), unstable)
+
+
+def _slot_wait(sched: Scheduling, prompt: int, output: int, rate, holding):
+    """The wait for a free sequence slot under Poisson arrivals: a request holds one of c slots (the running limit,
+    or the KV cache's sequences if fewer) for `holding` seconds, from admission to its last token. M/D/c by
+    Allen and Cunneen's approximation: the Erlang C probability of waiting P for an offered load a = rate x
+    holding, and a mean wait of P x holding / (c - a) / 2 (half the M/M/c wait: the holding times barely vary).
+    Returns (mean wait, P, a >= c: no steady state). Negligible with hundreds of slots; with a few (llama.cpp's
+    -np, a small max_num_seqs) it is most of the TTFT near capacity (tests/test_serving.py, against the
+    simulation)."""
+    slots = np.minimum(np.asarray(sched.max_sequences, dtype=float), kv_slots(sched, prompt, output))
+    offered = np.asarray(rate, dtype=float) * holding
+    waiting = _erlang_c(slots, offered)
+    room = np.maximum(slots - offered, 1e-12)
+    mean = np.where(offered < slots, waiting * holding / room / 2, np.inf)
+    return mean, waiting, offered >= slots
+
+
+def _slot_wait_quantile(mean, waiting, q: float):
+    """Quantile of the slot wait: none with probability 1 - P, else exponential with mean (mean wait) / P."""
+    tail = np.log(np.maximum(np.asarray(waiting) / (1 - q), 1.0))
+    return np.where(np.asarray(waiting) > 0, mean / np.maximum(waiting, 1e-300), 0.0) * tail
+
+
+def _erlang_c(servers, offered):
+    """Erlang C: the probability that an arrival waits, c servers, offered load a (1 where a >= c), by the Erlang B
+    recursion B_k = a B_(k-1) / (k + a B_(k-1)). Below a = c - 10 sqrt(c) - 2 it is under 1e-12 and taken as 0."""
+    c, a = np.broadcast_arrays(np.asarray(servers, dtype=float), np.asarray(offered, dtype=float))
+    found = np.where(a >= c, 1.0, 0.0)
+    with np.errstate(invalid="ignore"):
+        need = (a > 0) & (a < c) & (a > c - 10 * np.sqrt(c) - 2)
+    if need.any():
+        cn, an = np.floor(c[need]), a[need]
+        erlang_b, at_c = np.ones_like(an), np.zeros_like(an)
+        for k in range(1, int(cn.max()) + 1):
+            erlang_b = an * erlang_b / (k + an * erlang_b)
+            at_c = np.where(cn == k, erlang_b, at_c)
+        rho = an / cn
+        found[need] = at_c / (1 - rho * (1 - at_c))
+    return float(found) if found.ndim == 0 else found
 
 
 def _kv_short(sched: Scheduling, prompt: int, output: int, decoding):

@@ -644,3 +644,51 @@ def test_an_slo_sweeps_points_run_the_closed_loop_once_and_decide_each_slo_anew(
         assert np.array_equal(getattr(again, name), getattr(fresh, name), equal_nan=True)
     assert list(again.meets) == list(fresh.meets) == list(fresh.ttft * 1e3 <= 5000.0)
     assert list(first.meets) == list(first.ttft * 1e3 <= 500.0)
+
+
+# ---------------------------------------------------------------- Poisson arrivals at few slots
+
+
+def test_erlang_c_by_hand():
+    """Probability of waiting with c servers at offered load a: c = 1 gives a; c = 2, a = 1 gives 1/3
+    (P0 = 1 / (1 + 1 + 1/2 x 2/1) = 1/3, C = 1/2 x 2/1 x 1/3); a >= c always waits."""
+    assert serving._erlang_c(1.0, 0.3) == pytest.approx(0.3, rel=1e-12)
+    assert serving._erlang_c(2.0, 1.0) == pytest.approx(1 / 3, rel=1e-12)
+    assert serving._erlang_c(4.0, 4.0) == 1.0 and serving._erlang_c(np.inf, 50.0) == 0.0
+    np.testing.assert_allclose(serving._erlang_c(np.array([1.0, 2.0, 256.0]), np.array([0.5, 1.0, 10.0])),
+                               [0.5, 1 / 3, 0.0], atol=1e-12)
+
+
+def test_one_slot_waits_as_an_m_d_1_queue(world):
+    """With one running sequence a request holds the slot for S = its own TTFT + (O - 1) x TPOT, and a Poisson
+    stream at rate r waits r S^2 / (2 (1 - r S)) for it (Pollaczek-Khinchine, fixed holding times)."""
+    prompt, output, rate = 512, 256, 0.25
+    free, one = bare(world, "vllm", prompt, output), bare(world, "vllm", prompt, output, sequences=1)
+    unlimited = serving.poisson(free, prompt, output, rate)
+    limited = serving.poisson(one, prompt, output, rate)
+    holding = float(unlimited.ttft) + (output - 1) * float(unlimited.tpot)
+    rho = rate * holding
+    assert 0.4 < rho < 0.6
+    assert float(limited.ttft) - float(unlimited.ttft) == pytest.approx(rho * holding / (2 * (1 - rho)), rel=1e-9)
+    assert float(limited.tpot) == float(unlimited.tpot)
+    assert math.isinf(float(serving.poisson(one, prompt, output, 1.05 / holding).ttft))  # r S >= 1: no steady state
+
+
+@pytest.mark.parametrize("slots", (1, 2, 4, 8))
+@pytest.mark.parametrize("load", (0.3, 0.6, 0.85))
+def test_poisson_at_few_slots_matches_the_simulation(world, slots, load):
+    """Poisson arrivals at 30-85% of what 1-8 running sequences can carry (vLLM, 512 + 256 tokens; 3,000
+    simulated requests, seeded). Before the slot wait the closed form ignored the queue for a slot: mean TTFT
+    18 ms against 400-4,600 ms simulated at one slot. Now the mean TTFT is within 35% everywhere (worst: 8 slots
+    at 60%, -30%), the p90 within 40% at 1-4 slots (at 8 slots and 60% the exponential tail puts it at 53 ms
+    against 161 simulated: a wait that one request in ten meets is the approximation's weak point)."""
+    prompt, output = 512, 256
+    times = bare(world, "vllm", prompt, output, sequences=slots)
+    traffic = TrafficClass(prompt_tokens=prompt, output_tokens=output, rate_per_s=1.0)
+    rate = load * serving.rate_capacity(times, traffic)
+    figures = serving.poisson(times, prompt, output, rate)
+    simulated = simulate(times, traffic, rate=rate).as_dict()
+    assert float(figures.ttft) * 1e3 == pytest.approx(simulated["ttft_ms"], rel=0.35)
+    if slots <= 4:
+        assert float(figures.ttft_percentiles[90]) * 1e3 == pytest.approx(simulated["ttft_p90_ms"], rel=0.40)
+    assert float(figures.tpot) * 1e3 == pytest.approx(simulated["tpot_ms"], rel=0.05)
