@@ -30,7 +30,8 @@ def member_scenario(scenario: Scenario, index: int) -> Scenario:
 
 
 def solve_fleet(scenario: Scenario, world: World) -> Plan:
-    from .api import _out_of_time, _solve, _unbounded_quality_notes, first_solution, prune_dominated, settle_sharing
+    from .api import (_out_of_time, _solve, _unbounded_quality_notes, fewest_slots, first_solution, prune_dominated,
+                      settle_sharing)
 
     prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
@@ -53,6 +54,7 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
         reasons = _why_not(world, scenario, members, spaces, options, whole, availability)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, notes = settle_sharing(solution, options, whole.classes, resolve, stage)
+    solution, groups = fewest_slots(solution, groups, [o for space in spaces for o in space.options], whole.classes)
     notes += _unbounded_quality_notes(world, whole.classes, groups)
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]

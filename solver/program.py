@@ -634,7 +634,7 @@ def rank(option: Option) -> tuple:
     return (option.config.gpus, option.extrapolated, round(option.quality.relative, 9), round(tpot, 6), option.key)
 
 
-def _carries(candidate: Option, assignment: Assignment, classes: dict) -> bool:
+def carries(candidate: Option, assignment: Assignment, classes: dict) -> bool:
     """`candidate` serves the classes of `assignment` with its shares in as many replicas."""
     if any(name not in candidate.performance for name in assignment.shares):
         return False
@@ -667,7 +667,7 @@ def break_ties(assignments: list[Assignment], options: list[Option], classes,
         current = assignment.option
         equal = [o for o in options if o.config.gpus <= current.config.gpus
                  and abs(o.cost_per_hour - current.cost_per_hour) <= 1e-9 * max(1.0, current.cost_per_hour)
-                 and rank(o) < rank(current) and _carries(o, assignment, by_name)
+                 and rank(o) < rank(current) and carries(o, assignment, by_name)
                  and _room(o, assignment, use, availability)]
         best = min(equal, key=rank, default=current)
         moved = assignment.replicas

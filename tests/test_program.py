@@ -477,3 +477,33 @@ def test_settling_starts_from_a_screened_plan_only_where_classes_can_share_a_rep
     assert first_solution(apart, "cost", resolve) == ("plan", "full") and asked == [False]
     asked.clear()
     assert first_solution(mixed, "latency", resolve) == ("plan", "full") and asked == [False]
+
+
+def test_a_light_rate_plan_reserves_the_fewest_slots_that_add_no_wait():
+    """0.2 requests/s of Llama-3.1-8B (512 + 256 tokens) on one RTX 3090 with llama.cpp: every batch size from 8 to
+    64 slots carries it on the one GPU at the same cost, and pruning keeps the largest (more capacity for nothing).
+    The plan reserves 8 (-np 8: 17.4 GB of 24, where 64 slots took 23.0): the smallest whose TTFT and TPOT, mean
+    and p90, are within 2% of the largest's. At 4 slots a request waits for a slot often enough to add 12% to the
+    mean TTFT (Erlang C, serving._slot_wait)."""
+    from quantplan.solver.api import solve_with_space
+    from quantplan.solver.plan import replica_group
+    from quantplan.solver.registry import load_world
+    from quantplan.solver.scenario import make_scenario
+
+    world = load_world()
+    scenario = make_scenario({"model": "llama-3.1-8b", "gpus": ["rtx3090"], "frameworks": ["llama.cpp"],
+                              "methods": ["bf16"], "kv_cache_dtypes": ["fp16"], "alternatives": False,
+                              "classes": [{"prompt_tokens": 512, "output_tokens": 256, "rate_per_s": 0.2,
+                                           "ttft_ms": 2000, "tpot_ms": 100}]})
+    plan, space = solve_with_space(scenario, world)
+    (group,) = plan.replicas
+    assert (group.count, group.batch_size, plan.cost_per_hour) == (1, 8, pytest.approx(0.43))
+    assert group.memory_gb_per_gpu == pytest.approx(17.4, abs=0.05)
+    by_batch = {o.config.batch: o for o in space.options
+                if o.config.with_batch(0).key == "rtx3090/bf16/llama.cpp/tp1/b0/kv-fp16"}
+    largest = replica_group(by_batch[64], 1, {"default": 1.0}, scenario.classes)
+    smaller = replica_group(by_batch[4], 1, {"default": 1.0}, scenario.classes)
+    assert largest.memory_gb_per_gpu == pytest.approx(23.0, abs=0.05)
+    (mine,), (big,), (few,) = group.classes, largest.classes, smaller.classes
+    assert mine.ttft_ms <= big.ttft_ms * 1.02 and mine.tpot_ms <= big.tpot_ms * 1.02
+    assert few.ttft_ms > big.ttft_ms * 1.1
