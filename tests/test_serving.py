@@ -692,3 +692,16 @@ def test_poisson_at_few_slots_matches_the_simulation(world, slots, load):
     if slots <= 4:
         assert float(figures.ttft_percentiles[90]) * 1e3 == pytest.approx(simulated["ttft_p90_ms"], rel=0.40)
     assert float(figures.tpot) * 1e3 == pytest.approx(simulated["tpot_ms"], rel=0.05)
+
+
+def test_erlang_c_is_nil_where_it_is_skipped():
+    """Beyond c - a = 8 sqrt(a) + 3 the recursion is skipped: the exact value there is below 1e-8."""
+    def exact(c, a):
+        inverse = 1.0
+        for k in range(1, c + 1):
+            inverse = 1 + k / a * inverse
+        return 1 / inverse / (1 - a / c * (1 - 1 / inverse))
+    for a in (0.1, 0.5, 1.0, 5.0, 20.0, 100.0, 250.0):
+        c = math.floor(a + 8 * math.sqrt(a) + 3) + 1
+        assert exact(c, a) < 1e-8 and serving._erlang_c(float(c), a) == 0.0
+        assert serving._erlang_c(float(c - 1), a) == pytest.approx(exact(c - 1, a), rel=1e-9)
