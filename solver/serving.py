@@ -723,10 +723,11 @@ def _erlang_c(servers, offered):
         cn, an = np.floor(c[need]), a[need]
         inverse, at_c = np.ones_like(an), np.empty_like(an)
         stops = {int(value): cn == value for value in np.unique(cn)}
-        for k in range(1, int(cn.max()) + 1):
-            inverse = 1.0 + (k / an) * inverse
-            if k in stops:
-                at_c[stops[k]] = 1.0 / inverse[stops[k]]
+        with np.errstate(over="ignore"):  # an element past its own c may overflow: its value is taken already
+            for k in range(1, int(cn.max()) + 1):
+                inverse = 1.0 + (k / an) * inverse
+                if k in stops:
+                    at_c[stops[k]] = 1.0 / inverse[stops[k]]
         rho = an / cn
         found[need] = at_c / (1 - rho * (1 - at_c))
     return float(found) if found.ndim == 0 else found

@@ -705,3 +705,14 @@ def test_erlang_c_is_nil_where_it_is_skipped():
         c = math.floor(a + 8 * math.sqrt(a) + 3) + 1
         assert exact(c, a) < 1e-8 and serving._erlang_c(float(c), a) == 0.0
         assert serving._erlang_c(float(c - 1), a) == pytest.approx(exact(c - 1, a), rel=1e-9)
+
+
+def test_erlang_c_of_many_slot_counts_at_once_warns_nothing():
+    """Elements with few slots run on in the recursion to the largest count (where 1/B overflows): no warning
+    reaches the user, and each keeps the value at its own count."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = serving._erlang_c(np.array([2.0, 1000.0]), np.array([1.0, 990.0]))
+    assert found[0] == pytest.approx(1 / 3, rel=1e-12) and 0 < found[1] < 1
