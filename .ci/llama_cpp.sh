@@ -9,7 +9,10 @@
 set -euo pipefail
 VERSION=0.3.36  # llama-cpp-python release whose vendored llama.cpp is built
 PIP=${1:-.venv/bin/pip}
-CACHE=${QUANTPLAN_CACHE:-$HOME/.cache/quantplan}/llama.cpp-$VERSION
+# GGML_NATIVE=OFF: a portable build (SSE4.2, AVX, AVX2, BMI2, FMA, F16C; no AVX-512, no AMX). A native build on a
+# Sapphire Rapids host that lists AMX but runs in a VM whose kernel refuses it died on `tilezero` (SIGILL in
+# libggml-cpu, 2026-12-04); the folder name keeps such a build from being reused.
+CACHE=${QUANTPLAN_CACHE:-$HOME/.cache/quantplan}/llama.cpp-$VERSION-portable
 BIN=$CACHE/build/bin
 if [[ -f $CACHE/done && -x $BIN/llama-server && -x $BIN/llama-quantize && -x $BIN/llama-perplexity ]] \
         && "$BIN/llama-server" --version >/dev/null 2>&1; then  # a cached build that still runs (its libraries found)
@@ -22,7 +25,7 @@ tar xzf "$CACHE"/llama_cpp_python-$VERSION.tar.gz -C "$CACHE"
 rm "$CACHE"/llama_cpp_python-$VERSION.tar.gz
 cmake -S "$CACHE/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
-    -DLLAMA_BUILD_SERVER=ON >&2
+    -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF >&2
 cmake --build "$CACHE/build" -j "$(nproc)" -t llama-server llama-quantize llama-perplexity >&2
 touch "$CACHE/done"
 echo "$BIN"
