@@ -507,3 +507,28 @@ def test_a_light_rate_plan_reserves_the_fewest_slots_that_add_no_wait():
     (mine,), (big,), (few,) = group.classes, largest.classes, smaller.classes
     assert mine.ttft_ms <= big.ttft_ms * 1.02 and mine.tpot_ms <= big.tpot_ms * 1.02
     assert few.ttft_ms > big.ttft_ms * 1.1
+
+
+def test_the_cost_floor_needs_whole_replicas_of_a_device_kind(world):
+    """Three classes of 6 users. On one device kind (an A100 at $2/h) option A carries 10 users of x or y, option B
+    10 of y or z; an L4 at $0.5/h carries 10 of z. Each class is 0.6 of a replica. The cheapest plan is two A100s,
+    $4/h (A: x and 2/3 of y, 1.0 replica; B: the last third of y and z, 0.8), against $4.50 with the L4 (x and y on
+    A need 1.2 replicas, so two A100s anyway). The program's own relaxation, replicas fractional and any share
+    opening its replica, reads $2.90 (x and y on A, 1.2 x $2, z on the L4 opened whole). The floor keeps each
+    option's replicas fractional but the A100 kind's whole: $4.00, the optimum itself."""
+    import pulp
+
+    traffic = tuple(TrafficClass(name=name, concurrency=6, output_tokens=100) for name in ("x", "y", "z"))
+    a = option(world, "a100-80gb", 2.0, {"x": 10, "y": 10}, batch=8)
+    b = option(world, "a100-80gb", 2.0, {"y": 10, "z": 10}, batch=16)
+    c = option(world, "l4", 0.5, {"z": 10})
+    floor = program.cost_floor([a, b, c], traffic, {}, None, None, 60.0)
+    solution = program.solve([a, b, c], traffic, {})
+    assert solution.cost_per_hour == pytest.approx(4.0)
+    assert floor == pytest.approx(4.0, rel=1e-8) and floor <= solution.cost_per_hour
+    problem, replicas, _ = program.build([a, b, c], traffic, {}, None)
+    problem.setObjective(pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in (a, b, c)))
+    for variable in problem.variables():
+        variable.cat = pulp.LpContinuous
+    problem.solve(pulp.HiGHS(msg=False))
+    assert pulp.value(problem.objective) == pytest.approx(2.9)  # the relaxation the floor improves on
