@@ -299,7 +299,7 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
         reasons = infeasibility(world, scenario, space, model_id, unconstrained)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, sharing_notes = settle_sharing(solution, options, scenario.classes, resolve, stage)
-    solution, groups = fewest_slots(solution, groups, space.options, scenario.classes)
+    solution, groups = fewest_slots(solution, groups, space.options, scenario.classes, scenario.objective)
     tokens = served_tokens_per_s(solution, scenario.classes)
     alternatives = (_alternatives(by_method, scenario, availability, solution, pruned, space.options)
                     if scenario.alternatives else [])
@@ -405,12 +405,14 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
             raise InfeasibleError("; ".join(reasons), reasons) from None
 
 
-def fewest_slots(solution, groups, candidates: list[Option], classes: tuple[TrafficClass, ...]):
+def fewest_slots(solution, groups, candidates: list[Option], classes: tuple[TrafficClass, ...],
+                 objective: str = "cost"):
     """Each replica group on the smallest batch of its configuration that carries the same shares in as many
     replicas at the same cost, within the validation data if the chosen batch is, as fast for every class (TTFT
-    and TPOT, mean and at the SLO statistic, within SLOTS_SLOWER: no queue for slots) and (on a shared replica) still meeting
-    every class's SLOs under the combined load. Pruning keeps the largest such batch, since it adds capacity for
-    nothing; a plan should not reserve 64 slots and 23 of 24 GB for 0.2 requests a second.
+    and TPOT, mean and at the SLO statistic, within SLOTS_SLOWER: no queue for slots) and (on a shared replica)
+    still meeting every class's SLOs under the combined load. Pruning keeps the largest such batch, since it adds capacity for
+    nothing; a plan should not reserve 64 slots and 23 of 24 GB for 0.2 requests a second. Under the latency and
+    balanced objectives a smaller batch must be no slower at all (the plan was chosen for its latency).
     Returns (solution, groups) with the smaller batches; the cost, devices and shares are those solved for."""
     by_configuration: dict[tuple, list[Option]] = {}
     for option in candidates:
@@ -432,7 +434,8 @@ def fewest_slots(solution, groups, candidates: list[Option], classes: tuple[Traf
             if option.key in taken or not program.carries(option, assignment, by_name):
                 continue
             group = replica_group(option, assignment.replicas, assignment.shares, classes)
-            if _shared_violations([group], classes) or not _as_fast(group, before[chosen.key]):
+            slower = SLOTS_SLOWER if objective == "cost" else 0.0
+            if _shared_violations([group], classes) or not _as_fast(group, before[chosen.key], slower):
                 continue
             assignment, changed = program.Assignment(option, assignment.replicas, dict(assignment.shares)), True
             taken.add(option.key)
@@ -449,8 +452,8 @@ def fewest_slots(solution, groups, candidates: list[Option], classes: tuple[Traf
 SLOTS_SLOWER = 0.02  # fewest_slots: a smaller batch may add at most this share to a class's TTFT or TPOT
 
 
-def _as_fast(group, chosen) -> bool:
-    """Every class's TTFT and TPOT, mean and at its SLO statistic, on `group` within SLOTS_SLOWER of those on
+def _as_fast(group, chosen, slower: float = SLOTS_SLOWER) -> bool:
+    """Every class's TTFT and TPOT, mean and at its SLO statistic, on `group` within `slower` of those on
     `chosen`: the fewer slots add no queue that matters."""
     def figures(replica):
         return {f.name: (f.ttft_ms, f.tpot_ms,
@@ -458,7 +461,7 @@ def _as_fast(group, chosen) -> bool:
                          f.tpot_at_statistic_ms if f.tpot_at_statistic_ms is not None else f.tpot_ms)
                 for f in replica.classes}
     old = figures(chosen)
-    return all(new <= old[name][i] * (1 + SLOTS_SLOWER) for name, pair in figures(group).items()
+    return all(new <= old[name][i] * (1 + slower) for name, pair in figures(group).items()
                for i, new in enumerate(pair))
 
 
@@ -619,7 +622,7 @@ def _alternatives(options, scenario, availability, chosen: program.Solution, pru
             continue
         difference = other.cost_per_hour - chosen.cost_per_hour
         groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes) for a in other.assignments]
-        other, groups = fewest_slots(other, groups, candidates, scenario.classes)
+        other, groups = fewest_slots(other, groups, candidates, scenario.classes, scenario.objective)
         latency = mean_request_latency_ms(other, scenario.classes)
         found.append(Alternative(label=label, cost_per_hour=other.cost_per_hour,
                                  cost_difference_per_hour=difference,
