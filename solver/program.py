@@ -63,6 +63,9 @@ RESTART_COLUMNS = 700
 # 10-class benchmark's 14 screening programs (5,700 columns; the root closes ~9% of gap, the tree little more)
 # 100 nodes found the plan 500 found in 13 and took 26.3 s instead of 35.3 s (HiGHS alone, one thread, Dec 4);
 # the settled plans of the examples and benchmarks are the same (compare_plans.py --check --slow).
+# Most of a screening solve is its root (1.46 s of 1.69 s on the 10-class program), a third of that the RINS and
+# RENS sub-MIPs: without them the 10-class whole process took 27.5 s instead of 32 s (2026-12-04), every settled plan
+# the same (compare_plans.py --check --slow: only the 10-class plan's list of mixes split along the way differs).
 SCREENING_GAP, SCREENING_NODES = 0.01, 100
 
 
@@ -158,6 +161,8 @@ def _solver(name: str, time_limit: float, warm: bool = False, gap: float = MIP_G
             raise QuantplanError("solver 'cbc' was asked for but is not installed; use --solver highs")
         return solver
     limits = {"mip_max_nodes": nodes} if nodes else {}
+    if nodes:  # a screening solve: no RINS / RENS sub-MIPs at its root (SCREENING_NODES' comment)
+        limits.update(mip_heuristic_run_rins=False, mip_heuristic_run_rens=False)
     if columns <= RESTART_COLUMNS:
         limits["mip_allow_restart"] = False
     return _highs()(warm, msg=False, timeLimit=time_limit, mip_rel_gap=gap, threads=1, **limits)
