@@ -20,8 +20,8 @@ import numpy as np
 from . import forked
 from .candidates import Config
 from .scenario import TrafficClass
-from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, capacity_key, closed_loop, poisson,
-                      rate_capacities, running_text, slo_violations)
+from .serving import (PERCENTILES, Load, Performance, Scheduling, Timing, _protocol, capacity_key, closed_loop,
+                      poisson, rate_capacities, running_text, slot_text, slo_violations)
 from .stepmodel import StepModel, stack
 
 BLOCK = 2048  # elements per numpy pass: bounds the closed loop's percentile grids (BLOCK x 400 floats)
@@ -52,6 +52,7 @@ class Figures:
         self.ttft_p = {p: nan() for p in PERCENTILES}
         self.tpot_p = {p: nan() for p in PERCENTILES}
         self.capacity = self.running.copy()  # a concurrency class: the clients; a rate class: found below
+        self.slot_wait, self.slot_waiting = np.zeros(n), np.zeros(n)  # a rate class: the wait for a free slot
         self.at = np.zeros(n)
         self._rows = None  # Python floats for `performance`, made on first use
         if n:
@@ -101,13 +102,15 @@ class Figures:
                 load = closed_loop(timing, traffic.prompt_tokens, traffic.output_tokens, self.running[part],
                                    _protocol(traffic))
             found.update(ttft=load.ttft, tpot=load.tpot, throughput=load.throughput, decoding=load.decoding,
-                         ttft_p=load.ttft_percentiles, tpot_p=load.tpot_percentiles)
+                         ttft_p=load.ttft_percentiles, tpot_p=load.tpot_percentiles, slot_wait=load.slot_wait,
+                         slot_waiting=load.slot_waiting)
             return found
 
         # the blocks are independent: shared out to forked children where more CPUs are free
         for (_, _, part), found in zip(blocks, forked.spread(evaluate, blocks, [], minimum=FORKED_BLOCKS)):
             if "capacity" in found:
                 self.capacity[part], self.at[part] = found["capacity"], found["at"]
+                self.slot_wait[part], self.slot_waiting[part] = found["slot_wait"], found["slot_waiting"]
             self.ttft[part], self.tpot[part] = found["ttft"], found["tpot"]  # numpy broadcasts a scalar figure
             self.throughput[part], self.decoding[part] = found["throughput"], found["decoding"]
             for p in PERCENTILES:
@@ -184,7 +187,10 @@ class Figures:
         capacity = rows["capacity"][index]
         held = running_text(limit, job.times.scheduling, traffic.prompt_tokens, traffic.output_tokens)
         if traffic.load_kind == "rate":
-            described = f"Poisson arrivals at {rows['at'][index]:.4g} requests/s per replica, {held}"
+            waiting = Load(0.0, 0.0, 0.0, 0.0, slot_wait=float(self.slot_wait[index]),
+                           slot_waiting=float(self.slot_waiting[index]))
+            described = f"Poisson arrivals at {rows['at'][index]:.4g} requests/s per replica, {held}" \
+                        f"{slot_text(waiting, 0)}"
         else:
             protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
                         if traffic.requests_per_client >= 1 else "steady state")

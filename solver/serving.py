@@ -163,6 +163,9 @@ class Load:
     # median gap between consecutive output tokens over every token of every request (what
     # `sglang.bench_serving` reports as median ITL): None where the load model gives no step mixture
     itl_median: object = None
+    # Poisson arrivals: the mean wait for a free sequence slot (seconds) and the probability of waiting (_slot_wait)
+    slot_wait: object = 0.0
+    slot_waiting: object = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,7 +633,8 @@ def poisson(timing: Timing, prompt: int, output: int, rate) -> Load:
         tpot_p[p] = tau + Z[p] * spread
     itl = _median_gap(plain, loaded, share)
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
-                                              itl_median=itl), sched, steps), unstable)
+                                              itl_median=itl, slot_wait=slot_wait, slot_waiting=waiting),
+                                         sched, steps), unstable)
 
 
 def _median_gap(plain, longer, share):
@@ -686,7 +690,8 @@ def _poisson_prefill_first(steps: StepModel, sched: Scheduling, prompt: int, out
         tpot_p[p] = tau + Z[p] * spread
     itl = _median_gap(plain, plain + prefill, batches / k)  # a gap spans its step and any prefill batch after it
     return _guard(_with_request_overhead(Load(ttft, tau, rate, decoding, ttft_p, tpot_p, utilisation,
-                                              itl_median=itl), sched, steps), unstable)
+                                              itl_median=itl, slot_wait=slot_wait, slot_waiting=waiting),
+                                         sched, steps), unstable)
 
 
 def _slot_wait(sched: Scheduling, prompt: int, output: int, rate, holding):
@@ -832,6 +837,17 @@ def performances(config: Config, traffic: TrafficClass, times: Timing, batches) 
     return _evaluate(config, traffic, times, batches, batches, None, check_batch=True)
 
 
+def slot_text(load: Load, index: int) -> str:
+    """'; a request waits for a free slot 9% of the time (mean 32 ms)' where one in a hundred or more does."""
+    waiting = float(np.asarray(load.slot_waiting, dtype=float).reshape(-1)[index] if np.ndim(load.slot_waiting)
+                    else load.slot_waiting)
+    mean = float(np.asarray(load.slot_wait, dtype=float).reshape(-1)[index] if np.ndim(load.slot_wait)
+                 else load.slot_wait)
+    if not 0.01 <= waiting < 1 or not math.isfinite(mean):
+        return ""
+    return f"; a request waits for a free slot {waiting:.0%} of the time (mean {mean * 1e3:.3g} ms)"
+
+
 def running_text(limit: int, sched: Scheduling, prompt: int, output: int) -> str:
     """'at most N running', and how many of them the KV cache holds where that is fewer (the rest wait for a slot:
     the load models count the wait in TTFT)."""
@@ -859,8 +875,8 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
         load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, at)
         found = []
         for i, limit in enumerate(running):
-            one = _figures(traffic, times, load, float(capacity[i]),
-                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, {held(limit)}", i)
+            one = _figures(traffic, times, load, float(capacity[i]), f"Poisson arrivals at {at[i]:.4g} requests/s "
+                           f"per replica, {held(limit)}{slot_text(load, i)}", i)
             if capacity[i] <= 0 and not one.violations:
                 one = replace(one, violations=(f"batch {int(limit)} cannot hold one request within the SLOs",))
             found.append(one)
