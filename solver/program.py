@@ -391,8 +391,10 @@ def _solve(options: list[Option], classes: tuple[TrafficClass, ...], availabilit
 
 # Programs above this many columns prove their cheapest cost against a floor (cost_floor). Measured on the 10-class
 # benchmark's cost stage (5,610 columns, 2026-12-04, HiGHS alone, one thread): 7-43 s over four random seeds
-# without it, the floor itself 0.9 s, then 0.8-8.5 s.
-FLOOR_COLUMNS = 2000
+# without it, the floor itself 0.9 s, then 0.8-8.5 s. On the 2,200-3,400-column programs of the same scenario's
+# alternatives and settled parts the floor (0.3-1.0 s each) saved about what it cost: the 10-class solve with
+# alternatives took 51.7-52.8 s with it from 2,000 columns against 50.0-50.1 s without, the same plans.
+FLOOR_COLUMNS = 4000
 # With the floor in the program its root bound sits at the floor less the LP's feasibility tolerance (1e-7 absolute),
 # so the proof is asked to 1e-7 relative: a plan within $0.0000013/h of the cheapest on a $13/h plan, below the
 # tolerance (OPTIMALITY_TOLERANCE) within which the tie-breaks already take costs as equal.
