@@ -716,3 +716,14 @@ def test_erlang_c_of_many_slot_counts_at_once_warns_nothing():
         warnings.simplefilter("error")
         found = serving._erlang_c(np.array([2.0, 1000.0]), np.array([1.0, 990.0]))
     assert found[0] == pytest.approx(1 / 3, rel=1e-12) and 0 < found[1] < 1
+
+
+def test_estimate_says_how_often_a_request_waits_for_a_slot():
+    """0.2 requests/s of 512 + 256 tokens on one RTX 3090 (llama.cpp, BF16): with 4 running sequences a request
+    waits for one 3% of the time, which the load line says; with 64 the wait is below one in a hundred and the line
+    says nothing of it."""
+    def line(slots):
+        return estimate("llama-3.1-8b", "bf16", "rtx3090", "llama.cpp", rate=0.2, max_num_seqs=slots,
+                        prompt_tokens=512, output_tokens=256).load_model
+    assert line(4).endswith("at most 4 running; a request waits for a free slot 3% of the time (mean 31.6 ms)")
+    assert line(64).endswith("at most 64 running")
