@@ -299,9 +299,10 @@ def _solve_with_space(scenario: Scenario | dict | "DeploymentConstraints",
         reasons = infeasibility(world, scenario, space, model_id, unconstrained)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, sharing_notes = settle_sharing(solution, options, scenario.classes, resolve, stage)
-    solution, groups = fewest_slots(solution, groups, space.options, scenario.classes, scenario.objective)
+    slots = slot_index(space.options)
+    solution, groups = fewest_slots(solution, groups, slots, scenario.classes, scenario.objective)
     tokens = served_tokens_per_s(solution, scenario.classes)
-    alternatives = (_alternatives(by_method, scenario, availability, solution, pruned, space.options)
+    alternatives = (_alternatives(by_method, scenario, availability, solution, pruned, slots)
                     if scenario.alternatives else [])
     notes = sorted({g.execution for g in groups if "Marlin" in g.execution or "weight-only" in g.execution})
     notes += sharing_notes
@@ -405,36 +406,48 @@ def settle_sharing(solution, options: list[Option], classes: tuple[TrafficClass,
             raise InfeasibleError("; ".join(reasons), reasons) from None
 
 
-def fewest_slots(solution, groups, candidates: list[Option], classes: tuple[TrafficClass, ...],
+def slot_index(candidates: list[Option]) -> dict[tuple, list[Option]]:
+    """Candidates by what fixes a configuration but its batch size (model, device, method, engine, GPUs), for
+    fewest_slots: made once per plan, its main solve and alternatives alike. Not `_configuration`: the options a
+    plan ends on may be copies split off for one class (settle_sharing), under an owner of their own."""
+    index: dict[tuple, list[Option]] = {}
+    for option in candidates:
+        config = option.config
+        index.setdefault((config.model.id, config.gpu.id, config.method.id, config.framework.id, config.gpus),
+                         []).append(option)
+    return index
+
+
+def fewest_slots(solution, groups, index: dict[tuple, list[Option]], classes: tuple[TrafficClass, ...],
                  objective: str = "cost"):
     """Each replica group on the smallest batch of its configuration that carries the same shares in as many
     replicas at the same cost, within the validation data if the chosen batch is, as fast for every class (TTFT
     and TPOT, mean and at the SLO statistic, within SLOTS_SLOWER: no queue for slots) and (on a shared replica)
-    still meeting every class's SLOs under the combined load. Pruning keeps the largest such batch, since it adds capacity for
-    nothing; a plan should not reserve 64 slots and 23 of 24 GB for 0.2 requests a second. Under the latency and
-    balanced objectives a smaller batch must be no slower at all (the plan was chosen for its latency).
+    still meeting every class's SLOs under the combined load. Pruning keeps the largest such batch, since it adds
+    capacity for nothing; a plan should not reserve 64 slots and 23 of 24 GB for 0.2 requests a second. Under the
+    latency and balanced objectives a smaller batch must be no slower at all (the plan was chosen for its latency).
+    `index`: slot_index of every candidate before pruning.
     Returns (solution, groups) with the smaller batches; the cost, devices and shares are those solved for."""
-    by_configuration: dict[tuple, list[Option]] = {}
-    for option in candidates:
-        by_configuration.setdefault((option.config.model.id, option.config.with_batch(0).key), []).append(option)
     by_name = {k.name: k for k in classes}
     before = {group.key: group for group in groups}
+    slower = SLOTS_SLOWER if objective == "cost" else 0.0
     taken = {a.option.key for a in solution.assignments}  # two groups never end up as one configuration
     assignments, changed = [], False
     for assignment in solution.assignments:
         chosen = assignment.option
-        served = set(chosen.performance)
-        smaller = sorted((o for o in by_configuration.get((chosen.config.model.id, chosen.config.with_batch(0).key), ())
-                          if o.config.batch < chosen.config.batch and served <= set(o.performance)
-                          and abs(o.cost_per_hour - chosen.cost_per_hour) <= 1e-9 * max(1.0, chosen.cost_per_hour)
-                          and o.extrapolated <= chosen.extrapolated),
+        config, served = chosen.config, set(chosen.performance)
+        unbatched = config.with_batch(0).key
+        smaller = sorted((o for o in index.get((config.model.id, config.gpu.id, config.method.id,
+                                                config.framework.id, config.gpus), ())
+                          if o.config.batch < config.batch and o.config.with_batch(0).key == unbatched
+                          and served <= set(o.performance) and o.extrapolated <= chosen.extrapolated
+                          and abs(o.cost_per_hour - chosen.cost_per_hour) <= 1e-9 * max(1.0, chosen.cost_per_hour)),
                          key=lambda o: o.config.batch)
         for option in smaller:
             option = replace(_without(option, set(option.performance) - served), owner=chosen.owner)
             if option.key in taken or not program.carries(option, assignment, by_name):
                 continue
             group = replica_group(option, assignment.replicas, assignment.shares, classes)
-            slower = SLOTS_SLOWER if objective == "cost" else 0.0
             if _shared_violations([group], classes) or not _as_fast(group, before[chosen.key], slower):
                 continue
             assignment, changed = program.Assignment(option, assignment.replicas, dict(assignment.shares)), True
@@ -452,7 +465,7 @@ def fewest_slots(solution, groups, candidates: list[Option], classes: tuple[Traf
 SLOTS_SLOWER = 0.02  # fewest_slots: a smaller batch may add at most this share to a class's TTFT or TPOT
 
 
-def _as_fast(group, chosen, slower: float = SLOTS_SLOWER) -> bool:
+def _as_fast(group, chosen, slower: float) -> bool:
     """Every class's TTFT and TPOT, mean and at its SLO statistic, on `group` within `slower` of those on
     `chosen`: the fewer slots add no queue that matters."""
     def figures(replica):
@@ -576,7 +589,7 @@ def _single_bound(options: list[Option], classes: tuple[TrafficClass, ...]) -> f
 
 
 def _alternatives(options, scenario, availability, chosen: program.Solution, pruned=None,
-                  candidates=()) -> list[Alternative]:
+                  slots: dict | None = None) -> list[Alternative]:
     """Cheapest plans under other choices: unquantized weights, and the most promising other devices
     and methods (ranked by their best single-configuration plan, then solved exactly).
 
@@ -584,8 +597,8 @@ def _alternatives(options, scenario, availability, chosen: program.Solution, pru
     skyline of a union is the skyline of its parts' skylines; a pruned option's best single-configuration
     plan is no cheaper than its dominator's, so the ranking is that of every candidate).
     `pruned`: the options already pruned per device for the main solve: a one-device restriction takes its
-    part of that set as it is. `candidates`: every option before pruning, where each plan takes the fewest slots
-    (fewest_slots)."""
+    part of that set as it is. `slots`: slot_index of every option before pruning, where each plan takes the
+    fewest slots (fewest_slots)."""
     used_methods = {a.option.config.method.id for a in chosen.assignments}
     used_gpus = {a.option.config.gpu.id for a in chosen.assignments}
     filters = []
@@ -622,7 +635,7 @@ def _alternatives(options, scenario, availability, chosen: program.Solution, pru
             continue
         difference = other.cost_per_hour - chosen.cost_per_hour
         groups = [replica_group(a.option, a.replicas, a.shares, scenario.classes) for a in other.assignments]
-        other, groups = fewest_slots(other, groups, candidates, scenario.classes, scenario.objective)
+        other, groups = fewest_slots(other, groups, slots or {}, scenario.classes, scenario.objective)
         latency = mean_request_latency_ms(other, scenario.classes)
         found.append(Alternative(label=label, cost_per_hour=other.cost_per_hour,
                                  cost_difference_per_hour=difference,

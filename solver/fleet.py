@@ -31,7 +31,7 @@ def member_scenario(scenario: Scenario, index: int) -> Scenario:
 
 def solve_fleet(scenario: Scenario, world: World) -> Plan:
     from .api import (_out_of_time, _solve, _unbounded_quality_notes, fewest_slots, first_solution, prune_dominated,
-                      settle_sharing)
+                      settle_sharing, slot_index)
 
     prices = world.with_prices(scenario.prices, scenario.provider)
     availability, owned = pool(world, scenario)
@@ -54,8 +54,8 @@ def solve_fleet(scenario: Scenario, world: World) -> Plan:
         reasons = _why_not(world, scenario, members, spaces, options, whole, availability)
         raise InfeasibleError("; ".join(reasons), reasons) from None
     solution, groups, options, notes = settle_sharing(solution, options, whole.classes, resolve, stage)
-    solution, groups = fewest_slots(solution, groups, [o for space in spaces for o in space.options], whole.classes,
-                                    scenario.objective)
+    solution, groups = fewest_slots(solution, groups, slot_index([o for space in spaces for o in space.options]),
+                                    whole.classes, scenario.objective)
     notes += _unbounded_quality_notes(world, whole.classes, groups)
     tokens = served_tokens_per_s(solution, whole.classes)
     lines = [line for member, space in zip(members, spaces) for line in workload(world, member, space.model.id)[:-1]]

@@ -20,7 +20,7 @@ import numpy as np
 from . import forked
 from .candidates import Config
 from .scenario import TrafficClass
-from .serving import (PERCENTILES, Load, Performance, Scheduling, Timing, _protocol, capacity_key, closed_loop,
+from .serving import (PERCENTILES, Performance, Scheduling, Timing, _protocol, capacity_key, closed_loop,
                       poisson, rate_capacities, running_text, slot_text, slo_violations)
 from .stepmodel import StepModel, stack
 
@@ -187,10 +187,8 @@ class Figures:
         capacity = rows["capacity"][index]
         held = running_text(limit, job.times.scheduling, traffic.prompt_tokens, traffic.output_tokens)
         if traffic.load_kind == "rate":
-            waiting = Load(0.0, 0.0, 0.0, 0.0, slot_wait=float(self.slot_wait[index]),
-                           slot_waiting=float(self.slot_waiting[index]))
-            described = f"Poisson arrivals at {rows['at'][index]:.4g} requests/s per replica, {held}" \
-                        f"{slot_text(waiting, 0)}"
+            waits = slot_text(float(self.slot_waiting[index]), float(self.slot_wait[index]))
+            described = f"Poisson arrivals at {rows['at'][index]:.4g} requests/s per replica, {held}{waits}"
         else:
             protocol = (f"{traffic.requests_per_client:g} requests per client after warm-up"
                         if traffic.requests_per_client >= 1 else "steady state")

@@ -417,7 +417,7 @@ def cost_floor(options: list[Option], classes, availability: dict[str, int], max
         replicas[option.key].cat = pulp.LpContinuous
         kinds.setdefault((option.config.gpu.id, option.config.gpus), []).append(replicas[option.key])
     variable = _variable_factory(relaxed)
-    for index, ((device, gpus), members) in enumerate(sorted(kinds.items())):
+    for index, (_, members) in enumerate(sorted(kinds.items())):
         whole = variable(f"kind_{index}", 0, None, "Integer")
         relaxed += pulp.lpSum(members) == whole, f"whole_{index}"
     if max_cost_per_hour is not None:

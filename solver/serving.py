@@ -837,12 +837,9 @@ def performances(config: Config, traffic: TrafficClass, times: Timing, batches) 
     return _evaluate(config, traffic, times, batches, batches, None, check_batch=True)
 
 
-def slot_text(load: Load, index: int) -> str:
-    """'; a request waits for a free slot 9% of the time (mean 32 ms)' where one in a hundred or more does."""
-    waiting = float(np.asarray(load.slot_waiting, dtype=float).reshape(-1)[index] if np.ndim(load.slot_waiting)
-                    else load.slot_waiting)
-    mean = float(np.asarray(load.slot_wait, dtype=float).reshape(-1)[index] if np.ndim(load.slot_wait)
-                 else load.slot_wait)
+def slot_text(waiting: float, mean: float) -> str:
+    """'; a request waits for a free slot 9% of the time (mean 32 ms)' where one in a hundred or more does
+    (`waiting`: the probability of waiting, `mean`: the mean wait in seconds, as _slot_wait gives them)."""
     if not 0.01 <= waiting < 1 or not math.isfinite(mean):
         return ""
     return f"; a request waits for a free slot {waiting:.0%} of the time (mean {mean * 1e3:.3g} ms)"
@@ -875,8 +872,9 @@ def _evaluate(config: Config, traffic: TrafficClass, times: Timing, running, cli
         load = poisson(planned, traffic.prompt_tokens, traffic.output_tokens, at)
         found = []
         for i, limit in enumerate(running):
-            one = _figures(traffic, times, load, float(capacity[i]), f"Poisson arrivals at {at[i]:.4g} requests/s "
-                           f"per replica, {held(limit)}{slot_text(load, i)}", i)
+            waits = slot_text(float(np.reshape(load.slot_waiting, -1)[i]), float(np.reshape(load.slot_wait, -1)[i]))
+            one = _figures(traffic, times, load, float(capacity[i]),
+                           f"Poisson arrivals at {at[i]:.4g} requests/s per replica, {held(limit)}{waits}", i)
             if capacity[i] <= 0 and not one.violations:
                 one = replace(one, violations=(f"batch {int(limit)} cannot hold one request within the SLOs",))
             found.append(one)
