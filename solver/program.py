@@ -380,7 +380,7 @@ def _solve(options: list[Option], classes: tuple[TrafficClass, ...], availabilit
                  for k in classes if (option.key, k.name) in shares}
         assignments.append(Assignment(option, count, {k: v for k, v in taken.items() if v > 1e-9}))
     if objective == "cost" and not screening:
-        assignments = break_ties(assignments, options, classes, availability)
+        assignments = consolidate(break_ties(assignments, options, classes, availability), options, classes)
     gaps = [gap for status, gap in statuses if status == "time_limit"]
     status = "time_limit" if gaps else "optimal"
     total = sum(a.option.cost_per_hour * a.replicas for a in assignments)
@@ -737,3 +737,36 @@ def break_ties(assignments: list[Assignment], options: list[Option], classes,
         else:
             merged[best.key] = Assignment(best, assignment.replicas, dict(assignment.shares))
     return [merged[key] for key in sorted(merged)]
+
+
+def consolidate(assignments: list[Assignment], options: list[Option], classes) -> list[Assignment]:
+    """Replica groups of one class on one device at as many GPUs per replica become one group where a single
+    configuration carries all their shares in all their replicas for no more cost: one engine to deploy and
+    watch instead of several. The load-weighted quality tie-break splits such load (20 req/s of an 8B model on
+    RTX 3090s: three TensorRT-LLM INT8 replicas and one vLLM INT8 replica with an FP8 KV cache, the less lossy
+    one taking what it can); an inference team runs four of one. The configuration taken is the best by `rank`
+    of those that carry it, inside the validation data unless every group was outside. Groups serving several
+    classes are left as they are (their combined load is settle_sharing's to check)."""
+    by_name = {k.name: k for k in classes}
+    together: dict[tuple, list[Assignment]] = {}
+    for assignment in assignments:
+        config = assignment.option.config
+        together.setdefault((config.gpu.id, config.gpus, tuple(sorted(assignment.shares))), []).append(assignment)
+    found = []
+    for (device, gpus, names), members in together.items():
+        if len(members) == 1 or len(names) != 1:
+            found += members
+            continue
+        spent = sum(m.option.cost_per_hour * m.replicas for m in members)
+        merged = Assignment(members[0].option, sum(m.replicas for m in members),
+                            {names[0]: sum(m.shares[names[0]] for m in members)})
+        outside = all(m.option.extrapolated for m in members)
+        carrying = [o for o in options if o.config.gpu.id == device and o.config.gpus == gpus
+                    and (outside or not o.extrapolated)
+                    and o.cost_per_hour * merged.replicas <= spent + 1e-9 * max(1.0, spent)
+                    and carries(o, merged, by_name)]
+        if not carrying:
+            found += members
+            continue
+        found.append(replace(merged, option=min(carrying, key=rank)))
+    return sorted(found, key=lambda a: a.option.key)

@@ -98,6 +98,33 @@ def test_ties_prefer_fewer_gpus_then_less_quality_loss(world):
         assert [a.option.config.gpu.id for a in solution.assignments] == ["l40s"]
 
 
+def test_equal_cost_replicas_of_one_class_on_one_device_run_one_configuration(world):
+    """10 users on L4s at $1/h a replica: FP16 (no loss) carries 3 per replica, AWQ INT4 (loss 0.02) carries 4.
+    Three replicas are the fewest (INT4 alone: 12 >= 10; FP16 alone needs 4). The quality tie-break alone would
+    keep two FP16 replicas (6 users, share 0.6) and one INT4 (4 users): loss 0.02 x 0.4 = 0.008 against 0.02, but
+    two engines to run for the same $3/h. One configuration carries it all: three INT4 replicas."""
+    fp16 = option(world, "l4", 1.0, {"chat": 3}, method="fp16")
+    int4 = option(world, "l4", 1.0, {"chat": 4}, method="awq-int4", relative_loss=0.02)
+    split = program.break_ties([program.Assignment(fp16, 2, {"chat": 0.6}), program.Assignment(int4, 1, {"chat": 0.4})],
+                               [fp16, int4], (chat(),))
+    assert [(a.option.config.method.id, a.replicas) for a in split] == [("awq-int4", 1), ("fp16", 2)]
+    solution = program.solve([fp16, int4], (chat(),), {})
+    assert solution.cost_per_hour == pytest.approx(3.0)
+    assert [(a.option.config.method.id, a.replicas, a.shares) for a in solution.assignments] == [
+        ("awq-int4", 3, {"chat": pytest.approx(1.0)})]
+
+
+def test_groups_outside_the_validation_data_are_not_merged_into_it(world):
+    """The same two L4 options, the INT4 one outside the validation data: the plan keeps as little load on it as
+    three replicas allow (FP16 carries 6 on two), and consolidation may not move the FP16 load there."""
+    fp16 = option(world, "l4", 1.0, {"chat": 3}, method="fp16")
+    int4 = option(world, "l4", 1.0, {"chat": 4}, method="awq-int4", relative_loss=0.02)
+    int4.extrapolated = True
+    solution = program.solve([fp16, int4], (chat(),), {})
+    assert sorted((a.option.config.method.id, a.replicas) for a in solution.assignments) == [("awq-int4", 1),
+                                                                                            ("fp16", 2)]
+
+
 def test_latency_objective_takes_the_faster_plan(world):
     """Cost picks the cheap slow option; latency picks the fast one and, among those, the cheapest."""
     slow = option(world, "l4", 1.0, {"chat": 10}, tpot_ms=40)
@@ -507,6 +534,21 @@ def test_a_light_rate_plan_reserves_the_fewest_slots_that_add_no_wait():
     (mine,), (big,), (few,) = group.classes, largest.classes, smaller.classes
     assert mine.ttft_ms <= big.ttft_ms * 1.02 and mine.tpot_ms <= big.tpot_ms * 1.02
     assert few.ttft_ms > big.ttft_ms * 1.1
+
+
+def test_twenty_requests_a_second_on_rtx3090s_run_one_engine():
+    """20 req/s of Llama-3.1-8B (1000 + 300 tokens, chat_general floor) on RTX 3090s ($0.43/h): four replicas are
+    the cheapest ($1.72/h). The quality tie-break had put 23% of the load on one vLLM INT8 replica (FP8 KV cache,
+    ppl +0.077) beside three TensorRT-LLM INT8 ones (+0.086): now four of one configuration carry it all."""
+    from quantplan.solver.api import solve
+    from quantplan.solver.registry import load_world
+
+    plan = solve({"model": "llama-3.1-8b", "gpus": ["rtx3090"], "alternatives": False,
+                  "classes": [{"prompt_tokens": 1000, "output_tokens": 300, "rate_per_s": 20, "ttft_ms": 1000,
+                               "tpot_ms": 50, "use_case": "chat_general"}]}, load_world())
+    (group,) = plan.replicas
+    assert (group.count, plan.cost_per_hour) == (4, pytest.approx(4 * 0.43))
+    assert (group.method, group.framework) == ("int8-w8a8", "tensorrt-llm")
 
 
 def test_the_cost_floor_needs_whole_replicas_of_a_device_kind(world):
