@@ -41,21 +41,27 @@ def processes() -> int:
 
 
 def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | None = None) -> list:
-    """[function(item) for item in items], with the items k, k + n, k + 2n ... computed in forked child k of
-    n - 1 (n = `processes()`, when `available` and there are at least `minimum` items, by default MIN_ITEMS),
-    the parent computing the items 0, n, 2n ... `known`: the objects that exist before the fork and that results
-    may refer to (they travel by identity). `unchanged()`: a figure of the parent's state that `function` must
-    leave as it is (the plugins dropped so far): where a child's differs, that child's results are not taken."""
+    """[function(item) for item in items], shared with n - 1 forked children (n = `processes()`, when `available`
+    and there are at least `minimum` items, by default MIN_ITEMS): every process takes the next run of items
+    from a counter they share until none is left, so the parent, which also reads the children's answers, and
+    a child, which also pickles its own, end about together whatever each item costs. `known`: the objects
+    that exist before the fork and that results may refer to (they travel by identity). `unchanged()`: a figure
+    of the parent's state that `function` must leave as it is (the plugins dropped so far): where a child's
+    differs, that child's results are not taken. Items a child did not answer for are computed by the parent."""
     parts = processes()
     if parts < 2 or len(items) < (MIN_ITEMS if minimum is None else minimum) or not available():
         return [function(item) for item in items]
+    import multiprocessing
+
     table = {id(obj): obj for obj in known}
     before = unchanged()
+    counter = multiprocessing.get_context("fork").Value("l", 0)
+    run = max(1, len(items) // (parts * RUNS_PER_PROCESS))
     children = []
-    for part in range(1, parts):
+    for _ in range(1, parts):
         try:
             reading, writing = os.pipe()
-        except OSError:  # no more descriptors: the parent computes the remaining parts
+        except OSError:  # no more descriptors: the parent computes the rest
             break
         try:
             child = os.fork()
@@ -65,36 +71,50 @@ def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | Non
             break
         if child == 0:  # a child: compute, send, leave without running the parent's exit handlers
             os.close(reading)
-            _answer(function, items[part::parts], table, unchanged, before, writing)
+            _answer(function, items, counter, run, table, unchanged, before, writing)
         os.close(writing)
-        children.append((part, child, reading))
-    merged = [None] * len(items)
-    answers = {}
-    merged[0::parts] = [function(item) for item in items[0::parts]]
-    for part, child, reading in children:
+        children.append((child, reading))
+    merged = [_ABSENT] * len(items)
+    for taken in _runs(counter, run, len(items)):
+        for index in taken:
+            merged[index] = function(items[index])
+    for child, reading in children:
         with os.fdopen(reading, "rb") as pipe:
             data = pipe.read()
         os.waitpid(child, 0)
-        try:
-            answers[part] = _Unpickler(io.BytesIO(data), table).load()
-        except Exception:  # noqa: BLE001 - a truncated or unreadable answer: computed here instead
-            answers[part] = ("failed",)
-    for part in range(1, parts):
-        answer = answers.get(part, ("failed",))
-        merged[part::parts] = answer[1] if answer[0] == "done" else [function(item) for item in items[part::parts]]
-    return merged
+        answered = _read(data, table)
+        for index, found in answered:
+            merged[index] = found
+    return [function(item) if found is _ABSENT else found for item, found in zip(items, merged)]
 
 
-def _answer(function, items: list, table: dict, unchanged, before, writing: int) -> None:
-    """A child's work: its items' results (or why there are none) down the pipe, then exit, whatever happens (a
-    child must never return into the parent's code)."""
+RUNS_PER_PROCESS = 16  # runs of items per process: the shares end within about one run of each other
+
+
+def _runs(counter, run: int, count: int):
+    """The runs of item indices this process takes, one at a time from the shared counter."""
+    while True:
+        with counter.get_lock():
+            first = counter.value
+            counter.value = first + run
+        if first >= count:
+            return
+        yield range(first, min(first + run, count))
+
+
+def _answer(function, items: list, counter, run: int, table: dict, unchanged, before, writing: int) -> None:
+    """A child's work, then exit whatever happens (a child must never return into the parent's code): each run's
+    (index, result) pairs pickled as soon as it is computed (the pickling is part of a child's share of the time,
+    so the counter gives it fewer items), then whether they stand ("done"; "dropped" where a plugin was dropped
+    here), all down the pipe at the end."""
     code = 1
     try:
+        buffer = io.BytesIO()
         try:
-            found = [function(item) for item in items]
-            payload = ("dropped",) if unchanged() != before else ("done", found)
-            buffer = io.BytesIO()
-            _Pickler(buffer, table).dump(payload)
+            pickler = _Pickler(buffer, table)  # one memo over the runs: a record shared by two runs travels once
+            for taken in _runs(counter, run, len(items)):
+                pickler.dump([(index, function(items[index])) for index in taken])
+            pickler.dump(("dropped",) if unchanged() != before else ("done",))
             data, code = buffer.getvalue(), 0
         except BaseException:  # noqa: BLE001 - anything: the parent computes these items itself
             data = pickle.dumps(("failed",))
@@ -102,6 +122,21 @@ def _answer(function, items: list, table: dict, unchanged, before, writing: int)
             pipe.write(data)
     finally:
         os._exit(code)
+
+
+def _read(data: bytes, table: dict) -> list:
+    """A child's (index, result) pairs; none where it failed, dropped a plugin or its answer cannot be read (the
+    parent computes those items itself)."""
+    unpickler = _Unpickler(io.BytesIO(data), table)
+    found = []
+    try:
+        while True:
+            part = unpickler.load()
+            if isinstance(part, tuple):
+                return found if part == ("done",) else []
+            found += part
+    except Exception:  # noqa: BLE001 - a truncated or unreadable answer
+        return []
 
 
 class _Pickler(pickle.Pickler):
