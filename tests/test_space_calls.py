@@ -139,6 +139,7 @@ def test_a_sweep_over_load_slo_and_price_asks_the_plugins_once(world, monkeypatc
         return _three_devices({"name": "api", "prompt_tokens": 1024, "output_tokens": 256, "rate_per_s": rate,
                                "ttft_ms": ttft, "tpot_ms": 60})
 
+    monkeypatch.setenv("QUANTPLAN_FORK", "0")  # the calls counted are this process's: all of them here
     calls = []
     first_pass = space_module._first_pass
     monkeypatch.setattr(space_module, "_first_pass", lambda *a: calls.append(1) or first_pass(*a))
@@ -224,6 +225,7 @@ def test_a_concurrency_sweep_asks_the_plugins_for_memory_only(world, monkeypatch
         return _three_devices({"name": "chat", "prompt_tokens": 1024, "output_tokens": 256, "concurrency": users,
                                "ttft_ms": 1500, "tpot_ms": 60})
 
+    monkeypatch.setenv("QUANTPLAN_FORK", "0")  # the calls counted are this process's: all of them here
     steps = []
     step_models = space_module.step_models
     monkeypatch.setattr(space_module, "step_models", lambda *a: steps.append(1) or step_models(*a))
