@@ -16,6 +16,7 @@ the answer is the same, only slower.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import pickle
@@ -58,6 +59,7 @@ def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | Non
     counter = multiprocessing.get_context("fork").Value("l", 0)
     run = max(1, len(items) // (parts * RUNS_PER_PROCESS))
     children = []
+    gc.freeze()  # a child's collections leave the parent's objects alone (no pages copied to look them over)
     for _ in range(1, parts):
         try:
             reading, writing = os.pipe()
@@ -74,6 +76,7 @@ def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | Non
             _answer(function, items, counter, run, table, unchanged, before, writing)
         os.close(writing)
         children.append((child, reading))
+    gc.unfreeze()
     merged = [_ABSENT] * len(items)
     for taken in _runs(counter, run, len(items)):
         for index in taken:
