@@ -95,12 +95,16 @@ def memory_terms(world: World, config: Config, context_tokens: int) -> list[Term
 def memory(world: World, config: Config, context_tokens: int, found: list[Term] | None = None) -> Memory:
     found = memory_terms(world, config, context_tokens) if found is None else found
     total = totals(found)
+    reserved = total[q.RESERVED]
+    if total[q.RESERVED_FREE_SHARE]:  # a share of what weights, activations and runtime leave free
+        free = total[q.CAPACITY] - total[q.WEIGHTS] - total[q.ACTIVATIONS] - total[q.RUNTIME]
+        reserved = reserved + total[q.RESERVED_FREE_SHARE] * np.maximum(free, 0.0)
     return Memory(
         weights_per_gpu=total[q.WEIGHTS],
         kv_per_gpu=total[q.KV_CACHE],
         activations_per_gpu=total[q.ACTIVATIONS],
         runtime_per_gpu=total[q.RUNTIME],
-        reserved_per_gpu=total[q.RESERVED],
+        reserved_per_gpu=reserved,
         capacity_per_gpu=total[q.CAPACITY],
         host_bytes=total[q.HOST_WEIGHTS],
         host_capacity=total[q.HOST_CAPACITY],

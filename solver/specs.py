@@ -187,6 +187,10 @@ class FrameworkSpec(Identified):
     weight_only_fallback: tuple[str, ...] = ()
     weight_only_fallback_min_cc: float = 8.0
     memory_reserve_fraction: float = Field(ge=0, lt=1)
+    # what memory_reserve_fraction is a share of: the device's memory (vLLM's gpu_memory_utilization, SGLang's
+    # mem_fraction_static) or the memory left free once weights, activations and runtime are placed
+    # (TensorRT-LLM's kv_cache_free_gpu_mem_fraction)
+    memory_reserve_of: Literal["device", "free"] = "device"
     runtime_overhead_gb: float = Field(ge=0)
     max_batched_tokens: int = Field(default=8192, ge=1)
     max_batch: int = Field(default=512, ge=1)

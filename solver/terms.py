@@ -10,6 +10,9 @@ KV_CACHE = "kv_cache_bytes"
 ACTIVATIONS = "activation_bytes"
 RUNTIME = "runtime_bytes"
 RESERVED = "reserved_bytes"
+# a share of the memory left once weights, activations and runtime are placed that the engine keeps back
+# (TensorRT-LLM sizes its KV cache as kv_cache_free_gpu_mem_fraction of that free memory)
+RESERVED_FREE_SHARE = "reserved_free_share"
 CAPACITY = "capacity_bytes"
 HOST_WEIGHTS = "host_weights_bytes"
 HOST_CAPACITY = "host_capacity_bytes"
@@ -36,7 +39,7 @@ COST = "usd_per_hour"
 ADDITIVE = {WEIGHTS, KV_CACHE, ACTIVATIONS, RUNTIME, RESERVED, HOST_WEIGHTS, DEVICE_BYTES, HOST_BYTES,
             FLOPS, OVERHEAD, PROMPT_STEP_OVERHEAD, PPL_RELATIVE, COST}
 MULTIPLICATIVE = {BANDWIDTH_EFFICIENCY, HOST_BANDWIDTH_EFFICIENCY, COMPUTE_EFFICIENCY}
-SINGLE = {CAPACITY, HOST_CAPACITY, BANDWIDTH, HOST_BANDWIDTH, PEAK_FLOPS, PPL_BASELINE}
+SINGLE = {CAPACITY, HOST_CAPACITY, BANDWIDTH, HOST_BANDWIDTH, PEAK_FLOPS, PPL_BASELINE, RESERVED_FREE_SHARE}
 
 
 def show(value, digits: str = "g") -> str:

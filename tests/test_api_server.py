@@ -161,16 +161,16 @@ def _with_nim(world, overhead_ms: float):
 
 
 def test_a_plan_behind_a_named_server_differs_by_the_two_overheads(world):
-    """TensorRT-LLM's own server costs 26.53 ms a request (catalogs/frameworks.toml request_overhead_ms), a
-    NIM at 12.5 ms: the same replica's TTFT is 26.53 - 12.5 = 14.03 ms lower behind NIM, its TPOT and cost
+    """TensorRT-LLM's own server costs 26.65 ms a request (catalogs/frameworks.toml request_overhead_ms), a
+    NIM at 12.5 ms: the same replica's TTFT is 26.65 - 12.5 = 14.15 ms lower behind NIM, its TPOT and cost
     unchanged, and the plan names the server it assumed."""
     from quantplan.solver.api import solve
 
     world = _with_nim(world, 12.5)
     own, nim = solve(_scenario(), world), solve(_scenario(api_server="nim"), world)
-    assert world.frameworks.get("tensorrt-llm").request_overhead_ms == 26.53
+    assert world.frameworks.get("tensorrt-llm").request_overhead_ms == 26.65
     assert (own.replicas[0].key, own.cost_per_hour) == (nim.replicas[0].key, nim.cost_per_hour)
-    assert own.replicas[0].ttft_ms - nim.replicas[0].ttft_ms == pytest.approx(14.03, abs=1e-6)
+    assert own.replicas[0].ttft_ms - nim.replicas[0].ttft_ms == pytest.approx(14.15, abs=1e-6)
     assert nim.replicas[0].tpot_ms == pytest.approx(own.replicas[0].tpot_ms, rel=1e-12)
     assert (own.api_server, nim.api_server) == (None, "nim")
     assert nim.notes[0].startswith("API server nim in front of the engine") and "tensorrt-llm 12.5 ms" in nim.notes[0]

@@ -130,6 +130,9 @@ class FrameworkPlugin:
                  f"{framework.id} runtime (context, graphs, buffers) {framework.runtime_overhead_gb:g} GB"),
             Term(q.ACTIVATIONS, activations, self.name,
                  f"activation workspace for {q.show(tokens)} batched tokens x (2 x {ffn} / {divisor} + 4 x {model.hidden_size}) x 2 B"),
+            Term(q.RESERVED_FREE_SHARE, framework.memory_reserve_fraction, self.name,
+                 f"{framework.id} keeps {framework.memory_reserve_fraction:.0%} of the memory weights, activations "
+                 f"and runtime leave free back") if framework.memory_reserve_of == "free" else
             Term(q.RESERVED, framework.memory_reserve_fraction * config.gpu.usable_gb * 1e9, self.name,
                  f"{framework.id} keeps {framework.memory_reserve_fraction:.0%} of device memory back"),
         ]
