@@ -114,6 +114,25 @@ def test_kv_cache_memory_llama2_70b_split_over_two_gpus(world):
     assert used.weights_per_gpu == pytest.approx(68_976_648_192 * 2 / 2)
 
 
+def test_tensorrt_llm_keeps_a_tenth_of_the_free_memory_back(world):
+    """TensorRT-LLM sizes its KV cache as kv_cache_free_gpu_mem_fraction (0.9) of the memory left once the engine is
+    loaded. Llama-3.1-70B FP8 on 2x H100, 100 sequences of 5,000 + 500 tokens: 36.36 GB of weights per GPU, an
+    activation workspace of 8,192 tokens x (2 x 28,672 / 2 + 4 x 8,192) x 2 B = 1.007 GB and 1.5 GB of runtime leave
+    41.13 GB free, of which 4.113 GB is kept back: 75.89 GB available, not vLLM's 72. The KV cache then holds
+    (75.89 - 36.36 - 2.507) / (5,500 x 81,920 B) = 82 sequences (74 at 90% of the device)."""
+    c = config(world, "llama-3.1-70b", method="fp8", gpu="h100-sxm", framework="tensorrt-llm", kv="fp8", gpus=2,
+               batch=100)
+    used = memory(world, c, 5500)
+    activations = 8192 * (2 * 28672 / 2 + 4 * 8192) * 2
+    assert used.activations_per_gpu == pytest.approx(activations)
+    free = 80e9 - used.weights_per_gpu - activations - 1.5e9
+    assert used.weights_per_gpu == pytest.approx(36.36e9, rel=1e-3)
+    assert used.reserved_per_gpu == pytest.approx(0.1 * free)
+    assert used.available_per_gpu == pytest.approx(75.89e9, rel=1e-4)
+    room = used.available_per_gpu - used.weights_per_gpu - activations - 1.5e9
+    assert int(room // (5500 * 81920)) == 82
+
+
 def test_vllm_reserve_and_fit(world):
     """vLLM keeps 10% back: 72 of 80 GB available; 70B FP16 (138 GB) cannot fit one A100."""
     used = memory(world, config(world, "llama-2-70b"), 2048)
