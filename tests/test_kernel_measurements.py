@@ -47,8 +47,9 @@ def test_the_measurement_file_holds_both_runs_of_every_point_with_its_source(row
 
 def test_fitted_fp8_compute_share_lies_inside_the_measured_hopper_fp8_gemms(rows, world):
     """quantplan fit put FP8's compute share at 0.826 from engine rows alone (0.837 before TensorRT-LLM's free-memory
-    KV cache). cuBLASLt FP8 GEMMs at prefill sizes (>= 1024 tokens) reach 0.75-0.91 of the 2x with per-row scales (what vLLM's dynamic per-token FP8 runs) and
-    0.85-1.07 per tensor with fast accumulation; the fitted share sits at the per-row median."""
+    KV cache). cuBLASLt FP8 GEMMs at prefill sizes (>= 1024 tokens) reach 0.75-0.91 of the 2x with per-row scales
+    (what vLLM's dynamic per-token FP8 runs) and 0.85-1.07 per tensor with fast accumulation; the fitted share sits at
+    the per-row median."""
     share = world.methods.get("fp8").compute_efficiency
     per_row, per_tensor = _shares(rows, "fp8-row"), _shares(rows, "fp8-tensor-fast")
     assert len(per_row) == len(per_tensor) == 8 * 4 * 2
