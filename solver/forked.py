@@ -54,9 +54,12 @@ def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | Non
         return [function(item) for item in items]
     import multiprocessing
 
+    try:  # a shared counter needs a semaphore, which some sandboxes do not give (OSError): then one process
+        counter = multiprocessing.get_context("fork").Value("l", 0)
+    except (OSError, ImportError):
+        return [function(item) for item in items]
     table = {id(obj): obj for obj in known}
     before = unchanged()
-    counter = multiprocessing.get_context("fork").Value("l", 0)
     run = max(1, len(items) // (parts * RUNS_PER_PROCESS))
     children = []
     gc.freeze()  # a child's collections leave the parent's objects alone (no pages copied to look them over)

@@ -164,3 +164,17 @@ def test_a_space_built_over_two_processes_is_the_space_built_in_one(two, monkeyp
 def test_the_environment_can_keep_everything_in_one_process(monkeypatch):
     monkeypatch.setenv("QUANTPLAN_FORK", "0")
     assert not forked.available()
+
+
+def test_without_a_semaphore_for_the_counter_everything_stays_in_this_process(two, monkeypatch):
+    """Some sandboxes refuse the semaphore a shared counter needs (multiprocessing raises OSError): the items are
+    computed here, in order."""
+    import multiprocessing
+
+    def refused(*args, **kwargs):
+        raise OSError(38, "Function not implemented")
+
+    context = multiprocessing.get_context("fork")
+    monkeypatch.setattr(type(context), "Value", refused)
+    parent = os.getpid()
+    assert forked.spread(lambda item: (item + 1, os.getpid()), list(range(6)), []) == [(i + 1, parent) for i in range(6)]
