@@ -177,4 +177,5 @@ def test_without_a_semaphore_for_the_counter_everything_stays_in_this_process(tw
     context = multiprocessing.get_context("fork")
     monkeypatch.setattr(type(context), "Value", refused)
     parent = os.getpid()
-    assert forked.spread(lambda item: (item + 1, os.getpid()), list(range(6)), []) == [(i + 1, parent) for i in range(6)]
+    found = forked.spread(lambda item: (item + 1, os.getpid()), list(range(6)), [])
+    assert found == [(i + 1, parent) for i in range(6)]
