@@ -272,10 +272,16 @@ def _progress(total: int | None, enabled: bool):
     from rich.console import Console
     from rich.progress import Progress
 
-    bar = Progress(console=Console(stderr=True), transient=True)
+    # drawn when a step ends, with no thread of its own: a sweep forks its points only where no other thread runs
+    bar = Progress(console=Console(stderr=True), transient=True, auto_refresh=False)
     task = bar.add_task("solving", total=total)
     bar.start()
-    return bar, lambda done: bar.update(task, completed=done)
+
+    def tick(done: int) -> None:
+        bar.update(task, completed=done)
+        bar.refresh()
+
+    return bar, tick
 
 
 @cli.command()

@@ -28,11 +28,14 @@ MAX_PROCESSES = 4  # more: each child fills its own caches and pickles its answe
 _ABSENT = object()  # not None: None itself travels by value
 
 
+_CHILD = {"on": False}  # this process is a forked child: it computes its share and never forks again
+
+
 def available() -> bool:
     import multiprocessing
 
     return (sys.platform == "linux" and os.environ.get("QUANTPLAN_FORK", "1") != "0"
-            and (os.cpu_count() or 1) >= 2
+            and (os.cpu_count() or 1) >= 2 and not _CHILD["on"]
             and multiprocessing.parent_process() is None and threading.active_count() == 1)
 
 
@@ -41,14 +44,16 @@ def processes() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_PROCESSES))
 
 
-def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | None = None) -> list:
+def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | None = None,
+           run: int | None = None) -> list:
     """[function(item) for item in items], shared with n - 1 forked children (n = `processes()`, when `available`
     and there are at least `minimum` items, by default MIN_ITEMS): every process takes the next run of items
     from a counter they share until none is left, so the parent, which also reads the children's answers, and
     a child, which also pickles its own, end about together whatever each item costs. `known`: the objects
     that exist before the fork and that results may refer to (they travel by identity). `unchanged()`: a figure
     of the parent's state that `function` must leave as it is (the plugins dropped so far): where a child's
-    differs, that child's results are not taken. Items a child did not answer for are computed by the parent."""
+    differs, that child's results are not taken. Items a child did not answer for are computed by the parent.
+    `run`: items taken at a time (by default a sixteenth of a process's share), where neighbours share work."""
     parts = processes()
     if parts < 2 or len(items) < (MIN_ITEMS if minimum is None else minimum) or not available():
         return [function(item) for item in items]
@@ -60,7 +65,7 @@ def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | Non
         return [function(item) for item in items]
     table = {id(obj): obj for obj in known}
     before = unchanged()
-    run = max(1, len(items) // (parts * RUNS_PER_PROCESS))
+    run = run or max(1, len(items) // (parts * RUNS_PER_PROCESS))
     children = []
     gc.freeze()  # a child's collections leave the parent's objects alone (no pages copied to look them over)
     for _ in range(1, parts):
@@ -114,6 +119,7 @@ def _answer(function, items: list, counter, run: int, table: dict, unchanged, be
     so the counter gives it fewer items), then whether they stand ("done"; "dropped" where a plugin was dropped
     here), all down the pipe at the end."""
     code = 1
+    _CHILD["on"] = True
     try:
         buffer = io.BytesIO()
         try:

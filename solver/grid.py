@@ -105,6 +105,9 @@ def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float
         workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
         order = by_load(axes, grid)
         ordered = [jobs[i] for i in order]
+        found = _forked_points(scenario, axes, ordered, hint, workers, progress)
+        if found is not None:
+            return _in_grid_order(order, _collect(found, progress))
         # spawn, not fork: a forked child inherits the solver's thread pool mid-state and can hang
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             # each worker a run of neighbouring points: those at one load differ in prices only (re-priced, not rebuilt)
@@ -113,6 +116,46 @@ def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float
     if engine == "dask":
         return _dask(jobs, address, workers, progress)
     return _ray(jobs, address, progress)
+
+
+def _forked_points(scenario: Scenario, axes: tuple[str, ...], ordered: list[tuple], hint: tuple[int, ...],
+                   workers: int, progress: Callable[[int], None] | None = None) -> list[dict] | None:
+    """The points solved here and in forked children (solver/forked.py) once this process has made the candidate
+    spaces' first passes, which the children inherit: a spawned pool's workers start a fresh interpreter and each
+    make every first pass again (1.6 s of a 9-point concurrency sweep of Llama-3.1-8B on the full catalog, in each
+    of the two). Neighbouring points at one load (prices apart) stay in one process when a price is swept. None
+    where this process cannot fork its points (another platform, one CPU, QUANTPLAN_FORK=0, a fleet, or a solver
+    that has already run here: its threads do not survive a fork): the pool runs them. `progress` hears of the
+    points this process finishes as it finishes them, and of the children's when they answer."""
+    from . import forked, program
+    from .space import build_space
+
+    if (workers < 2 or len(ordered) < 2 or scenario.fleet or program.solver_started()
+            or not forked.available()):
+        return None
+    key = tuple(scenario.catalogs)
+    world = _WORLDS.get(key) or _WORLDS.setdefault(key, load_world(scenario.catalogs))
+    data, _, values, batches = ordered[0]
+    first = make_scenario(data)
+    try:  # the first passes, made once here (a point that cannot be planned says why when it is solved)
+        for axis, value in zip(axes, values):
+            first = vary(first, axis, value, world)
+        with expected_batches(batches):
+            build_space(world, first, world.with_prices(first.prices, first.provider))
+    except QuantplanError:
+        pass
+    priced = any(axis.startswith("price") for axis in axes)
+    run = -(-len(ordered) // forked.processes()) if priced else 1
+    parent, done = os.getpid(), [0]
+
+    def point(job):
+        found = solve_point(*job)
+        if progress and os.getpid() == parent:
+            done[0] += 1
+            progress(done[0])
+        return found
+
+    return forked.spread(point, ordered, [], minimum=2, run=run)
 
 
 def batch_hint(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float, ...]]) -> tuple[int, ...]:

@@ -302,8 +302,18 @@ def _gap(problem) -> float:
         return float("nan")
 
 
+_STARTED = {"on": False}  # a solver has run in this process (solver_started)
+
+
+def solver_started() -> bool:
+    """Whether an integer program has been solved in this process: the solver's own threads then exist, and a
+    forked child that solves again could hang on them (a sweep forks its points only before: grid._forked_points)."""
+    return _STARTED["on"]
+
+
 def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP,
          nodes: int | None = None) -> tuple[str, float]:
+    _STARTED["on"] = True
     solver = _solver(solver_name, time_limit, warm, gap, nodes, len(problem.variables()))
     with _quiet_stdout():
         problem.solve(solver)

@@ -85,6 +85,49 @@ def test_grid_engines_agree_with_the_serial_run():
     assert costs == sorted(costs, reverse=True)  # a looser TTFT never costs more
 
 
+FORKED_SWEEP = """
+import json, sys
+from quantplan.solver import forked, grid
+from quantplan.solver.scenario import make_scenario
+calls = []
+spread = forked.spread
+def counted(function, items, *args, **kwargs):
+    calls.append((len(items), kwargs.get("run")))
+    return spread(function, items, *args, **kwargs)
+forked.spread = counted
+scenario = make_scenario(json.loads(sys.argv[1]))
+axis, values = sys.argv[2], json.loads(sys.argv[3])
+points = grid.grid_sweep(scenario, axis, values, engine=sys.argv[4])
+print(json.dumps({"points": [p.model_dump() for p in points], "calls": calls}))
+"""
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="points are forked on Linux only")
+@pytest.mark.parametrize("axis, values, run", [("concurrency", [16.0, 48.0, 96.0], 1),
+                                               ("price:l40s", [0.5, 1.0, 2.0], 2)])
+def test_a_fresh_process_forks_its_points_after_one_first_pass_and_agrees_with_the_serial_run(axis, values, run):
+    """In a process where no solver has run yet, `--engine processes` makes the first passes once, then shares the
+    points with a forked child (grid._forked_points): one at a time, or in halves where a price is swept (a process
+    re-prices the space of the load it holds). Each run in its own interpreter: the points' plans equal the serial
+    engine's, and one spread is over the points themselves (run: items taken at a time), which the serial run has
+    not."""
+    import os
+    import subprocess
+    import sys
+
+    scenario = json.dumps(chat_scenario().model_dump())
+    found = {}
+    for engine in ("serial", "processes"):
+        result = subprocess.run([sys.executable, "-c", FORKED_SWEEP, scenario, axis, json.dumps(values), engine],
+                                capture_output=True, text=True, check=True, timeout=300,
+                                env={**os.environ, "QUANTPLAN_FORK": "1"})
+        found[engine] = json.loads(result.stdout)
+    assert found["processes"]["points"] == found["serial"]["points"]
+    if (os.cpu_count() or 1) >= 2:
+        assert [len(values), run] in found["processes"]["calls"]
+        assert [len(values), run] not in found["serial"]["calls"]
+
+
 def test_dask_local_cluster_agrees_with_the_serial_run():
     pytest.importorskip("dask.distributed")
     scenario = chat_scenario()
