@@ -144,3 +144,18 @@ def test_deployment_constraints_cpu_path_of_example_3():
     assert constraints.to_scenario().frameworks == ("llama.cpp",)
     group = solve(constraints).replicas[0]
     assert (group.gpu, group.framework) == ("m2-max", "llama.cpp") and group.tokens_per_s_per_user >= 15
+
+
+def test_an_alternative_costs_what_the_restricted_solve_costs(world):
+    """examples/mixed-fleet-two-classes.toml: the alternatives are planned as the plan is, classes sharing a replica
+    meeting their SLOs under the combined load. Unquantized weights cost $5.583/h, as `--method fp16 --method bf16`
+    plans them; before the alternatives settled their mixes they read $3.722/h, a plan whose shared replicas broke
+    chat's TTFT. The GGUF Q4_K_M alternative read $8.379/h against its restricted plan's $12.10/h."""
+    scenario = load_scenario(EXAMPLES / "mixed-fleet-two-classes.toml")
+    plan = solve(scenario, world)
+    shown = {a.label: a.cost_per_hour for a in plan.alternatives}
+    restrictions = (("unquantized (fp16/bf16 weights)", ["fp16", "bf16"]), ("gguf-q4_k_m only", ["gguf-q4_k_m"]))
+    for label, methods in restrictions:
+        restricted = solve(scenario.model_copy(update={"methods": tuple(methods), "alternatives": False}), world)
+        assert shown[label] == pytest.approx(restricted.cost_per_hour, rel=1e-9), label
+    assert shown["unquantized (fp16/bf16 weights)"] == pytest.approx(5.583, abs=1e-3)
