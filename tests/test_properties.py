@@ -200,6 +200,42 @@ def test_price_changes_move_the_cost_the_right_way(scenario, factor, world):
         assert plan.cost_per_hour * factor * (1 - 1e-6) <= changed.cost_per_hour <= plan.cost_per_hour * (1 + 1e-6)
 
 
+@st.composite
+def two_class_scenarios(draw) -> dict:
+    """Two classes (a closed loop and Poisson arrivals) on two or three devices and methods, with alternatives:
+    options may serve both classes on one replica, where the combined load must meet both SLOs."""
+    scenario = draw(scenarios())
+    chat, api = draw(traffic_classes("concurrency")), draw(traffic_classes("rate"))
+    chat["name"], api["name"] = "chat", "api"
+    return {**scenario, "alternatives": True, "classes": [chat, api],
+            "gpus": draw(st.lists(st.sampled_from(DEVICES), min_size=2, max_size=3, unique=True)),
+            "methods": draw(st.lists(st.sampled_from(METHODS), min_size=2, max_size=3, unique=True))}
+
+
+def restricted(scenario: dict, label: str) -> dict:
+    """The scenario an alternative's label names: one device, one method, or unquantized weights."""
+    if label.startswith("on "):
+        return {**scenario, "alternatives": False, "gpus": [label.split()[1]]}
+    methods = ["fp16", "bf16"] if label.startswith("unquantized") else [label.split()[0]]
+    return {**scenario, "alternatives": False, "methods": methods}
+
+
+@examples(5)
+@given(scenario=two_class_scenarios())
+def test_an_alternative_is_never_cheaper_than_the_plan_and_costs_what_its_restriction_costs(scenario, world):
+    """Every alternative restricts the plan's choices, so it never costs less than the plan; and it is planned as a
+    plan is (shared replicas meet both classes' SLOs under the combined load), so `solve` with its restriction costs
+    the same. Before alternatives settled their mixes, they could read below the plan (the 10-class benchmark's
+    MI325X-only alternative at $13.65/h against the plan's $18.50/h)."""
+    plan = plan_or_none(scenario, world)
+    assume(plan is not None and plan.alternatives)
+    for alternative in plan.alternatives:
+        assert alternative.cost_per_hour >= plan.cost_per_hour * (1 - 1e-6), alternative.label
+        again = plan_or_none(restricted(scenario, alternative.label), world)
+        assert again is not None, alternative.label
+        assert again.cost_per_hour == pytest.approx(alternative.cost_per_hour, rel=1e-6), alternative.label
+
+
 @examples(5)
 @given(scenario=scenarios())
 def test_the_same_input_gives_the_same_plan(scenario, world):
