@@ -38,12 +38,15 @@ class Candidate:
 def candidates(options: list[Option], classes: tuple[TrafficClass, ...],
                availability: dict[str, int] | None = None) -> list[Candidate]:
     """The options that serve every class, each as a plan of its own within the devices available, with the
-    Pareto front marked."""
+    Pareto front marked. With several classes each class has replicas of its own: classes sharing a replica see
+    their combined load, which an option's figures (each class's alone) do not hold, and summing their loads onto
+    shared replicas drew plans that miss an SLO as cheaper than they are (the alternatives' fault, until they
+    settled their mixes: api._alternatives)."""
     found = []
     for option in options:
         if not all(k.name in option.performance for k in classes):
             continue
-        replicas = max(1, math.ceil(sum(load_per_replica(option, k) for k in classes) - ROUNDING))
+        replicas = sum(max(1, math.ceil(load_per_replica(option, k) - ROUNDING)) for k in classes)
         latency = sum(request_latency_ms(option, k) for k in classes) / len(classes)
         config = option.config
         if availability and replicas * config.gpus > availability.get(config.gpu.id, replicas * config.gpus):

@@ -37,6 +37,31 @@ def test_pareto_front_by_hand():
     assert pareto.pareto_front(points).tolist() == [True, True, False, True, False, True]
 
 
+def test_a_single_configuration_serves_each_class_on_replicas_of_its_own(world):
+    """Two classes on one L4 option ($1/h): chat 4 users at 8 per replica (0.5 replica), api 1 request/s at 2.5 per
+    replica (0.4 replica). Summed onto shared replicas that is one replica, but each class's figures hold for its
+    load alone, not for both together: the candidate gives each class a replica of its own, 2 replicas, $2/h."""
+    from quantplan.solver.candidates import Config, Execution
+    from quantplan.solver.estimator import Quality
+    from quantplan.solver.scenario import TrafficClass
+    from quantplan.solver.serving import Performance
+    from quantplan.solver.space import Option
+
+    method = world.methods.get("fp16")
+    config = Config(world.models.get("llama-2-7b"), method, world.gpus.get("l4"), world.frameworks.get("vllm"),
+                    world.kv_caches.get("fp16"), 1, Execution(), 8)
+    figures = {name: Performance(ttft_ms=100.0, ttft_max_ms=100.0, tpot_ms=20.0, capacity=capacity,
+                                 output_tokens_per_s=capacity * 10, decode_tokens_per_s=400.0,
+                                 prefill_tokens_per_s=1e4) for name, capacity in (("chat", 8.0), ("api", 2.5))}
+    option = Option(config, 1.0, Quality(0.0, 6.0), {}, figures)
+    classes = (TrafficClass(name="chat", concurrency=4, output_tokens=100),
+               TrafficClass(name="api", rate_per_s=1.0, output_tokens=100))
+    (found,) = pareto.candidates([option], classes)
+    assert (found.replicas, found.cost_per_hour) == (2, pytest.approx(2.0))
+    (alone,) = pareto.candidates([option], classes[:1])
+    assert (alone.replicas, alone.cost_per_hour) == (1, pytest.approx(1.0))
+
+
 def test_candidates_match_the_plan_figures():
     """chat-7b-a100: 8 users on one A100 (gpu_count 1). The plan's own configuration, as a candidate, needs
     8 users / capacity 8 = 1 replica at the A100's catalog price, and its request latency is TTFT + 255 x TPOT of the plan
