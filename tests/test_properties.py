@@ -212,6 +212,28 @@ def two_class_scenarios(draw) -> dict:
             "methods": draw(st.lists(st.sampled_from(METHODS), min_size=2, max_size=3, unique=True))}
 
 
+@examples(6)
+@given(scenario=two_class_scenarios())
+def test_two_classes_meet_their_slos_where_they_share_a_replica(scenario, world):
+    """Each class's figures on each replica group are taken under the load of every class the group serves: each
+    meets its SLOs at its statistic, and the groups carry each class's whole load."""
+    plan = plan_or_none({**scenario, "alternatives": False}, world)
+    assume(plan is not None)
+    by_name = {traffic["name"]: traffic for traffic in scenario["classes"]}
+    served = dict.fromkeys(by_name, 0.0)
+    for group in plan.replicas:
+        event(f"classes on a group: {len(group.classes)}")
+        for figures in group.classes:
+            traffic = by_name[figures.name]
+            if "ttft_ms" in traffic:
+                assert figures.ttft_at_statistic_ms <= traffic["ttft_ms"] * (1 + 1e-9)
+            if "tpot_ms" in traffic:
+                assert figures.tpot_at_statistic_ms <= traffic["tpot_ms"] * (1 + 1e-9)
+            served[figures.name] += figures.load_per_replica * group.count
+    for name, traffic in by_name.items():
+        assert served[name] == pytest.approx(traffic.get("concurrency", traffic.get("rate_per_s")), rel=1e-6)
+
+
 def restricted(scenario: dict, label: str) -> dict:
     """The scenario an alternative's label names: one device, one method, or unquantized weights."""
     if label.startswith("on "):
