@@ -42,17 +42,24 @@ def _terms(value) -> str | None:
         if term.quantity not in _QUANTITIES:
             return f"returned a term of unknown quantity {term.quantity!r}"
         number = term.value
-        if type(number) is float and 0.0 < number < math.inf:  # the common case, checked fast
-            continue
+        if type(number) is float and 0.0 < number < math.inf and term.quantity != terms.RESERVED_FREE_SHARE:
+            continue  # the common case, checked fast
         if term.correction and term.quantity not in terms.MULTIPLICATIVE:  # may subtract: finite is enough
             try:
                 number = abs(number)
             except TypeError:
                 pass
         problem = _bad_number(number, strictly_positive=term.quantity in terms.MULTIPLICATIVE)
+        if not problem and term.quantity == terms.RESERVED_FREE_SHARE and not _below_one(number):
+            problem = f"{number} (a share of free memory kept back must be below 1: at 1 nothing fits)"
         if problem:
             return f"returned {term.quantity} = {problem} ({term.detail[:60]!r})"
     return None
+
+
+def _below_one(value) -> bool:
+    np = sys.modules.get("numpy")
+    return bool(np.all(np.asarray(value) < 1)) if np is not None else value < 1
 
 
 def _bad_number(value: Any, strictly_positive: bool) -> str | None:

@@ -68,23 +68,25 @@ def spread(function, items: list, known, unchanged=lambda: 0, minimum: int | Non
     run = run or max(1, len(items) // (parts * RUNS_PER_PROCESS))
     children = []
     gc.freeze()  # a child's collections leave the parent's objects alone (no pages copied to look them over)
-    for _ in range(1, parts):
-        try:
-            reading, writing = os.pipe()
-        except OSError:  # no more descriptors: the parent computes the rest
-            break
-        try:
-            child = os.fork()
-        except OSError:  # no more processes: the same
-            os.close(reading)
+    try:
+        for _ in range(1, parts):
+            try:
+                reading, writing = os.pipe()
+            except OSError:  # no more descriptors: the parent computes the rest
+                break
+            try:
+                child = os.fork()
+            except OSError:  # no more processes: the same
+                os.close(reading)
+                os.close(writing)
+                break
+            if child == 0:  # a child: compute, send, leave without running the parent's exit handlers
+                os.close(reading)
+                _answer(function, items, counter, run, table, unchanged, before, writing)
             os.close(writing)
-            break
-        if child == 0:  # a child: compute, send, leave without running the parent's exit handlers
-            os.close(reading)
-            _answer(function, items, counter, run, table, unchanged, before, writing)
-        os.close(writing)
-        children.append((child, reading))
-    gc.unfreeze()
+            children.append((child, reading))
+    finally:
+        gc.unfreeze()
     merged = [_ABSENT] * len(items)
     for taken in _runs(counter, run, len(items)):
         for index in taken:

@@ -69,11 +69,7 @@ def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float,
     the whole grid's points ask for (batch_hint): a process makes each configuration's first pass once for all."""
     if multiprocessing.parent_process() is not None:  # a pool's worker: it ends with the sweep
         collection.keep_out_of_collections()
-    scenario = make_scenario(scenario_data)
-    key = tuple(scenario.catalogs)
-    world = _WORLDS.get(key) or _WORLDS.setdefault(key, load_world(scenario.catalogs))
-    for axis, value in zip(axes, values):
-        scenario = vary(scenario, axis, value, world)
+    scenario, world = _point(scenario_data, axes, values)
     try:
         with expected_batches(batches):
             plan = solve(scenario, world)
@@ -87,6 +83,16 @@ def solve_point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float,
                                                                                                g.batch_size)))
     return {"values": list(values), "status": plan.status, "plan": label, "cost_per_hour": plan.cost_per_hour,
             "plugin_failures": take_failures()}  # a worker's failures, for the command to name
+
+
+def _point(scenario_data: dict, axes: tuple[str, ...], values: tuple[float, ...]) -> tuple[Scenario, World]:
+    """A grid point's scenario, and the world this process keeps for its catalogs."""
+    scenario = make_scenario(scenario_data)
+    key = tuple(scenario.catalogs)
+    world = _WORLDS.get(key) or _WORLDS.setdefault(key, load_world(scenario.catalogs))
+    for axis, value in zip(axes, values):
+        scenario = vary(scenario, axis, value, world)
+    return scenario, world
 
 
 def run_points(scenario: Scenario, axes: tuple[str, ...], grid: list[tuple[float, ...]], engine: str = "processes",
@@ -133,13 +139,9 @@ def _forked_points(scenario: Scenario, axes: tuple[str, ...], ordered: list[tupl
     if (workers < 2 or len(ordered) < 2 or scenario.fleet or program.solver_started()
             or not forked.available()):
         return None
-    key = tuple(scenario.catalogs)
-    world = _WORLDS.get(key) or _WORLDS.setdefault(key, load_world(scenario.catalogs))
     data, _, values, batches = ordered[0]
-    first = make_scenario(data)
     try:  # the first passes, made once here (a point that cannot be planned says why when it is solved)
-        for axis, value in zip(axes, values):
-            first = vary(first, axis, value, world)
+        first, world = _point(data, axes, values)
         with expected_batches(batches):
             build_space(world, first, world.with_prices(first.prices, first.provider))
     except QuantplanError:

@@ -274,3 +274,17 @@ def test_cost_per_million_tokens_by_hand(world):
     result = estimate("llama-2-7b", "fp16", "a100-80gb", "vllm", batch=8, world=world)
     assert result.cost_per_million_tokens == pytest.approx(result.cost_per_hour / (result.tokens_per_s * 3600) * 1e6)
     assert math.isfinite(result.cost_per_million_tokens)
+
+
+def test_a_plugins_share_of_free_memory_kept_back_must_be_below_one():
+    """reserved_free_share keeps back a share of the memory weights, activations and runtime leave free: at 1 or more
+    no KV cache fits anywhere, a silent wrong answer, so such a term drops its plugin like any bad number."""
+    from quantplan.plugins.results import problem_with
+    from quantplan.solver.terms import RESERVED_FREE_SHARE, Term
+
+    def problem(value) -> str | None:
+        return problem_with("quantplan_memory_terms", [Term(RESERVED_FREE_SHARE, value, "test", "a share")])
+
+    assert problem(0.1) is None and problem(0.0) is None
+    assert "below 1" in problem(1.0)
+    assert "negative" in problem(-0.1)
