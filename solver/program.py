@@ -95,7 +95,30 @@ class NoPlanInTime(NoSolution):
 
 
 def _name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_./\-\[\]]", "_", text)
+    """`text` with every character the LP format does not take as "_"; kept, since a planning run's programs
+    (settle_sharing's rounds, the alternatives, a fleet's parts) name the same options again and again."""
+    found = _NAMES.get(text)
+    if found is None:
+        if len(_NAMES) >= MAX_NAMES:
+            _NAMES.clear()
+        found = _NAMES[text] = re.sub(r"[^A-Za-z0-9_./\-\[\]]", "_", text)
+    return found
+
+
+_NAMES: dict[str, str] = {}
+MAX_NAMES = 500_000
+
+
+def _expression(terms):
+    """pulp.lpSum(coefficient * variable for (variable, coefficient) in terms), made in one step: lpSum makes an
+    expression of every product first (most of a small program's time went there). A term with coefficient 0 is
+    left out, as the product leaves it out."""
+    return pulp.LpAffineExpression([(variable, coefficient) for variable, coefficient in terms if coefficient != 0])
+
+
+def _row(terms, sense, rhs: float = 0.0):
+    """The constraint `_expression(terms) (sense) rhs`, as PuLP's `<=` / `==` make it."""
+    return pulp.LpConstraint(_expression(terms), sense, rhs=rhs)
 
 
 def load_per_replica(option: Option, traffic: TrafficClass) -> float:
@@ -124,25 +147,31 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
           max_configurations: int | None):
     problem = pulp.LpProblem("quantplan", pulp.LpMinimize)
     variable = _variable_factory(problem)
+    keys = [o.key for o in options]
+    # the classes each option serves, with the replicas serving all of that class on it takes
+    carried = [[(k.name, load_per_replica(o, k)) for k in classes if k.name in o.performance] for o in options]
     # never more replicas than serving every class it can wholly on it takes: a bound no optimum reaches past
-    replicas = {o.key: variable(_name(f"replicas[{o.key}]"), 0, _most_replicas(o, classes), "Integer")
-                for o in options}
-    shares = {(o.key, k.name): variable(_name(f"share[{o.key}][{k.name}]"), 0, 1, "Continuous")
-              for o in options for k in classes if k.name in o.performance}
+    replicas = {key: variable(_name(f"replicas[{key}]"), 0, math.ceil(sum(load for _, load in loads) - 1e-9),
+                              "Integer") for key, loads in zip(keys, carried)}
+    shares = {(key, name): variable(_name(f"share[{key}][{name}]"), 0, 1, "Continuous")
+              for key, loads in zip(keys, carried) for name, _ in loads}
+    less, equal = pulp.LpConstraintLE, pulp.LpConstraintEQ
     for traffic in classes:
-        served = [shares[o.key, traffic.name] for o in options if (o.key, traffic.name) in shares]
-        problem += pulp.lpSum(served) == 1, _name(f"serve[{traffic.name}]")
-    for option in options:
-        carried = [load_per_replica(option, k) * shares[option.key, k.name]
-                   for k in classes if (option.key, k.name) in shares]
-        problem += pulp.lpSum(carried) <= replicas[option.key], _name(f"capacity[{option.key}]")
-        for k in classes:  # any share at all opens a whole replica (implied above when it carries a full one)
-            if (option.key, k.name) in shares and load_per_replica(option, k) < 1.0:
-                problem += shares[option.key, k.name] <= replicas[option.key], _name(f"open[{option.key}][{k.name}]")
+        served = [(shares[key, traffic.name], 1) for key in keys if (key, traffic.name) in shares]
+        problem.addConstraint(_row(served, equal, 1), _name(f"serve[{traffic.name}]"))
+    for key, loads in zip(keys, carried):
+        replica = replicas[key]
+        problem.addConstraint(_row([*((shares[key, name], load) for name, load in loads), (replica, -1)], less),
+                              _name(f"capacity[{key}]"))
+        for name, load in loads:  # any share at all opens a whole replica (implied above when it carries a full one)
+            if load < 1.0:
+                problem.addConstraint(_row([(shares[key, name], 1), (replica, -1)], less),
+                                      _name(f"open[{key}][{name}]"))
     for device, limit in sorted(availability.items()):
-        using = [option.config.gpus * replicas[option.key] for option in options if option.config.gpu.id == device]
+        using = [(replicas[key], option.config.gpus) for key, option in zip(keys, options)
+                 if option.config.gpu.id == device]
         if using:
-            problem += pulp.lpSum(using) <= limit, _name(f"available[{device}]")
+            problem.addConstraint(_row(using, less, limit), _name(f"available[{device}]"))
     if max_configurations is not None:
         used = {o.key: variable(_name(f"used[{o.key}]"), 0, 1, "Binary") for o in options}
         for option in options:
@@ -311,12 +340,29 @@ def solver_started() -> bool:
     return _STARTED["on"]
 
 
+def _variables(problem) -> list:
+    """problem.variables(), made at its first solve and kept: every variable joins a program when it is built (its
+    stages after that add rows and objectives over the same variables), and PuLP walks every row and sorts the
+    variables again on each call."""
+    found = problem.__dict__.get("_quantplan_variables")
+    if found is None:
+        found = problem.__dict__["_quantplan_variables"] = problem.variables()
+    return found
+
+
 def _run(problem, solver_name: str, time_limit: float, warm: bool = False, gap: float = MIP_GAP,
          nodes: int | None = None) -> tuple[str, float]:
     _STARTED["on"] = True
-    solver = _solver(solver_name, time_limit, warm, gap, nodes, len(problem.variables()))
-    with _quiet_stdout():
-        problem.solve(solver)
+    variables = _variables(problem)
+    # no variable joins the program while it solves: PuLP's own calls for its variables (each walks every row and
+    # sorts them again, three or four times a solve) take this list
+    problem.variables = lambda: variables
+    try:
+        solver = _solver(solver_name, time_limit, warm, gap, nodes, len(variables))
+        with _quiet_stdout():
+            problem.solve(solver)
+    finally:
+        del problem.variables
     status = pulp.LpStatus[problem.status]
     if status == "Optimal" and problem.sol_status != pulp.LpSolutionIntegerFeasible:  # PuLP says "Optimal"
         return "optimal", 0.0  # for a stop at the time limit too: its solution status tells them apart
@@ -383,9 +429,9 @@ def _solve(options: list[Option], classes: tuple[TrafficClass, ...], availabilit
         if found is not None:
             return replace(found, solve_seconds=time.perf_counter() - started)
     problem, replicas, shares = build(options, classes, availability, max_configurations)
-    cost = pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in options)
-    latency = pulp.lpSum(request_latency_ms(o, k) / 1000.0 * shares[o.key, k.name]
-                         for o in options for k in classes if (o.key, k.name) in shares)
+    cost = _expression((replicas[o.key], o.cost_per_hour) for o in options)
+    latency = _expression((shares[o.key, k.name], request_latency_ms(o, k) / 1000.0)
+                          for o in options for k in classes if (o.key, k.name) in shares)
     statuses = []
     if max_cost_per_hour is not None:
         problem += cost <= max_cost_per_hour, "budget"
@@ -400,7 +446,7 @@ def _solve(options: list[Option], classes: tuple[TrafficClass, ...], availabilit
             best = _start_from(known, replicas, shares, statuses)
         else:
             gap = (SCREENING_GAP, SCREENING_NODES) if screening is True else (MIP_GAP, None)
-            if screening is not True and solver == "highs" and len(problem.variables()) > FLOOR_COLUMNS:
+            if screening is not True and solver == "highs" and len(_variables(problem)) > FLOOR_COLUMNS:
                 floor = cost_floor(options, classes, availability, max_configurations, max_cost_per_hour, time_limit)
                 if floor is not None:
                     problem += cost >= floor, "cost_floor"
@@ -459,7 +505,7 @@ def cost_floor(options: list[Option], classes, availability: dict[str, int], max
     program's root). With 24 integers instead of 686 it solves in about a second. None where it is not proven
     within the time limit (the program then proves its optimum alone)."""
     relaxed, replicas, _ = build(options, classes, availability, max_configurations)
-    cost = pulp.lpSum(o.cost_per_hour * replicas[o.key] for o in options)
+    cost = _expression((replicas[o.key], o.cost_per_hour) for o in options)
     kinds: dict[tuple[str, int], list] = {}
     for option in options:
         replicas[option.key].cat = pulp.LpContinuous
@@ -665,9 +711,9 @@ def _tie_breaks(options: list[Option], classes, replicas, shares) -> list[tuple[
     plan goes below (a stage whose plan so far reaches it needs no solve)."""
     served = [(o, k) for o in options for k in classes if (o.key, k.name) in shares]
     return [
-        ("gpus", pulp.lpSum(o.config.gpus * replicas[o.key] for o in options), _fewest_gpus(options, classes)),
-        ("extrapolated", pulp.lpSum(shares[o.key, k.name] for o, k in served if o.extrapolated), 0.0),
-        ("quality_loss", pulp.lpSum(o.quality.relative * shares[o.key, k.name] for o, k in served),
+        ("gpus", _expression((replicas[o.key], o.config.gpus) for o in options), _fewest_gpus(options, classes)),
+        ("extrapolated", _expression((shares[o.key, k.name], 1) for o, k in served if o.extrapolated), 0.0),
+        ("quality_loss", _expression((shares[o.key, k.name], o.quality.relative) for o, k in served),
          sum(min(o.quality.relative for o in options if k.name in o.performance) for k in classes)),
     ]
 
@@ -716,14 +762,14 @@ def _optimum(problem, objective, solver: str, time_limit: float, statuses: list,
     """The objective's optimum. A later stage (a tie-break, whose constraints keep the previous stage's optimum
     feasible) that stops at the time limit with no plan runs again from that optimum (the retry only: a warm
     start takes another path through equal-cost plans, and plans stay what they were)."""
-    previous = [v.varValue for v in problem.variables()] if statuses else None
+    previous = [v.varValue for v in _variables(problem)] if statuses else None
     problem.setObjective(objective)
     try:
         status, reached = _run(problem, solver, time_limit, gap=gap, nodes=nodes)
     except NoSolution:
         if previous is None or any(v is None for v in previous):
             raise
-        for variable, value in zip(problem.variables(), previous):
+        for variable, value in zip(_variables(problem), previous):
             variable.varValue = value
         status, reached = _run(problem, solver, time_limit, warm=True, gap=gap, nodes=nodes)
     statuses.append((status, reached))

@@ -43,7 +43,12 @@ class Option:
 
     @property
     def key(self) -> str:
-        return f"{self.owner}:{self.config.key}" if self.owner else self.config.key
+        """The configuration's key, after the owner's in a fleet: made once per option (the programs read it for
+        every option, many times), kept beside the fields as Config.key is."""
+        found = self.__dict__.get("_key")
+        if found is None:
+            found = self.__dict__["_key"] = f"{self.owner}:{self.config.key}" if self.owner else self.config.key
+        return found
 
     def but(self, **changes) -> Option:
         """A copy with `changes` (dataclasses.replace without re-running __init__: a price sweep re-prices every
@@ -52,6 +57,7 @@ class Option:
         copy.__dict__.update(self.__dict__)
         if changes.keys() - {"cost_per_hour"}:  # pruning's price-free figures (api._compared) no longer hold
             copy.__dict__.pop("_compared", None)
+            copy.__dict__.pop("_key", None)
         copy.__dict__.update(changes)
         return copy
 
