@@ -55,6 +55,36 @@ def solve_figures(world, classes, repeats: int) -> None:
           f"{solve_s:.3f} s (median of {repeats}), status {solution.status}, ${solution.cost_per_hour:.2f}/h")
 
 
+def solver_share(world, classes, alternatives: bool) -> None:
+    """One planning run in this process on one CPU (QUANTPLAN_FORK=0, the alternatives' programs solved one after
+    another) and the share of it HiGHS itself took (program.solver_time): a floor under the whole process's time on
+    this machine whatever the rest of quantplan takes (on two CPUs, half of it at best)."""
+    import os
+
+    from quantplan.solver.api import solve
+
+    scenario = make_scenario({"model": "llama-3.1-70b", "classes": classes, "alternatives": alternatives})
+    before = os.environ.get("QUANTPLAN_FORK")
+    os.environ["QUANTPLAN_FORK"] = "0"
+    parallel = program.in_parallel
+    program.in_parallel = lambda function, items: [function(item) for item in items]
+    try:
+        seconds, runs = program.solver_time()
+        start = time.perf_counter()
+        solve(scenario, world)
+        elapsed = time.perf_counter() - start
+        spent, count = program.solver_time()
+    finally:
+        program.in_parallel = parallel
+        if before is None:
+            os.environ.pop("QUANTPLAN_FORK")
+        else:
+            os.environ["QUANTPLAN_FORK"] = before
+    print(f"  {len(classes)} class(es){' with alternatives' if alternatives else ''}: planned in {elapsed:.2f} s "
+          f"(the candidate space's first passes kept from the figures above), of which HiGHS {spent - seconds:.2f} s "
+          f"in {count - runs} runs")
+
+
 def fork_figures(repeats: int) -> None:
     """The 3-class candidate space built in one process and over two (solver/forked.py), each from a fresh world
     (nothing kept from an earlier build), the two alternating run after run."""
@@ -341,6 +371,10 @@ def main() -> None:
     solve_figures(world, THREE_CLASSES, args.repeats)
     if not args.quick:
         solve_figures(world, ten_classes(), 1)
+    print("HiGHS's share of a planning run (one process, one CPU):")
+    solver_share(world, THREE_CLASSES, alternatives=True)
+    if not args.quick:
+        solver_share(world, ten_classes(), alternatives=False)
     print("Candidate evaluation over two processes:")
     fork_figures(min(args.repeats, 3))
     if not args.quick:

@@ -218,7 +218,11 @@ def _highs():
                 if self.warm and variables and all(v.varValue is not None for v in variables):
                     lp.solverModel.setSolution(len(variables), np.array([v.index for v in variables], dtype=np.int32),
                                                np.array([v.varValue for v in variables], dtype=float))
+                started = time.perf_counter()
                 lp.solverModel.run()
+                with _QUIET_LOCK:  # in_parallel's threads solve at once
+                    _SOLVER_TIME["seconds"] += time.perf_counter() - started
+                    _SOLVER_TIME["runs"] += 1
 
             def buildSolverModel(self, lp):
                 # PuLP's own adds each column and row through its own call into HiGHS; the same columns and rows
@@ -270,6 +274,16 @@ def _highs():
 
         _HIGHS = WarmHiGHS
     return _HIGHS
+
+
+_SOLVER_TIME = {"seconds": 0.0, "runs": 0}  # HiGHS's own runs in this process (solver_time)
+
+
+def solver_time() -> tuple[float, int]:
+    """Seconds HiGHS has spent solving in this process (summed over threads: CPU time, one thread each) and in how
+    many runs; what a planning run cannot go below on this machine whatever the rest of quantplan takes
+    (benchmarks/bench_solver.py prints it)."""
+    return _SOLVER_TIME["seconds"], _SOLVER_TIME["runs"]
 
 
 _QUIET = {"depth": 0, "saved": None}

@@ -592,3 +592,84 @@ def test_under_the_latency_objective_fewer_slots_must_be_no_slower():
                     for objective in ("cost", "latency")}
     assert (by_objective["cost"].batch_size, by_objective["latency"].batch_size) == (8, 16)
     assert by_objective["latency"].ttft_ms <= by_objective["cost"].ttft_ms
+
+
+def _built_with_lpsum(options, classes, availability):
+    """The program as PuLP's own operators make it (lpSum of products, `<=` / `==`): what program.build made before
+    it built rows from (variable, coefficient) lists in one step."""
+    import math
+
+    import pulp
+
+    problem = pulp.LpProblem("quantplan", pulp.LpMinimize)
+    variable = program._variable_factory(problem)
+    replicas = {o.key: variable(program._name(f"replicas[{o.key}]"), 0,
+                                math.ceil(sum(program.load_per_replica(o, k) for k in classes
+                                              if k.name in o.performance) - 1e-9), "Integer") for o in options}
+    shares = {(o.key, k.name): variable(program._name(f"share[{o.key}][{k.name}]"), 0, 1, "Continuous")
+              for o in options for k in classes if k.name in o.performance}
+    for traffic in classes:
+        problem += pulp.lpSum(shares[o.key, traffic.name] for o in options
+                              if (o.key, traffic.name) in shares) == 1, program._name(f"serve[{traffic.name}]")
+    for o in options:
+        carried = [program.load_per_replica(o, k) * shares[o.key, k.name] for k in classes if (o.key, k.name) in shares]
+        problem += pulp.lpSum(carried) <= replicas[o.key], program._name(f"capacity[{o.key}]")
+        for k in classes:
+            if (o.key, k.name) in shares and program.load_per_replica(o, k) < 1.0:
+                problem += shares[o.key, k.name] <= replicas[o.key], program._name(f"open[{o.key}][{k.name}]")
+    for device, limit in sorted(availability.items()):
+        using = [o.config.gpus * replicas[o.key] for o in options if o.config.gpu.id == device]
+        if using:
+            problem += pulp.lpSum(using) <= limit, program._name(f"available[{device}]")
+    return problem
+
+
+def test_rows_are_those_pulps_operators_make(world):
+    """Every row of program.build (made from coefficient lists) has the name, sense, constant and terms, in the same
+    order, that lpSum and `<=` / `==` give: the solver sees the same program it saw before that change."""
+    summaries = TrafficClass(name="summaries", concurrency=12, output_tokens=100)
+    options = [option(world, "h100-sxm", 3.0, {"chat": 10, "summaries": 4}, gpus=2),
+               option(world, "l4", 0.8, {"summaries": 6}), option(world, "l4", 0.0, {"chat": 40}, batch=64)]
+    classes, availability = (chat(), summaries), {"l4": 3, "h100-sxm": 4}
+    made, _, _ = program.build(options, classes, availability, None)
+    expected = _built_with_lpsum(options, classes, availability)
+
+    def rows(problem):
+        return [(name, c.sense, c.constant, [(v.name, x) for v, x in c.items()])
+                for name, c in problem._constraints.items()]
+
+    assert rows(made) == rows(expected)
+    # serve x2, capacity x3, open x1 (chat on the owned L4: 10 of 40 users, the only share below one replica),
+    # available x2
+    assert len(rows(made)) == 2 + 3 + 1 + 2
+    assert [(v.name, v.lowBound, v.upBound, v.cat) for v in made.variables()] == \
+           [(v.name, v.lowBound, v.upBound, v.cat) for v in expected.variables()]
+
+
+def test_an_objective_leaves_out_zero_terms_as_lpsum_does(world):
+    """An owned device's option costs nothing: lpSum(0 * x) has no term for x, and neither has program's expression."""
+    import pulp
+
+    a, b = option(world, "l4", 0.0, {"chat": 4}), option(world, "l40s", 3.0, {"chat": 8})
+    problem = pulp.LpProblem("terms", pulp.LpMinimize)
+    variable = program._variable_factory(problem)
+    x, y = variable("x", None, None, "Continuous"), variable("y", None, None, "Continuous")
+    made = program._expression([(x, a.cost_per_hour), (y, b.cost_per_hour)])
+    assert dict(made) == dict(pulp.lpSum([a.cost_per_hour * x, b.cost_per_hour * y])) == {y: 3.0}
+
+
+def test_solver_time_counts_each_run(world):
+    """A plain cost solve of one class runs HiGHS for the cost, then once per tie-break stage it cannot skip."""
+    seconds, runs = program.solver_time()
+    options = [option(world, "l4", 2.0, {"chat": 4}), option(world, "l40s", 3.0, {"chat": 8})]
+    program.solve(options, (chat(),), {})
+    spent, count = program.solver_time()
+    assert count - runs >= 1 and spent >= seconds
+
+
+def test_an_options_key_follows_its_owner(world):
+    """Option.key is kept once made; a copy for another owner (a fleet's model) has that owner's key."""
+    a = option(world, "l4", 2.0, {"chat": 4})
+    plain = a.key
+    owned = a.but(owner="llama-3.1-8b")
+    assert owned.key == f"llama-3.1-8b:{plain}" and a.key == plain and a.but(cost_per_hour=1.0).key == plain
