@@ -310,8 +310,10 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
     keep = None if made_at == batches else np.searchsorted(made_at, batches)
     count = 0
     prepared: list[Prepared] = []
+    wholes: list[Prepared] = []  # the same configurations' first passes at every size they were made at
     origins: list[int] = []
     reuse, probes, qualities = _first_pass_cache(world, scenario, model, made_at, limits)
+    kept = _FIRST_PASS  # what the points of a sweep that share these first passes share besides them
     _first_passes(world, scenario, model, made_at, limits, reuse, probes, qualities,
                   [config for config, cost in zip(listed, costs) if cost is not None])
     for index, (config, cost) in enumerate(zip(listed, costs)):
@@ -330,24 +332,57 @@ def _build(world: World, scenario: Scenario, model: ModelSpec, listed: list[Conf
             else:
                 incompatible[what] += 1
         if entry is not None:
+            wholes.append(entry)
             if keep is not None:
                 entry = _narrowed(entry, keep, batches, len(made_at))
             prepared.append(replace(entry, cost=cost))
             origins.append(index)
-    figures = {traffic.name: Figures(traffic, [p.jobs[traffic.name] for p in prepared if traffic.name in p.jobs])
-               for traffic in scenario.classes}
+    figures, offsets = {}, {}
+    for traffic in scenario.classes:
+        name = traffic.name
+        if keep is not None and traffic.load_kind == "concurrency":
+            # a sweep's point, its sizes cut from the first passes' (`keep`): a closed loop's figures read neither
+            # the number of users nor the other sizes asked for, so they are made once at every size for the points
+            # that share the first passes, and each point reads its own sizes out of them (`offsets`)
+            figures[name] = _whole_figures(kept, traffic, [w.jobs[name] for w in wholes if name in w.jobs])
+            offsets[name] = keep.tolist()
+        else:
+            figures[name] = Figures(traffic, [p.jobs[name] for p in prepared if name in p.jobs])
+            offsets[name] = None
+    made = kept.setdefault("options", {}) if keep is not None else None
+    if made is not None and len(made) >= OPTIONS_KEPT:
+        made.clear()
     positions = {name: 0 for name in figures}  # the next job of each class
     options: list[Option] = []
     sources: list[int] = []
-    for entry, origin in zip(prepared, origins):
+    for entry, whole, origin in zip(prepared, wholes, origins):
         evaluated = {}
         for name in entry.jobs:
-            evaluated[name] = (figures[name], positions[name])
+            evaluated[name] = (figures[name], positions[name], offsets[name])
             positions[name] += 1
-        found = _options(entry, batches, scenario.classes, limits, evaluated, per_class)
+        found = _options(entry, batches, scenario.classes, limits, evaluated, per_class, made, whole)
         options += found
         sources += [origin] * len(found)
     return Space(model, options, incompatible, per_class, count), sources
+
+
+def _whole_figures(kept: dict, traffic: TrafficClass, jobs: list[Job]) -> Figures:
+    """The closed-loop class's figures over `jobs` (first passes at every size they were made at), made once for the
+    points of a sweep that share those first passes and read the class alike: everything of it but its number of
+    users, which a closed loop's figures do not read (its clients are the batch size). Kept with the first passes
+    (`kept`), so they go when those go."""
+    made = kept.setdefault("figures", {})
+    key = (traffic.model_dump_json(exclude={"concurrency"}), tuple(map(id, jobs)))
+    found = made.get(key)
+    if found is None:
+        if len(made) >= WHOLE_FIGURES_KEPT:
+            made.clear()
+        found = made[key] = (Figures(traffic, jobs), jobs)  # the jobs kept with them: their ids stay theirs
+    return found[0]
+
+
+WHOLE_FIGURES_KEPT = 8  # classes' whole figures kept for a sweep's points (a sweep of a few classes needs a few)
+OPTIONS_KEPT = 400_000  # options kept for a sweep's points (the full catalog's largest point makes about 25,000)
 
 
 def _first_passes(world: World, scenario: Scenario, model: ModelSpec, batches, limits: dict, reuse: dict,
@@ -399,16 +434,48 @@ def _first_pass_batches(batches: list[int]) -> list[int]:
 def _narrowed(entry: Prepared, keep: np.ndarray, batches: list[int], made: int) -> Prepared:
     """A first pass made over `made` batch sizes, cut to `batches` (at positions `keep` of them): memory arrays
     sliced, each class's sizes up to the first that does not fit (memory grows with batch, so they are those the
-    first pass would have kept at `batches` alone). Elementwise figures: the same bits."""
-    memories = {name: _memory_at(used, keep, made) for name, used in entry.memories.items()}
+    first pass would have kept at `batches` alone). Elementwise figures: the same bits. A class's memory figures
+    are cut when first read (_NarrowedMemories: a sweep's point reads them only for the options it makes anew)."""
+    memories = _NarrowedMemories(entry.memories, keep, made)
     jobs = {}
     for name, job in entry.jobs.items():
-        fits = np.atleast_1d(memories[name].fits)
+        whole = _fits(entry, name)  # elementwise: the sizes `keep` of it are the cut figures' own answers
+        fits = np.atleast_1d(whole[keep] if type(whole) is np.ndarray and whole.shape == (made,)
+                             else memories[name].fits)
         leading = len(fits) if fits.all() else int(np.argmin(fits))
         jobs[name] = Job(job.config, job.times, tuple(batches[:leading]))
     found = copy.copy(entry)
     found.memories, found.jobs = memories, jobs
     return found
+
+
+def _fits(entry: Prepared, name: str):
+    """Memory.fits of the class's first-pass figures, kept with the first pass (a sweep's points all ask)."""
+    kept = entry.__dict__.setdefault("_fits", {})
+    found = kept.get(name)
+    if found is None:
+        found = kept[name] = entry.memories[name].fits
+    return found
+
+
+class _NarrowedMemories(Mapping):
+    """A first pass's memory figures by class (`whole`, over `made` batch sizes), each cut to the sizes `keep` when
+    first read (_memory_at)."""
+
+    def __init__(self, whole: dict[str, Memory], keep: np.ndarray, made: int) -> None:
+        self.whole, self.keep, self.made, self.cut = whole, keep, made, {}
+
+    def __getitem__(self, name: str) -> Memory:
+        found = self.cut.get(name)
+        if found is None:
+            found = self.cut[name] = _memory_at(self.whole[name], self.keep, self.made)
+        return found
+
+    def __iter__(self):
+        return iter(self.whole)
+
+    def __len__(self) -> int:
+        return len(self.whole)
 
 
 def _memory_at(used: Memory, keep: np.ndarray, made: int) -> Memory:
@@ -431,7 +498,7 @@ def _first_pass_cache(world: World, scenario: Scenario, model: ModelSpec, batche
     if _FIRST_PASS.get("world") is not world or _FIRST_PASS.get("shape") != shape:
         _FIRST_PASS = {"world": world, "shape": shape, "probes": {}, "qualities": {}}
     if _FIRST_PASS.get("batches") != (tuple(batches), limits):
-        _FIRST_PASS.update(batches=(tuple(batches), limits), entries={})
+        _FIRST_PASS.update(batches=(tuple(batches), limits), entries={}, figures={}, options={})
     return _FIRST_PASS["entries"], _FIRST_PASS["probes"], _FIRST_PASS["qualities"]
 
 
@@ -602,11 +669,16 @@ def _timings(world, config, classes, applied: str, at_batch_one: AtBatchOne) -> 
     return found
 
 
-def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) -> list[Option]:
+def _options(entry: Prepared, batches, classes, limits, evaluated, per_class, made: dict | None = None,
+             whole: Prepared | None = None) -> list[Option]:
     """The options of one prepared configuration from its classes' load-model figures, with the diagnostics.
 
     Memory only grows with batch, and at a fixed per-replica concurrency so do TTFT and TPOT: once a
     concurrency class fails at some batch size, larger ones are not offered for it.
+    `evaluated`: per class, its figures, this configuration's place in them and, where the figures hold every size
+    the first pass was made at (_whole_figures), the place of each of `batches` among those (else None). `made`: the
+    options made before from such figures for the same first pass (`whole`), taken again as they are: a sweep's
+    points then share them, and with them what pruning keeps of each (api._compared).
     """
     config, assessed = entry.config, entry.assessed
     results: dict[str, list] = {}
@@ -623,15 +695,21 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
             diagnostics.best_quality.offer(-tightest.headroom(assessed), f"{config.method.id} with "
                                            f"{config.kv.id} KV cache: {tightest.describe(assessed)}")
             continue
-        figures, position = evaluated[traffic.name]  # the class's figures and this configuration's place in them
+        figures, position, offsets = evaluated[traffic.name]  # the class's figures, this configuration's place
         sizes = len(entry.jobs[traffic.name].batches)  # those that fit: larger batches need more memory still
         results[traffic.name] = served = [None] * len(batches)
         rows = figures.rows()
         start = figures.element(position, 0)  # this configuration's sizes are consecutive elements
-        meets = rows["meets"][start:start + sizes]
+        if offsets is None:
+            elements = range(start, start + sizes)
+            meets = rows["meets"][start:start + sizes]
+        else:  # these sizes among all those the figures hold
+            elements = [start + offset for offset in offsets[:sizes]]
+            meets = [rows["meets"][element] for element in elements]
         if traffic.load_kind == "concurrency" and not all(meets):
             sizes = meets.index(False) + 1  # more clients per replica only lengthen TTFT and TPOT: stop there
-        ttft, tpot = rows["ttft_stat"][start:start + sizes], rows["tpot_stat"][start:start + sizes]
+        ttft = [rows["ttft_stat"][element] for element in elements[:sizes]]
+        tpot = [rows["tpot_stat"][element] for element in elements[:sizes]]
         diagnostics.fits += sizes
         diagnostics.meets_quality += sizes
         _offer_least(diagnostics.best_ttft, ttft, range(sizes), config, batches)
@@ -641,9 +719,9 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
                      range(sizes) if limit is None else [i for i in range(sizes) if tpot[i] <= limit], config, batches)
         for index in range(sizes):
             if meets[index]:
-                served[index] = (figures, start + index)
+                served[index] = (figures, elements[index])
     bounds = {name: _tightest(limits[name], assessed) for name in results if limits[name].bounds}
-    records = {name: _Rows(entry.memories[name], len(batches)) for name in results}
+    records = {name: _Rows(entry.memories, name, len(batches)) for name in results}
     times = {name: entry.jobs[name].times for name in results}
     found = []
     columns = list(results.items())
@@ -654,10 +732,21 @@ def _options(entry: Prepared, batches, classes, limits, evaluated, per_class) ->
                 served[name], timings[name] = column[index], times[name]
                 if name in bounds:
                     bounded[name] = bounds[name]
-        if served:
-            found.append(Option(config.with_batch(batch), entry.cost, assessed,
-                                _MemoryRecords(records, index, served), _Performances(served), timings,
-                                margin=entry.applied, extrapolated=entry.outside, quality_bounds=bounded))
+        if not served:
+            continue
+        key = None
+        if made is not None and all(evaluated[name][2] is not None for name in served):  # every one whole figures
+            key = (id(whole), batch, entry.cost, tuple((name, id(pair[0]), pair[1]) for name, pair in served.items()))
+            option = made.get(key)
+            if option is not None:
+                found.append(option)
+                continue
+        option = Option(config.with_batch(batch), entry.cost, assessed, _MemoryRecords(records, index, served),
+                        _Performances(served), timings, margin=entry.applied, extrapolated=entry.outside,
+                        quality_bounds=bounded)
+        if key is not None:
+            made[key] = option
+        found.append(option)
     return found
 
 
@@ -665,12 +754,15 @@ MEMORY_FIELDS = tuple(f.name for f in fields(Memory))
 
 
 class _Rows:
-    """Memory.at for every batch size of an array evaluation, each record built when asked for."""
+    """Memory.at for every batch size of an array evaluation (class `name`'s figures in `memories`, read when a
+    first record is asked for), each record built when asked for."""
 
-    def __init__(self, used: Memory, count: int) -> None:
-        self.used, self.count, self.columns = used, count, None
+    def __init__(self, memories: Mapping, name: str, count: int) -> None:
+        self.memories, self.name, self.count, self.columns, self.used = memories, name, count, None, None
 
     def __getitem__(self, index: int) -> Memory:
+        if self.used is None:
+            self.used = self.memories[self.name]
         if not np.ndim(self.used.used_per_gpu):
             return self.used
         if self.columns is None:  # the arrays as lists, once, when a first record is asked for

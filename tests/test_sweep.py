@@ -221,3 +221,34 @@ def test_a_concurrency_sweep_makes_first_passes_once_and_cuts_each_points_sizes_
         assert [repr(o) for o in hinted.options] == [repr(o) for o in plain.options]
         assert hinted.incompatible == plain.incompatible and repr(hinted.per_class) == repr(plain.per_class)
     assert grid.batch_hint(base, ("rate",), [(1.0,), (2.0,)]) == ()
+
+
+def test_a_concurrency_sweeps_points_share_their_figures_and_options():
+    """Points cut from the same first passes read one set of closed-loop figures made at every size of the hint
+    (space._whole_figures) and take again the options an earlier point made at a size they share: the same objects,
+    so pruning's figures kept on them serve both points. Each point's space, option by option, and its diagnostics
+    are still those built without the hint."""
+    from quantplan.solver import space
+    from quantplan.solver.registry import load_world
+
+    base = chat_scenario(gpus=["l40s", "a10g"], classes=[
+        {"name": "chat", "concurrency": 8, "prompt_tokens": 512, "output_tokens": 256, "ttft_ms": 1500,
+         "tpot_ms": 40}])
+    points = [(12.0,), (24.0,), (300.0,)]
+    hint = grid.batch_hint(base, ("concurrency",), points)
+    world = load_world()
+    built = {}
+    with space.expected_batches(hint):  # the points one after another, as a sweep's process solves them
+        for (value,) in points:
+            built[value] = space.build_space(world, grid.vary(base, "concurrency", value, None), world.with_prices({}))
+    for (value,) in points:
+        scenario = grid.vary(base, "concurrency", value, None)
+        plain = space.build_space(load_world(), scenario, world.with_prices({}))  # a fresh world: nothing kept
+        assert [repr(o) for o in built[value].options] == [repr(o) for o in plain.options]
+        assert repr(built[value].per_class) == repr(plain.per_class)
+    first = {o.key: o for o in built[12.0].options}
+    shared = [o for o in built[24.0].options if o.key in first]
+    assert shared and all(first[o.key] is o for o in shared)  # the same objects at the sizes both points have
+    # the figures behind them are one set for both points
+    figures = {id(o.performance._names["chat"][0]) for o in built[12.0].options + built[24.0].options}
+    assert len(figures) == 1
