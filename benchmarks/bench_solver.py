@@ -81,8 +81,7 @@ def solver_share(world, classes, alternatives: bool) -> None:
         else:
             os.environ["QUANTPLAN_FORK"] = before
     print(f"  {len(classes)} class(es){' with alternatives' if alternatives else ''}: planned in {elapsed:.2f} s "
-          f"(the candidate space's first passes kept from the figures above), of which HiGHS {spent - seconds:.2f} s "
-          f"in {count - runs} runs")
+          f"(its candidate space included), of which HiGHS {spent - seconds:.2f} s in {count - runs} runs")
 
 
 def fork_figures(repeats: int) -> None:
