@@ -10,8 +10,10 @@ at the same time, not with figures from another day.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from contextlib import contextmanager
 
 from quantplan.solver import program
 from quantplan.solver.api import prune_dominated
@@ -59,52 +61,51 @@ def solver_share(world, classes, alternatives: bool) -> None:
     """One planning run in this process on one CPU (QUANTPLAN_FORK=0, the alternatives' programs solved one after
     another) and the share of it HiGHS itself took (program.solver_time): a floor under the whole process's time on
     this machine whatever the rest of quantplan takes (on two CPUs, half of it at best)."""
-    import os
-
     from quantplan.solver.api import solve
 
     scenario = make_scenario({"model": "llama-3.1-70b", "classes": classes, "alternatives": alternatives})
-    before = os.environ.get("QUANTPLAN_FORK")
-    os.environ["QUANTPLAN_FORK"] = "0"
     parallel = program.in_parallel
     program.in_parallel = lambda function, items: [function(item) for item in items]
     try:
-        seconds, runs = program.solver_time()
-        start = time.perf_counter()
-        solve(scenario, world)
-        elapsed = time.perf_counter() - start
-        spent, count = program.solver_time()
+        with forking("0"):
+            seconds, runs = program.solver_time()
+            start = time.perf_counter()
+            solve(scenario, world)
+            elapsed = time.perf_counter() - start
+            spent, count = program.solver_time()
     finally:
         program.in_parallel = parallel
+    print(f"  {len(classes)} class(es){' with alternatives' if alternatives else ''}: planned in {elapsed:.2f} s "
+          f"(its candidate space included), of which HiGHS {spent - seconds:.2f} s in {count - runs} runs")
+
+
+@contextmanager
+def forking(flag: str):
+    """QUANTPLAN_FORK set to `flag` for the block (solver/forked.py: "0" keeps everything in one process)."""
+    before = os.environ.get("QUANTPLAN_FORK")
+    os.environ["QUANTPLAN_FORK"] = flag
+    try:
+        yield
+    finally:
         if before is None:
             os.environ.pop("QUANTPLAN_FORK")
         else:
             os.environ["QUANTPLAN_FORK"] = before
-    print(f"  {len(classes)} class(es){' with alternatives' if alternatives else ''}: planned in {elapsed:.2f} s "
-          f"(its candidate space included), of which HiGHS {spent - seconds:.2f} s in {count - runs} runs")
 
 
 def fork_figures(repeats: int) -> None:
     """The 3-class candidate space built in one process and over two (solver/forked.py), each from a fresh world
     (nothing kept from an earlier build), the two alternating run after run."""
-    import os
 
     scenario = make_scenario({"model": "llama-3.1-70b", "classes": THREE_CLASSES, "alternatives": False})
-    before = os.environ.get("QUANTPLAN_FORK")
     found: dict[str, list[float]] = {"0": [], "1": []}
-    try:
-        for _ in range(repeats):
-            for flag in found:
-                os.environ["QUANTPLAN_FORK"] = flag
+    for _ in range(repeats):
+        for flag in found:
+            with forking(flag):
                 world = load_world()
                 start = time.perf_counter()
                 build_space(world, scenario, world.with_prices({}))
                 found[flag].append(time.perf_counter() - start)
-    finally:
-        if before is None:
-            os.environ.pop("QUANTPLAN_FORK")
-        else:
-            os.environ["QUANTPLAN_FORK"] = before
     print(f"  3-class candidate space: one process {statistics.median(found['0']):.2f} s, two processes "
           f"{statistics.median(found['1']):.2f} s (medians of {repeats}; QUANTPLAN_FORK=0 / default)")
 
