@@ -132,8 +132,15 @@ def request_latency_ms(option: Option, traffic: TrafficClass) -> float:
     return result.ttft_ms + (traffic.output_tokens - 1) * result.tpot_ms
 
 
-def _most_replicas(option: Option, classes: tuple[TrafficClass, ...]) -> int:
-    return math.ceil(sum(load_per_replica(option, k) for k in classes if k.name in option.performance) - 1e-9)
+def _carried(option: Option, classes: tuple[TrafficClass, ...]) -> list[tuple[str, float]]:
+    """The classes `option` serves, each with the replicas that serving all of it there takes."""
+    return [(k.name, load_per_replica(option, k)) for k in classes if k.name in option.performance]
+
+
+def _most_replicas(carried: list[tuple[str, float]]) -> int:
+    """Never more replicas than serving every class it can (`_carried`) wholly on it takes: a bound no optimum
+    reaches past."""
+    return math.ceil(sum(load for _, load in carried) - 1e-9)
 
 
 def _variable_factory(problem):
@@ -148,11 +155,9 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
     problem = pulp.LpProblem("quantplan", pulp.LpMinimize)
     variable = _variable_factory(problem)
     keys = [o.key for o in options]
-    # the classes each option serves, with the replicas serving all of that class on it takes
-    carried = [[(k.name, load_per_replica(o, k)) for k in classes if k.name in o.performance] for o in options]
-    # never more replicas than serving every class it can wholly on it takes: a bound no optimum reaches past
-    replicas = {key: variable(_name(f"replicas[{key}]"), 0, math.ceil(sum(load for _, load in loads) - 1e-9),
-                              "Integer") for key, loads in zip(keys, carried)}
+    carried = [_carried(o, classes) for o in options]
+    replicas = {key: variable(_name(f"replicas[{key}]"), 0, _most_replicas(loads), "Integer")
+                for key, loads in zip(keys, carried)}
     shares = {(key, name): variable(_name(f"share[{key}][{name}]"), 0, 1, "Continuous")
               for key, loads in zip(keys, carried) for name, _ in loads}
     less, equal = pulp.LpConstraintLE, pulp.LpConstraintEQ
@@ -174,9 +179,9 @@ def build(options: list[Option], classes: tuple[TrafficClass, ...], availability
             problem.addConstraint(_row(using, less, limit), _name(f"available[{device}]"))
     if max_configurations is not None:
         used = {o.key: variable(_name(f"used[{o.key}]"), 0, 1, "Binary") for o in options}
-        for option in options:
-            bound = sum(math.ceil(load_per_replica(option, k)) for k in classes if k.name in option.performance)
-            problem += replicas[option.key] <= bound * used[option.key], _name(f"link[{option.key}]")
+        for key, loads in zip(keys, carried):
+            bound = sum(math.ceil(load) for _, load in loads)
+            problem += replicas[key] <= bound * used[key], _name(f"link[{key}]")
         problem += pulp.lpSum(used.values()) <= max_configurations, "distinct_configurations"
     return problem, replicas, shares
 
@@ -220,7 +225,7 @@ def _highs():
                                                np.array([v.varValue for v in variables], dtype=float))
                 started = time.perf_counter()
                 lp.solverModel.run()
-                with _QUIET_LOCK:  # in_parallel's threads solve at once
+                with _SOLVER_TIME_LOCK:  # in_parallel's threads solve at once
                     _SOLVER_TIME["seconds"] += time.perf_counter() - started
                     _SOLVER_TIME["runs"] += 1
 
@@ -277,6 +282,7 @@ def _highs():
 
 
 _SOLVER_TIME = {"seconds": 0.0, "runs": 0}  # HiGHS's own runs in this process (solver_time)
+_SOLVER_TIME_LOCK = threading.Lock()
 
 
 def solver_time() -> tuple[float, int]:

@@ -444,7 +444,7 @@ def test_a_share_of_a_class_smaller_than_a_replica_opens_one(world):
     listed = problem.constraints() if callable(problem.constraints) else problem.constraints.values()  # PuLP 3.3+
     opened = [c.name for c in listed if c.name.startswith("open")]
     # never more replicas than serving all it can alone takes: A 0.5 -> 1, B 0.5 -> 1, C 2 users / 1 -> 2
-    assert [program._most_replicas(o, traffic) for o in (a, b, c)] == [1, 1, 2]
+    assert [program._most_replicas(program._carried(o, traffic)) for o in (a, b, c)] == [1, 1, 2]
     assert len(opened) == 3 and sum("l4/" in n for n in opened) == 2 and sum("l40s/" in n for n in opened) == 1
     solution = program.solve([a, b], traffic, {})
     assert solution.cost_per_hour == pytest.approx(2.0)
